@@ -1,0 +1,19 @@
+package ca
+
+import "errors"
+
+// Kinds of request failure. Code in this package wraps one of them with %w
+// and a lowercase message that says exactly what was wrong; toStatus turns
+// the kind into a gRPC status code in one place.
+var (
+	// ErrUnauthenticated means the caller's credentials are missing, malformed,
+	// expired or not signed by a trusted key. It becomes codes.Unauthenticated.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrPermissionDenied means an authenticated caller asked for something
+	// beyond its rights, such as another identity's name. It becomes
+	// codes.PermissionDenied.
+	ErrPermissionDenied = errors.New("permission denied")
+	// ErrInvalidRequest means the request itself is malformed: a broken CSR,
+	// a forbidden extension, a weak key. It becomes codes.InvalidArgument.
+	ErrInvalidRequest = errors.New("invalid request")
+)

@@ -1,0 +1,28 @@
+package ca
+
+// AuthMethod names how a caller proved its identity. It is recorded with every
+// issuance.
+type AuthMethod string
+
+// The ways a caller can authenticate.
+const (
+	AuthTokenReview AuthMethod = "kubernetes-tokenreview"
+	AuthJWT         AuthMethod = "jwt"
+	AuthClientCert  AuthMethod = "client-certificate"
+)
+
+// Caller is an authenticated workload: who it is and how it proved it.
+type Caller struct {
+	// SPIFFEID is spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+	SPIFFEID       string
+	Namespace      string
+	ServiceAccount string
+	// ClusterID is the cluster the caller said it belongs to (the clusterid
+	// header), checked against the configured clusters.
+	ClusterID string
+	// Method is how the caller authenticated.
+	Method AuthMethod
+	// Subject is the credential's own subject: the token's "sub" claim, or
+	// the client certificate's serial number in hex.
+	Subject string
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"io"
+
+	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/issuer"
+)
+
+func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca init", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var common commonFlags
+	common.register(fs)
+	keyType := fs.String("root-key-type", "", "root key type: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (overrides ca.root_key_type)")
+	mode := fs.String("intermediate-mode", "", "issuing intermediate: memory or vault (overrides ca.intermediate_mode)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: ca init [flags]")
+		fmt.Fprintln(stderr, "\nCreates the non-exportable root key in Vault Transit and the self-signed root")
+		fmt.Fprintln(stderr, "certificate, stored in Vault KV next to it. Running it again changes nothing.")
+		fmt.Fprintln(stderr, "Vault is reached through the standard VAULT_ADDR and VAULT_TOKEN environment.")
+		fs.PrintDefaults()
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := common.loadWith(func(c *config.Config) {
+		if *keyType != "" {
+			c.CA.RootKeyType = *keyType
+		}
+		if *mode != "" {
+			c.CA.IntermediateMode = *mode
+		}
+	})
+	if err != nil {
+		return err
+	}
+	log, err := common.logger(stderr)
+	if err != nil {
+		return err
+	}
+	b, err := openBackend(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	res, err := issuer.Init(ctx, b.keys, b.certs, cfg.IssuerOptions())
+	if err != nil {
+		return err
+	}
+	say := func(done bool, created, existed string) {
+		if done {
+			fmt.Fprintln(stdout, "created", created)
+		} else {
+			fmt.Fprintln(stdout, "unchanged:", existed)
+		}
+	}
+	say(res.KeyCreated, "root key "+cfg.CA.RootKey+" ("+cfg.CA.RootKeyType+", not exportable) in "+b.keys.Describe(),
+		"root key "+cfg.CA.RootKey+" exists in "+b.keys.Describe())
+	say(res.RootCreated, fmt.Sprintf("root certificate for key version %d", res.RootKeyVersion),
+		fmt.Sprintf("root certificate for key version %d exists", res.RootKeyVersion))
+	if cfg.CA.IntermediateMode == string(issuer.ModeVault) {
+		say(res.IntermediateKeyCreated, "intermediate key "+cfg.CA.IntermediateKey, "intermediate key "+cfg.CA.IntermediateKey+" exists")
+	}
+	if !res.KeyCreated && !res.RootCreated && !res.IntermediateKeyCreated {
+		fmt.Fprintln(stdout, "nothing changed: the CA was already initialized")
+	}
+	fmt.Fprintf(stdout, "root: %s, valid until %s, SHA-256 %s\n", res.Root.Subject, res.Root.NotAfter.UTC().Format("2006-01-02"), issuer.Fingerprint(res.Root))
+	return pem.Encode(stdout, &pem.Block{Type: "CERTIFICATE", Bytes: res.Root.Raw})
+}

@@ -1,0 +1,279 @@
+// Package config loads transitca's one YAML configuration file: decoded
+// strictly (an unknown key is an error), filled with defaults, and checked by
+// Validate, whose messages name the offending key.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/transitca/transitca/issuer"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Dev runs with local software keys in DataDir instead of Vault. It is
+	// for development only.
+	Dev bool `yaml:"dev"`
+	// DataDir holds the issuance log, root-cert.pem and, in dev mode, the
+	// dev-only keys.
+	DataDir string `yaml:"data_dir"`
+	// TrustDomain is the SPIFFE trust domain of the mesh.
+	TrustDomain string `yaml:"trust_domain"`
+	Vault       Vault  `yaml:"vault"`
+	CA          CA     `yaml:"ca"`
+}
+
+// Vault says how to reach Vault and where the CA's keys and certificates
+// live in it.
+type Vault struct {
+	// Address overrides VAULT_ADDR.
+	Address      string    `yaml:"address"`
+	Auth         VaultAuth `yaml:"auth"`
+	TransitMount string    `yaml:"transit_mount"`
+	KVMount      string    `yaml:"kv_mount"`
+	KVPrefix     string    `yaml:"kv_prefix"`
+	Timeout      Duration  `yaml:"timeout"`
+}
+
+// VaultAuth is how the daemon logs in to Vault.
+type VaultAuth struct {
+	Method       string `yaml:"method"`
+	Mount        string `yaml:"mount"`
+	RoleID       string `yaml:"role_id"`
+	SecretIDFile string `yaml:"secret_id_file"`
+	Role         string `yaml:"role"`
+	TokenFile    string `yaml:"token_file"`
+}
+
+// CA is the key hierarchy.
+type CA struct {
+	RootKey             string   `yaml:"root_key"`
+	RootKeyType         string   `yaml:"root_key_type"`
+	IntermediateMode    string   `yaml:"intermediate_mode"`
+	IntermediateKey     string   `yaml:"intermediate_key"`
+	IntermediateKeyType string   `yaml:"intermediate_key_type"`
+	Organization        string   `yaml:"organization"`
+	RootTTL             Duration `yaml:"root_ttl"`
+	IntermediateTTL     Duration `yaml:"intermediate_ttl"`
+}
+
+// Default returns the configuration used when no file is given.
+func Default() *Config {
+	return &Config{
+		DataDir:     "/var/lib/transitca",
+		TrustDomain: "cluster.local",
+		Vault: Vault{
+			Auth:         VaultAuth{Method: issuer.VaultAuthToken},
+			TransitMount: "transit",
+			KVMount:      "secret",
+			KVPrefix:     "transitca",
+			Timeout:      Duration(issuer.DefaultVaultTimeout),
+		},
+		CA: CA{
+			RootKey:             issuer.DefaultRootKey,
+			RootKeyType:         string(issuer.KeyECDSAP256),
+			IntermediateMode:    string(issuer.ModeMemory),
+			IntermediateKey:     issuer.DefaultIntermediateKey,
+			IntermediateKeyType: string(issuer.KeyECDSAP256),
+			Organization:        "transitca",
+			RootTTL:             Duration(issuer.DefaultRootTTL),
+			IntermediateTTL:     Duration(issuer.DefaultIntermediateTTL),
+		},
+	}
+}
+
+// Load reads a configuration file over the defaults. An empty path returns
+// the defaults.
+func Load(path string) (*Config, error) {
+	c := Default()
+	if path == "" {
+		return c, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	if err := Decode(f, c); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Decode decodes YAML into c strictly: an unknown key is an error.
+func Decode(r io.Reader, c *Config) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		return err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("more than one YAML document")
+	}
+	return nil
+}
+
+// Validate checks the configuration and returns every problem found, each
+// naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.DataDir == "" {
+		bad("data_dir: must be set")
+	}
+	if err := ValidTrustDomain(c.TrustDomain); err != nil {
+		bad("trust_domain: %v", err)
+	}
+	if !c.Dev {
+		if err := c.VaultAuth().Validate(); err != nil {
+			bad("vault.auth: %v", err)
+		}
+		if c.Vault.TransitMount == "" {
+			bad("vault.transit_mount: must be set")
+		}
+		if c.Vault.KVMount == "" {
+			bad("vault.kv_mount: must be set")
+		}
+	}
+	if c.Vault.Timeout <= 0 {
+		bad("vault.timeout: must be positive")
+	}
+	if t := issuer.KeyType(c.CA.RootKeyType); !t.Valid() || t == issuer.KeyEd25519 {
+		bad("ca.root_key_type: %q is not one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", c.CA.RootKeyType)
+	}
+	switch issuer.Mode(c.CA.IntermediateMode) {
+	case issuer.ModeMemory:
+	case issuer.ModeVault:
+		if c.Dev {
+			bad("ca.intermediate_mode: %q needs Vault; dev mode supports %q only", issuer.ModeVault, issuer.ModeMemory)
+		}
+		if t := issuer.KeyType(c.CA.IntermediateKeyType); !t.Valid() || t == issuer.KeyEd25519 {
+			bad("ca.intermediate_key_type: %q is not one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", c.CA.IntermediateKeyType)
+		}
+	default:
+		bad("ca.intermediate_mode: %q is not %q or %q", c.CA.IntermediateMode, issuer.ModeMemory, issuer.ModeVault)
+	}
+	if c.CA.RootKey == "" {
+		bad("ca.root_key: must be set")
+	}
+	if c.CA.IntermediateKey == "" {
+		bad("ca.intermediate_key: must be set")
+	}
+	if c.CA.RootTTL <= 0 {
+		bad("ca.root_ttl: must be positive")
+	}
+	if c.CA.IntermediateTTL <= 0 {
+		bad("ca.intermediate_ttl: must be positive")
+	} else if c.CA.IntermediateTTL >= c.CA.RootTTL {
+		bad("ca.intermediate_ttl: %v must be shorter than ca.root_ttl %v", c.CA.IntermediateTTL, c.CA.RootTTL)
+	}
+	return errors.Join(errs...)
+}
+
+// ValidTrustDomain checks a SPIFFE trust domain name: lowercase letters,
+// digits, dots, dashes and underscores.
+func ValidTrustDomain(td string) error {
+	if td == "" {
+		return errors.New("must be set")
+	}
+	if len(td) > 255 {
+		return errors.New("longer than 255 characters")
+	}
+	for _, r := range td {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return fmt.Errorf("%q: only lowercase letters, digits, '.', '-' and '_' are allowed", td)
+		}
+	}
+	return nil
+}
+
+// VaultAuth returns the issuer's view of the Vault auth settings.
+func (c *Config) VaultAuth() issuer.VaultAuth {
+	a := c.Vault.Auth
+	return issuer.VaultAuth{
+		Method:       a.Method,
+		Mount:        a.Mount,
+		RoleID:       a.RoleID,
+		SecretIDFile: a.SecretIDFile,
+		Role:         a.Role,
+		TokenFile:    a.TokenFile,
+	}
+}
+
+// IssuerOptions returns the CA hierarchy options.
+func (c *Config) IssuerOptions() issuer.Options {
+	return issuer.Options{
+		RootKey:             c.CA.RootKey,
+		RootKeyType:         issuer.KeyType(c.CA.RootKeyType),
+		IntermediateKey:     c.CA.IntermediateKey,
+		IntermediateKeyType: issuer.KeyType(c.CA.IntermediateKeyType),
+		Mode:                issuer.Mode(c.CA.IntermediateMode),
+		Organization:        c.CA.Organization,
+		RootTTL:             time.Duration(c.CA.RootTTL),
+		IntermediateTTL:     time.Duration(c.CA.IntermediateTTL),
+		Dev:                 c.Dev,
+	}
+}
+
+// Duration is a time.Duration written in YAML as Go duration text, with
+// "d" for days allowed as well: "720h", "30d", "1d12h".
+type Duration time.Duration
+
+// UnmarshalYAML parses duration text.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes duration text.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// String returns duration text.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// ParseDuration parses Go duration text with an optional leading "<n>d".
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.Atoi(s[:i])
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("duration %q: bad day count", s)
+		}
+		days = time.Duration(n) * 24 * time.Hour
+		s = s[i+1:]
+		if s == "" {
+			return days, nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: want Go duration text such as 720h, 30d or 1d12h", s)
+	}
+	return days + v, nil
+}

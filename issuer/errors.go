@@ -1,0 +1,73 @@
+package issuer
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/url"
+	"strconv"
+
+	vault "github.com/hashicorp/vault/api"
+)
+
+var (
+	// ErrUnavailable means Vault could not be reached or could not answer
+	// now: a network error, a timeout, a sealed or overloaded server. The
+	// same call may succeed later.
+	ErrUnavailable = errors.New("vault unavailable")
+	// ErrKeyNotFound means the named Transit key does not exist.
+	ErrKeyNotFound = errors.New("transit key not found")
+	// ErrNotInitialized means the CA has no root certificate yet: run
+	// "ca init" first.
+	ErrNotInitialized = errors.New("ca not initialized")
+)
+
+// VaultError is an error answered by, or on the way to, Vault. It names the
+// operation, the key and key version concerned, and what Vault said.
+type VaultError struct {
+	Op      string // e.g. "sign", "read key"
+	Key     string // Transit key name, or KV path
+	Version int    // key version, 0 when not relevant
+	Err     error  // what Vault (or the network) answered
+}
+
+func (e *VaultError) Error() string {
+	s := "vault " + e.Op + " " + e.Key
+	if e.Version > 0 {
+		s += " version " + strconv.Itoa(e.Version)
+	}
+	return s + ": " + e.Err.Error()
+}
+
+// Unwrap returns the underlying error.
+func (e *VaultError) Unwrap() error { return e.Err }
+
+// Is reports ErrUnavailable for errors that a retry may cure.
+func (e *VaultError) Is(target error) bool {
+	return target == ErrUnavailable && transient(e.Err)
+}
+
+func vaultErr(op, key string, version int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &VaultError{Op: op, Key: key, Version: version, Err: err}
+}
+
+// transient reports whether err is a network failure, a timeout or a Vault
+// answer (5xx, 429: sealed, standby, overloaded) that a later retry may cure.
+func transient(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var re *vault.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode >= 500 || re.StatusCode == 429
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	var ue *url.Error
+	return errors.As(err, &ue)
+}

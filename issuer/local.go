@@ -1,0 +1,321 @@
+package issuer
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// DevOnlyLabel marks everything made by the local software key store. It
+// appears in certificate subjects, logs and status output.
+const DevOnlyLabel = "DEV-ONLY"
+
+// LocalKeys is a software key store for development: private keys live in
+// process memory and, when a directory is given, in files in it (mode 0600)
+// so that a dev CA keeps its root across restarts. It is not for
+// production: the keys are only as safe as that directory.
+type LocalKeys struct {
+	dir  string
+	mu   sync.Mutex
+	keys map[string][]crypto.Signer // by name; index i is version i+1
+}
+
+var _ Keys = (*LocalKeys)(nil)
+
+// NewLocalKeys returns a dev-only key store keeping its keys in dir, or in
+// memory only when dir is empty.
+func NewLocalKeys(dir string) *LocalKeys {
+	return &LocalKeys{dir: dir, keys: map[string][]crypto.Signer{}}
+}
+
+// Describe says the keys are local and dev-only.
+func (k *LocalKeys) Describe() string {
+	if k.dir == "" {
+		return "local software keys in memory (" + DevOnlyLabel + ")"
+	}
+	return "local software keys in " + k.dir + " (" + DevOnlyLabel + ")"
+}
+
+func (k *LocalKeys) file(name string, version int) string {
+	return filepath.Join(k.dir, fmt.Sprintf("%s.v%d.dev-only-key.pem", name, version))
+}
+
+// load reads the versions of a key kept on disk; k.mu is held.
+func (k *LocalKeys) load(name string) ([]crypto.Signer, error) {
+	if s, ok := k.keys[name]; ok || k.dir == "" {
+		return s, nil
+	}
+	var out []crypto.Signer
+	for v := 1; ; v++ {
+		data, err := os.ReadFile(k.file(name, v))
+		if errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		block, _ := pem.Decode(data)
+		if block == nil {
+			return nil, fmt.Errorf("%s: not PEM", k.file(name, v))
+		}
+		key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", k.file(name, v), err)
+		}
+		signer, ok := key.(crypto.Signer)
+		if !ok {
+			return nil, fmt.Errorf("%s: not a signing key", k.file(name, v))
+		}
+		out = append(out, signer)
+	}
+	if len(out) > 0 {
+		k.keys[name] = out
+	}
+	return out, nil
+}
+
+// EnsureKey generates a key unless one of that name exists.
+func (k *LocalKeys) EnsureKey(_ context.Context, name string, typ KeyType) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	existing, err := k.load(name)
+	if err != nil {
+		return false, err
+	}
+	if len(existing) > 0 {
+		if got := keyTypeOf(existing[0].Public()); got != typ {
+			return false, fmt.Errorf("local key %s exists with type %s, want %s", name, got, typ)
+		}
+		return false, nil
+	}
+	return true, k.add(name, typ)
+}
+
+// Rotate adds a new version of a key and returns it.
+func (k *LocalKeys) Rotate(_ context.Context, name string) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	existing, err := k.load(name)
+	if err != nil {
+		return 0, err
+	}
+	if len(existing) == 0 {
+		return 0, fmt.Errorf("%w: local key %s", ErrKeyNotFound, name)
+	}
+	if err := k.add(name, keyTypeOf(existing[0].Public())); err != nil {
+		return 0, err
+	}
+	return len(k.keys[name]), nil
+}
+
+// add generates and keeps a new version; k.mu is held.
+func (k *LocalKeys) add(name string, typ KeyType) error {
+	key, err := GenerateKey(typ)
+	if err != nil {
+		return err
+	}
+	version := len(k.keys[name]) + 1
+	if k.dir != "" {
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(k.dir, 0o700); err != nil {
+			return err
+		}
+		data := pem.EncodeToMemory(&pem.Block{
+			Type:    "PRIVATE KEY",
+			Headers: map[string]string{"Comment": DevOnlyLabel + " transitca development key; never use in production"},
+			Bytes:   der,
+		})
+		if err := writeFileAtomic(k.file(name, version), data, 0o600); err != nil {
+			return err
+		}
+	}
+	k.keys[name] = append(k.keys[name], key)
+	return nil
+}
+
+// Signer returns a local signer for a key version.
+func (k *LocalKeys) Signer(_ context.Context, name string, version int) (KeySigner, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	versions, err := k.load(name)
+	if err != nil {
+		return nil, err
+	}
+	if len(versions) == 0 {
+		return nil, fmt.Errorf("%w: local key %s", ErrKeyNotFound, name)
+	}
+	if version == 0 {
+		version = len(versions)
+	}
+	if version < 1 || version > len(versions) {
+		return nil, fmt.Errorf("local key %s has no version %d (latest is %d)", name, version, len(versions))
+	}
+	return &localSigner{Signer: versions[version-1], name: name, version: version}, nil
+}
+
+type localSigner struct {
+	crypto.Signer
+	name    string
+	version int
+}
+
+func (s *localSigner) KeyName() string { return s.name }
+func (s *localSigner) KeyVersion() int { return s.version }
+
+// GenerateKey makes a software key of a Transit key type.
+func GenerateKey(typ KeyType) (crypto.Signer, error) {
+	switch typ {
+	case KeyECDSAP256:
+		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	case KeyECDSAP384:
+		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	case KeyRSA2048:
+		return rsa.GenerateKey(rand.Reader, 2048)
+	case KeyRSA3072:
+		return rsa.GenerateKey(rand.Reader, 3072)
+	case KeyRSA4096:
+		return rsa.GenerateKey(rand.Reader, 4096)
+	case KeyEd25519:
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		return k, err
+	}
+	return nil, fmt.Errorf("unsupported key type %q", typ)
+}
+
+func keyTypeOf(pub crypto.PublicKey) KeyType {
+	switch p := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch p.Curve {
+		case elliptic.P256():
+			return KeyECDSAP256
+		case elliptic.P384():
+			return KeyECDSAP384
+		}
+	case *rsa.PublicKey:
+		switch p.N.BitLen() {
+		case 2048:
+			return KeyRSA2048
+		case 3072:
+			return KeyRSA3072
+		case 4096:
+			return KeyRSA4096
+		}
+	case ed25519.PublicKey:
+		return KeyEd25519
+	}
+	return KeyType(fmt.Sprintf("%T", pub))
+}
+
+// LocalCerts stores certificates as PEM files in a directory, or in memory
+// when the directory is empty. It is the dev-mode counterpart of VaultCerts.
+type LocalCerts struct {
+	dir   string
+	mu    sync.Mutex
+	certs map[string]*x509.Certificate
+	revs  map[string]int
+}
+
+var _ Certs = (*LocalCerts)(nil)
+
+// NewLocalCerts returns a certificate store in dir (memory only when empty).
+func NewLocalCerts(dir string) *LocalCerts {
+	return &LocalCerts{dir: dir, certs: map[string]*x509.Certificate{}, revs: map[string]int{}}
+}
+
+func (c *LocalCerts) file(name string) string {
+	return filepath.Join(c.dir, "certs", strings.ReplaceAll(name, "/", "_")+".pem")
+}
+
+// Load returns the stored certificate and its revision.
+func (c *LocalCerts) Load(_ context.Context, name string) (*x509.Certificate, int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.load(name)
+}
+
+func (c *LocalCerts) load(name string) (*x509.Certificate, int, error) {
+	if cert, ok := c.certs[name]; ok {
+		return cert, c.revs[name], nil
+	}
+	if c.dir != "" {
+		data, err := os.ReadFile(c.file(name))
+		if err == nil {
+			cert, err := parseCertPEM(string(data))
+			if err != nil {
+				return nil, 0, fmt.Errorf("%s: %w", c.file(name), err)
+			}
+			c.certs[name], c.revs[name] = cert, 1
+			return cert, 1, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, 0, err
+		}
+	}
+	return nil, 0, fmt.Errorf("%w: %s", ErrCertNotFound, name)
+}
+
+// Store writes cert if the stored revision is still rev.
+func (c *LocalCerts) Store(_ context.Context, name string, cert *x509.Certificate, rev int) (*x509.Certificate, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	current, cur, err := c.load(name)
+	if err != nil && !errors.Is(err, ErrCertNotFound) {
+		return nil, false, err
+	}
+	if cur != rev {
+		return current, false, nil
+	}
+	if c.dir != "" {
+		if err := os.MkdirAll(filepath.Dir(c.file(name)), 0o700); err != nil {
+			return nil, false, err
+		}
+		data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+		if err := writeFileAtomic(c.file(name), data, 0o644); err != nil {
+			return nil, false, err
+		}
+	}
+	c.certs[name], c.revs[name] = cert, cur+1
+	return cert, true, nil
+}
+
+// writeFileAtomic writes data to a temporary file, syncs it and renames it
+// over path, so that a crash leaves the old file or the new one.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
