@@ -249,7 +249,7 @@ func TestParseTransitSignature(t *testing.T) {
 		{"v12", "vault:v12:AQID", 12, ""},
 		{"v1234567", "vault:v1234567:AQID", 1234567, ""},
 		{"no prefix", "v1:AQID", 0, "does not start with vault:v"},
-		{"no separator", "vault:v1AQID", 0, "malformed version"},
+		{"no separator", "vault:v1AQID", 0, "no version separator"},
 		{"zero", "vault:v0:AQID", 0, "malformed version"},
 		{"negative", "vault:v-1:AQID", 0, "malformed version"},
 		{"leading zero", "vault:v01:AQID", 0, "malformed version"},

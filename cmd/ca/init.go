@@ -58,7 +58,11 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintln(stdout, "unchanged:", existed)
 		}
 	}
-	say(res.KeyCreated, "root key "+cfg.CA.RootKey+" ("+cfg.CA.RootKeyType+", not exportable) in "+b.keys.Describe(),
+	kind := cfg.CA.RootKeyType + ", not exportable"
+	if cfg.Dev {
+		kind = cfg.CA.RootKeyType + ", " + issuer.DevOnlyLabel
+	}
+	say(res.KeyCreated, "root key "+cfg.CA.RootKey+" ("+kind+") in "+b.keys.Describe(),
 		"root key "+cfg.CA.RootKey+" exists in "+b.keys.Describe())
 	say(res.RootCreated, fmt.Sprintf("root certificate for key version %d", res.RootKeyVersion),
 		fmt.Sprintf("root certificate for key version %d exists", res.RootKeyVersion))

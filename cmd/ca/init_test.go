@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/transitca/transitca/internal/vaulttest"
+)
+
+func TestMain(m *testing.M) { vaulttest.Main(m) }
+
+func writeConfig(t *testing.T, env *vaulttest.Env, extra string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "transitca.yaml")
+	cfg := "data_dir: " + t.TempDir() + "\nvault:\n  transit_mount: " + env.Transit + "\n  kv_mount: " + env.KV + "\n" + extra
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func runCA(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func TestInitTwiceWithVault(t *testing.T) {
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	cfg := writeConfig(t, env, "")
+
+	out, errs, code := runCA(t, "init", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("first init exited %d: %s", code, errs)
+	}
+	if !strings.Contains(out, "created root key transitca-root") || !strings.Contains(out, "created root certificate for key version 1") {
+		t.Fatalf("first init output:\n%s", out)
+	}
+	block, _ := pem.Decode([]byte(out[strings.Index(out, "-----BEGIN"):]))
+	root, err := x509.ParseCertificate(block.Bytes)
+	if err != nil || !root.IsCA {
+		t.Fatalf("init printed no root certificate: %v", err)
+	}
+
+	out2, errs, code := runCA(t, "init", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("second init exited %d: %s", code, errs)
+	}
+	if !strings.Contains(out2, "nothing changed") {
+		t.Fatalf("second init does not say nothing changed:\n%s", out2)
+	}
+	if out2[strings.Index(out2, "-----BEGIN"):] != out[strings.Index(out, "-----BEGIN"):] {
+		t.Fatal("second init printed another root")
+	}
+	sec, err := env.Client.Logical().Read(env.Transit + "/keys/transitca-root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sec.Data["exportable"] != false || sec.Data["latest_version"].(interface{ String() string }).String() != "1" {
+		t.Fatalf("root key after two inits: exportable=%v latest_version=%v", sec.Data["exportable"], sec.Data["latest_version"])
+	}
+}
+
+func TestInitErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		env  map[string]string
+		code int
+		want string
+	}{
+		{"unknown config key", []string{"init", "--config", "testdata/unknown-key.yaml"}, nil, 1, "field root_kee not found"},
+		{"bad key type", []string{"init", "--dev", "--data-dir", "DIR", "--root-key-type", "rsa-1024"}, nil, 1, `ca.root_key_type: "rsa-1024" is not one of`},
+		{"vault mode in dev", []string{"init", "--dev", "--data-dir", "DIR", "--intermediate-mode", "vault"}, nil, 1, "needs Vault; dev mode supports"},
+		{"no vault token", []string{"init", "--data-dir", "DIR"}, map[string]string{"VAULT_TOKEN": "", "VAULT_ADDR": "http://127.0.0.1:1"}, 1, "no token (set VAULT_TOKEN)"},
+		{"vault unreachable", []string{"init", "--data-dir", "DIR"}, map[string]string{"VAULT_TOKEN": "x", "VAULT_ADDR": "http://127.0.0.1:1"}, 1, "http://127.0.0.1:1"},
+		{"stray argument", []string{"init", "--dev", "extra"}, nil, 2, "unexpected arguments"},
+		{"unknown command", []string{"frobnicate"}, nil, 2, `unknown command "frobnicate"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			args := append([]string(nil), tc.args...)
+			for i, a := range args {
+				if a == "DIR" {
+					args[i] = t.TempDir()
+				}
+			}
+			_, errs, code := runCA(t, args...)
+			if code != tc.code || !strings.Contains(errs, tc.want) {
+				t.Fatalf("exit %d, stderr:\n%s\nwant exit %d and %q", code, errs, tc.code, tc.want)
+			}
+		})
+	}
+}
