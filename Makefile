@@ -1,28 +1,34 @@
-# transitca — make test is the one command that runs every test, building
+# transitca — "make test" is the one command that runs every test, building
 # what the tests need (the pinned Vault server) first.
 
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build test vault lint bench fmt vet generate-check
+.PHONY: all build test test-e2e vault lint bench fmt vet
 
 all: build
 
 build:
 	$(GO) build -o bin/ca ./cmd/ca
 
+# The Vault server the tests start, built once per machine and pinned version.
 vault:
 	./scripts/build-vault.sh
 
 test: vault
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
+	cd test/e2e && $(GO) vet ./... && $(GO) test $(GOTEST_FLAGS) ./...
+
+test-e2e: vault
+	cd test/e2e && $(GO) test $(GOTEST_FLAGS) -v ./...
 
 bench: vault
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./issuer/
 
 vet:
 	$(GO) vet ./...
+	cd test/e2e && $(GO) vet ./...
 
 fmt:
 	gofmt -l -w .

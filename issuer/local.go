@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/transitca/transitca/internal/atomicfile"
 )
 
 // DevOnlyLabel marks everything made by the local software key store. It
@@ -141,7 +143,7 @@ func (k *LocalKeys) add(name string, typ KeyType) error {
 			Headers: map[string]string{"Comment": DevOnlyLabel + " transitca development key; never use in production"},
 			Bytes:   der,
 		})
-		if err := writeFileAtomic(k.file(name, version), data, 0o600); err != nil {
+		if err := atomicfile.Write(k.file(name, version), data, 0o600); err != nil {
 			return err
 		}
 	}
@@ -286,36 +288,10 @@ func (c *LocalCerts) Store(_ context.Context, name string, cert *x509.Certificat
 			return nil, false, err
 		}
 		data := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-		if err := writeFileAtomic(c.file(name), data, 0o644); err != nil {
+		if err := atomicfile.Write(c.file(name), data, 0o644); err != nil {
 			return nil, false, err
 		}
 	}
 	c.certs[name], c.revs[name] = cert, cur+1
 	return cert, true, nil
-}
-
-// writeFileAtomic writes data to a temporary file, syncs it and renames it
-// over path, so that a crash leaves the old file or the new one.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -25,6 +25,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"init", "create the root key in Vault Transit and the root certificate (idempotent)", runInit},
+		{"serve", "serve Istio's CreateCertificate over gRPC/TLS", runServe},
+		{"request", "request a certificate the way istio-agent does", runRequest},
+		{"token", "mint a dev-mode service-account token (DEV-ONLY)", runToken},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -30,6 +31,94 @@ type Config struct {
 	TrustDomain string `yaml:"trust_domain"`
 	Vault       Vault  `yaml:"vault"`
 	CA          CA     `yaml:"ca"`
+	Server      Server `yaml:"server"`
+	Auth        Auth   `yaml:"auth"`
+	CSR         CSR    `yaml:"csr"`
+	// Tiers are the certificate lifetime classes, by name.
+	Tiers map[string]Tier `yaml:"tiers"`
+	// DefaultTier is the tier of an identity no policy rule matches.
+	DefaultTier string `yaml:"default_tier"`
+	// Policy maps identities to tiers and to the DNS names they may ask
+	// for; the first matching rule wins.
+	Policy []Rule `yaml:"policy"`
+}
+
+// Server is the gRPC and metrics listeners and the TLS they serve.
+type Server struct {
+	// Listen is the gRPC address of IstioCertificateService.
+	Listen string `yaml:"listen"`
+	// MetricsListen serves /metrics (Prometheus) and /healthz over HTTP;
+	// empty disables it.
+	MetricsListen string `yaml:"metrics_listen"`
+	TLS           TLS    `yaml:"tls"`
+}
+
+// TLS configures the serving certificate, which transitca issues to itself
+// from its own intermediate and renews at half-life.
+type TLS struct {
+	// MinVersion is "1.3" (default) or "1.2"; with 1.2 only ECDHE key
+	// exchange and AEAD ciphers are offered.
+	MinVersion  string   `yaml:"min_version"`
+	DNSNames    []string `yaml:"dns_names"`
+	IPAddresses []string `yaml:"ip_addresses"`
+	CertTTL     Duration `yaml:"cert_ttl"`
+}
+
+// Auth says how callers prove who they are.
+type Auth struct {
+	// Clusters are the accepted values of the clusterid header.
+	Clusters []string `yaml:"clusters"`
+	// Audiences a token must be issued for (any of them).
+	Audiences []string `yaml:"audiences"`
+	// JWT verifies service-account tokens offline against a JWKS.
+	JWT JWT `yaml:"jwt"`
+	// TokenReview checks service-account tokens with the Kubernetes API.
+	TokenReview TokenReview `yaml:"tokenreview"`
+	// ClientCertificates accepts client certificates that chain to
+	// transitca's roots and carry one SPIFFE ID.
+	ClientCertificates bool `yaml:"client_certificates"`
+}
+
+// JWT is offline token verification.
+type JWT struct {
+	// Issuer is the required iss claim; with Discovery, also where the
+	// OIDC discovery document is fetched from.
+	Issuer string `yaml:"issuer"`
+	// JWKSFile is a JSON Web Key Set file.
+	JWKSFile string `yaml:"jwks_file"`
+	// Discovery fetches the JWKS through Issuer's OIDC discovery document.
+	Discovery bool     `yaml:"discovery"`
+	Leeway    Duration `yaml:"leeway"`
+}
+
+// TokenReview is Kubernetes TokenReview authentication.
+type TokenReview struct {
+	Enabled   bool   `yaml:"enabled"`
+	APIServer string `yaml:"api_server"`
+	CAFile    string `yaml:"ca_file"`
+	TokenFile string `yaml:"token_file"`
+}
+
+// CSR limits what a certificate request may be.
+type CSR struct {
+	MaxBytes     int  `yaml:"max_bytes"`
+	AllowEd25519 bool `yaml:"allow_ed25519"`
+}
+
+// Tier is a certificate lifetime class.
+type Tier struct {
+	MaxTTL     Duration `yaml:"max_ttl"`
+	DefaultTTL Duration `yaml:"default_ttl"`
+}
+
+// Rule maps identities to a tier. Every non-empty list must have a pattern
+// matching the caller (path.Match syntax).
+type Rule struct {
+	Tier            string   `yaml:"tier"`
+	Namespaces      []string `yaml:"namespaces"`
+	ServiceAccounts []string `yaml:"service_accounts"`
+	SPIFFEIDs       []string `yaml:"spiffe_ids"`
+	DNSNames        []string `yaml:"dns_names"`
 }
 
 // Vault says how to reach Vault and where the CA's keys and certificates
@@ -88,7 +177,64 @@ func Default() *Config {
 			RootTTL:             Duration(issuer.DefaultRootTTL),
 			IntermediateTTL:     Duration(issuer.DefaultIntermediateTTL),
 		},
+		Server: Server{
+			Listen:        ":15012",
+			MetricsListen: ":15014",
+			TLS: TLS{
+				MinVersion:  "1.3",
+				DNSNames:    []string{"transitca.istio-system.svc", "localhost"},
+				IPAddresses: []string{"127.0.0.1"},
+				CertTTL:     Duration(24 * time.Hour),
+			},
+		},
+		Auth: Auth{
+			Clusters:  []string{"Kubernetes"},
+			Audiences: []string{"istio-ca"},
+			JWT:       JWT{Leeway: Duration(30 * time.Second)},
+			TokenReview: TokenReview{
+				APIServer: "https://kubernetes.default.svc",
+				CAFile:    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+				TokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+			},
+			ClientCertificates: true,
+		},
+		CSR: CSR{MaxBytes: 8 << 10},
 	}
+}
+
+// applyPolicyDefaults fills in the built-in tiers and rules when the file
+// defines none.
+func (c *Config) applyPolicyDefaults() {
+	def := issuer.DefaultPolicy()
+	if len(c.Tiers) == 0 {
+		c.Tiers = map[string]Tier{}
+		for name, t := range def.Tiers {
+			c.Tiers[name] = Tier{MaxTTL: Duration(t.MaxTTL), DefaultTTL: Duration(t.DefaultTTL)}
+		}
+		if c.Policy == nil {
+			for _, r := range def.Rules {
+				c.Policy = append(c.Policy, Rule{Tier: r.Tier, Namespaces: r.Namespaces})
+			}
+		}
+	}
+	if c.DefaultTier == "" {
+		c.DefaultTier = def.DefaultTier
+	}
+}
+
+// IssuancePolicy returns the tier policy.
+func (c *Config) IssuancePolicy() *issuer.Policy {
+	p := &issuer.Policy{Tiers: map[string]issuer.Tier{}, DefaultTier: c.DefaultTier}
+	for name, t := range c.Tiers {
+		p.Tiers[name] = issuer.Tier{Name: name, MaxTTL: time.Duration(t.MaxTTL), DefaultTTL: time.Duration(t.DefaultTTL)}
+	}
+	for _, r := range c.Policy {
+		p.Rules = append(p.Rules, issuer.Rule{
+			Tier: r.Tier, Namespaces: r.Namespaces, ServiceAccounts: r.ServiceAccounts,
+			SPIFFEIDs: r.SPIFFEIDs, DNSNames: r.DNSNames,
+		})
+	}
+	return p
 }
 
 // Load reads a configuration file over the defaults. An empty path returns
@@ -96,6 +242,7 @@ func Default() *Config {
 func Load(path string) (*Config, error) {
 	c := Default()
 	if path == "" {
+		c.applyPolicyDefaults()
 		return c, nil
 	}
 	f, err := os.Open(path)
@@ -106,6 +253,7 @@ func Load(path string) (*Config, error) {
 	if err := Decode(f, c); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
+	c.applyPolicyDefaults()
 	return c, nil
 }
 
@@ -184,7 +332,70 @@ func (c *Config) Validate() error {
 	} else if c.CA.IntermediateTTL >= c.CA.RootTTL {
 		bad("ca.intermediate_ttl: %v must be shorter than ca.root_ttl %v", c.CA.IntermediateTTL, c.CA.RootTTL)
 	}
+	errs = append(errs, c.validateServing()...)
+	if err := c.IssuancePolicy().Validate(); err != nil {
+		bad("tiers/policy: %v", err)
+	}
+	maxLeaf := time.Duration(0)
+	for _, t := range c.Tiers {
+		maxLeaf = max(maxLeaf, time.Duration(t.MaxTTL))
+	}
+	if maxLeaf > 0 && time.Duration(c.CA.IntermediateTTL) < 2*maxLeaf {
+		bad("ca.intermediate_ttl: %v is less than twice the longest tier max_ttl %v; the intermediate is renewed at half-life and must outlive every leaf", c.CA.IntermediateTTL, maxLeaf)
+	}
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateServing() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Server.Listen == "" {
+		bad("server.listen: must be set")
+	}
+	switch c.Server.TLS.MinVersion {
+	case "1.2", "1.3":
+	default:
+		bad("server.tls.min_version: %q is not \"1.2\" or \"1.3\"", c.Server.TLS.MinVersion)
+	}
+	if len(c.Server.TLS.DNSNames) == 0 && len(c.Server.TLS.IPAddresses) == 0 {
+		bad("server.tls: dns_names or ip_addresses must name the serving certificate")
+	}
+	for _, ip := range c.Server.TLS.IPAddresses {
+		if net.ParseIP(ip) == nil {
+			bad("server.tls.ip_addresses: %q is not an IP address", ip)
+		}
+	}
+	if c.Server.TLS.CertTTL < Duration(time.Minute) {
+		bad("server.tls.cert_ttl: %v is shorter than a minute", c.Server.TLS.CertTTL)
+	}
+	if len(c.Auth.Clusters) == 0 {
+		bad("auth.clusters: must list at least one cluster ID")
+	}
+	if len(c.Auth.Audiences) == 0 {
+		bad("auth.audiences: must list at least one audience")
+	}
+	jwt := c.Auth.JWT.Issuer != "" || c.Auth.JWT.JWKSFile != "" || c.Auth.JWT.Discovery
+	if jwt && c.Auth.TokenReview.Enabled {
+		bad("auth: configure either jwt or tokenreview for bearer tokens, not both")
+	}
+	if jwt {
+		if c.Auth.JWT.Issuer == "" {
+			bad("auth.jwt.issuer: must be set")
+		}
+		if (c.Auth.JWT.JWKSFile == "") == !c.Auth.JWT.Discovery {
+			bad("auth.jwt: set exactly one of jwks_file and discovery")
+		}
+	}
+	if c.Auth.TokenReview.Enabled && c.Auth.TokenReview.APIServer == "" {
+		bad("auth.tokenreview.api_server: must be set")
+	}
+	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev {
+		bad("auth: no way to authenticate callers: configure jwt, tokenreview or client_certificates")
+	}
+	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
+		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)
+	}
+	return errs
 }
 
 // ValidTrustDomain checks a SPIFFE trust domain name: lowercase letters,

@@ -1,0 +1,306 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+)
+
+// DefaultCluster is the cluster ID istio-agent sends when none is configured.
+// A request without a clusterid header counts as coming from it.
+const DefaultCluster = "Kubernetes"
+
+// MaxTokenBytes is the size of the largest bearer token accepted. Projected
+// service-account tokens are about 1 KiB; anything near this limit is not one.
+const MaxTokenBytes = 16 << 10
+
+// Credentials is what a request carried: the bearer token from the
+// "authorization" metadata (without "Bearer "), the clusterid metadata, and the
+// verified TLS peer certificate chains (may be empty).
+type Credentials struct {
+	// Token is the bearer token, without the "Bearer " prefix.
+	Token string
+	// ClusterID is the clusterid metadata; empty means DefaultCluster.
+	ClusterID string
+	// PeerChains are the client's certificate chains, leaf first. The
+	// certificate authenticator verifies them again, so unverified chains
+	// (the client's own presentation order) are acceptable here too.
+	PeerChains [][]*x509.Certificate
+}
+
+// Authenticator turns a request's credentials into a Caller. A failure wraps
+// ErrUnauthenticated when the credentials are at fault, or ErrUnavailable when
+// a dependency needed to check them could not be reached.
+type Authenticator interface {
+	Authenticate(ctx context.Context, cred Credentials) (*Caller, error)
+}
+
+// MultiAuthenticator picks the authenticator for what a request carried: a
+// client certificate if there is one and Cert is set, else the bearer token.
+// The chosen authenticator decides alone; a failed certificate never falls
+// back to the token, so one bad credential cannot hide behind another.
+type MultiAuthenticator struct {
+	// Cert checks client certificates. Nil means client certificates are
+	// ignored and the token decides.
+	Cert Authenticator
+	// Token checks bearer tokens (a *JWTAuthenticator or a
+	// *TokenReviewAuthenticator). Nil means tokens are refused.
+	Token Authenticator
+}
+
+// NewMultiAuthenticator returns a MultiAuthenticator. Either argument may be
+// nil (an untyped nil, not a nil pointer of a concrete type).
+func NewMultiAuthenticator(cert, token Authenticator) *MultiAuthenticator {
+	return &MultiAuthenticator{Cert: cert, Token: token}
+}
+
+// Authenticate implements Authenticator.
+func (m *MultiAuthenticator) Authenticate(ctx context.Context, cred Credentials) (*Caller, error) {
+	switch {
+	case len(cred.PeerChains) > 0 && m.Cert != nil:
+		return m.Cert.Authenticate(ctx, cred)
+	case cred.Token != "" && m.Token != nil:
+		return m.Token.Authenticate(ctx, cred)
+	case cred.Token != "":
+		return nil, fmt.Errorf("%w: bearer tokens are not accepted by this ca; present a client certificate", ErrUnauthenticated)
+	case len(cred.PeerChains) > 0:
+		return nil, fmt.Errorf("%w: client certificates are not accepted by this ca; expected an authorization bearer token", ErrUnauthenticated)
+	default:
+		return nil, fmt.Errorf("%w: no credentials: expected an authorization bearer token or a client certificate", ErrUnauthenticated)
+	}
+}
+
+// CredentialsFromContext collects the credentials of an incoming gRPC request:
+// the "authorization: Bearer <token>" metadata, the "clusterid" metadata and
+// the TLS peer's certificates. It fails (ErrUnauthenticated) only when the
+// metadata is ambiguous or malformed; missing credentials are left empty for
+// the Authenticator to refuse.
+func CredentialsFromContext(ctx context.Context) (Credentials, error) {
+	var cred Credentials
+	md, _ := metadata.FromIncomingContext(ctx)
+	switch auth := md.Get("authorization"); len(auth) {
+	case 0:
+	case 1:
+		token, err := bearerToken(auth[0])
+		if err != nil {
+			return Credentials{}, err
+		}
+		cred.Token = token
+	default:
+		return Credentials{}, fmt.Errorf("%w: request carries %d authorization headers, expected one", ErrUnauthenticated, len(auth))
+	}
+	switch ids := md.Get("clusterid"); len(ids) {
+	case 0:
+	case 1:
+		cred.ClusterID = ids[0]
+	default:
+		return Credentials{}, fmt.Errorf("%w: request carries %d clusterid headers, expected one", ErrUnauthenticated, len(ids))
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			switch {
+			case len(info.State.VerifiedChains) > 0:
+				cred.PeerChains = info.State.VerifiedChains
+			case len(info.State.PeerCertificates) > 0:
+				cred.PeerChains = [][]*x509.Certificate{info.State.PeerCertificates}
+			}
+		}
+	}
+	return cred, nil
+}
+
+// bearerToken takes the token out of an authorization header value. The
+// scheme is case-insensitive (RFC 9110); the token must not be empty.
+func bearerToken(header string) (string, error) {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return "", fmt.Errorf("%w: authorization header is not \"Bearer <token>\"", ErrUnauthenticated)
+	}
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return "", fmt.Errorf("%w: authorization header has an empty bearer token", ErrUnauthenticated)
+	}
+	return token, nil
+}
+
+// checkTokenSize refuses an empty or oversized bearer token.
+func checkTokenSize(token string) error {
+	if token == "" {
+		return fmt.Errorf("%w: no bearer token", ErrUnauthenticated)
+	}
+	if len(token) > MaxTokenBytes {
+		return fmt.Errorf("%w: token is %d bytes, more than the %d allowed", ErrUnauthenticated, len(token), MaxTokenBytes)
+	}
+	return nil
+}
+
+// clustersOrDefault returns the configured clusters, or [DefaultCluster].
+func clustersOrDefault(clusters []string) ([]string, error) {
+	if len(clusters) == 0 {
+		return []string{DefaultCluster}, nil
+	}
+	for _, c := range clusters {
+		if c == "" {
+			return nil, errors.New("cluster list holds an empty cluster id")
+		}
+	}
+	return slices.Clone(clusters), nil
+}
+
+// checkCluster resolves the clusterid a request carried against the allowed
+// clusters. An empty id means DefaultCluster, as istio-agent sends by default.
+func checkCluster(id string, allowed []string) (string, error) {
+	if id == "" {
+		id = DefaultCluster
+	}
+	if !slices.Contains(allowed, id) {
+		return "", fmt.Errorf("%w: cluster %q is not served by this ca; allowed clusters: %s",
+			ErrUnauthenticated, id, strings.Join(allowed, ", "))
+	}
+	return id, nil
+}
+
+// newCaller builds the Caller for a service account.
+func newCaller(trustDomain, ns, sa, cluster string, method AuthMethod, subject string) *Caller {
+	return &Caller{
+		SPIFFEID:       SPIFFEID(trustDomain, ns, sa),
+		Namespace:      ns,
+		ServiceAccount: sa,
+		ClusterID:      cluster,
+		Method:         method,
+		Subject:        subject,
+	}
+}
+
+// SPIFFEID returns spiffe://<trustDomain>/ns/<ns>/sa/<sa>. It does not check
+// its arguments; ParseSPIFFEID does.
+func SPIFFEID(trustDomain, ns, sa string) string {
+	return "spiffe://" + trustDomain + "/ns/" + ns + "/sa/" + sa
+}
+
+// maxSPIFFEIDBytes is the SPIFFE specification's limit on an ID's length.
+const maxSPIFFEIDBytes = 2048
+
+// ParseSPIFFEID splits a workload SPIFFE ID of the Istio form
+// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>. It is strict:
+// the scheme is exactly "spiffe"; there is no userinfo, port, query, fragment
+// or percent-encoding; the trust domain holds only lowercase letters, digits,
+// '.', '-' and '_'; the namespace is a Kubernetes namespace name (a DNS label)
+// and the service account a Kubernetes object name (a DNS subdomain).
+func ParseSPIFFEID(uri string) (trustDomain, ns, sa string, err error) {
+	if len(uri) > maxSPIFFEIDBytes {
+		return "", "", "", fmt.Errorf("spiffe id is %d bytes, more than the %d allowed", len(uri), maxSPIFFEIDBytes)
+	}
+	rest, ok := strings.CutPrefix(uri, "spiffe://")
+	if !ok {
+		return "", "", "", fmt.Errorf("%q does not start with spiffe://", uri)
+	}
+	switch {
+	case strings.ContainsRune(rest, '?'):
+		return "", "", "", fmt.Errorf("spiffe id %q has a query", uri)
+	case strings.ContainsRune(rest, '#'):
+		return "", "", "", fmt.Errorf("spiffe id %q has a fragment", uri)
+	case strings.ContainsRune(rest, '%'):
+		return "", "", "", fmt.Errorf("spiffe id %q is percent-encoded", uri)
+	}
+	trustDomain, path, _ := strings.Cut(rest, "/")
+	switch {
+	case strings.ContainsRune(trustDomain, '@'):
+		return "", "", "", fmt.Errorf("spiffe id %q has userinfo", uri)
+	case strings.ContainsRune(trustDomain, ':'):
+		return "", "", "", fmt.Errorf("spiffe id %q has a port", uri)
+	}
+	if err := validTrustDomain(trustDomain); err != nil {
+		return "", "", "", fmt.Errorf("spiffe id %q: %w", uri, err)
+	}
+	parts := strings.Split(path, "/")
+	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" {
+		return "", "", "", fmt.Errorf("spiffe id %q: path is not /ns/<namespace>/sa/<service-account>", uri)
+	}
+	ns, sa = parts[1], parts[3]
+	if !validNamespace(ns) {
+		return "", "", "", fmt.Errorf("spiffe id %q: %q is not a valid namespace name", uri, ns)
+	}
+	if !validServiceAccount(sa) {
+		return "", "", "", fmt.Errorf("spiffe id %q: %q is not a valid service account name", uri, sa)
+	}
+	return trustDomain, ns, sa, nil
+}
+
+// validTrustDomain checks a SPIFFE trust domain name.
+func validTrustDomain(td string) error {
+	if td == "" {
+		return errors.New("trust domain is empty")
+	}
+	if len(td) > 255 {
+		return fmt.Errorf("trust domain is %d bytes, more than 255", len(td))
+	}
+	for i := 0; i < len(td); i++ {
+		if c := td[i]; !isLowerAlnum(c) && c != '.' && c != '-' && c != '_' {
+			return fmt.Errorf("trust domain %q has the character %q; only lowercase letters, digits, '.', '-' and '_' are allowed", td, c)
+		}
+	}
+	return nil
+}
+
+// validNamespace reports whether s is a valid Kubernetes namespace name: an
+// RFC 1123 DNS label.
+func validNamespace(s string) bool {
+	return validDNSLabel(s)
+}
+
+// validServiceAccount reports whether s is a valid Kubernetes service account
+// name: an RFC 1123 DNS subdomain.
+func validServiceAccount(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if !validDNSLabel(label) {
+			return false
+		}
+	}
+	return true
+}
+
+// validDNSLabel reports whether s matches [a-z0-9]([-a-z0-9]*[a-z0-9])? and is
+// at most 63 bytes.
+func validDNSLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !isLowerAlnum(c) && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// isLowerAlnum reports whether c is a lowercase ASCII letter or a digit.
+func isLowerAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+}
+
+// serviceAccountPrefix starts the Kubernetes user name of a service account.
+const serviceAccountPrefix = "system:serviceaccount:"
+
+// parseServiceAccountUser splits "system:serviceaccount:<ns>:<sa>".
+func parseServiceAccountUser(user string) (ns, sa string, ok bool) {
+	rest, ok := strings.CutPrefix(user, serviceAccountPrefix)
+	if !ok {
+		return "", "", false
+	}
+	ns, sa, ok = strings.Cut(rest, ":")
+	if !ok || !validNamespace(ns) || !validServiceAccount(sa) {
+		return "", "", false
+	}
+	return ns, sa, true
+}

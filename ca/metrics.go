@@ -1,0 +1,91 @@
+package ca
+
+import (
+	"crypto/x509"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names. Units are in the names.
+const (
+	MetricRequests         = "transitca_requests_total"
+	MetricIssuances        = "transitca_issuances_total"
+	MetricRejections       = "transitca_rejections_total"
+	MetricIssuanceDuration = "transitca_issuance_duration_seconds"
+	MetricVaultDuration    = "transitca_vault_request_duration_seconds"
+	MetricCertExpiry       = "transitca_certificate_expiry_seconds"
+	MetricCertNotAfter     = "transitca_certificate_not_after_timestamp_seconds"
+)
+
+// Metrics are the service's Prometheus metrics.
+type Metrics struct {
+	requests   *prometheus.CounterVec
+	issuances  *prometheus.CounterVec
+	rejections *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	vault      *prometheus.HistogramVec
+}
+
+// NewMetrics registers the service's metrics with reg. certs names the CA's
+// own certificates whose remaining lifetime is exported (root, intermediate,
+// serving), each read at scrape time.
+func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certificate) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRequests,
+			Help: "CreateCertificate requests by tier (empty before the tier is known) and outcome (issued, denied, error).",
+		}, []string{"tier", "outcome"}),
+		issuances: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricIssuances,
+			Help: "Certificates issued, by tier and intermediate mode.",
+		}, []string{"tier", "mode"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricRejections,
+			Help: "Requests refused, by reason.",
+		}, []string{"reason"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    MetricIssuanceDuration,
+			Help:    "Time to handle a CreateCertificate request, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"outcome"}),
+		vault: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    MetricVaultDuration,
+			Help:    "Vault call latency, by operation and outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"op", "outcome"}),
+	}
+	reg.MustRegister(m.requests, m.issuances, m.rejections, m.latency, m.vault)
+	for name, get := range certs {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        MetricCertExpiry,
+			Help:        "Seconds until the CA's own certificate expires (negative once expired).",
+			ConstLabels: prometheus.Labels{"cert": name},
+		}, func() float64 {
+			if c := get(); c != nil {
+				return time.Until(c.NotAfter).Seconds()
+			}
+			return 0
+		}))
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        MetricCertNotAfter,
+			Help:        "NotAfter of the CA's own certificate, as a Unix timestamp.",
+			ConstLabels: prometheus.Labels{"cert": name},
+		}, func() float64 {
+			if c := get(); c != nil {
+				return float64(c.NotAfter.Unix())
+			}
+			return 0
+		}))
+	}
+	return m
+}
+
+// ObserveVault records one Vault call; it fits issuer.Transit.SetObserver.
+func (m *Metrics) ObserveVault(op string, took time.Duration, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.vault.WithLabelValues(op, outcome).Observe(took.Seconds())
+}

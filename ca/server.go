@@ -1,0 +1,62 @@
+package ca
+
+import (
+	"crypto/tls"
+	"net/http"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	pb "istio.io/api/security/v1alpha1"
+)
+
+// MaxRequestBytes bounds a gRPC request message. A CSR is a few hundred
+// bytes; the CSR check applies its own, smaller limit.
+const MaxRequestBytes = 256 << 10
+
+// NewGRPCServer returns a gRPC server over TLS that serves the certificate
+// service, the standard health service (reporting SERVING) and gRPC server
+// metrics registered with reg.
+func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) (*grpc.Server, *health.Server) {
+	srvMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+		grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.0005, 2, 14)),
+	))
+	reg.MustRegister(srvMetrics)
+	s := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
+		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute}),
+	)
+	pb.RegisterIstioCertificateServiceServer(s, svc)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(s, hs)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	srvMetrics.InitializeMetrics(s)
+	return s, hs
+}
+
+// MetricsHandler serves /metrics from gather and a /healthz that answers
+// 200 while ready() is true.
+func MetricsHandler(gather prometheus.Gatherer, ready func() bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready() {
+			_, _ = w.Write([]byte("ok\n"))
+			return
+		}
+		http.Error(w, "not ready", http.StatusServiceUnavailable)
+	})
+	return mux
+}

@@ -1,0 +1,217 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/transitca/transitca/issuer"
+)
+
+// Service implements Istio's IstioCertificateService. Every request goes
+// through one pipeline, in this order: authenticate → check the CSR →
+// choose tier and TTL → build the template → sign → verify the chain against
+// the roots → record (durably) → answer. If recording fails, the request
+// fails: no certificate leaves unrecorded.
+type Service struct {
+	pb.UnimplementedIstioCertificateServiceServer
+
+	auth      Authenticator
+	authority *issuer.Authority
+	policy    *issuer.Policy
+	csr       CSRPolicy
+	recorder  Recorder
+	metrics   *Metrics
+	log       *slog.Logger
+	now       func() time.Time
+}
+
+// ServiceOptions configure a Service.
+type ServiceOptions struct {
+	Authenticator Authenticator
+	Authority     *issuer.Authority
+	Policy        *issuer.Policy
+	CSR           CSRPolicy
+	Recorder      Recorder
+	Metrics       *Metrics
+	Logger        *slog.Logger
+	Now           func() time.Time
+}
+
+// NewService returns the certificate service.
+func NewService(o ServiceOptions) (*Service, error) {
+	if o.Authenticator == nil || o.Authority == nil || o.Policy == nil || o.Recorder == nil || o.Metrics == nil {
+		return nil, errors.New("ca service: authenticator, authority, policy, recorder and metrics are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Service{
+		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
+		recorder: o.Recorder, metrics: o.Metrics, log: o.Logger, now: o.Now,
+	}, nil
+}
+
+// MaxValidityDuration bounds validity_duration before any tier applies: a
+// request for more than ten years is malformed, not merely ambitious.
+const MaxValidityDuration = 10 * 365 * 24 * 3600
+
+// CreateCertificate signs a workload's CSR.
+func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	start := s.now()
+	caller, tier, chain, err := s.issue(ctx, req)
+	outcome := "issued"
+	if err != nil {
+		st := s.toStatus(ctx, err)
+		outcome = "denied"
+		if st.Code() == codes.Internal || st.Code() == codes.Unavailable || st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded {
+			outcome = "error"
+		}
+		s.metrics.rejections.WithLabelValues(rejectionReason(err, st.Code())).Inc()
+		s.metrics.requests.WithLabelValues(tier, outcome).Inc()
+		s.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+		if rerr := s.recorder.RecordDenial(ctx, &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: err.Error()}); rerr != nil {
+			s.log.ErrorContext(ctx, "record denial", slog.Any("error", rerr))
+		}
+		return nil, st.Err()
+	}
+	s.metrics.requests.WithLabelValues(tier, outcome).Inc()
+	s.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
+	return &pb.IstioCertificateResponse{CertChain: chain}, nil
+}
+
+// issue runs the pipeline. It returns the caller and tier as far as they are
+// known, for the record of a denial.
+func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*Caller, string, []string, error) {
+	cred, err := CredentialsFromContext(ctx)
+	if err != nil {
+		return nil, "", nil, stage("auth", err)
+	}
+	caller, err := s.auth.Authenticate(ctx, cred)
+	if err != nil {
+		return nil, "", nil, stage("auth", err)
+	}
+	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
+		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
+	}
+	decision := s.policy.Decide(caller.SPIFFEID, caller.Namespace, caller.ServiceAccount)
+	tier := decision.Tier.Name
+	csrPolicy := s.csr
+	csrPolicy.AllowedDNSNames = decision.DNSNames
+	csr, err := CheckCSR(req.GetCsr(), caller, csrPolicy)
+	if err != nil {
+		return caller, tier, nil, stage("csr", err)
+	}
+	requested := time.Duration(req.GetValidityDuration()) * time.Second
+	granted := decision.Tier.Grant(requested)
+	id, err := url.Parse(caller.SPIFFEID)
+	if err != nil {
+		return caller, tier, nil, fmt.Errorf("caller identity %q: %w", caller.SPIFFEID, err)
+	}
+	now := s.now()
+	tmpl, err := issuer.LeafTemplate(issuer.LeafRequest{
+		SPIFFEID: id, DNSNames: csr.DNSNames, PublicKey: csr.PublicKey, Now: now, TTL: granted,
+	})
+	if err != nil {
+		return caller, tier, nil, err
+	}
+	issued, err := s.authority.SignLeaf(ctx, tmpl, csr.PublicKey)
+	if err != nil {
+		return caller, tier, nil, err
+	}
+	roots := s.authority.Roots()
+	if err := verifyChain(issued, roots, caller.SPIFFEID, now); err != nil {
+		return caller, tier, nil, err
+	}
+	err = s.recorder.RecordIssuance(ctx, &Issuance{
+		Time: now, Caller: caller, Tier: tier,
+		RequestedTTL: requested, GrantedTTL: issued.Cert.NotAfter.Sub(now),
+		Cert: issued.Cert, Issuer: issued.Issuer, RootKeyVersion: issued.RootKeyVersion,
+	})
+	if err != nil {
+		return caller, tier, nil, fmt.Errorf("record issuance: %w", err)
+	}
+	s.metrics.issuances.WithLabelValues(tier, string(issued.Issuer.Mode)).Inc()
+	return caller, tier, answer(issued, roots), nil
+}
+
+// verifyChain checks the new leaf against the current roots, for client and
+// server auth, before anyone sees it.
+func verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, now time.Time) error {
+	rp := x509.NewCertPool()
+	for _, r := range roots {
+		rp.AddCert(r)
+	}
+	ip := x509.NewCertPool()
+	ip.AddCert(is.Issuer.Cert)
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := is.Cert.Verify(x509.VerifyOptions{
+			Roots: rp, Intermediates: ip, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage},
+		}); err != nil {
+			return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
+		}
+	}
+	if len(is.Cert.URIs) != 1 || is.Cert.URIs[0].String() != spiffeID {
+		return fmt.Errorf("issued certificate carries %v, not %s", is.Cert.URIs, spiffeID)
+	}
+	return nil
+}
+
+// answer is the chain istio-agent expects: leaf, intermediate, and the root
+// bundle (every trusted root) as the last element.
+func answer(is *issuer.Issued, roots []*x509.Certificate) []string {
+	var bundle strings.Builder
+	for _, r := range roots {
+		bundle.Write(pemCert(r))
+	}
+	return []string{string(pemCert(is.Cert)), string(pemCert(is.Issuer.Cert)), bundle.String()}
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// stageError records in which pipeline step a request failed, for the
+// rejection metric.
+type stageError struct {
+	stage string
+	err   error
+}
+
+func (e *stageError) Error() string { return e.err.Error() }
+func (e *stageError) Unwrap() error { return e.err }
+
+func stage(name string, err error) error { return &stageError{stage: name, err: err} }
+
+func rejectionReason(err error, code codes.Code) string {
+	st := "issue"
+	var se *stageError
+	if errors.As(err, &se) {
+		st = se.stage
+	}
+	switch code {
+	case codes.Unauthenticated:
+		return st + "_unauthenticated"
+	case codes.PermissionDenied:
+		return st + "_permission_denied"
+	case codes.InvalidArgument:
+		return st + "_invalid"
+	case codes.Unavailable:
+		return st + "_unavailable"
+	case codes.Canceled, codes.DeadlineExceeded:
+		return "canceled"
+	}
+	return st + "_internal"
+}

@@ -1,0 +1,46 @@
+package ca
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/transitca/transitca/issuer"
+)
+
+// toStatus is the one place where an error becomes a gRPC status. The
+// caller's mistakes (Unauthenticated, PermissionDenied, InvalidArgument) say
+// exactly what was wrong; Unavailable says a dependency is down and the
+// caller should retry (istio-agent does); anything else is Internal, opaque
+// to the caller and logged in full under a reference the operator can grep.
+func (s *Service) toStatus(ctx context.Context, err error) *status.Status {
+	switch {
+	case errors.Is(err, ErrUnauthenticated):
+		return status.New(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrPermissionDenied):
+		return status.New(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrInvalidRequest):
+		return status.New(codes.InvalidArgument, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.New(codes.Canceled, "request canceled")
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		return status.New(codes.DeadlineExceeded, "request deadline exceeded")
+	case errors.Is(err, ErrUnavailable), errors.Is(err, issuer.ErrUnavailable):
+		s.log.WarnContext(ctx, "dependency unavailable", slog.Any("error", err))
+		return status.New(codes.Unavailable, "certificate authority temporarily unavailable; retry")
+	}
+	ref := newRef()
+	s.log.ErrorContext(ctx, "internal error", slog.String("ref", ref), slog.Any("error", err))
+	return status.New(codes.Internal, "internal error (ref "+ref+")")
+}
+
+func newRef() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

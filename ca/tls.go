@@ -1,0 +1,170 @@
+package ca
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/transitca/transitca/issuer"
+)
+
+// ServingCert is the TLS certificate transitca serves gRPC with. transitca
+// issues it to itself from its own intermediate, for the configured DNS
+// names and IP addresses, and renews it at half-life (or when the
+// intermediate changes) with no restart.
+type ServingCert struct {
+	authority *issuer.Authority
+	dnsNames  []string
+	ips       []net.IP
+	ttl       time.Duration
+	record    func(ctx context.Context, is *issuer.Issued) error
+	log       *slog.Logger
+
+	mu   sync.RWMutex
+	cert *tls.Certificate
+	leaf *x509.Certificate
+	from string // fingerprint of the intermediate that signed leaf
+}
+
+// ServingCertOptions configure a ServingCert.
+type ServingCertOptions struct {
+	DNSNames    []string
+	IPAddresses []net.IP
+	TTL         time.Duration
+	// Record, when set, is told of every serving certificate issued (for
+	// the issuance log); an error fails that issuance.
+	Record func(ctx context.Context, is *issuer.Issued) error
+	Logger *slog.Logger
+}
+
+// NewServingCert issues the first serving certificate.
+func NewServingCert(ctx context.Context, a *issuer.Authority, o ServingCertOptions) (*ServingCert, error) {
+	if len(o.DNSNames) == 0 && len(o.IPAddresses) == 0 {
+		return nil, errors.New("serving certificate needs at least one DNS name or IP address")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	s := &ServingCert{authority: a, dnsNames: o.DNSNames, ips: o.IPAddresses, ttl: o.TTL, record: o.Record, log: o.Logger}
+	if err := s.Renew(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Renew issues a fresh serving certificate and key.
+func (s *ServingCert) Renew(ctx context.Context) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		DNSNames:              s.dnsNames,
+		IPAddresses:           s.ips,
+		NotBefore:             now.Add(-issuer.Backdate),
+		NotAfter:              now.Add(s.ttl),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	if len(s.dnsNames) > 0 {
+		tmpl.Subject.CommonName = s.dnsNames[0]
+	}
+	is, err := s.authority.SignLeaf(ctx, tmpl, key.Public())
+	if err != nil {
+		return fmt.Errorf("issue serving certificate: %w", err)
+	}
+	if s.record != nil {
+		if err := s.record(ctx, is); err != nil {
+			return fmt.Errorf("record serving certificate: %w", err)
+		}
+	}
+	cert := &tls.Certificate{
+		Certificate: [][]byte{is.Cert.Raw, is.Issuer.Cert.Raw},
+		PrivateKey:  key,
+		Leaf:        is.Cert,
+	}
+	s.mu.Lock()
+	s.cert, s.leaf, s.from = cert, is.Cert, is.Issuer.Fingerprint
+	s.mu.Unlock()
+	s.log.InfoContext(ctx, "serving certificate issued",
+		slog.Any("dns_names", s.dnsNames), slog.Any("ip_addresses", s.ips), slog.Time("not_after", is.Cert.NotAfter))
+	return nil
+}
+
+// GetCertificate serves the current certificate; it fits
+// tls.Config.GetCertificate.
+func (s *ServingCert) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.cert, nil
+}
+
+// Leaf returns the current serving certificate.
+func (s *ServingCert) Leaf() *x509.Certificate {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.leaf
+}
+
+func (s *ServingCert) due() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	half := s.leaf.NotBefore.Add(s.leaf.NotAfter.Sub(s.leaf.NotBefore) / 2)
+	return !time.Now().Before(half) || s.from != s.authority.Intermediate().Fingerprint
+}
+
+// Run renews the certificate when it passes half its life or the issuing
+// intermediate changes, until ctx ends.
+func (s *ServingCert) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !s.due() {
+			continue
+		}
+		if err := s.Renew(ctx); err != nil {
+			s.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
+		}
+	}
+}
+
+// TLSConfig returns the server TLS configuration: TLS 1.3 by default; with
+// minVersion tls.VersionTLS12, only ECDHE key exchange with AEAD ciphers.
+// Client certificates are requested, not required: the authenticator
+// checks them against the current roots.
+func TLSConfig(s *ServingCert, minVersion uint16) *tls.Config {
+	cfg := &tls.Config{
+		MinVersion:     minVersion,
+		GetCertificate: s.GetCertificate,
+		ClientAuth:     tls.RequestClientCert,
+		NextProtos:     []string{"h2"},
+	}
+	if minVersion < tls.VersionTLS13 {
+		cfg.MinVersion = tls.VersionTLS12
+		cfg.CipherSuites = []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		}
+	}
+	return cfg
+}

@@ -1,0 +1,115 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func load(t *testing.T, yaml string) (*Config, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return Load(path)
+}
+
+func TestDefaultsAreValid(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	p := c.IssuancePolicy()
+	if got := p.Decide("spiffe://cluster.local/ns/shop/sa/web", "shop", "web").Tier; got.Name != "service" || got.MaxTTL != 30*24*time.Hour {
+		t.Fatalf("default tier for shop/web: %+v", got)
+	}
+	if got := p.Decide("spiffe://cluster.local/ns/istio-system/sa/istiod", "istio-system", "istiod").Tier; got.Name != "privileged" || got.MaxTTL != 7*24*time.Hour {
+		t.Fatalf("default tier for istio-system: %+v", got)
+	}
+}
+
+func TestLoadFile(t *testing.T) {
+	c, err := load(t, `
+trust_domain: mesh.example
+tiers:
+  service: {max_ttl: 10d, default_ttl: 12h}
+  batch: {max_ttl: 1d12h, default_ttl: 1h}
+default_tier: service
+policy:
+  - tier: batch
+    namespaces: ["jobs-*"]
+ca:
+  intermediate_ttl: 20d
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	p := c.IssuancePolicy()
+	tier := p.Decide("spiffe://mesh.example/ns/jobs-nightly/sa/x", "jobs-nightly", "x").Tier
+	if tier.Name != "batch" || tier.MaxTTL != 36*time.Hour {
+		t.Fatalf("tier %+v", tier)
+	}
+	if c.Server.Listen != ":15012" {
+		t.Fatalf("a file that omits server.listen keeps the default, got %q", c.Server.Listen)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"unknown key", "trust_domian: x\n", "field trust_domian not found"},
+		{"unknown nested key", "vault:\n  adress: x\n", "field adress not found"},
+		{"bad duration", "ca:\n  root_ttl: forever\n", `duration "forever"`},
+		{"two documents", "dev: true\n---\ndev: false\n", "more than one YAML document"},
+		{"bad trust domain", "trust_domain: Cluster.Local\n", "trust_domain:"},
+		{"bad key type", "ca:\n  root_key_type: dsa\n", `ca.root_key_type: "dsa"`},
+		{"bad mode", "ca:\n  intermediate_mode: hsm\n", `ca.intermediate_mode: "hsm"`},
+		{"intermediate too short", "ca:\n  intermediate_ttl: 10d\n", "less than twice the longest tier max_ttl"},
+		{"unknown tier in rule", "policy:\n  - tier: gold\n", `tier "gold" is not defined`},
+		{"default above max", "tiers:\n  service: {max_ttl: 1h, default_ttl: 2h}\n", "default_ttl must be positive and at most max_ttl"},
+		{"both token methods", "auth:\n  tokenreview: {enabled: true}\n  jwt: {issuer: x, jwks_file: y}\n", "either jwt or tokenreview"},
+		{"jwt without keys", "auth:\n  jwt: {issuer: x}\n", "exactly one of jwks_file and discovery"},
+		{"bad TLS version", "server:\n  tls: {min_version: \"1.1\"}\n", `server.tls.min_version: "1.1"`},
+		{"bad IP", "server:\n  tls: {ip_addresses: [not-an-ip]}\n", `"not-an-ip" is not an IP address`},
+		{"approle without role", "vault:\n  auth: {method: approle}\n", "needs role_id and secret_id_file"},
+		{"no clusters", "auth:\n  clusters: []\n", "auth.clusters"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(t, tc.yaml)
+			if err == nil {
+				err = c.Validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	cases := map[string]time.Duration{
+		"720h": 720 * time.Hour, "30d": 30 * 24 * time.Hour, "1d12h": 36 * time.Hour, "90s": 90 * time.Second,
+	}
+	for in, want := range cases {
+		got, err := ParseDuration(in)
+		if err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "d", "-1d", "3x", "1d1d"} {
+		if _, err := ParseDuration(bad); err == nil {
+			t.Errorf("ParseDuration(%q) accepted", bad)
+		}
+	}
+}
