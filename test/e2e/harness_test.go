@@ -100,7 +100,12 @@ func freeAddr(t *testing.T) string {
 // "ca serve" against it, with tokens verified against a JWKS file.
 func startCA(t *testing.T, mode string, extraConfig string) *caServer {
 	t.Helper()
-	env := vaulttest.New(t)
+	return startCAOn(t, vaulttest.New(t), mode, extraConfig)
+}
+
+// startCAOn is startCA on a given Vault corner.
+func startCAOn(t *testing.T, env *vaulttest.Env, mode string, extraConfig string) *caServer {
+	t.Helper()
 	dir := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -125,6 +130,7 @@ trust_domain: cluster.local
 vault:
   transit_mount: %s
   kv_mount: %s
+  timeout: 3s
 ca:
   intermediate_mode: %s
 server:
