@@ -4,7 +4,7 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build test test-e2e vault lint bench fmt vet
+.PHONY: all build test test-e2e vault lint bench fmt vet generate generate-check
 
 all: build
 
@@ -15,7 +15,7 @@ build:
 vault:
 	./scripts/build-vault.sh
 
-test: vault
+test: vault generate-check
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
 	cd test/e2e && $(GO) vet ./... && $(GO) test $(GOTEST_FLAGS) ./...
@@ -34,5 +34,14 @@ fmt:
 	gofmt -l -w .
 
 lint:
-	cd tools && $(GO) build -o ../bin/golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+	./scripts/build-tools.sh golangci-lint
 	./bin/golangci-lint run ./...
+
+# Regenerate the admin API's Go code from proto/ with the pinned generators.
+generate:
+	./scripts/build-tools.sh buf protoc-gen-go protoc-gen-go-grpc
+	cd proto && ../bin/buf lint && ../bin/buf generate
+
+# Fail when the committed generated code is stale.
+generate-check:
+	./scripts/generate-check.sh
