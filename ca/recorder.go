@@ -3,7 +3,6 @@ package ca
 import (
 	"context"
 	"crypto/x509"
-	"encoding/hex"
 	"log/slog"
 	"time"
 
@@ -50,7 +49,7 @@ type SlogRecorder struct{ Log *slog.Logger }
 // RecordIssuance logs the issuance.
 func (r SlogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 	r.Log.InfoContext(ctx, "certificate issued",
-		slog.String("serial", hex.EncodeToString(is.Cert.SerialNumber.Bytes())),
+		slog.String("serial", SerialHex(is.Cert.SerialNumber)),
 		slog.String("spiffe_id", is.Caller.SPIFFEID),
 		slog.String("tier", is.Tier),
 		slog.Duration("requested_ttl", is.RequestedTTL),

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/transitca/transitca/issuer"
+	"github.com/transitca/transitca/store"
 )
 
 // toStatus is the one place where an error becomes a gRPC status. The
@@ -19,23 +20,33 @@ import (
 // caller should retry (istio-agent does); anything else is Internal, opaque
 // to the caller and logged in full under a reference the operator can grep.
 func (s *Service) toStatus(ctx context.Context, err error) *status.Status {
+	return statusOf(ctx, s.log, err)
+}
+
+// statusOf maps err to a status, logging what the caller is not told.
+func statusOf(ctx context.Context, log *slog.Logger, err error) *status.Status {
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		return st
+	}
 	switch {
 	case errors.Is(err, ErrUnauthenticated):
 		return status.New(codes.Unauthenticated, err.Error())
 	case errors.Is(err, ErrPermissionDenied):
 		return status.New(codes.PermissionDenied, err.Error())
-	case errors.Is(err, ErrInvalidRequest):
+	case errors.Is(err, ErrInvalidRequest), errors.Is(err, store.ErrInvalidQuery), errors.Is(err, store.ErrInvalidProof):
 		return status.New(codes.InvalidArgument, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return status.New(codes.NotFound, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		return status.New(codes.DeadlineExceeded, "request deadline exceeded")
 	case errors.Is(err, ErrUnavailable), errors.Is(err, issuer.ErrUnavailable):
-		s.log.WarnContext(ctx, "dependency unavailable", slog.Any("error", err))
+		log.WarnContext(ctx, "dependency unavailable", slog.Any("error", err))
 		return status.New(codes.Unavailable, "certificate authority temporarily unavailable; retry")
 	}
 	ref := newRef()
-	s.log.ErrorContext(ctx, "internal error", slog.String("ref", ref), slog.Any("error", err))
+	log.ErrorContext(ctx, "internal error", slog.String("ref", ref), slog.Any("error", err))
 	return status.New(codes.Internal, "internal error (ref "+ref+")")
 }
 

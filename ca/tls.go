@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 // intermediate changes) with no restart.
 type ServingCert struct {
 	authority *issuer.Authority
+	spiffeID  *url.URL
 	dnsNames  []string
 	ips       []net.IP
 	ttl       time.Duration
@@ -37,6 +39,9 @@ type ServingCert struct {
 
 // ServingCertOptions configure a ServingCert.
 type ServingCertOptions struct {
+	// SPIFFEID, when set, is the CA's own identity, carried as a URI SAN
+	// and recorded in the issuance log.
+	SPIFFEID    string
 	DNSNames    []string
 	IPAddresses []net.IP
 	TTL         time.Duration
@@ -55,6 +60,13 @@ func NewServingCert(ctx context.Context, a *issuer.Authority, o ServingCertOptio
 		o.Logger = slog.Default()
 	}
 	s := &ServingCert{authority: a, dnsNames: o.DNSNames, ips: o.IPAddresses, ttl: o.TTL, record: o.Record, log: o.Logger}
+	if o.SPIFFEID != "" {
+		u, err := url.Parse(o.SPIFFEID)
+		if err != nil || u.Scheme != "spiffe" {
+			return nil, fmt.Errorf("serving certificate identity %q is not a SPIFFE ID", o.SPIFFEID)
+		}
+		s.spiffeID = u
+	}
 	if err := s.Renew(ctx); err != nil {
 		return nil, err
 	}
@@ -79,6 +91,9 @@ func (s *ServingCert) Renew(ctx context.Context) error {
 	}
 	if len(s.dnsNames) > 0 {
 		tmpl.Subject.CommonName = s.dnsNames[0]
+	}
+	if s.spiffeID != nil {
+		tmpl.URIs = []*url.URL{s.spiffeID}
 	}
 	is, err := s.authority.SignLeaf(ctx, tmpl, key.Public())
 	if err != nil {

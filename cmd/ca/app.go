@@ -28,6 +28,7 @@ func commands() []command {
 		{"serve", "serve Istio's CreateCertificate over gRPC/TLS", runServe},
 		{"request", "request a certificate the way istio-agent does", runRequest},
 		{"token", "mint a dev-mode service-account token (DEV-ONLY)", runToken},
+		{"log", "query, export, verify and prove the issuance log", runLog},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -66,10 +66,15 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		"root key "+cfg.CA.RootKey+" exists in "+b.keys.Describe())
 	say(res.RootCreated, fmt.Sprintf("root certificate for key version %d", res.RootKeyVersion),
 		fmt.Sprintf("root certificate for key version %d exists", res.RootKeyVersion))
+	logKeyCreated, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519)
+	if err != nil {
+		return fmt.Errorf("checkpoint key: %w", err)
+	}
+	say(logKeyCreated, "checkpoint signing key "+cfg.Log.CheckpointKey+" (ed25519)", "checkpoint signing key "+cfg.Log.CheckpointKey+" exists")
 	if cfg.CA.IntermediateMode == string(issuer.ModeVault) {
 		say(res.IntermediateKeyCreated, "intermediate key "+cfg.CA.IntermediateKey, "intermediate key "+cfg.CA.IntermediateKey+" exists")
 	}
-	if !res.KeyCreated && !res.RootCreated && !res.IntermediateKeyCreated {
+	if !res.KeyCreated && !res.RootCreated && !res.IntermediateKeyCreated && !logKeyCreated {
 		fmt.Fprintln(stdout, "nothing changed: the CA was already initialized")
 	}
 	fmt.Fprintf(stdout, "root: %s, valid until %s, SHA-256 %s\n", res.Root.Subject, res.Root.NotAfter.UTC().Format("2006-01-02"), issuer.Fingerprint(res.Root))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
@@ -110,6 +111,12 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 		if _, err := issuer.Init(ctx, b.keys, b.certs, opts); err != nil {
 			return fmt.Errorf("dev init: %w", err)
 		}
+		if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+			return fmt.Errorf("dev init: %w", err)
+		}
+		if len(cfg.Admin.Identities) == 0 {
+			cfg.Admin.Identities = []string{cfg.DevAdminIdentity()}
+		}
 	}
 	authority, err := issuer.Open(ctx, b.keys, b.certs, opts)
 	if err != nil {
@@ -133,6 +140,20 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 		b.transit.SetObserver(metrics.ObserveVault)
 	}
 
+	issuanceLog, vkey, err := openLog(ctx, cfg, b.keys, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := issuanceLog.Close(); err != nil {
+			log.Error("close issuance log", slog.Any("error", err))
+		}
+	}()
+	recorder := ca.LogRecorder{Log: issuanceLog}
+	if err := atomicfile.Write(filepath.Join(cfg.DataDir, "log-verifier.vkey"), []byte(vkey+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write checkpoint verifier key: %w", err)
+	}
+
 	authn, devHint, err := buildAuthenticator(ctx, cfg, authority, b)
 	if err != nil {
 		return err
@@ -142,7 +163,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 		Authority:     authority,
 		Policy:        cfg.IssuancePolicy(),
 		CSR:           ca.CSRPolicy{MaxBytes: cfg.CSR.MaxBytes, AllowEd25519: cfg.CSR.AllowEd25519},
-		Recorder:      ca.SlogRecorder{Log: log},
+		Recorder:      recorder,
 		Metrics:       metrics,
 		Logger:        log,
 	})
@@ -153,8 +174,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 	for _, s := range cfg.Server.TLS.IPAddresses {
 		ips = append(ips, net.ParseIP(s))
 	}
+	selfID := "spiffe://" + cfg.TrustDomain + "/transitca/serving"
 	sc, err := ca.NewServingCert(ctx, authority, ca.ServingCertOptions{
 		DNSNames: cfg.Server.TLS.DNSNames, IPAddresses: ips, TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: log,
+		SPIFFEID: selfID,
+		Record: func(ctx context.Context, is *issuer.Issued) error {
+			return recorder.RecordSelfIssued(ctx, selfID, "serving", is)
+		},
 	})
 	if err != nil {
 		return err
@@ -191,6 +217,31 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 		log.InfoContext(ctx, "metrics listening", slog.String("addr", mlis.Addr().String()))
 	}
 
+	var adminSrv *grpc.Server
+	if cfg.Admin.Listen != "" {
+		certAuth, err := ca.NewCertAuthenticator(authority.RootPool, cfg.TrustDomain, cfg.Auth.Clusters)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		alis, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("listen %s: %w", cfg.Admin.Listen, err)
+		}
+		if len(cfg.Admin.Identities) == 0 {
+			log.WarnContext(ctx, "admin.identities is empty: the admin API refuses every caller")
+		}
+		adminSrv = ca.NewAdminServer(ca.TLSConfig(sc, minTLS), ca.NewAdminService(issuanceLog, vkey, log),
+			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: log})
+		go func() {
+			if err := adminSrv.Serve(alis); err != nil {
+				log.ErrorContext(ctx, "admin server", slog.Any("error", err))
+			}
+		}()
+		log.InfoContext(ctx, "admin API listening", slog.String("addr", alis.Addr().String()), slog.Any("identities", cfg.Admin.Identities))
+	}
+
 	go authority.Run(ctx)
 	go sc.Run(ctx, time.Minute)
 	if b.session != nil {
@@ -206,6 +257,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 		slog.String("keys", authority.Describe()),
 		slog.String("intermediate_mode", string(authority.Mode())),
 		slog.String("root_bundle", rootFile),
+		slog.String("log", issuanceLog.Path()),
+		slog.Uint64("log_size", issuanceLog.Size()),
 		slog.String("trust_domain", cfg.TrustDomain))
 	if devHint != "" {
 		fmt.Fprintln(stderr, devHint)
@@ -225,6 +278,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		grpcSrv.Stop()
+	}
+	if adminSrv != nil {
+		adminSrv.Stop()
 	}
 	if metricsSrv != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,53 @@ type Config struct {
 	// Policy maps identities to tiers and to the DNS names they may ask
 	// for; the first matching rule wins.
 	Policy []Rule `yaml:"policy"`
+	Log    Log    `yaml:"log"`
+	Admin  Admin  `yaml:"admin"`
+}
+
+// Log is the issuance log.
+type Log struct {
+	// Path is the bbolt file; <data_dir>/issuance.db when empty.
+	Path string `yaml:"path"`
+	// CheckpointKey is the Transit ed25519 key that signs checkpoints
+	// ("ca init" creates it).
+	CheckpointKey string `yaml:"checkpoint_key"`
+	// Origin is the log's name, the first line of every checkpoint;
+	// "transitca/<trust_domain>" when empty.
+	Origin             string   `yaml:"origin"`
+	CheckpointEvery    int      `yaml:"checkpoint_every"`
+	CheckpointInterval Duration `yaml:"checkpoint_interval"`
+}
+
+// Admin is the admin API listener.
+type Admin struct {
+	// Listen is the admin gRPC address; loopback by default, "" disables.
+	Listen string `yaml:"listen"`
+	// Identities are the SPIFFE IDs whose client certificates may call the
+	// admin API.
+	Identities []string `yaml:"identities"`
+}
+
+// LogPath returns where the issuance log lives.
+func (c *Config) LogPath() string {
+	if c.Log.Path != "" {
+		return c.Log.Path
+	}
+	return filepath.Join(c.DataDir, "issuance.db")
+}
+
+// LogOrigin returns the log's origin line.
+func (c *Config) LogOrigin() string {
+	if c.Log.Origin != "" {
+		return c.Log.Origin
+	}
+	return "transitca/" + c.TrustDomain
+}
+
+// DevAdminIdentity is the admin identity a dev CA accepts when none is
+// configured.
+func (c *Config) DevAdminIdentity() string {
+	return "spiffe://" + c.TrustDomain + "/ns/transitca/sa/admin"
 }
 
 // Server is the gRPC and metrics listeners and the TLS they serve.
@@ -199,6 +247,12 @@ func Default() *Config {
 			ClientCertificates: true,
 		},
 		CSR: CSR{MaxBytes: 8 << 10},
+		Log: Log{
+			CheckpointKey:      "transitca-log",
+			CheckpointEvery:    4096,
+			CheckpointInterval: Duration(30 * time.Second),
+		},
+		Admin: Admin{Listen: "127.0.0.1:15015"},
 	}
 }
 
@@ -392,6 +446,23 @@ func (c *Config) validateServing() []error {
 	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev {
 		bad("auth: no way to authenticate callers: configure jwt, tokenreview or client_certificates")
 	}
+	if c.Log.CheckpointKey == "" {
+		bad("log.checkpoint_key: must be set")
+	}
+	if c.Log.CheckpointEvery < 1 {
+		bad("log.checkpoint_every: must be at least 1")
+	}
+	if c.Log.CheckpointInterval < Duration(time.Second) {
+		bad("log.checkpoint_interval: %v is shorter than a second", c.Log.CheckpointInterval)
+	}
+	if strings.ContainsAny(c.LogOrigin(), " \t\n+") {
+		bad("log.origin: %q must not contain spaces or '+'", c.LogOrigin())
+	}
+	for _, id := range c.Admin.Identities {
+		if !strings.HasPrefix(id, "spiffe://") {
+			bad("admin.identities: %q is not a SPIFFE ID", id)
+		}
+	}
 	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
 		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)
 	}
@@ -463,6 +534,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 
 // MarshalYAML writes duration text.
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Std returns the time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
 
 // String returns duration text.
 func (d Duration) String() string { return time.Duration(d).String() }

@@ -1,0 +1,362 @@
+package ca
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
+	"github.com/transitca/transitca/store"
+)
+
+// AdminService serves the issuance log to the security team: queries,
+// entries, checkpoints, offline-checkable proofs, verification, backups. It
+// never changes an entry.
+type AdminService struct {
+	adminv1.UnimplementedAdminServiceServer
+
+	log         *store.Log
+	verifierKey string
+	logger      *slog.Logger
+}
+
+// NewAdminService returns the admin service over an open log. verifierKey
+// is the note verifier key of the checkpoint signer, handed out with
+// checkpoints.
+func NewAdminService(l *store.Log, verifierKey string, logger *slog.Logger) *AdminService {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &AdminService{log: l, verifierKey: verifierKey, logger: logger}
+}
+
+// AdminAuthorizer admits only callers whose client certificate chains to
+// transitca's roots and carries one of the configured admin SPIFFE IDs.
+type AdminAuthorizer struct {
+	Certs      Authenticator
+	Identities []string
+	Logger     *slog.Logger
+}
+
+func (a *AdminAuthorizer) authorize(ctx context.Context, method string) error {
+	cred, err := CredentialsFromContext(ctx)
+	if err != nil {
+		return err
+	}
+	if len(cred.PeerChains) == 0 {
+		return fmt.Errorf("%w: the admin API needs a client certificate carrying an admin SPIFFE ID", ErrUnauthenticated)
+	}
+	caller, err := a.Certs.Authenticate(ctx, cred)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(a.Identities, caller.SPIFFEID) {
+		return fmt.Errorf("%w: %s is not an admin identity", ErrPermissionDenied, caller.SPIFFEID)
+	}
+	a.Logger.InfoContext(ctx, "admin call", slog.String("method", method), slog.String("caller", caller.SPIFFEID))
+	return nil
+}
+
+// NewAdminServer returns the admin gRPC server over TLS, with every call
+// authorized by authz.
+func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorizer) *grpc.Server {
+	if authz.Logger == nil {
+		authz.Logger = slog.Default()
+	}
+	s := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := authz.authorize(ctx, info.FullMethod); err != nil {
+				return nil, statusOf(ctx, authz.Logger, err).Err()
+			}
+			resp, err := h(ctx, req)
+			if err != nil {
+				return nil, statusOf(ctx, authz.Logger, err).Err()
+			}
+			return resp, nil
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := authz.authorize(ss.Context(), info.FullMethod); err != nil {
+				return statusOf(ss.Context(), authz.Logger, err).Err()
+			}
+			if err := h(srv, ss); err != nil {
+				return statusOf(ss.Context(), authz.Logger, err).Err()
+			}
+			return nil
+		}),
+		grpc.MaxRecvMsgSize(MaxRequestBytes),
+	)
+	adminv1.RegisterAdminServiceServer(s, svc)
+	return s
+}
+
+// QueryLog returns a page of entries.
+func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogRequest) (*adminv1.QueryLogResponse, error) {
+	q := store.Query{
+		Serial:    NormalizeSerial(req.GetSerial()),
+		SPIFFEID:  req.GetSpiffeId(),
+		Namespace: req.GetNamespace(),
+		Issuer:    req.GetIssuer(),
+		Newest:    req.GetNewestFirst(),
+		Limit:     int(req.GetLimit()),
+		PageToken: req.GetPageToken(),
+	}
+	if k := req.GetKind(); k != adminv1.Kind_KIND_UNSPECIFIED {
+		kind := store.Kind(k)
+		q.Kind = &kind
+	}
+	q.From, q.To = asTime(req.GetFrom()), asTime(req.GetTo())
+	q.ValidAt, q.ExpiringBefore = asTime(req.GetValidAt()), asTime(req.GetExpiringBefore())
+	entries, next, err := s.log.Query(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	resp := &adminv1.QueryLogResponse{NextPageToken: next}
+	for _, e := range entries {
+		resp.Entries = append(resp.Entries, EntryToProto(e, nil))
+	}
+	return resp, nil
+}
+
+func asTime(ts *timestamppb.Timestamp) time.Time {
+	if ts == nil {
+		return time.Time{}
+	}
+	return ts.AsTime()
+}
+
+// seqOf resolves an entry named by sequence number or serial.
+func (s *AdminService) seqOf(ctx context.Context, seq *uint64, serial string) (uint64, error) {
+	if seq != nil {
+		return *seq, nil
+	}
+	if serial == "" {
+		return 0, fmt.Errorf("%w: name an entry by seq or serial", ErrInvalidRequest)
+	}
+	entries, _, err := s.log.Query(ctx, store.Query{Serial: NormalizeSerial(serial), Limit: 1})
+	if err != nil {
+		return 0, err
+	}
+	if len(entries) == 0 {
+		return 0, fmt.Errorf("serial %s: %w", serial, store.ErrNotFound)
+	}
+	return entries[0].Seq, nil
+}
+
+// GetEntry returns one entry with its leaf data.
+func (s *AdminService) GetEntry(ctx context.Context, req *adminv1.GetEntryRequest) (*adminv1.GetEntryResponse, error) {
+	var seqp *uint64
+	if k, ok := req.GetKey().(*adminv1.GetEntryRequest_Seq); ok {
+		seqp = &k.Seq
+	}
+	seq, err := s.seqOf(ctx, seqp, req.GetSerial())
+	if err != nil {
+		return nil, err
+	}
+	e, err := s.log.Get(ctx, seq)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := s.log.LeafData(ctx, seq)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.GetEntryResponse{Entry: EntryToProto(e, leaf)}, nil
+}
+
+// GetCheckpoint returns the latest signed checkpoint, writing one first
+// when entries were appended since the last.
+func (s *AdminService) GetCheckpoint(ctx context.Context, _ *adminv1.GetCheckpointRequest) (*adminv1.GetCheckpointResponse, error) {
+	cp, err := s.latest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.GetCheckpointResponse{Checkpoint: cp, VerifierKey: s.verifierKey}, nil
+}
+
+// latest checkpoints the entries appended since the last checkpoint, or,
+// on a log opened read-only, returns the last checkpoint.
+func (s *AdminService) latest(ctx context.Context) ([]byte, error) {
+	cp, err := s.log.WriteCheckpoint(ctx)
+	if errors.Is(err, store.ErrReadOnly) {
+		return s.log.LatestCheckpoint(ctx)
+	}
+	return cp, err
+}
+
+// GetInclusionProof proves an entry is in a checkpointed tree.
+func (s *AdminService) GetInclusionProof(ctx context.Context, req *adminv1.GetInclusionProofRequest) (*adminv1.GetInclusionProofResponse, error) {
+	var seqp *uint64
+	if k, ok := req.GetKey().(*adminv1.GetInclusionProofRequest_Seq); ok {
+		seqp = &k.Seq
+	}
+	seq, err := s.seqOf(ctx, seqp, req.GetSerial())
+	if err != nil {
+		return nil, err
+	}
+	cp, size, err := s.checkpoint(ctx, req.GetTreeSize())
+	if err != nil {
+		return nil, err
+	}
+	if seq >= size {
+		return nil, fmt.Errorf("%w: entry %d is not in the tree of size %d; ask again after the next checkpoint", ErrInvalidRequest, seq, size)
+	}
+	proof, err := s.log.InclusionProof(ctx, seq, size)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := s.log.LeafData(ctx, seq)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.GetInclusionProofResponse{Index: seq, LeafData: leaf, Proof: proof, Checkpoint: cp}, nil
+}
+
+// checkpoint returns the checkpoint of a tree size, or the latest (written
+// now if entries were appended since) when size is 0.
+func (s *AdminService) checkpoint(ctx context.Context, size uint64) ([]byte, uint64, error) {
+	var (
+		cp  []byte
+		err error
+	)
+	if size == 0 {
+		cp, err = s.latest(ctx)
+	} else {
+		cp, err = s.log.CheckpointAt(ctx, size)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	size, err = checkpointSize(cp)
+	return cp, size, err
+}
+
+// GetConsistencyProof proves the log only grew between two checkpoints.
+func (s *AdminService) GetConsistencyProof(ctx context.Context, req *adminv1.GetConsistencyProofRequest) (*adminv1.GetConsistencyProofResponse, error) {
+	from, err := s.log.CheckpointAt(ctx, req.GetFromSize())
+	if err != nil {
+		return nil, fmt.Errorf("from_size %d: %w", req.GetFromSize(), err)
+	}
+	to, size, err := s.checkpoint(ctx, req.GetToSize())
+	if err != nil {
+		return nil, err
+	}
+	proof, err := s.log.ConsistencyProof(ctx, req.GetFromSize(), size)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.GetConsistencyProofResponse{Proof: proof, FromCheckpoint: from, ToCheckpoint: to}, nil
+}
+
+// VerifyLog recomputes the whole log.
+func (s *AdminService) VerifyLog(ctx context.Context, _ *adminv1.VerifyLogRequest) (*adminv1.VerifyLogResponse, error) {
+	res, err := s.log.Verify(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.VerifyLogResponse{TreeSize: res.Size, RootHash: res.Root, CheckpointsChecked: uint64(res.Checkpoints)}, nil
+}
+
+// Backup streams a consistent snapshot of the log file.
+func (s *AdminService) Backup(_ *adminv1.BackupRequest, stream adminv1.AdminService_BackupServer) error {
+	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&adminv1.BackupResponse{Data: b}) }}
+	if _, err := s.log.WriteTo(w); err != nil {
+		return err
+	}
+	return w.flush()
+}
+
+// chunkWriter cuts a byte stream into messages of at most 1 MiB.
+type chunkWriter struct {
+	buf  []byte
+	send func([]byte) error
+}
+
+const backupChunk = 1 << 20
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(backupChunk-len(w.buf), len(p))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == backupChunk {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.send(w.buf)
+	w.buf = nil
+	return err
+}
+
+var _ io.Writer = (*chunkWriter)(nil)
+
+// EntryToProto converts a log entry to its API form.
+func EntryToProto(e *store.Entry, leaf []byte) *adminv1.Entry {
+	ts := func(t time.Time) *timestamppb.Timestamp {
+		if t.IsZero() {
+			return nil
+		}
+		return timestamppb.New(t)
+	}
+	d := func(v time.Duration) *durationpb.Duration {
+		if v == 0 {
+			return nil
+		}
+		return durationpb.New(v)
+	}
+	return &adminv1.Entry{
+		Seq: e.Seq, Kind: adminv1.Kind(e.Kind), Time: ts(e.Time),
+		Serial: e.Serial, SpiffeId: e.SPIFFEID, Namespace: e.Namespace, ServiceAccount: e.ServiceAccount,
+		Tier: e.Tier, RequestedTtl: d(e.RequestedTTL), GrantedTtl: d(e.GrantedTTL),
+		NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
+		IssuerFingerprint: e.IssuerFingerprint, IssuerKeyVersion: int64(e.IssuerKeyVersion), RootKeyVersion: int64(e.RootKeyVersion),
+		CallerId: e.CallerID, AuthMethod: e.AuthMethod, CallerSubject: e.CallerSubject, ClusterId: e.ClusterID,
+		Certificate: e.Certificate, Code: e.Code, Reason: e.Reason, Action: e.Action, Actor: e.Actor, Detail: e.Detail,
+		LeafData: leaf,
+	}
+}
+
+// EntryFromProto converts an API entry back to a log entry.
+func EntryFromProto(p *adminv1.Entry) *store.Entry {
+	return &store.Entry{
+		Seq: p.GetSeq(), Kind: store.Kind(p.GetKind()), Time: asTime(p.GetTime()),
+		Serial: p.GetSerial(), SPIFFEID: p.GetSpiffeId(), Namespace: p.GetNamespace(), ServiceAccount: p.GetServiceAccount(),
+		Tier: p.GetTier(), RequestedTTL: p.GetRequestedTtl().AsDuration(), GrantedTTL: p.GetGrantedTtl().AsDuration(),
+		NotBefore: asTime(p.GetNotBefore()), NotAfter: asTime(p.GetNotAfter()),
+		IssuerFingerprint: p.GetIssuerFingerprint(), IssuerKeyVersion: int(p.GetIssuerKeyVersion()), RootKeyVersion: int(p.GetRootKeyVersion()),
+		CallerID: p.GetCallerId(), AuthMethod: p.GetAuthMethod(), CallerSubject: p.GetCallerSubject(), ClusterID: p.GetClusterId(),
+		Certificate: p.GetCertificate(), Code: p.GetCode(), Reason: p.GetReason(), Action: p.GetAction(), Actor: p.GetActor(), Detail: p.GetDetail(),
+	}
+}
+
+// checkpointSize reads the tree size, the second line, of a checkpoint this
+// log signed.
+func checkpointSize(cp []byte) (uint64, error) {
+	lines := strings.SplitN(string(cp), "\n", 3)
+	if len(lines) < 3 {
+		return 0, fmt.Errorf("malformed checkpoint %q", cp)
+	}
+	return strconv.ParseUint(lines[1], 10, 64)
+}

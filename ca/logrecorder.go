@@ -1,0 +1,94 @@
+package ca
+
+import (
+	"context"
+	"math/big"
+	"strings"
+	"time"
+
+	"github.com/transitca/transitca/issuer"
+	"github.com/transitca/transitca/store"
+)
+
+// LogRecorder records to the issuance log. Append returns only after the
+// entry is committed with fsync, so a certificate leaves the service only
+// once its entry is durable.
+type LogRecorder struct{ Log *store.Log }
+
+// RecordIssuance appends an issuance entry.
+func (r LogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
+	c := is.Caller
+	_, err := r.Log.Append(ctx, &store.Entry{
+		Kind:              store.KindIssuance,
+		Time:              is.Time,
+		Serial:            SerialHex(is.Cert.SerialNumber),
+		SPIFFEID:          c.SPIFFEID,
+		Namespace:         c.Namespace,
+		ServiceAccount:    c.ServiceAccount,
+		Tier:              is.Tier,
+		RequestedTTL:      is.RequestedTTL,
+		GrantedTTL:        is.GrantedTTL,
+		NotBefore:         is.Cert.NotBefore,
+		NotAfter:          is.Cert.NotAfter,
+		IssuerFingerprint: is.Issuer.Fingerprint,
+		IssuerKeyVersion:  is.Issuer.KeyVersion,
+		RootKeyVersion:    is.RootKeyVersion,
+		CallerID:          c.SPIFFEID,
+		AuthMethod:        string(c.Method),
+		CallerSubject:     c.Subject,
+		ClusterID:         c.ClusterID,
+		Certificate:       is.Cert.Raw,
+	})
+	return err
+}
+
+// RecordDenial appends a denial entry.
+func (r LogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
+	e := &store.Entry{Kind: store.KindDenial, Time: d.Time, Code: d.Code.String(), Reason: d.Reason}
+	if c := d.Caller; c != nil {
+		e.SPIFFEID, e.Namespace, e.ServiceAccount = c.SPIFFEID, c.Namespace, c.ServiceAccount
+		e.CallerID, e.AuthMethod, e.CallerSubject, e.ClusterID = c.SPIFFEID, string(c.Method), c.Subject, c.ClusterID
+	}
+	_, err := r.Log.Append(ctx, e)
+	return err
+}
+
+// RecordSelfIssued appends an issuance the CA made for itself, such as its
+// TLS serving certificate, under the CA's own SPIFFE ID.
+func (r LogRecorder) RecordSelfIssued(ctx context.Context, spiffeID, purpose string, is *issuer.Issued) error {
+	_, err := r.Log.Append(ctx, &store.Entry{
+		Kind:              store.KindIssuance,
+		Time:              time.Now(),
+		Serial:            SerialHex(is.Cert.SerialNumber),
+		SPIFFEID:          spiffeID,
+		Tier:              purpose,
+		GrantedTTL:        time.Until(is.Cert.NotAfter),
+		NotBefore:         is.Cert.NotBefore,
+		NotAfter:          is.Cert.NotAfter,
+		IssuerFingerprint: is.Issuer.Fingerprint,
+		IssuerKeyVersion:  is.Issuer.KeyVersion,
+		RootKeyVersion:    is.RootKeyVersion,
+		CallerID:          spiffeID,
+		AuthMethod:        "self",
+		Certificate:       is.Cert.Raw,
+	})
+	return err
+}
+
+// SerialHex is how the log writes a serial number: lowercase hex without
+// leading zeros.
+func SerialHex(n *big.Int) string { return n.Text(16) }
+
+// NormalizeSerial turns a serial as people paste it (upper case, colons,
+// leading zeros, a 0x prefix) into the log's form.
+func NormalizeSerial(s string) string {
+	s = strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
+	s = strings.TrimPrefix(s, "0x")
+	if t := strings.TrimLeft(s, "0"); t != "" {
+		return t
+	}
+	if s != "" {
+		return "0"
+	}
+	return s
+}

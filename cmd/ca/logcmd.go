@@ -1,0 +1,635 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/atomicfile"
+	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
+	"github.com/transitca/transitca/store"
+)
+
+// logAPI is what the log subcommands need: the admin API of a running
+// daemon, or the same service over a log file opened read-only.
+type logAPI interface {
+	QueryLog(ctx context.Context, req *adminv1.QueryLogRequest) (*adminv1.QueryLogResponse, error)
+	GetEntry(ctx context.Context, req *adminv1.GetEntryRequest) (*adminv1.GetEntryResponse, error)
+	GetCheckpoint(ctx context.Context, req *adminv1.GetCheckpointRequest) (*adminv1.GetCheckpointResponse, error)
+	GetInclusionProof(ctx context.Context, req *adminv1.GetInclusionProofRequest) (*adminv1.GetInclusionProofResponse, error)
+	GetConsistencyProof(ctx context.Context, req *adminv1.GetConsistencyProofRequest) (*adminv1.GetConsistencyProofResponse, error)
+	VerifyLog(ctx context.Context, req *adminv1.VerifyLogRequest) (*adminv1.VerifyLogResponse, error)
+	Backup(ctx context.Context, w io.Writer) error
+}
+
+type remoteLog struct{ c adminv1.AdminServiceClient }
+
+func (r remoteLog) QueryLog(ctx context.Context, q *adminv1.QueryLogRequest) (*adminv1.QueryLogResponse, error) {
+	return r.c.QueryLog(ctx, q)
+}
+func (r remoteLog) GetEntry(ctx context.Context, q *adminv1.GetEntryRequest) (*adminv1.GetEntryResponse, error) {
+	return r.c.GetEntry(ctx, q)
+}
+func (r remoteLog) GetCheckpoint(ctx context.Context, q *adminv1.GetCheckpointRequest) (*adminv1.GetCheckpointResponse, error) {
+	return r.c.GetCheckpoint(ctx, q)
+}
+func (r remoteLog) GetInclusionProof(ctx context.Context, q *adminv1.GetInclusionProofRequest) (*adminv1.GetInclusionProofResponse, error) {
+	return r.c.GetInclusionProof(ctx, q)
+}
+func (r remoteLog) GetConsistencyProof(ctx context.Context, q *adminv1.GetConsistencyProofRequest) (*adminv1.GetConsistencyProofResponse, error) {
+	return r.c.GetConsistencyProof(ctx, q)
+}
+func (r remoteLog) VerifyLog(ctx context.Context, q *adminv1.VerifyLogRequest) (*adminv1.VerifyLogResponse, error) {
+	return r.c.VerifyLog(ctx, q)
+}
+func (r remoteLog) Backup(ctx context.Context, w io.Writer) error {
+	stream, err := r.c.Backup(ctx, &adminv1.BackupRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		chunk, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(chunk.GetData()); err != nil {
+			return err
+		}
+	}
+}
+
+type localLog struct {
+	*ca.AdminService
+	l *store.Log
+}
+
+func (l localLog) Backup(_ context.Context, w io.Writer) error {
+	_, err := l.l.WriteTo(w)
+	return err
+}
+
+// logFlags are the flags every log subcommand takes: where the log is.
+type logFlags struct {
+	addr, cert, key, rootCert, serverName string
+	db, verifierKey                       string
+	timeout                               time.Duration
+}
+
+func (f *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.addr, "addr", "127.0.0.1:15015", "admin API address of a running daemon")
+	fs.StringVar(&f.cert, "cert", "", "client certificate chain (PEM) carrying an admin SPIFFE ID")
+	fs.StringVar(&f.key, "key", "", "client private key (PEM)")
+	fs.StringVar(&f.rootCert, "root-cert", "", "root bundle that verifies the daemon (PEM)")
+	fs.StringVar(&f.serverName, "server-name", "", "name to verify in the daemon's certificate (default: the host of --addr)")
+	fs.StringVar(&f.db, "db", "", "read a log file directly (a stopped daemon's, or a backup) instead of --addr")
+	fs.StringVar(&f.verifierKey, "verifier-key", "", "checkpoint verifier key, or a file holding it (<data_dir>/log-verifier.vkey)")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Minute, "time limit")
+}
+
+func (f *logFlags) open() (logAPI, func(), error) {
+	if f.db != "" {
+		l, err := store.Open(f.db, store.Options{ReadOnly: true, Verifiers: f.verifiers(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			return nil, nil, err
+		}
+		vkey, _ := f.verifierKeyText()
+		return localLog{AdminService: ca.NewAdminService(l, vkey, nil), l: l}, func() { l.Close() }, nil
+	}
+	if f.cert == "" || f.key == "" || f.rootCert == "" {
+		return nil, nil, errors.New("to reach a running daemon, --cert, --key and --root-cert are required (or read a file with --db)")
+	}
+	pair, err := tls.LoadX509KeyPair(f.cert, f.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("client certificate: %w", err)
+	}
+	roots, err := os.ReadFile(f.rootCert)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(roots) {
+		return nil, nil, fmt.Errorf("%s holds no PEM certificates", f.rootCert)
+	}
+	name := f.serverName
+	if name == "" {
+		name = strings.Split(f.addr, ":")[0]
+	}
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12,
+	})))
+	if err != nil {
+		return nil, nil, err
+	}
+	return remoteLog{c: adminv1.NewAdminServiceClient(conn)}, func() { conn.Close() }, nil
+}
+
+func (f *logFlags) verifierKeyText() (string, error) {
+	v := f.verifierKey
+	if v == "" {
+		return "", nil
+	}
+	if b, err := os.ReadFile(v); err == nil {
+		v = strings.TrimSpace(string(b))
+	}
+	return v, nil
+}
+
+func (f *logFlags) verifiers() note.Verifiers {
+	text, _ := f.verifierKeyText()
+	if text == "" {
+		return nil
+	}
+	v, err := note.NewVerifier(text)
+	if err != nil {
+		return nil
+	}
+	return note.VerifierList(v)
+}
+
+func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"query":      logQuery,
+		"show":       logShow,
+		"export":     logExport,
+		"verify":     logVerify,
+		"prove":      logProve,
+		"checkpoint": logCheckpoint,
+		"backup":     logBackup,
+	}
+	if len(args) == 0 || subs[args[0]] == nil {
+		fmt.Fprintln(stderr, "usage: ca log query|show|export|verify|prove|checkpoint|backup [flags]")
+		fmt.Fprintln(stderr, "\nReads the issuance log through a running daemon's admin API (--addr, with an admin")
+		fmt.Fprintln(stderr, "client certificate) or from a file (--db). Run \"ca log <sub> -h\" for flags.")
+		if len(args) == 0 {
+			return errUsage
+		}
+		return fmt.Errorf("unknown log subcommand %q", args[0])
+	}
+	return subs[args[0]](ctx, args[1:], stdout, stderr)
+}
+
+// queryFlags are the filters of query and export.
+type queryFlags struct {
+	serial, spiffeID, namespace, issuer, kind string
+	from, to, validAt, expiringBefore         string
+	newest                                    bool
+	limit                                     int
+}
+
+func (q *queryFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&q.serial, "serial", "", "certificate serial (hex; colons and case ignored)")
+	fs.StringVar(&q.spiffeID, "spiffe-id", "", "SPIFFE ID")
+	fs.StringVar(&q.namespace, "namespace", "", "Kubernetes namespace")
+	fs.StringVar(&q.issuer, "issuer", "", "issuing CA certificate SHA-256 (hex): every certificate it signed")
+	fs.StringVar(&q.kind, "kind", "", "issuance, denial or admin")
+	fs.StringVar(&q.from, "from", "", "entries at or after this time (RFC 3339)")
+	fs.StringVar(&q.to, "to", "", "entries before this time (RFC 3339)")
+	fs.StringVar(&q.validAt, "valid-at", "", "certificates valid at this time (RFC 3339, or \"now\")")
+	fs.StringVar(&q.expiringBefore, "expiring-before", "", "certificates expiring before this time (RFC 3339, or a duration from now such as 72h)")
+	fs.BoolVar(&q.newest, "newest", false, "newest first")
+}
+
+func parseWhen(s string) (*timestamppb.Timestamp, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if s == "now" {
+		return timestamppb.Now(), nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return timestamppb.New(time.Now().Add(d)), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return nil, fmt.Errorf("time %q: want RFC 3339 (2026-01-02T15:04:05Z), \"now\" or a duration", s)
+	}
+	return timestamppb.New(t), nil
+}
+
+func (q *queryFlags) request() (*adminv1.QueryLogRequest, error) {
+	req := &adminv1.QueryLogRequest{
+		Serial: q.serial, SpiffeId: q.spiffeID, Namespace: q.namespace, Issuer: q.issuer,
+		NewestFirst: q.newest, Limit: int32(q.limit),
+	}
+	if q.kind != "" {
+		k, err := store.ParseKind(q.kind)
+		if err != nil {
+			return nil, err
+		}
+		req.Kind = adminv1.Kind(k)
+	}
+	var err error
+	for _, p := range []struct {
+		s   string
+		dst **timestamppb.Timestamp
+	}{{q.from, &req.From}, {q.to, &req.To}, {q.validAt, &req.ValidAt}, {q.expiringBefore, &req.ExpiringBefore}} {
+		if *p.dst, err = parseWhen(p.s); err != nil {
+			return nil, err
+		}
+	}
+	return req, nil
+}
+
+// exportEntry is the JSON form of an entry, one per line: stable field
+// names a security team can load into its own tools.
+type exportEntry struct {
+	Seq               uint64 `json:"seq"`
+	Kind              string `json:"kind"`
+	Time              string `json:"time"`
+	Serial            string `json:"serial,omitempty"`
+	SPIFFEID          string `json:"spiffe_id,omitempty"`
+	Namespace         string `json:"namespace,omitempty"`
+	ServiceAccount    string `json:"service_account,omitempty"`
+	Tier              string `json:"tier,omitempty"`
+	RequestedTTL      string `json:"requested_ttl,omitempty"`
+	GrantedTTL        string `json:"granted_ttl,omitempty"`
+	NotBefore         string `json:"not_before,omitempty"`
+	NotAfter          string `json:"not_after,omitempty"`
+	IssuerFingerprint string `json:"issuer_fingerprint,omitempty"`
+	IssuerKeyVersion  int64  `json:"issuer_key_version,omitempty"`
+	RootKeyVersion    int64  `json:"root_key_version,omitempty"`
+	CallerID          string `json:"caller_id,omitempty"`
+	AuthMethod        string `json:"auth_method,omitempty"`
+	CallerSubject     string `json:"caller_subject,omitempty"`
+	ClusterID         string `json:"cluster_id,omitempty"`
+	Code              string `json:"code,omitempty"`
+	Reason            string `json:"reason,omitempty"`
+	Action            string `json:"action,omitempty"`
+	Actor             string `json:"actor,omitempty"`
+	Detail            string `json:"detail,omitempty"`
+	CertificateDER    string `json:"certificate_der,omitempty"`
+	CertificatePEM    string `json:"certificate_pem,omitempty"`
+}
+
+func toExport(p *adminv1.Entry, withPEM bool) exportEntry {
+	e := ca.EntryFromProto(p)
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339Nano)
+	}
+	dur := func(d time.Duration) string {
+		if d == 0 {
+			return ""
+		}
+		return d.String()
+	}
+	x := exportEntry{
+		Seq: e.Seq, Kind: e.Kind.String(), Time: ts(e.Time), Serial: e.Serial, SPIFFEID: e.SPIFFEID,
+		Namespace: e.Namespace, ServiceAccount: e.ServiceAccount, Tier: e.Tier,
+		RequestedTTL: dur(e.RequestedTTL), GrantedTTL: dur(e.GrantedTTL), NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
+		IssuerFingerprint: e.IssuerFingerprint, IssuerKeyVersion: int64(e.IssuerKeyVersion), RootKeyVersion: int64(e.RootKeyVersion),
+		CallerID: e.CallerID, AuthMethod: e.AuthMethod, CallerSubject: e.CallerSubject, ClusterID: e.ClusterID,
+		Code: e.Code, Reason: e.Reason, Action: e.Action, Actor: e.Actor, Detail: e.Detail,
+	}
+	if len(e.Certificate) > 0 {
+		x.CertificateDER = base64.StdEncoding.EncodeToString(e.Certificate)
+		if withPEM {
+			x.CertificatePEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.Certificate}))
+		}
+	}
+	return x
+}
+
+func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log query", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	var qf queryFlags
+	lf.register(fs)
+	qf.register(fs)
+	fs.IntVar(&qf.limit, "limit", 50, "entries per page")
+	page := fs.String("page-token", "", "continue from a previous page")
+	asJSON := fs.Bool("json", false, "JSON lines instead of a table")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	req, err := qf.request()
+	if err != nil {
+		return err
+	}
+	req.PageToken = *page
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	resp, err := api.QueryLog(ctx, req)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	for _, p := range resp.GetEntries() {
+		x := toExport(p, false)
+		if *asJSON {
+			x.CertificateDER = ""
+			if err := enc.Encode(x); err != nil {
+				return err
+			}
+			continue
+		}
+		what := x.SPIFFEID
+		switch x.Kind {
+		case "denial":
+			what += " " + x.Code + ": " + x.Reason
+		case "admin":
+			what = x.Action + " by " + x.Actor + " " + x.Detail
+		default:
+			what += " tier=" + x.Tier + " until " + x.NotAfter
+		}
+		fmt.Fprintf(stdout, "%-8d %-30s %-8s %-34s %s\n", x.Seq, x.Time, x.Kind, x.Serial, what)
+	}
+	if next := resp.GetNextPageToken(); next != "" {
+		fmt.Fprintf(stderr, "more: --page-token %s\n", next)
+	}
+	return nil
+}
+
+func logShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log show", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	lf.register(fs)
+	seq := fs.Int64("seq", -1, "entry sequence number")
+	serial := fs.String("serial", "", "certificate serial")
+	withPEM := fs.Bool("pem", false, "include the certificate as PEM")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	req := &adminv1.GetEntryRequest{}
+	switch {
+	case *seq >= 0:
+		req.Key = &adminv1.GetEntryRequest_Seq{Seq: uint64(*seq)}
+	case *serial != "":
+		req.Key = &adminv1.GetEntryRequest_Serial{Serial: *serial}
+	default:
+		return errors.New("name the entry with --seq or --serial")
+	}
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	resp, err := api.GetEntry(ctx, req)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(toExport(resp.GetEntry(), *withPEM))
+}
+
+func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log export", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	var qf queryFlags
+	lf.register(fs)
+	qf.register(fs)
+	out := fs.String("out", "", "write to this file instead of standard output")
+	withPEM := fs.Bool("pem", false, "include each certificate as PEM")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	qf.limit = 1000
+	req, err := qf.request()
+	if err != nil {
+		return err
+	}
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	var buf strings.Builder
+	w := io.Writer(stdout)
+	if *out != "" {
+		w = &buf
+	}
+	enc := json.NewEncoder(w)
+	n := 0
+	for {
+		resp, err := api.QueryLog(ctx, req)
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.GetEntries() {
+			if err := enc.Encode(toExport(p, *withPEM)); err != nil {
+				return err
+			}
+			n++
+		}
+		if resp.GetNextPageToken() == "" {
+			break
+		}
+		req.PageToken = resp.GetNextPageToken()
+	}
+	if *out != "" {
+		if err := atomicfile.Write(*out, []byte(buf.String()), 0o600); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stderr, "exported %d entries\n", n)
+	return nil
+}
+
+func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	start := time.Now()
+	resp, err := api.VerifyLog(ctx, &adminv1.VerifyLogRequest{})
+	if err != nil {
+		return fmt.Errorf("log does not verify: %w", err)
+	}
+	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
+		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
+	if lf.db != "" && lf.verifierKey == "" {
+		fmt.Fprintln(stderr, "note: no --verifier-key given, so checkpoint signatures were not checked")
+	}
+	return nil
+}
+
+func logCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log checkpoint", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	lf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	resp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, string(resp.GetCheckpoint()))
+	if vk := resp.GetVerifierKey(); vk != "" {
+		fmt.Fprintf(stderr, "verifier key: %s\n", vk)
+	}
+	return nil
+}
+
+// logProve fetches an inclusion proof (and optionally a consistency proof)
+// and checks it here, offline, with only the checkpoint verifier key.
+func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log prove", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	lf.register(fs)
+	certFile := fs.String("certificate", "", "prove this certificate (PEM; the first certificate in the file) is in the log")
+	serial := fs.String("serial", "", "prove the entry with this serial is in the log")
+	seq := fs.Int64("seq", -1, "prove the entry with this sequence number is in the log")
+	fromSize := fs.Uint64("from-size", 0, "also prove the log only grew since the checkpoint of this size")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var want []byte
+	req := &adminv1.GetInclusionProofRequest{}
+	switch {
+	case *certFile != "":
+		data, err := os.ReadFile(*certFile)
+		if err != nil {
+			return err
+		}
+		block, _ := pem.Decode(data)
+		if block == nil {
+			return fmt.Errorf("%s: no PEM certificate", *certFile)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return err
+		}
+		want = cert.Raw
+		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: ca.SerialHex(cert.SerialNumber)}
+	case *serial != "":
+		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: *serial}
+	case *seq >= 0:
+		req.Key = &adminv1.GetInclusionProofRequest_Seq{Seq: uint64(*seq)}
+	default:
+		return errors.New("name what to prove with --certificate, --serial or --seq")
+	}
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	resp, err := api.GetInclusionProof(ctx, req)
+	if err != nil {
+		return err
+	}
+	vkey, _ := lf.verifierKeyText()
+	if vkey == "" {
+		cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
+		if err != nil {
+			return err
+		}
+		vkey = cp.GetVerifierKey()
+		fmt.Fprintln(stderr, "note: verifier key taken from the server; pass --verifier-key to check against a key you trust")
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		return fmt.Errorf("verifier key: %w", err)
+	}
+	cp, err := store.VerifyInclusion(resp.GetCheckpoint(), v, resp.GetLeafData(), resp.GetIndex(), resp.GetProof())
+	if err != nil {
+		return fmt.Errorf("inclusion proof does not verify: %w", err)
+	}
+	var e store.Entry
+	if err := e.UnmarshalBinary(resp.GetLeafData()); err != nil {
+		return fmt.Errorf("proven leaf: %w", err)
+	}
+	if want != nil && string(e.Certificate) != string(want) {
+		return fmt.Errorf("the log's entry %d for serial %s holds a different certificate than %s", resp.GetIndex(), e.Serial, *certFile)
+	}
+	fmt.Fprintf(stdout, "entry %d (%s %s) is in the log: inclusion proof verified against checkpoint %s size %d\n",
+		resp.GetIndex(), e.Kind, e.Serial, cp.Origin, cp.Size)
+	if *fromSize > 0 {
+		cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: *fromSize, ToSize: cp.Size})
+		if err != nil {
+			return err
+		}
+		if err := store.VerifyConsistency(cr.GetFromCheckpoint(), cr.GetToCheckpoint(), v, cr.GetProof()); err != nil {
+			return fmt.Errorf("consistency proof does not verify: %w", err)
+		}
+		fmt.Fprintf(stdout, "consistency proof verified: the log of size %d is a prefix of the log of size %d\n", *fromSize, cp.Size)
+	}
+	return nil
+}
+
+func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log backup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var lf logFlags
+	lf.register(fs)
+	out := fs.String("out", "", "file to write the snapshot to (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return errors.New("--out is required")
+	}
+	api, done, err := lf.open()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
+	defer cancel()
+	var buf strings.Builder
+	if err := api.Backup(ctx, &buf); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(*out, []byte(buf.String()), 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, buf.Len(), *out)
+	return nil
+}

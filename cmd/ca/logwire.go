@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/issuer"
+	"github.com/transitca/transitca/store"
+)
+
+// checkpointKeys returns the checkpoint signer (the latest version of the
+// log key), a verifier for every version of it (so that checkpoints signed
+// before a rotation still verify), and the current verifier key text.
+func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (*store.NoteSigner, note.Verifiers, string, error) {
+	name, origin := cfg.Log.CheckpointKey, cfg.LogOrigin()
+	latest, err := keys.Signer(ctx, name, 0)
+	if errors.Is(err, issuer.ErrKeyNotFound) {
+		return nil, nil, "", fmt.Errorf("%w: checkpoint key %s does not exist; run \"ca init\"", issuer.ErrNotInitialized, name)
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("checkpoint key: %w", err)
+	}
+	if _, ok := latest.Public().(ed25519.PublicKey); !ok {
+		return nil, nil, "", fmt.Errorf("checkpoint key %s is not ed25519", name)
+	}
+	signer, err := store.NewNoteSigner(origin, latest)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	var vs []note.Verifier
+	for v := 1; v <= latest.KeyVersion(); v++ {
+		s, err := keys.Signer(ctx, name, v)
+		if err != nil {
+			continue // trimmed versions sign nothing anymore
+		}
+		ver, err := store.NewNoteVerifier(origin, s.Public().(ed25519.PublicKey))
+		if err != nil {
+			return nil, nil, "", err
+		}
+		vs = append(vs, ver)
+	}
+	vkey, err := store.VerifierKey(origin, latest.Public().(ed25519.PublicKey))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return signer, note.VerifierList(vs...), vkey, nil
+}
+
+// openLog opens the issuance log for appending, checking it against its
+// last signed checkpoint.
+func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slog.Logger) (*store.Log, string, error) {
+	signer, verifiers, vkey, err := checkpointKeys(ctx, cfg, keys)
+	if err != nil {
+		return nil, "", err
+	}
+	l, err := store.Open(cfg.LogPath(), store.Options{
+		Signer:             signer,
+		Verifiers:          verifiers,
+		Origin:             cfg.LogOrigin(),
+		CheckpointEvery:    cfg.Log.CheckpointEvery,
+		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
+		Logger:             log,
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return l, vkey, nil
+}

@@ -1,0 +1,95 @@
+// Package store is the issuance log of transitca: an append-only,
+// tamper-evident record of every certificate issued, every request denied
+// and every administrative action, kept in one bbolt file and queryable by
+// the security team.
+//
+// # Durability
+//
+// Append MUST NOT return nil before the entry is committed and fsynced.
+// The issuance pipeline MUST NOT hand out a certificate whose Append
+// returned an error. Concurrent appends share one commit (group commit): a
+// single committer goroutine drains the queue of pending entries into one
+// bbolt read-write transaction, numbers them inside it, commits (bbolt
+// fsyncs the data and then the meta page) and only then acknowledges every
+// caller of the batch. If the transaction fails, every caller of the batch
+// gets the error, nothing of the batch is acknowledged, and the Log refuses
+// further appends (ErrFailed) until it is reopened, because after a failed
+// fsync the state on disk is unknown. An entry is written once: there is no
+// retry. Options.NoSync exists for tests and benchmarks and voids this
+// promise.
+//
+// A crash can leave on disk an entry whose Append never returned (committed,
+// not acknowledged); it can never lose an acknowledged one.
+//
+// # Tamper evidence
+//
+// Each entry is a leaf of an RFC 6962 Merkle tree: its leaf hash is
+// SHA-256(0x00 || record bytes), where the record bytes are the stored
+// encoding described below (they include the entry's own sequence number).
+// In the same transaction as the entries, the log stores each leaf hash,
+// the hashes of the complete subtrees at levels 8, 16, 24, ... (so that
+// proofs need few reads) and the compact range of the tree (O(log n)
+// hashes) from which the next root is computed.
+//
+// A checkpoint is the text "<origin>\n<size>\n<base64 root hash>\n" signed
+// in the note format of golang.org/x/mod/sumdb/note (Options.Signer,
+// normally an Ed25519 key in Vault Transit via NewNoteSigner). One is
+// written at least every Options.CheckpointEvery entries or
+// Options.CheckpointInterval, whichever comes first, and on Close.
+// InclusionProof and ConsistencyProof serve RFC 6962 proofs, and
+// VerifyInclusion and VerifyConsistency check them offline with nothing but
+// a signed checkpoint and the log's verifier key (VerifierKey).
+//
+// Open re-hashes every entry, compares with the stored leaf hashes and
+// recomputes the root for every stored checkpoint before it accepts a file;
+// Verify also checks the indexes and the consistency between checkpoints.
+// Both name the first bad index (*VerifyError).
+//
+// # File layout
+//
+// The file is a bbolt database. Bucket names are the bucket* variables of
+// this package. The meta bucket holds the magic "transitca issuance log",
+// the schema version (4 bytes, big-endian; this build writes and reads 1)
+// and the tree state. Open refuses, without writing, a file that is not
+// bbolt, is truncated, has no meta bucket or another magic, or has a newer
+// schema version; it tells which file and what is wrong.
+//
+// # Record encoding (version 1)
+//
+// Records use a small hand-rolled binary encoding rather than JSON or
+// protobuf: the bytes are hashed into the tree, so they must be canonical
+// (one entry, one encoding), compact and stable forever, and protobuf and
+// encoding/json make no canonicality promise. A record is:
+//
+//	byte 0      record version (1)
+//	byte 1      kind (1 issuance, 2 denial, 3 admin)
+//	bytes 2-9   sequence number, uint64 big-endian
+//	then fields in strictly increasing tag order, each a tag byte and a
+//	value; a field with the zero value is omitted:
+//	  strings and bytes: uvarint length, then the bytes
+//	  integers and durations (nanoseconds): zig-zag varint
+//	  times: zig-zag varint of Unix nanoseconds (UTC)
+//	  issuer fingerprint: 32 raw bytes
+//
+// Tags: 1 Time, 2 Serial, 3 SPIFFEID, 4 Namespace, 5 ServiceAccount,
+// 6 Tier, 7 RequestedTTL, 8 GrantedTTL, 9 NotBefore, 10 NotAfter,
+// 11 IssuerFingerprint, 12 IssuerKeyVersion, 13 RootKeyVersion,
+// 14 CallerID, 15 AuthMethod, 16 CallerSubject, 17 ClusterID,
+// 18 Certificate, 19 Code, 20 Reason, 21 Action, 22 Actor, 23 Detail.
+//
+// The decoder is strict (no unknown, repeated or out-of-order tags, no
+// zero values, minimal varints), so decoding and re-encoding a record gives
+// back the same bytes. To evolve the format, add a record version: records
+// already written are never rewritten (their hashes are in signed
+// checkpoints), so a newer build keeps decoding every older version, and an
+// older build refuses a newer one. A change of bucket layout bumps the
+// schema version in the meta bucket.
+//
+// # Indexes and queries
+//
+// Index buckets (serial, SPIFFE ID, namespace, time, issuer, NotAfter) are
+// written in the same transaction as the entry. Query scans one index and
+// filters on the other fields, in pages bounded in size and in work.
+//
+// Nothing in this package updates or deletes an entry.
+package store

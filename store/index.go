@@ -1,0 +1,177 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"time"
+)
+
+// Bucket names. Every bucket is created when a log file is created; a file
+// that lacks one of them is corrupt.
+var (
+	// bucketMeta holds the magic, the schema version and the Merkle tree
+	// state (see metaKey*).
+	bucketMeta = []byte("meta")
+	// bucketEntries maps seq (8 bytes, big-endian) to the record bytes.
+	bucketEntries = []byte("entries")
+	// bucketLeaves maps seq to the entry's 32-byte RFC 6962 leaf hash.
+	bucketLeaves = []byte("leaves")
+	// bucketNodes maps (level byte, index 8 bytes) to the hash of every
+	// complete Merkle subtree whose level is a positive multiple of
+	// nodeStride, so that any subtree hash needs at most 2^(nodeStride-1)
+	// reads.
+	bucketNodes = []byte("nodes")
+	// bucketCheckpoints maps a tree size (8 bytes) to a signed checkpoint.
+	bucketCheckpoints = []byte("checkpoints")
+
+	// Index buckets. Except for the serial index, keys end in the 8-byte
+	// seq of the entry and values are empty.
+
+	// bucketBySerial maps an issuance's serial (hex) to its seq.
+	bucketBySerial = []byte("idx_serial")
+	// bucketBySPIFFEID: SPIFFE ID || 0x00 || seq, for every kind.
+	bucketBySPIFFEID = []byte("idx_spiffe_id")
+	// bucketByNamespace: namespace || 0x00 || seq, for every kind.
+	bucketByNamespace = []byte("idx_namespace")
+	// bucketByTime: time key of Entry.Time || seq, for every entry.
+	bucketByTime = []byte("idx_time")
+	// bucketByIssuer: issuer fingerprint (32 raw bytes) || seq.
+	bucketByIssuer = []byte("idx_issuer")
+	// bucketByNotAfter: time key of NotAfter || seq, for issuances.
+	bucketByNotAfter = []byte("idx_not_after")
+)
+
+// Keys in bucketMeta.
+var (
+	metaKeyMagic   = []byte("magic")
+	metaKeySchema  = []byte("schema")
+	metaKeyTree    = []byte("tree")
+	metaKeyCreated = []byte("created")
+	// metaKeyMaxValidity holds the longest NotAfter - NotBefore of any
+	// issuance (8 bytes big-endian nanoseconds), which bounds the NotAfter
+	// range a ValidAt query scans.
+	metaKeyMaxValidity = []byte("max_validity")
+)
+
+// logMagic identifies a file as an issuance log.
+const logMagic = "transitca issuance log"
+
+// schemaVersion is the schema this build writes and the newest it reads.
+// Bump it (and keep reading older versions) when the bucket layout changes.
+const schemaVersion = 1
+
+// nodeStride is the level spacing of the stored subtree hashes.
+const nodeStride = 8
+
+type indexID uint8
+
+const (
+	idxSerial indexID = iota
+	idxSPIFFEID
+	idxNamespace
+	idxTime
+	idxIssuer
+	idxNotAfter
+	numIndexes
+)
+
+var indexBuckets = [numIndexes][]byte{
+	idxSerial:    bucketBySerial,
+	idxSPIFFEID:  bucketBySPIFFEID,
+	idxNamespace: bucketByNamespace,
+	idxTime:      bucketByTime,
+	idxIssuer:    bucketByIssuer,
+	idxNotAfter:  bucketByNotAfter,
+}
+
+var indexNames = [numIndexes]string{
+	idxSerial:    "serial",
+	idxSPIFFEID:  "SPIFFE ID",
+	idxNamespace: "namespace",
+	idxTime:      "time",
+	idxIssuer:    "issuer",
+	idxNotAfter:  "NotAfter",
+}
+
+// allBuckets lists every bucket of the schema.
+var allBuckets = [][]byte{
+	bucketMeta, bucketEntries, bucketLeaves, bucketNodes, bucketCheckpoints,
+	bucketBySerial, bucketBySPIFFEID, bucketByNamespace, bucketByTime, bucketByIssuer, bucketByNotAfter,
+}
+
+// indexPut is one index record of an entry. For idxSerial the seq is the
+// value; for the others it is the last 8 bytes of the key.
+type indexPut struct {
+	idx indexID
+	key []byte
+	val []byte
+}
+
+// indexPuts returns the index records of e for sequence number seq.
+func indexPuts(e *Entry, seq uint64, dst []indexPut) []indexPut {
+	if e.Kind == KindIssuance && e.Serial != "" {
+		dst = append(dst, indexPut{idx: idxSerial, key: []byte(e.Serial), val: seqKey(seq)})
+	}
+	if e.SPIFFEID != "" {
+		dst = append(dst, indexPut{idx: idxSPIFFEID, key: stringSeqKey(e.SPIFFEID, seq)})
+	}
+	if e.Namespace != "" {
+		dst = append(dst, indexPut{idx: idxNamespace, key: stringSeqKey(e.Namespace, seq)})
+	}
+	dst = append(dst, indexPut{idx: idxTime, key: timeSeqKey(e.Time, seq)})
+	if e.IssuerFingerprint != "" {
+		k := make([]byte, sha256.Size, sha256.Size+8)
+		_, _ = hex.Decode(k, []byte(e.IssuerFingerprint))
+		dst = append(dst, indexPut{idx: idxIssuer, key: binary.BigEndian.AppendUint64(k, seq)})
+	}
+	if e.Kind == KindIssuance && !e.NotAfter.IsZero() {
+		dst = append(dst, indexPut{idx: idxNotAfter, key: timeSeqKey(e.NotAfter, seq)})
+	}
+	return dst
+}
+
+// setSeq rewrites the seq carried by an index record.
+func (p *indexPut) setSeq(seq uint64) {
+	if p.idx == idxSerial {
+		binary.BigEndian.PutUint64(p.val, seq)
+		return
+	}
+	binary.BigEndian.PutUint64(p.key[len(p.key)-8:], seq)
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq) }
+
+func stringSeqKey(s string, seq uint64) []byte {
+	k := make([]byte, 0, len(s)+9)
+	k = append(append(k, s...), 0)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// timeKey encodes t as 8 big-endian bytes of its Unix nanoseconds with the
+// sign bit flipped, so that byte order is time order.
+func timeKey(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(t.UnixNano())^(1<<63))
+}
+
+func timeSeqKey(t time.Time, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(timeKey(t), seq)
+}
+
+// nodeKey is the bucketNodes key of the subtree at (level, index).
+func nodeKey(level uint, index uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{byte(level)}, index)
+}
+
+// keySuccessor returns the smallest key greater than every key that has
+// prefix p, or nil if there is none.
+func keySuccessor(p []byte) []byte {
+	s := append([]byte(nil), p...)
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] != 0xff {
+			s[i]++
+			return s[:i+1]
+		}
+	}
+	return nil
+}

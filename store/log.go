@@ -1,0 +1,449 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// Options configure Open. The zero value is a durable log without
+// checkpoints.
+type Options struct {
+	// NoSync skips fsync. It breaks the durability promise and exists for
+	// tests and benchmarks only.
+	NoSync bool
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+	// Signer signs checkpoints; nil means no checkpoints are written.
+	// NewNoteSigner adapts an Ed25519 crypto.Signer (such as a Vault
+	// Transit key).
+	Signer note.Signer
+	// Verifiers check stored checkpoints on Open and in Verify. Default:
+	// the signer's own verifier if Signer has a Verifier() method (as
+	// *NoteSigner does). Without verifiers, checkpoint signatures are not
+	// checked (their contents still are).
+	Verifiers note.Verifiers
+	// Origin is the first line of every checkpoint, the log's identity.
+	// Default: Signer.Name().
+	Origin string
+	// CheckpointEvery writes a checkpoint once this many entries were
+	// appended since the last one. Default 4096.
+	CheckpointEvery int
+	// CheckpointInterval writes a checkpoint this often when entries were
+	// appended since the last one. Default 30s.
+	CheckpointInterval time.Duration
+	// ReadOnly opens the file for reading only (a shared lock, no writes,
+	// no integrity check on open; run Verify). Append returns ErrReadOnly.
+	ReadOnly bool
+	// LockTimeout bounds the wait for the file lock. Default 2s.
+	LockTimeout time.Duration
+	// Logger receives background errors (checkpoints). Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+const (
+	defaultCheckpointEvery    = 4096
+	defaultCheckpointInterval = 30 * time.Second
+	defaultLockTimeout        = 2 * time.Second
+
+	// A commit takes at most this many entries or record bytes.
+	maxBatchEntries = 4096
+	maxBatchBytes   = 32 << 20
+
+	// Group commit lingering, see committer.
+	lingerMin = 4
+	lingerMax = 500 * time.Microsecond
+)
+
+// Log is an append-only, tamper-evident issuance log stored in one bbolt
+// file. Its methods are safe for concurrent use.
+type Log struct {
+	path      string
+	db        *bolt.DB
+	opts      Options
+	readOnly  bool
+	origin    string
+	verifiers note.Verifiers
+	logger    *slog.Logger
+	txid      int // bbolt transaction id seen by newLog
+
+	// Append → committer.
+	reqs          chan *appendReq
+	closing       chan struct{}
+	closeMu       sync.RWMutex // held shared by senders on reqs
+	closed        bool
+	closeOnce     sync.Once
+	closeErr      error
+	committerDone chan struct{}
+
+	mu      sync.Mutex
+	tree    *compact.Range // committed tree, guarded by mu
+	root    []byte         // root of tree, guarded by mu
+	failed  error          // first commit failure, guarded by mu
+	commits uint64         // guarded by mu
+	size    atomic.Uint64  // tree.End()
+
+	// Checkpoints.
+	cpMu     sync.Mutex // serializes checkpoint writers; guards cpSigned
+	cpSigned []byte
+	cpSize   atomic.Uint64
+	cpKick   chan struct{}
+	cpStop   chan struct{}
+	cpDone   chan struct{}
+}
+
+// Open opens the log file at path, creating it if it does not exist.
+//
+// Open inspects an existing file before writing anything: a file that is
+// not a bbolt database, is truncated, belongs to another program, or has a
+// newer schema is refused with an error naming the file (ErrNotALog,
+// ErrCorrupt, ErrSchemaTooNew), and left byte-for-byte unchanged. A file
+// locked by another process yields ErrInUse after Options.LockTimeout.
+//
+// Unless opts.ReadOnly, Open then checks the whole tree: it re-hashes every
+// entry, compares with the stored leaf hashes, recomputes the root and
+// compares it with every stored checkpoint and with the stored tree state.
+// On a mismatch it refuses with a *VerifyError naming the first bad index.
+// This reads the whole file: about 2.5 s per million entries on a 2-core
+// machine.
+func Open(path string, opts Options) (*Log, error) {
+	if err := opts.fill(); err != nil {
+		return nil, fmt.Errorf("open log %q: %w", path, err)
+	}
+	exists, err := inspectFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
+		if opts.ReadOnly {
+			return nil, fmt.Errorf("log file %q does not exist or is empty: %w", path, ErrNotFound)
+		}
+		return create(path, opts)
+	}
+
+	// Look before writing: a read-only bbolt handle takes a shared lock and
+	// never writes. The schema and the whole tree are checked through it.
+	ro, err := openBolt(path, &opts, true)
+	if err != nil {
+		return nil, err
+	}
+	empty := false
+	err = func() (err error) {
+		defer recoverCorrupt(path, &err)
+		return ro.View(func(tx *bolt.Tx) error {
+			if empty = isEmptyDB(tx); empty {
+				return nil
+			}
+			return checkSchema(tx, path)
+		})
+	}()
+	if err == nil && empty && opts.ReadOnly {
+		err = fmt.Errorf("log file %q is an empty bbolt database: %w", path, ErrNotFound)
+	}
+	if err != nil {
+		_ = ro.Close()
+		return nil, err
+	}
+	if empty {
+		// bbolt initialized the file but the schema was never committed
+		// (a crash during creation): there is nothing to lose.
+		_ = ro.Close()
+		return create(path, opts)
+	}
+	l, err := newLog(path, ro, opts)
+	if err == nil && !opts.ReadOnly {
+		err = l.checkOnOpen()
+	}
+	if err != nil || opts.ReadOnly {
+		if err != nil {
+			_ = ro.Close()
+			return nil, err
+		}
+		return l, nil
+	}
+	checked := l.txid
+	if err := ro.Close(); err != nil {
+		return nil, fmt.Errorf("log file %q: %w", path, err)
+	}
+
+	db, err := openBolt(path, &opts, false)
+	if err != nil {
+		return nil, err
+	}
+	if l, err = newLog(path, db, opts); err == nil && l.txid != checked {
+		// Changed between the two opens: check again.
+		err = l.checkOnOpen()
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	l.start()
+	return l, nil
+}
+
+// create creates a new log file (or initializes an empty one).
+func create(path string, opts Options) (*Log, error) {
+	db, err := openBolt(path, &opts, false)
+	if err != nil {
+		return nil, err
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if isEmptyDB(tx) {
+			return initSchema(tx, opts.Now())
+		}
+		return checkSchema(tx, path) // created by someone else meanwhile
+	})
+	var l *Log
+	if err == nil {
+		l, err = newLog(path, db, opts)
+	}
+	if err == nil {
+		err = l.checkOnOpen()
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	l.start()
+	return l, nil
+}
+
+func (o *Options) fill() error {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.CheckpointEvery <= 0 {
+		o.CheckpointEvery = defaultCheckpointEvery
+	}
+	if o.CheckpointInterval <= 0 {
+		o.CheckpointInterval = defaultCheckpointInterval
+	}
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = defaultLockTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Signer != nil {
+		if o.Origin == "" {
+			o.Origin = o.Signer.Name()
+		}
+		if strings.ContainsAny(o.Origin, "\n\r") {
+			return fmt.Errorf("checkpoint origin %q contains a newline", o.Origin)
+		}
+		if o.Verifiers == nil {
+			if s, ok := o.Signer.(interface{ Verifier() note.Verifier }); ok {
+				o.Verifiers = note.VerifierList(s.Verifier())
+			}
+		}
+	}
+	return nil
+}
+
+func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
+	l := &Log{
+		path:          path,
+		db:            db,
+		opts:          opts,
+		readOnly:      opts.ReadOnly,
+		origin:        opts.Origin,
+		verifiers:     opts.Verifiers,
+		logger:        opts.Logger,
+		reqs:          make(chan *appendReq, maxBatchEntries),
+		closing:       make(chan struct{}),
+		committerDone: make(chan struct{}),
+		cpKick:        make(chan struct{}, 1),
+		cpStop:        make(chan struct{}),
+		cpDone:        make(chan struct{}),
+	}
+	err := func() (err error) {
+		defer recoverCorrupt(path, &err)
+		return db.View(func(tx *bolt.Tx) error {
+			l.txid = tx.ID()
+			tree, err := readTree(tx)
+			if err != nil {
+				return fmt.Errorf("log file %q: %w", path, err)
+			}
+			l.tree, l.root = tree, rootOf(tree)
+			l.size.Store(tree.End())
+			if k, v := tx.Bucket(bucketCheckpoints).Cursor().Last(); k != nil {
+				l.cpSize.Store(binary.BigEndian.Uint64(k))
+				l.cpSigned = bytes.Clone(v)
+			}
+			return nil
+		})
+	}()
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Log) start() {
+	go l.committer()
+	if l.opts.Signer != nil {
+		go l.checkpointLoop()
+	} else {
+		close(l.cpDone)
+	}
+}
+
+// Path returns the log file's path.
+func (l *Log) Path() string { return l.path }
+
+// Size returns the number of committed entries (the tree size).
+func (l *Log) Size() uint64 { return l.size.Load() }
+
+// Root returns the committed tree size and root hash.
+func (l *Log) Root() (size uint64, root []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.tree.End(), bytes.Clone(l.root)
+}
+
+// Stats are counters of a Log, for metrics.
+type Stats struct {
+	Size           uint64 // committed entries
+	Commits        uint64 // bbolt commits of entries since Open
+	CheckpointSize uint64 // size of the latest stored checkpoint
+	Failed         bool   // a commit failed; Append returns ErrFailed
+}
+
+// Stats returns the log's counters.
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return Stats{Size: l.tree.End(), Commits: l.commits, CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil}
+}
+
+// Close stops accepting appends, commits those already queued, writes a
+// final checkpoint if entries were added since the last one, and closes the
+// file.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		close(l.closing)
+		l.closeMu.Lock()
+		l.closed = true
+		if !l.readOnly {
+			close(l.reqs)
+		}
+		l.closeMu.Unlock()
+		var errs []error
+		if !l.readOnly {
+			<-l.committerDone
+			close(l.cpStop)
+			<-l.cpDone
+			if l.opts.Signer != nil && l.Size() > l.cpSize.Load() {
+				if _, err := l.writeCheckpoint(); err != nil && !errors.Is(err, ErrFailed) {
+					errs = append(errs, fmt.Errorf("final checkpoint: %w", err))
+				}
+			}
+		}
+		if err := l.db.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close log %q: %w", l.path, err))
+		}
+		l.closeErr = errors.Join(errs...)
+	})
+	return l.closeErr
+}
+
+func (l *Log) isClosed() bool {
+	select {
+	case <-l.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// readable checks that the log can serve a read.
+func (l *Log) readable(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if l.isClosed() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Get returns the entry at seq, or an error wrapping ErrNotFound.
+func (l *Log) Get(ctx context.Context, seq uint64) (*Entry, error) {
+	if err := l.readable(ctx); err != nil {
+		return nil, err
+	}
+	var e *Entry
+	err := l.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
+		if v == nil {
+			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+		}
+		var err error
+		e, err = decodeStored(v, seq)
+		return err
+	})
+	return e, err
+}
+
+// LeafData returns the stored record bytes of the entry at seq: the Merkle
+// leaf data that VerifyInclusion takes.
+func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
+	if err := l.readable(ctx); err != nil {
+		return nil, err
+	}
+	var out []byte
+	err := l.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
+		if v == nil {
+			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+		}
+		out = bytes.Clone(v)
+		return nil
+	})
+	return out, err
+}
+
+// decodeStored decodes the record stored under seq into an entry that owns
+// its memory.
+func decodeStored(v []byte, seq uint64) (*Entry, error) {
+	e, err := decodeRecord(v)
+	if err != nil {
+		return nil, fmt.Errorf("entry %d: %w", seq, err)
+	}
+	if e.Seq != seq {
+		return nil, fmt.Errorf("entry %d: %w: record carries seq %d", seq, ErrCorrupt, e.Seq)
+	}
+	e.Certificate = bytes.Clone(e.Certificate)
+	return e, nil
+}
+
+var _ io.WriterTo = (*Log)(nil)
+
+// WriteTo writes a consistent snapshot of the log file (a bbolt database
+// that Open accepts) to w, for backups. Appends continue meanwhile.
+func (l *Log) WriteTo(w io.Writer) (int64, error) {
+	if l.isClosed() {
+		return 0, ErrClosed
+	}
+	var n int64
+	err := l.db.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}

@@ -1,0 +1,446 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+
+	"github.com/transparency-dev/merkle/proof"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// VerifyResult summarizes a successful Verify.
+type VerifyResult struct {
+	// Size is the number of entries, all checked.
+	Size uint64
+	// Root is the recomputed root hash of the tree of Size entries.
+	Root []byte
+	// Issuances, Denials and Admin count the entries by kind.
+	Issuances, Denials, Admin uint64
+	// Checkpoints is the number of stored checkpoints whose size and root
+	// hash were checked against the entries (and consecutive pairs with a
+	// consistency proof).
+	Checkpoints int
+	// SignaturesVerified is how many of them had their signature checked
+	// with Options.Verifiers (0 when the log was opened without them).
+	SignaturesVerified int
+	// IndexKeys is the number of index records checked.
+	IndexKeys uint64
+}
+
+// Verify checks the whole log in one consistent snapshot: every record
+// decodes and carries its own index, sequence numbers are contiguous, every
+// stored leaf hash and stored subtree hash matches the entries, the
+// recomputed root matches the stored tree state and every stored
+// checkpoint (signature, size, root, and a consistency proof between
+// consecutive checkpoints), and every index record points to an entry that
+// has the indexed value, and every entry is indexed. progress, if not nil,
+// is called with the number of entries checked so far.
+//
+// On the first problem it returns a *VerifyError (wrapping ErrCorrupt) that
+// names the lowest bad index. Verify holds a read transaction for its whole
+// run; appends continue meanwhile.
+func (l *Log) Verify(ctx context.Context, progress func(done uint64)) (res VerifyResult, err error) {
+	if err := l.readable(ctx); err != nil {
+		return VerifyResult{}, err
+	}
+	defer recoverCorrupt(l.path, &err)
+	err = l.db.View(func(tx *bolt.Tx) error {
+		var err error
+		res, err = l.scan(ctx, tx, scanOptions{indexes: true, consistency: true, progress: progress})
+		return err
+	})
+	return res, err
+}
+
+// checkOnOpen runs the integrity check that Open requires: entries, leaf
+// hashes, stored subtree hashes, tree state and checkpoints (no indexes).
+func (l *Log) checkOnOpen() (err error) {
+	defer recoverCorrupt(l.path, &err)
+	err = l.db.View(func(tx *bolt.Tx) error {
+		_, err := l.scan(context.Background(), tx, scanOptions{})
+		return err
+	})
+	var ve *VerifyError
+	if errors.As(err, &ve) {
+		return fmt.Errorf("log file %q failed its integrity check, refusing to open it: %w", l.path, err)
+	}
+	if err != nil {
+		return fmt.Errorf("log file %q: %w", l.path, err)
+	}
+	if l.origin != "" && len(l.cpSigned) > 0 {
+		if cp, _, err := checkpointBody(l.cpSigned, nil); err == nil && cp.Origin != l.origin {
+			return fmt.Errorf("log file %q: its checkpoints have origin %q but the configured origin is %q", l.path, cp.Origin, l.origin)
+		}
+	}
+	return nil
+}
+
+type scanOptions struct {
+	indexes     bool
+	consistency bool
+	progress    func(uint64)
+}
+
+// checkpointBody parses a stored checkpoint, checking its signature when
+// verifiers are given.
+func checkpointBody(signed []byte, vs note.Verifiers) (cp Checkpoint, verified bool, err error) {
+	if vs == nil {
+		vs = note.VerifierList()
+	}
+	n, err := note.Open(signed, vs)
+	var unverified *note.UnverifiedNoteError
+	switch {
+	case err == nil:
+		verified = true
+	case errors.As(err, &unverified):
+		n = unverified.Note
+	default:
+		return Checkpoint{}, false, err
+	}
+	cp, err = parseCheckpoint(n.Text)
+	return cp, verified, err
+}
+
+type storedCheckpoint struct {
+	Checkpoint
+	verified bool
+}
+
+// scanner accumulates the first (lowest-index) problem found.
+type scanner struct {
+	bad *VerifyError
+}
+
+func (s *scanner) report(e *VerifyError) {
+	if s.bad == nil || e.Index < s.bad.Index {
+		s.bad = e
+	}
+}
+
+// stopAt reports whether index i is past a problem already found.
+func (s *scanner) stopAt(i uint64) bool { return s.bad != nil && i >= s.bad.Index }
+
+func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResult, error) {
+	var res VerifyResult
+	var s scanner
+	tree, err := readTree(tx)
+	if err != nil {
+		return res, verifyErrorf(0, "stored tree state: %v", err)
+	}
+	n := tree.End()
+
+	// Checkpoints, oldest first.
+	var cps []storedCheckpoint
+	prevSize := uint64(0)
+	origin := ""
+	_ = tx.Bucket(bucketCheckpoints).ForEach(func(k, v []byte) error {
+		if len(k) != 8 {
+			s.report(verifyErrorf(prevSize, "malformed checkpoint key %x", k))
+			return nil
+		}
+		size := binary.BigEndian.Uint64(k)
+		cp, verified, err := checkpointBody(v, l.verifiers)
+		switch {
+		case err != nil && l.verifiers != nil:
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d: signature does not verify: %v", size, err))
+		case err != nil:
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d does not parse: %v", size, err))
+		case l.verifiers != nil && !verified:
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d is not signed by a known key", size))
+		case cp.Size != size:
+			s.report(verifyErrorf(prevSize, "checkpoint stored under size %d says size %d", size, cp.Size))
+		case origin != "" && cp.Origin != origin:
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d has origin %q, earlier ones %q", size, cp.Origin, origin))
+		case size > n:
+			s.report(verifyErrorf(n, "checkpoint of size %d is beyond the tree (size %d): entries were removed", size, n))
+		case size == 0 && !bytes.Equal(cp.Root, hasher.EmptyRoot()):
+			s.report(verifyErrorf(0, "checkpoint of size 0 does not have the empty root"))
+		default:
+			cps = append(cps, storedCheckpoint{cp, verified})
+			origin = cp.Origin
+		}
+		prevSize = size
+		return nil
+	})
+
+	entries, leaves := tx.Bucket(bucketEntries), tx.Bucket(bucketLeaves)
+	ec, lc := entries.Cursor(), leaves.Cursor()
+	ek, ev := ec.First()
+	lk, lv := lc.First()
+	tb := newTreeBuilder(tx.Bucket(bucketNodes))
+	var acc *indexAccumulator
+	if so.indexes {
+		acc = newIndexAccumulator()
+	}
+	nextCP, goodUntil := 0, uint64(0)
+	maxValidity := readMaxValidity(tx)
+	for i := uint64(0); i < n && !s.stopAt(i); i++ {
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return res, err
+			}
+			if so.progress != nil && i > 0 && i%(1<<16) == 0 {
+				so.progress(i)
+			}
+		}
+		if ek == nil || len(ek) != 8 || binary.BigEndian.Uint64(ek) != i {
+			s.report(verifyErrorf(i, "entry %d is missing", i))
+			break
+		}
+		e, err := decodeRecord(ev)
+		if err != nil {
+			s.report(verifyErrorf(i, "entry does not decode: %v", err))
+			break
+		}
+		if e.Seq != i {
+			s.report(verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq))
+			break
+		}
+		leaf := leafHash(ev)
+		if lk == nil || len(lk) != 8 || binary.BigEndian.Uint64(lk) != i {
+			s.report(verifyErrorf(i, "stored leaf hash of entry %d is missing", i))
+			break
+		}
+		if !bytes.Equal(lv, leaf) {
+			s.report(verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i))
+			break
+		}
+		tb.append(leaf)
+		if tb.bad != nil {
+			s.report(tb.bad)
+			break
+		}
+		for nextCP < len(cps) && cps[nextCP].Size == i+1 {
+			cp := cps[nextCP]
+			if root := rootOf(tb.r); !bytes.Equal(root, cp.Root) {
+				s.report(verifyErrorf(goodUntil, "checkpoint of size %d: root hash does not match the entries; entries from index %d on are not covered by a valid checkpoint", cp.Size, goodUntil))
+			}
+			goodUntil = cp.Size
+			nextCP++
+		}
+		switch e.Kind {
+		case KindIssuance:
+			res.Issuances++
+		case KindDenial:
+			res.Denials++
+		case KindAdmin:
+			res.Admin++
+		}
+		if acc != nil {
+			acc.addEntry(e, i)
+			if e.Kind == KindIssuance && e.NotAfter.Sub(e.NotBefore) > maxValidity {
+				s.report(verifyErrorf(i, "entry %d is valid for %v, longer than the stored maximum validity %v (ValidAt queries would miss it)", i, e.NotAfter.Sub(e.NotBefore), maxValidity))
+				break
+			}
+		}
+		ek, ev = ec.Next()
+		lk, lv = lc.Next()
+	}
+	if s.bad != nil {
+		return res, s.bad
+	}
+
+	// Anything beyond the tree was written behind the log's back.
+	if ek != nil {
+		s.report(verifyErrorf(keyIndex(ek, n), "entry key %x is beyond the Merkle tree (size %d): it was not appended through the log", ek, n))
+	}
+	if lk != nil {
+		s.report(verifyErrorf(keyIndex(lk, n), "leaf hash key %x is beyond the Merkle tree (size %d)", lk, n))
+	}
+	if seq := entries.Sequence(); seq != n {
+		s.report(verifyErrorf(min(seq, n), "entries bucket sequence %d differs from the tree size %d", seq, n))
+	}
+	if !tb.r.Equal(tree) {
+		s.report(verifyErrorf(n, "stored tree state (size %d) does not match the entries", n))
+	}
+	if got, want := uint64(tx.Bucket(bucketNodes).Stats().KeyN), storedNodeCount(n); got != want {
+		s.report(verifyErrorf(n, "%d stored tree nodes, want %d for size %d", got, want, n))
+	}
+	if s.bad != nil {
+		return res, s.bad
+	}
+
+	if so.consistency {
+		for i := 1; i < len(cps); i++ {
+			a, b := cps[i-1], cps[i]
+			p, err := consistencyProof(tx, a.Size, b.Size)
+			if err == nil {
+				err = proof.VerifyConsistency(hasher, a.Size, b.Size, p, a.Root, b.Root)
+			}
+			if err != nil {
+				return res, verifyErrorf(a.Size, "checkpoints of sizes %d and %d are not consistent: %v", a.Size, b.Size, err)
+			}
+		}
+	}
+	if acc != nil {
+		keys, err := l.checkIndexes(ctx, tx, acc, n)
+		if err != nil {
+			return res, err
+		}
+		res.IndexKeys = keys
+	}
+
+	res.Size = n
+	res.Root = rootOf(tb.r)
+	res.Checkpoints = len(cps)
+	for _, cp := range cps {
+		if cp.verified {
+			res.SignaturesVerified++
+		}
+	}
+	if so.progress != nil {
+		so.progress(n)
+	}
+	return res, nil
+}
+
+// keyIndex returns the index a seq key names, or def for a malformed key.
+func keyIndex(k []byte, def uint64) uint64 {
+	if len(k) == 8 {
+		return binary.BigEndian.Uint64(k)
+	}
+	return def
+}
+
+// indexAccumulator keeps, per index, an order-independent digest of the
+// index records the entries call for: their count and two 64-bit sums of
+// keyed hashes. Comparing it with the same digest of the stored records
+// checks every index in one pass over each bucket, without holding the
+// expected records in memory.
+type indexAccumulator struct {
+	seeds [2]maphash.Seed
+	want  [numIndexes]indexDigest
+	puts  []indexPut
+}
+
+type indexDigest struct {
+	n    uint64
+	sums [2]uint64
+}
+
+func newIndexAccumulator() *indexAccumulator {
+	return &indexAccumulator{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+}
+
+func (a *indexAccumulator) add(d *indexDigest, k, v []byte) {
+	d.n++
+	for i, seed := range a.seeds {
+		var h maphash.Hash
+		h.SetSeed(seed)
+		h.Write(k)
+		h.WriteByte(0xff)
+		h.Write(v)
+		d.sums[i] += h.Sum64()
+	}
+}
+
+func (a *indexAccumulator) addEntry(e *Entry, seq uint64) {
+	a.puts = indexPuts(e, seq, a.puts[:0])
+	for _, p := range a.puts {
+		a.add(&a.want[p.idx], p.key, p.val)
+	}
+}
+
+// checkIndexes compares every index bucket with the accumulated digest and,
+// for a bucket that differs, finds the lowest bad index.
+func (l *Log) checkIndexes(ctx context.Context, tx *bolt.Tx, acc *indexAccumulator, n uint64) (uint64, error) {
+	var total uint64
+	for id := indexID(0); id < numIndexes; id++ {
+		var got indexDigest
+		c := tx.Bucket(indexBuckets[id]).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if got.n%4096 == 0 {
+				if err := ctx.Err(); err != nil {
+					return 0, err
+				}
+			}
+			acc.add(&got, k, v)
+		}
+		total += got.n
+		if got != acc.want[id] {
+			return 0, l.findIndexProblem(ctx, tx, id, n)
+		}
+	}
+	return total, nil
+}
+
+// findIndexProblem finds the lowest index at which index bucket id and the
+// entries disagree. It runs only when the digests differ.
+func (l *Log) findIndexProblem(ctx context.Context, tx *bolt.Tx, id indexID, n uint64) error {
+	var s scanner
+	name := indexNames[id]
+	b, entries := tx.Bucket(indexBuckets[id]), tx.Bucket(bucketEntries)
+	var puts []indexPut
+	expected := func(seq uint64) ([]indexPut, bool) {
+		v := entries.Get(seqKey(seq))
+		if v == nil {
+			return nil, false
+		}
+		e, err := decodeRecord(v)
+		if err != nil {
+			return nil, false
+		}
+		puts = indexPuts(e, seq, puts[:0])
+		return puts, true
+	}
+	// Records that do not belong to their entry.
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		seq, ok := uint64(0), false
+		if id == idxSerial && len(v) == 8 {
+			seq, ok = binary.BigEndian.Uint64(v), true
+		} else if id != idxSerial && len(k) >= 8 {
+			seq, ok = binary.BigEndian.Uint64(k[len(k)-8:]), true
+		}
+		if !ok {
+			s.report(verifyErrorf(0, "%s index has a malformed record %x", name, k))
+			continue
+		}
+		if s.stopAt(seq) {
+			continue
+		}
+		if seq >= n {
+			s.report(verifyErrorf(seq, "%s index points to entry %d, beyond the log (size %d)", name, seq, n))
+			continue
+		}
+		want, _ := expected(seq)
+		found := false
+		for _, p := range want {
+			if p.idx == id && bytes.Equal(p.key, k) && bytes.Equal(p.val, v) {
+				found = true
+			}
+		}
+		if !found {
+			s.report(verifyErrorf(seq, "%s index record %x does not match entry %d", name, k, seq))
+		}
+	}
+	// Entries missing from the index.
+	for i := uint64(0); i < n && !s.stopAt(i); i++ {
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		want, _ := expected(i)
+		for _, p := range want {
+			if p.idx != id {
+				continue
+			}
+			if v := b.Get(p.key); v == nil || !bytes.Equal(v, p.val) {
+				s.report(verifyErrorf(i, "entry %d is missing from the %s index", i, name))
+			}
+		}
+	}
+	if s.bad == nil {
+		return verifyErrorf(0, "%s index differs from the entries", name)
+	}
+	return s.bad
+}
