@@ -48,25 +48,38 @@ type AdminAuthorizer struct {
 	Certs      Authenticator
 	Identities []string
 	Logger     *slog.Logger
+	// Recorder, when set, records every refused admin call as a denial.
+	Recorder Recorder
 }
 
 func (a *AdminAuthorizer) authorize(ctx context.Context, method string) error {
+	caller, err := a.check(ctx, method)
+	if err != nil && a.Recorder != nil {
+		st := statusOf(ctx, a.Logger, err)
+		if rerr := a.Recorder.RecordDenial(ctx, &Denial{Time: time.Now(), Caller: caller, Code: st.Code(), Reason: "admin " + method + ": " + err.Error()}); rerr != nil {
+			a.Logger.ErrorContext(ctx, "record admin denial", slog.Any("error", rerr))
+		}
+	}
+	return err
+}
+
+func (a *AdminAuthorizer) check(ctx context.Context, method string) (*Caller, error) {
 	cred, err := CredentialsFromContext(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(cred.PeerChains) == 0 {
-		return fmt.Errorf("%w: the admin API needs a client certificate carrying an admin SPIFFE ID", ErrUnauthenticated)
+		return nil, fmt.Errorf("%w: the admin API needs a client certificate carrying an admin SPIFFE ID", ErrUnauthenticated)
 	}
 	caller, err := a.Certs.Authenticate(ctx, cred)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !slices.Contains(a.Identities, caller.SPIFFEID) {
-		return fmt.Errorf("%w: %s is not an admin identity", ErrPermissionDenied, caller.SPIFFEID)
+		return caller, fmt.Errorf("%w: %s is not an admin identity", ErrPermissionDenied, caller.SPIFFEID)
 	}
 	a.Logger.InfoContext(ctx, "admin call", slog.String("method", method), slog.String("caller", caller.SPIFFEID))
-	return nil
+	return caller, nil
 }
 
 // NewAdminServer returns the admin gRPC server over TLS, with every call
@@ -245,9 +258,11 @@ func (s *AdminService) checkpoint(ctx context.Context, size uint64) ([]byte, uin
 
 // GetConsistencyProof proves the log only grew between two checkpoints.
 func (s *AdminService) GetConsistencyProof(ctx context.Context, req *adminv1.GetConsistencyProofRequest) (*adminv1.GetConsistencyProofResponse, error) {
+	// The caller usually holds the older checkpoint already; it is returned
+	// when the log stored one of that size.
 	from, err := s.log.CheckpointAt(ctx, req.GetFromSize())
-	if err != nil {
-		return nil, fmt.Errorf("from_size %d: %w", req.GetFromSize(), err)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, err
 	}
 	to, size, err := s.checkpoint(ctx, req.GetToSize())
 	if err != nil {

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"fmt"
 	"math/big"
 	"strings"
 	"time"
@@ -91,4 +92,19 @@ func NormalizeSerial(s string) string {
 		return "0"
 	}
 	return s
+}
+
+// RecordAdmin appends an admin entry: an action of the CA or an operator.
+func (r LogRecorder) RecordAdmin(ctx context.Context, action, actor, detail string) error {
+	_, err := r.Log.Append(ctx, &store.Entry{Kind: store.KindAdmin, Time: time.Now(), Action: action, Actor: actor, Detail: detail})
+	return err
+}
+
+// RecordIntermediate appends an admin entry for an issuing intermediate
+// put to use, so that the log names every key that signed its leaves.
+func (r LogRecorder) RecordIntermediate(ctx context.Context, in *issuer.Intermediate) error {
+	detail := fmt.Sprintf("mode=%s fingerprint=%s serial=%s subject=%q not_before=%s not_after=%s key_version=%d",
+		in.Mode, in.Fingerprint, SerialHex(in.Cert.SerialNumber), in.Cert.Subject.String(),
+		in.Cert.NotBefore.UTC().Format(time.RFC3339), in.Cert.NotAfter.UTC().Format(time.RFC3339), in.KeyVersion)
+	return r.RecordAdmin(ctx, "intermediate-activated", "transitca", detail)
 }

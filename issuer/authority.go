@@ -56,9 +56,13 @@ type Options struct {
 	// of it, so it should be at least twice the longest leaf TTL.
 	IntermediateTTL time.Duration
 	// Dev labels every CA certificate DEV-ONLY.
-	Dev    bool
-	Now    func() time.Time
-	Logger *slog.Logger
+	Dev bool
+	// OnIntermediate, when set, is told of every intermediate before it is
+	// put to use (for the issuance log); an error keeps the previous one in
+	// use (or fails Open).
+	OnIntermediate func(ctx context.Context, in *Intermediate) error
+	Now            func() time.Time
+	Logger         *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -309,6 +313,11 @@ func (a *Authority) Renew(ctx context.Context) error {
 	}
 	if err != nil {
 		return err
+	}
+	if a.o.OnIntermediate != nil {
+		if err := a.o.OnIntermediate(ctx, next); err != nil {
+			return fmt.Errorf("record intermediate: %w", err)
+		}
 	}
 	a.mu.Lock()
 	a.cur = next

@@ -525,7 +525,7 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	certFile := fs.String("certificate", "", "prove this certificate (PEM; the first certificate in the file) is in the log")
 	serial := fs.String("serial", "", "prove the entry with this serial is in the log")
 	seq := fs.Int64("seq", -1, "prove the entry with this sequence number is in the log")
-	fromSize := fs.Uint64("from-size", 0, "also prove the log only grew since the checkpoint of this size")
+	since := fs.String("since", "", "also prove the log only grew since this earlier signed checkpoint (a file saved from \"ca log checkpoint\")")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -591,15 +591,23 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "entry %d (%s %s) is in the log: inclusion proof verified against checkpoint %s size %d\n",
 		resp.GetIndex(), e.Kind, e.Serial, cp.Origin, cp.Size)
-	if *fromSize > 0 {
-		cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: *fromSize, ToSize: cp.Size})
+	if *since != "" {
+		old, err := os.ReadFile(*since)
 		if err != nil {
 			return err
 		}
-		if err := store.VerifyConsistency(cr.GetFromCheckpoint(), cr.GetToCheckpoint(), v, cr.GetProof()); err != nil {
+		oldCP, err := store.OpenCheckpoint(old, v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", *since, err)
+		}
+		cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: oldCP.Size, ToSize: cp.Size})
+		if err != nil {
+			return err
+		}
+		if err := store.VerifyConsistency(old, cr.GetToCheckpoint(), v, cr.GetProof()); err != nil {
 			return fmt.Errorf("consistency proof does not verify: %w", err)
 		}
-		fmt.Fprintf(stdout, "consistency proof verified: the log of size %d is a prefix of the log of size %d\n", *fromSize, cp.Size)
+		fmt.Fprintf(stdout, "consistency proof verified: the log of size %d in %s is a prefix of the log of size %d\n", oldCP.Size, *since, cp.Size)
 	}
 	return nil
 }

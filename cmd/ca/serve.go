@@ -118,9 +118,28 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 			cfg.Admin.Identities = []string{cfg.DevAdminIdentity()}
 		}
 	}
+	issuanceLog, vkey, err := openLog(ctx, cfg, b.keys, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := issuanceLog.Close(); err != nil {
+			log.Error("close issuance log", slog.Any("error", err))
+		}
+	}()
+	recorder := ca.LogRecorder{Log: issuanceLog}
+	if err := atomicfile.Write(filepath.Join(cfg.DataDir, "log-verifier.vkey"), []byte(vkey+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write checkpoint verifier key: %w", err)
+	}
+
+	opts.OnIntermediate = recorder.RecordIntermediate
 	authority, err := issuer.Open(ctx, b.keys, b.certs, opts)
 	if err != nil {
 		return err
+	}
+	if err := recorder.RecordAdmin(ctx, "start", "transitca", fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d",
+		versionString(), authority.Describe(), authority.Mode(), issuer.Fingerprint(authority.Root()), authority.RootKeyVersion())); err != nil {
+		return fmt.Errorf("record start: %w", err)
 	}
 
 	reg := prometheus.NewRegistry()
@@ -138,20 +157,6 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 	})
 	if b.transit != nil {
 		b.transit.SetObserver(metrics.ObserveVault)
-	}
-
-	issuanceLog, vkey, err := openLog(ctx, cfg, b.keys, log)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err := issuanceLog.Close(); err != nil {
-			log.Error("close issuance log", slog.Any("error", err))
-		}
-	}()
-	recorder := ca.LogRecorder{Log: issuanceLog}
-	if err := atomicfile.Write(filepath.Join(cfg.DataDir, "log-verifier.vkey"), []byte(vkey+"\n"), 0o644); err != nil {
-		return fmt.Errorf("write checkpoint verifier key: %w", err)
 	}
 
 	authn, devHint, err := buildAuthenticator(ctx, cfg, authority, b)
@@ -233,7 +238,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 			log.WarnContext(ctx, "admin.identities is empty: the admin API refuses every caller")
 		}
 		adminSrv = ca.NewAdminServer(ca.TLSConfig(sc, minTLS), ca.NewAdminService(issuanceLog, vkey, log),
-			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: log})
+			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: log, Recorder: recorder})
 		go func() {
 			if err := adminSrv.Serve(alis); err != nil {
 				log.ErrorContext(ctx, "admin server", slog.Any("error", err))

@@ -11,13 +11,16 @@ import (
 var version = ""
 
 func runVersion(_ context.Context, _ []string, stdout, _ io.Writer) error {
-	v := version
-	if v == "" {
-		v = "(devel)"
-		if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
-	}
-	fmt.Fprintf(stdout, "transitca %s\n", v)
+	fmt.Fprintf(stdout, "transitca %s\n", versionString())
 	return nil
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
 }

@@ -158,7 +158,9 @@ auth:
 
 func (s *caServer) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(caBinary, args...)
-	cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Env.Server.Addr, "VAULT_TOKEN="+s.Env.Server.RootToken)
+	if s.Env != nil {
+		cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Env.Server.Addr, "VAULT_TOKEN="+s.Env.Server.RootToken)
+	}
 	return cmd
 }
 
@@ -174,7 +176,8 @@ func (s *caServer) start(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.cmd = cmd
-	go func() { _ = cmd.Wait(); close(s.done) }()
+	done := s.done
+	go func() { _ = cmd.Wait(); close(done) }()
 	t.Cleanup(s.stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
