@@ -127,6 +127,9 @@ func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogReques
 		PageToken: req.GetPageToken(),
 	}
 	if k := req.GetKind(); k != adminv1.Kind_KIND_UNSPECIFIED {
+		if k < adminv1.Kind_KIND_ISSUANCE || k > adminv1.Kind_KIND_ADMIN {
+			return nil, fmt.Errorf("%w: unknown entry kind %d", ErrInvalidRequest, k)
+		}
 		kind := store.Kind(k)
 		q.Kind = &kind
 	}

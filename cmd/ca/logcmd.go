@@ -114,7 +114,7 @@ func (f *logFlags) open() (logAPI, func(), error) {
 			return nil, nil, err
 		}
 		vkey, _ := f.verifierKeyText()
-		return localLog{AdminService: ca.NewAdminService(l, vkey, nil), l: l}, func() { l.Close() }, nil
+		return localLog{AdminService: ca.NewAdminService(l, vkey, nil), l: l}, func() { _ = l.Close() }, nil
 	}
 	if f.cert == "" || f.key == "" || f.rootCert == "" {
 		return nil, nil, errors.New("to reach a running daemon, --cert, --key and --root-cert are required (or read a file with --db)")
@@ -228,6 +228,9 @@ func parseWhen(s string) (*timestamppb.Timestamp, error) {
 }
 
 func (q *queryFlags) request() (*adminv1.QueryLogRequest, error) {
+	if q.limit < 0 || q.limit > 10000 {
+		return nil, fmt.Errorf("--limit %d: want 1 to 10000", q.limit)
+	}
 	req := &adminv1.QueryLogRequest{
 		Serial: q.serial, SpiffeId: q.spiffeID, Namespace: q.namespace, Issuer: q.issuer,
 		NewestFirst: q.newest, Limit: int32(q.limit),
@@ -430,7 +433,7 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
 	defer cancel()
 	var buf strings.Builder
-	w := io.Writer(stdout)
+	w := stdout
 	if *out != "" {
 		w = &buf
 	}

@@ -479,7 +479,7 @@ func ValidTrustDomain(td string) error {
 		return errors.New("longer than 255 characters")
 	}
 	for _, r := range td {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_') {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != '_' {
 			return fmt.Errorf("%q: only lowercase letters, digits, '.', '-' and '_' are allowed", td)
 		}
 	}

@@ -73,7 +73,7 @@ func (l lockedBuffer) Write(p []byte) (int, error) {
 func Start() (*Server, error) {
 	bin := Binary()
 	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("vault server binary %s not found (%v): build it with \"make vault\" (go build in test/vault, pinned to hashicorp/vault %s)", bin, err, Version)
+		return nil, fmt.Errorf("vault server binary %s not found (%w): build it with \"make vault\" (go build in test/vault, pinned to hashicorp/vault %s)", bin, err, Version)
 	}
 	port, err := freePort()
 	if err != nil {
