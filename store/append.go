@@ -109,7 +109,7 @@ func (l *Log) committer() {
 		}
 		batch = append(batch[:0], req)
 		size := len(req.rec)
-		open := true
+		queueOpen := true
 		take := func(r *appendReq) {
 			batch = append(batch, r)
 			size += len(r.rec)
@@ -119,7 +119,7 @@ func (l *Log) committer() {
 			select {
 			case r, ok := <-l.reqs:
 				if !ok {
-					open = false
+					queueOpen = false
 					break drain
 				}
 				take(r)
@@ -127,7 +127,7 @@ func (l *Log) committer() {
 				break drain
 			}
 		}
-		if want := min(prev+len(batch), maxBatchEntries); open && prev >= lingerMin && len(batch) < want {
+		if want := min(prev+len(batch), maxBatchEntries); queueOpen && prev >= lingerMin && len(batch) < want {
 			if timer == nil {
 				timer = time.NewTimer(lingerMax)
 			} else {

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,6 +209,10 @@ func create(path string, opts Options) (*Log, error) {
 		}
 		return checkSchema(tx, path) // created by someone else meanwhile
 	})
+	if err == nil && !opts.NoSync {
+		// Make the new directory entry durable too.
+		err = syncDir(filepath.Dir(path))
+	}
 	var l *Log
 	if err == nil {
 		l, err = newLog(path, db, opts)
@@ -446,4 +452,16 @@ func (l *Log) WriteTo(w io.Writer) (int64, error) {
 		return err
 	})
 	return n, err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %q: %w", dir, err)
+	}
+	return nil
 }

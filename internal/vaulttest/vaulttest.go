@@ -91,7 +91,7 @@ func Start() (*Server, error) {
 		fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port),
 		"-dev-root-token-id="+tok,
 		"-dev-no-store-token",
-		"-log-level=warn",
+		"-log-level="+logLevel(),
 	)
 	cmd.Env = append(os.Environ(), "VAULT_DISABLE_MLOCK=true", "HOME="+os.TempDir())
 	out := lockedBuffer{mu: s.logMu, b: s.logs}
@@ -250,6 +250,15 @@ func NewOn(tb testing.TB, s *Server) *Env {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return env
+}
+
+// logLevel is the server's log level: warn, or $TRANSITCA_VAULT_LOG_LEVEL
+// when set (debug shows why Vault refused a login).
+func logLevel() string {
+	if l := os.Getenv("TRANSITCA_VAULT_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "warn"
 }
 
 func freePort() (int, error) {
