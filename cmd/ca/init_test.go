@@ -104,3 +104,42 @@ func TestInitErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestServeCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("trust_domain: mesh.example\nauth:\n  client_certificates: true\n"), 0o600)
+	out, errs, code := runCA(t, "serve", "--config", good, "--check-config")
+	if code != 0 || !strings.Contains(out, "configuration OK") {
+		t.Fatalf("exit %d: %s %s", code, out, errs)
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("tiers:\n  service: {max_ttl: 90d, default_ttl: 1h}\n"), 0o600)
+	_, errs, code = runCA(t, "serve", "--config", bad, "--check-config")
+	if code != 1 || !strings.Contains(errs, "ca.intermediate_ttl") {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+}
+
+func TestLogCommandRefusesForeignFiles(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string][]byte{
+		"random.db": bytes.Repeat([]byte{0x42}, 8192),
+		"empty.db":  {},
+		"text.db":   []byte("not a database\n"),
+	}
+	for name, data := range cases {
+		t.Run(name, func(t *testing.T) {
+			p := filepath.Join(dir, name)
+			os.WriteFile(p, data, 0o600)
+			_, errs, code := runCA(t, "log", "verify", "--db", p)
+			if code != 1 || !strings.Contains(errs, p) {
+				t.Fatalf("exit %d, stderr %q: want an error naming %s", code, errs, p)
+			}
+			after, _ := os.ReadFile(p)
+			if !bytes.Equal(after, data) {
+				t.Fatal("the file was changed")
+			}
+		})
+	}
+}

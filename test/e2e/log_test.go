@@ -197,6 +197,10 @@ func TestLogRecordsEveryIssuanceAndDenial(t *testing.T) {
 		t.Fatalf("proving a certificate that is not in the log: %v\n%s", err, out)
 	}
 
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	if out, err := runCA(t, s, append([]string{"log", "backup", "--out", backup}, admin...)...); err != nil {
+		t.Fatalf("ca log backup: %v\n%s", err, out)
+	}
 	s.stop()
 	db := filepath.Join(s.DataDir, "issuance.db")
 	entries := exportLog(t, s, db)
@@ -253,6 +257,11 @@ func TestLogRecordsEveryIssuanceAndDenial(t *testing.T) {
 		t.Fatalf("admin entries: %v", actions)
 	}
 
+	// A backup taken through the admin API before the stop verifies on its own.
+	out, err = runCA(t, s, "log", "verify", "--db", backup, "--verifier-key", vkey)
+	if err != nil || !strings.Contains(out, "log verified") {
+		t.Fatalf("ca log verify of the backup: %v\n%s", err, out)
+	}
 	out, err = runCA(t, s, "log", "verify", "--db", db, "--verifier-key", vkey)
 	if err != nil || !strings.Contains(out, fmt.Sprintf("log verified: %d entries, root ", len(entries))) {
 		t.Fatalf("ca log verify --db: %v\n%s", err, out)
@@ -308,9 +317,20 @@ func tamperTests(t *testing.T, s *caServer, db, vkey string, size int) {
 			if !strings.Contains(out, fmt.Sprintf("index %d", tc.index)) {
 				t.Fatalf("ca log verify does not name index %d:\n%s", tc.index, out)
 			}
+			// The daemon refuses to start on it, and says where.
+			cfg := filepath.Join(t.TempDir(), "tampered.yaml")
+			orig, _ := os.ReadFile(s.Config)
+			conf := string(orig) + "log:\n  path: " + cp + "\n"
+			if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err = runCA(t, s, "serve", "--config", cfg)
+			if err == nil || !strings.Contains(out, cp) || !strings.Contains(out, "index") {
+				t.Fatalf("ca serve on a tampered log: %v\n%s", err, out)
+			}
 			after, _ := os.ReadFile(cp)
 			if !bytes.Equal(before, after) {
-				t.Fatal("ca log verify changed the file it checked")
+				t.Fatal("ca log verify or ca serve changed the file it refused")
 			}
 		})
 	}
