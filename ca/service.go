@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -147,8 +148,10 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	return caller, tier, answer(issued, roots), nil
 }
 
-// verifyChain checks the new leaf against the current roots, for client and
-// server auth, before anyone sees it.
+// verifyChain checks the new leaf against the current roots before anyone
+// sees it: one full path validation (signatures, validity, constraints),
+// and then that the leaf is good for both server and client auth and names
+// exactly the caller.
 func verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, now time.Time) error {
 	rp := x509.NewCertPool()
 	for _, r := range roots {
@@ -156,12 +159,14 @@ func verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, 
 	}
 	ip := x509.NewCertPool()
 	ip.AddCert(is.Issuer.Cert)
-	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-		if _, err := is.Cert.Verify(x509.VerifyOptions{
-			Roots: rp, Intermediates: ip, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage},
-		}); err != nil {
-			return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
-		}
+	if _, err := is.Cert.Verify(x509.VerifyOptions{
+		Roots: rp, Intermediates: ip, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}); err != nil {
+		return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
+	}
+	if !slices.Contains(is.Cert.ExtKeyUsage, x509.ExtKeyUsageClientAuth) || len(is.Issuer.Cert.ExtKeyUsage) != 0 {
+		return errors.New("issued certificate is not valid for client auth")
 	}
 	if len(is.Cert.URIs) != 1 || is.Cert.URIs[0].String() != spiffeID {
 		return fmt.Errorf("issued certificate carries %v, not %s", is.Cert.URIs, spiffeID)
