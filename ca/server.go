@@ -33,6 +33,11 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		// Agents keep their connection open between renewals: keep what an
+		// idle connection holds small.
+		grpc.ReadBufferSize(4<<10),
+		grpc.WriteBufferSize(4<<10),
+		grpc.SharedWriteBuffer(true),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute}),

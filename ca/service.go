@@ -1,7 +1,9 @@
 package ca
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -10,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -34,6 +37,16 @@ type Service struct {
 	metrics   *Metrics
 	log       *slog.Logger
 	now       func() time.Time
+
+	// chain is the last intermediate (and root set) whose path validation
+	// passed; leaves it signs need only their own checks.
+	chain atomic.Pointer[verifiedChain]
+}
+
+// verifiedChain is an intermediate whose path to roots verified.
+type verifiedChain struct {
+	issuer *x509.Certificate
+	roots  []*x509.Certificate
 }
 
 // ServiceOptions configure a Service.
@@ -133,7 +146,7 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 		return caller, tier, nil, err
 	}
 	roots := s.authority.Roots()
-	if err := verifyChain(issued, roots, caller.SPIFFEID, now); err != nil {
+	if err := s.verifyChain(issued, roots, caller.SPIFFEID, now); err != nil {
 		return caller, tier, nil, err
 	}
 	err = s.recorder.RecordIssuance(ctx, &Issuance{
@@ -149,27 +162,48 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 }
 
 // verifyChain checks the new leaf against the current roots before anyone
-// sees it: one full path validation (signatures, validity, constraints),
-// and then that the leaf is good for both server and client auth and names
-// exactly the caller.
-func verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, now time.Time) error {
-	rp := x509.NewCertPool()
-	for _, r := range roots {
-		rp.AddCert(r)
+// sees it. The full path validation (signatures, validity, constraints)
+// runs once per intermediate and root set, and checks that the
+// intermediate certifies the key that signs; after that a leaf needs no
+// signature check of its own, because x509.CreateCertificate verified the
+// signature it made with that same key, only its issuer name, validity,
+// key usages and SPIFFE ID.
+func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, now time.Time) error {
+	leaf, in := is.Cert, is.Issuer.Cert
+	if v := s.chain.Load(); v != nil && v.issuer == in && slices.Equal(v.roots, roots) {
+		if !bytes.Equal(leaf.RawIssuer, in.RawSubject) || !bytes.Equal(leaf.AuthorityKeyId, in.SubjectKeyId) {
+			return errors.New("issued certificate does not name its intermediate as issuer")
+		}
+		if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) || leaf.NotAfter.After(in.NotAfter) {
+			return fmt.Errorf("issued certificate is valid from %s to %s: not now, or beyond its intermediate", leaf.NotBefore, leaf.NotAfter)
+		}
+		if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
+			return errors.New("issued certificate is not valid for server auth")
+		}
+	} else {
+		rp := x509.NewCertPool()
+		for _, r := range roots {
+			rp.AddCert(r)
+		}
+		ip := x509.NewCertPool()
+		ip.AddCert(in)
+		if _, err := leaf.Verify(x509.VerifyOptions{
+			Roots: rp, Intermediates: ip, CurrentTime: now,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		}); err != nil {
+			return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
+		}
+		type equaler interface{ Equal(crypto.PublicKey) bool }
+		if k, ok := in.PublicKey.(equaler); !ok || !k.Equal(is.Issuer.Signer.Public()) {
+			return errors.New("the intermediate's signer does not hold the intermediate's key")
+		}
+		s.chain.Store(&verifiedChain{issuer: in, roots: roots})
 	}
-	ip := x509.NewCertPool()
-	ip.AddCert(is.Issuer.Cert)
-	if _, err := is.Cert.Verify(x509.VerifyOptions{
-		Roots: rp, Intermediates: ip, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}); err != nil {
-		return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
-	}
-	if !slices.Contains(is.Cert.ExtKeyUsage, x509.ExtKeyUsageClientAuth) || len(is.Issuer.Cert.ExtKeyUsage) != 0 {
+	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) || len(in.ExtKeyUsage) != 0 {
 		return errors.New("issued certificate is not valid for client auth")
 	}
-	if len(is.Cert.URIs) != 1 || is.Cert.URIs[0].String() != spiffeID {
-		return fmt.Errorf("issued certificate carries %v, not %s", is.Cert.URIs, spiffeID)
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != spiffeID {
+		return fmt.Errorf("issued certificate carries %v, not %s", leaf.URIs, spiffeID)
 	}
 	return nil
 }

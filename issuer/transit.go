@@ -14,6 +14,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -51,6 +52,8 @@ type Transit struct {
 	mount   string
 	timeout time.Duration
 	observe func(op string, took time.Duration, err error)
+	// batchers group concurrent signatures by key version (see batch.go).
+	batchers sync.Map
 }
 
 // SetObserver registers f to be told the duration and outcome of every sign
@@ -303,16 +306,9 @@ func (s *TransitSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts)
 
 // SignContext is Sign bound to ctx.
 func (s *TransitSigner) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	body := map[string]any{
-		"input":       base64.StdEncoding.EncodeToString(digest),
-		"key_version": s.version,
-	}
+	input := base64.StdEncoding.EncodeToString(digest)
 	path := s.transit.mount + "/sign/" + s.name
-	if s.typ == KeyEd25519 {
-		if opts.HashFunc() != 0 {
-			return nil, fmt.Errorf("transit key %s version %d: ed25519 signs whole messages, got a %v digest", s.name, s.version, opts.HashFunc())
-		}
-	} else {
+	if s.typ != KeyEd25519 {
 		alg, err := vaultHashName(opts.HashFunc())
 		if err != nil {
 			return nil, fmt.Errorf("transit key %s version %d: %w", s.name, s.version, err)
@@ -320,21 +316,26 @@ func (s *TransitSigner) SignContext(ctx context.Context, digest []byte, opts cry
 		if len(digest) != opts.HashFunc().Size() {
 			return nil, fmt.Errorf("transit key %s version %d: digest is %d bytes, want %d for %v", s.name, s.version, len(digest), opts.HashFunc().Size(), opts.HashFunc())
 		}
-		path += "/" + alg
-		body["prehashed"] = true
-		body["marshaling_algorithm"] = "asn1"
+		key := batchKey{path: path + "/" + alg, version: s.version}
 		if _, isRSA := s.pub.(*rsa.PublicKey); isRSA {
+			key.sigAlg = "pkcs1v15"
 			if pss, ok := opts.(*rsa.PSSOptions); ok {
 				if pss.SaltLength != rsa.PSSSaltLengthEqualsHash && pss.SaltLength != pss.Hash.Size() {
 					return nil, fmt.Errorf("transit key %s version %d: only PSS with salt length equal to the hash length is supported", s.name, s.version)
 				}
-				body["signature_algorithm"] = "pss"
-				body["salt_length"] = "hash"
-			} else {
-				body["signature_algorithm"] = "pkcs1v15"
+				key.sigAlg = "pss"
 			}
 		}
+		cctx, cancel := s.transit.ctx(ctx)
+		defer cancel()
+		return s.transit.batcher(s.name, key).sign(cctx, input)
 	}
+	// Ed25519 signs the whole message, one request each (checkpoints are
+	// rare).
+	if opts.HashFunc() != 0 {
+		return nil, fmt.Errorf("transit key %s version %d: ed25519 signs whole messages, got a %v digest", s.name, s.version, opts.HashFunc())
+	}
+	body := map[string]any{"input": input, "key_version": s.version}
 	cctx, cancel := s.transit.ctx(ctx)
 	defer cancel()
 	start := time.Now()

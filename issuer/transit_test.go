@@ -9,7 +9,10 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -356,6 +359,60 @@ func BenchmarkSign(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "signs/s")
+		})
+	}
+}
+
+// TestTransitSignerBatchesConcurrentSignatures signs from many goroutines at
+// once: every signature verifies under the pinned version, and concurrent
+// signatures share requests to Vault.
+func TestTransitSignerBatchesConcurrentSignatures(t *testing.T) {
+	_, tr := newTransit(t)
+	var calls atomic.Int64
+	tr.SetObserver(func(string, time.Duration, error) { calls.Add(1) })
+	ctx := context.Background()
+	for _, typ := range []issuer.KeyType{issuer.KeyECDSAP256, issuer.KeyRSA2048} {
+		t.Run(string(typ), func(t *testing.T) {
+			calls.Store(0)
+			if _, err := tr.EnsureKey(ctx, "batch-"+string(typ), typ); err != nil {
+				t.Fatal(err)
+			}
+			s, err := tr.Signer(ctx, "batch-"+string(typ), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const goroutines, each = 64, 4
+			var wg sync.WaitGroup
+			errs := make(chan error, goroutines*each)
+			for g := range goroutines {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range each {
+						msg := []byte(fmt.Sprintf("message %d/%d", g, i))
+						d := sha256.Sum256(msg)
+						sig, err := s.Sign(nil, d[:], crypto.SHA256)
+						if err != nil {
+							errs <- err
+							return
+						}
+						if err := verify(t, s.Public(), msg, crypto.SHA256, false, sig); err != nil {
+							errs <- fmt.Errorf("signature %d/%d: %w", g, i, err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			if n := calls.Load(); n >= goroutines*each {
+				t.Fatalf("%d requests to Vault for %d signatures: nothing was batched", n, goroutines*each)
+			} else {
+				t.Logf("%d signatures in %d requests", goroutines*each, n)
+			}
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -84,6 +85,11 @@ func NewVaultSession(ctx context.Context, addr string, auth VaultAuth, log *slog
 		cfg.Address = addr
 	}
 	cfg.MaxRetries = 0 // the daemon's callers retry; a hung Vault must fail fast
+	// vault/api keeps GOMAXPROCS+1 idle connections per host: under
+	// concurrent signing every other request would dial a new one.
+	if tr, ok := cfg.HttpClient.Transport.(*http.Transport); ok {
+		tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 256, 256
+	}
 	client, err := vault.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("vault client: %w", err)

@@ -102,11 +102,17 @@ func (l *Log) committer() {
 	batch := make([]*appendReq, 0, maxBatchEntries)
 	prev := 0
 	var timer *time.Timer
+	var lastEnd time.Time
+	var lastDur time.Duration
 	for {
 		req, ok := <-l.reqs
 		if !ok {
 			return
 		}
+		// A request that was already waiting when the last commit ended
+		// means the committer is the bottleneck: requests arrive faster
+		// than commits end.
+		busy := !lastEnd.IsZero() && time.Since(lastEnd) < 50*time.Microsecond
 		batch = append(batch[:0], req)
 		size := len(req.rec)
 		queueOpen := true
@@ -127,11 +133,19 @@ func (l *Log) committer() {
 				break drain
 			}
 		}
-		if want := min(prev+len(batch), maxBatchEntries); queueOpen && prev >= lingerMin && len(batch) < want {
+		var wait time.Duration
+		want := maxBatchEntries
+		switch {
+		case prev >= lingerMin && len(batch) < min(prev+len(batch), maxBatchEntries):
+			wait, want = lingerMax, min(prev+len(batch), maxBatchEntries)
+		case busy:
+			wait = min(lastDur, 2*time.Millisecond)
+		}
+		if queueOpen && wait > 0 {
 			if timer == nil {
-				timer = time.NewTimer(lingerMax)
+				timer = time.NewTimer(wait)
 			} else {
-				timer.Reset(lingerMax)
+				timer.Reset(wait)
 			}
 		linger:
 			for len(batch) < want && size < maxBatchBytes {
@@ -148,7 +162,10 @@ func (l *Log) committer() {
 			timer.Stop()
 		}
 		prev = len(batch)
+		start := time.Now()
 		l.commit(batch)
+		lastEnd = time.Now()
+		lastDur = lastEnd.Sub(start)
 		for _, r := range batch {
 			close(r.done)
 		}

@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -133,7 +135,11 @@ func (f *logFlags) open() (logAPI, func(), error) {
 	}
 	name := f.serverName
 	if name == "" {
-		name = strings.Split(f.addr, ":")[0]
+		host, _, err := net.SplitHostPort(f.addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--addr %q: %w", f.addr, err)
+		}
+		name = host
 	}
 	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12,
@@ -634,13 +640,39 @@ func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer done()
 	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
 	defer cancel()
-	var buf strings.Builder
-	if err := api.Backup(ctx, &buf); err != nil {
+	// Stream into a temporary file beside the target, sync, then rename:
+	// a failed or interrupted backup never leaves a partial file behind.
+	tmp, err := os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".tmp*")
+	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(*out, []byte(buf.String()), 0o600); err != nil {
+	defer os.Remove(tmp.Name())
+	counter := &countingWriter{w: tmp}
+	if err := api.Backup(ctx, counter); err != nil {
+		tmp.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, buf.Len(), *out)
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), *out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, counter.n, *out)
 	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
