@@ -66,7 +66,14 @@ func run(ctx context.Context, args []string) error {
 	if *skip != "" {
 		cfg.Skip = strings.Split(*skip, ",")
 	}
-	cfg.Args = strings.Join(append([]string{"go run ./cmd/benchdriver"}, args...), " ")
+	quoted := []string{"go run ./cmd/benchdriver"}
+	for _, a := range args {
+		if strings.ContainsAny(a, " \t'\"$") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		quoted = append(quoted, a)
+	}
+	cfg.Args = strings.Join(quoted, " ")
 	if cfg.Command == "" {
 		cfg.Command = "cd test/bench && " + cfg.Args
 	}

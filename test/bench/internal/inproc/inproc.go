@@ -14,12 +14,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
-	vault "github.com/hashicorp/vault/api"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/transitca/transitca/ca"
@@ -41,11 +39,7 @@ type Options struct {
 	// NoSync turns fsync off in the issuance log. For diagnosis only: it
 	// breaks the durability promise.
 	NoSync bool
-	// VaultIdleConns, when positive, raises the Vault client's idle
-	// connections per host above the vault/api default (GOMAXPROCS+1), to
-	// measure what connection reuse is worth.
-	VaultIdleConns int
-	Logger         *slog.Logger
+	Logger *slog.Logger
 }
 
 // Daemon is a running in-process certificate service.
@@ -77,21 +71,12 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 
-	// The Vault client as issuer.NewVaultSession makes it.
-	vcfg := vault.DefaultConfig()
-	if vcfg.Error != nil {
-		return nil, vcfg.Error
-	}
-	vcfg.Address = o.VaultAddr
-	vcfg.MaxRetries = 0
-	if o.VaultIdleConns > 0 {
-		vcfg.HttpClient.Transport.(*http.Transport).MaxIdleConnsPerHost = o.VaultIdleConns
-	}
-	vc, err := vault.NewClient(vcfg)
+	// The Vault client and login exactly as "ca serve" makes them.
+	sess, err := issuer.NewVaultSession(ctx, o.VaultAddr, issuer.VaultAuth{Method: issuer.VaultAuthToken, Token: o.VaultToken}, o.Logger)
 	if err != nil {
 		return nil, err
 	}
-	vc.SetToken(o.VaultToken)
+	vc := sess.Client
 	timeout := time.Duration(cfg.Vault.Timeout)
 	tr := issuer.NewTransit(vc, cfg.Vault.TransitMount, timeout)
 	keys := issuer.VaultKeys{Transit: tr}

@@ -28,7 +28,6 @@ var (
 	flagMode    = flag.String("inproc.mode", "memory", "intermediate mode: memory or vault")
 	flagClients = flag.Int("inproc.clients", 32, "simulated agents")
 	flagNoSync  = flag.Bool("inproc.nosync", false, "turn fsync off in the issuance log (diagnosis only)")
-	flagIdle    = flag.Int("inproc.vault-idle-conns", 0, "idle Vault connections kept per host (0: the vault/api default, as in ca serve)")
 	flagProfile = flag.String("inproc.cpuprofile", "", "write a CPU profile of the measured requests only (not the setup) to this file")
 )
 
@@ -107,7 +106,7 @@ func start(ctx context.Context) error {
 	setup.daemon, err = Start(ctx, Options{
 		Mode: *flagMode, Dir: filepath.Join(dir, "data"),
 		VaultAddr: v.Server.Addr, VaultToken: v.Server.RootToken, TransitMount: "transit", KVMount: "kv",
-		JWKSFile: jwksFile, Issuer: iss, NoSync: *flagNoSync, VaultIdleConns: *flagIdle,
+		JWKSFile: jwksFile, Issuer: iss, NoSync: *flagNoSync,
 	})
 	return err
 }
