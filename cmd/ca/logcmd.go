@@ -150,6 +150,27 @@ func (f *logFlags) open() (logAPI, func(), error) {
 	return remoteLog{c: adminv1.NewAdminServiceClient(conn)}, func() { conn.Close() }, nil
 }
 
+// connect opens the log and bounds the work on it by --timeout; done
+// releases both.
+func (f *logFlags) connect(ctx context.Context) (logAPI, context.Context, func(), error) {
+	api, closeAPI, err := f.open()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	return api, ctx, func() { cancel(); closeAPI() }, nil
+}
+
+// newLogFlagSet is the flag set of a log subcommand, with the flags that say
+// where the log is.
+func newLogFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *logFlags) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	lf := &logFlags{}
+	lf.register(fs)
+	return fs, lf
+}
+
 func (f *logFlags) verifierKeyText() (string, error) {
 	v := f.verifierKey
 	if v == "" {
@@ -323,11 +344,8 @@ func toExport(p *adminv1.Entry, withPEM bool) exportEntry {
 }
 
 func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log query", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
+	fs, lf := newLogFlagSet("ca log query", stderr)
 	var qf queryFlags
-	lf.register(fs)
 	qf.register(fs)
 	fs.IntVar(&qf.limit, "limit", 50, "entries per page")
 	page := fs.String("page-token", "", "continue from a previous page")
@@ -340,13 +358,11 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	req.PageToken = *page
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	resp, err := api.QueryLog(ctx, req)
 	if err != nil {
 		return err
@@ -379,10 +395,7 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func logShow(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log show", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
-	lf.register(fs)
+	fs, lf := newLogFlagSet("ca log show", stderr)
 	seq := fs.Int64("seq", -1, "entry sequence number")
 	serial := fs.String("serial", "", "certificate serial")
 	withPEM := fs.Bool("pem", false, "include the certificate as PEM")
@@ -398,13 +411,11 @@ func logShow(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	default:
 		return errors.New("name the entry with --seq or --serial")
 	}
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	resp, err := api.GetEntry(ctx, req)
 	if err != nil {
 		return err
@@ -415,11 +426,8 @@ func logShow(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log export", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
+	fs, lf := newLogFlagSet("ca log export", stderr)
 	var qf queryFlags
-	lf.register(fs)
 	qf.register(fs)
 	out := fs.String("out", "", "write to this file instead of standard output")
 	withPEM := fs.Bool("pem", false, "include each certificate as PEM")
@@ -431,13 +439,11 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	var buf strings.Builder
 	w := stdout
 	if *out != "" {
@@ -471,20 +477,15 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
-	lf.register(fs)
+	fs, lf := newLogFlagSet("ca log verify", stderr)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	start := time.Now()
 	resp, err := api.VerifyLog(ctx, &adminv1.VerifyLogRequest{})
 	if err != nil {
@@ -499,20 +500,15 @@ func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 func logCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log checkpoint", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
-	lf.register(fs)
+	fs, lf := newLogFlagSet("ca log checkpoint", stderr)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	resp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
 	if err != nil {
 		return err
@@ -527,10 +523,7 @@ func logCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer)
 // logProve fetches an inclusion proof (and optionally a consistency proof)
 // and checks it here, offline, with only the checkpoint verifier key.
 func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log prove", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
-	lf.register(fs)
+	fs, lf := newLogFlagSet("ca log prove", stderr)
 	certFile := fs.String("certificate", "", "prove this certificate (PEM; the first certificate in the file) is in the log")
 	serial := fs.String("serial", "", "prove the entry with this serial is in the log")
 	seq := fs.Int64("seq", -1, "prove the entry with this sequence number is in the log")
@@ -563,13 +556,11 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	default:
 		return errors.New("name what to prove with --certificate, --serial or --seq")
 	}
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	resp, err := api.GetInclusionProof(ctx, req)
 	if err != nil {
 		return err
@@ -622,10 +613,7 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log backup", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var lf logFlags
-	lf.register(fs)
+	fs, lf := newLogFlagSet("ca log backup", stderr)
 	out := fs.String("out", "", "file to write the snapshot to (required)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -633,13 +621,11 @@ func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *out == "" {
 		return errors.New("--out is required")
 	}
-	api, done, err := lf.open()
+	api, ctx, done, err := lf.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	ctx, cancel := context.WithTimeout(ctx, lf.timeout)
-	defer cancel()
 	// Stream into a temporary file beside the target, sync, then rename:
 	// a failed or interrupted backup never leaves a partial file behind.
 	tmp, err := os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".tmp*")
