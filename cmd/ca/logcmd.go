@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -444,33 +443,35 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer done()
-	var buf strings.Builder
-	w := stdout
-	if *out != "" {
-		w = &buf
-	}
-	enc := json.NewEncoder(w)
 	n := 0
-	for {
-		resp, err := api.QueryLog(ctx, req)
-		if err != nil {
-			return err
-		}
-		for _, p := range resp.GetEntries() {
-			if err := enc.Encode(toExport(p, *withPEM)); err != nil {
+	export := func(w io.Writer) error {
+		enc := json.NewEncoder(w)
+		for {
+			resp, err := api.QueryLog(ctx, req)
+			if err != nil {
 				return err
 			}
-			n++
+			for _, p := range resp.GetEntries() {
+				if err := enc.Encode(toExport(p, *withPEM)); err != nil {
+					return err
+				}
+				n++
+			}
+			if resp.GetNextPageToken() == "" {
+				return nil
+			}
+			req.PageToken = resp.GetNextPageToken()
 		}
-		if resp.GetNextPageToken() == "" {
-			break
-		}
-		req.PageToken = resp.GetNextPageToken()
 	}
-	if *out != "" {
-		if err := atomicfile.Write(*out, []byte(buf.String()), 0o600); err != nil {
-			return err
-		}
+	// Stream to the terminal, or into a file that appears only when the
+	// export is complete.
+	if *out == "" {
+		err = export(stdout)
+	} else {
+		_, err = atomicfile.WriteFrom(*out, 0o600, export)
+	}
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(stderr, "exported %d entries\n", n)
 	return nil
@@ -626,39 +627,11 @@ func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer done()
-	// Stream into a temporary file beside the target, sync, then rename:
-	// a failed or interrupted backup never leaves a partial file behind.
-	tmp, err := os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".tmp*")
+	// A failed or interrupted backup never leaves a partial file behind.
+	n, err := atomicfile.WriteFrom(*out, 0o600, func(w io.Writer) error { return api.Backup(ctx, w) })
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	counter := &countingWriter{w: tmp}
-	if err := api.Backup(ctx, counter); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), *out); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, counter.n, *out)
+	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, n, *out)
 	return nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
