@@ -55,16 +55,17 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 }
 
 // MetricsHandler serves /metrics from gather and a /healthz that answers
-// 200 while ready() is true.
-func MetricsHandler(gather prometheus.Gatherer, ready func() bool) http.Handler {
+// 200 while ready() reports true, and 503 with ready's reason otherwise.
+func MetricsHandler(gather prometheus.Gatherer, ready func() (bool, string)) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if ready() {
+		ok, why := ready()
+		if ok {
 			_, _ = w.Write([]byte("ok\n"))
 			return
 		}
-		http.Error(w, "not ready", http.StatusServiceUnavailable)
+		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 	})
 	return mux
 }

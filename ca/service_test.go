@@ -157,7 +157,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	ms := httptest.NewServer(ca.MetricsHandler(reg, func() bool { return true }))
+	ms := httptest.NewServer(ca.MetricsHandler(reg, func() (bool, string) { return true, "" }))
 	t.Cleanup(ms.Close)
 	return &harness{addr: lis.Addr().String(), authority: authority, minter: minter, tokKey: tokKey, rec: rec, reg: reg, roots: authority.RootPool(), metrics: ms}
 }

@@ -7,12 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"time"
 
 	"github.com/transitca/transitca/internal/config"
-	"github.com/transitca/transitca/issuer"
 )
 
 // command is one subcommand of ca.
@@ -146,37 +142,4 @@ func (f *commonFlags) logger(stderr io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl})), nil
-}
-
-// backend is where the CA's keys and certificates live.
-type backend struct {
-	keys    issuer.Keys
-	certs   issuer.Certs
-	session *issuer.VaultSession // nil in dev mode
-	transit *issuer.Transit      // nil in dev mode
-}
-
-// openBackend connects to Vault (or, in dev mode, opens the local dev-only
-// key store in the data directory).
-func openBackend(ctx context.Context, cfg *config.Config, log *slog.Logger) (*backend, error) {
-	timeout := cfg.Vault.Timeout
-	if cfg.Dev {
-		dir := filepath.Join(cfg.DataDir, "dev-keys")
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("dev key directory: %w", err)
-		}
-		log.WarnContext(ctx, "DEV-ONLY mode: keys are local software keys, not in Vault; never use this in production", slog.String("dir", dir))
-		return &backend{keys: issuer.NewLocalKeys(dir), certs: issuer.NewLocalCerts(dir)}, nil
-	}
-	sess, err := issuer.NewVaultSession(ctx, cfg.Vault.Address, cfg.VaultAuth(), log)
-	if err != nil {
-		return nil, err
-	}
-	tr := issuer.NewTransit(sess.Client, cfg.Vault.TransitMount, time.Duration(timeout))
-	return &backend{
-		keys:    issuer.VaultKeys{Transit: tr},
-		certs:   issuer.NewVaultCerts(sess.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, time.Duration(timeout)),
-		session: sess,
-		transit: tr,
-	}, nil
 }

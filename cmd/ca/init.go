@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/daemon"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -43,11 +44,11 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	b, err := openBackend(ctx, cfg, log)
+	b, err := daemon.OpenBackend(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	res, err := issuer.Init(ctx, b.keys, b.certs, cfg.IssuerOptions())
+	res, err := issuer.Init(ctx, b.Keys, b.Certs, cfg.IssuerOptions())
 	if err != nil {
 		return err
 	}
@@ -62,11 +63,11 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.Dev {
 		kind = cfg.CA.RootKeyType + ", " + issuer.DevOnlyLabel
 	}
-	say(res.KeyCreated, "root key "+cfg.CA.RootKey+" ("+kind+") in "+b.keys.Describe(),
-		"root key "+cfg.CA.RootKey+" exists in "+b.keys.Describe())
+	say(res.KeyCreated, "root key "+cfg.CA.RootKey+" ("+kind+") in "+b.Keys.Describe(),
+		"root key "+cfg.CA.RootKey+" exists in "+b.Keys.Describe())
 	say(res.RootCreated, fmt.Sprintf("root certificate for key version %d", res.RootKeyVersion),
 		fmt.Sprintf("root certificate for key version %d exists", res.RootKeyVersion))
-	logKeyCreated, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519)
+	logKeyCreated, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519)
 	if err != nil {
 		return fmt.Errorf("checkpoint key: %w", err)
 	}

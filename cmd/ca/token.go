@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/daemon"
 )
 
 func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -39,11 +40,11 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	b, err := openBackend(ctx, cfg, log)
+	b, err := daemon.OpenBackend(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	m, err := devMinter(ctx, b.keys)
+	m, err := daemon.DevMinter(ctx, b.Keys)
 	if err != nil {
 		return err
 	}

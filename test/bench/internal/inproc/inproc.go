@@ -1,27 +1,17 @@
 // Package inproc runs transitca's certificate service in the calling
-// process, wired from the ca, issuer and store packages the way "ca serve"
-// wires them (the same configuration defaults, Vault client, authenticator,
-// issuance log, serving certificate and gRPC server), so that a benchmark
-// can take a CPU profile of it with "go test -cpuprofile". "ca serve"
-// itself exposes no pprof endpoint.
+// process, started through the same package as "ca serve"
+// (internal/daemon), so that a benchmark can take a CPU profile of the
+// daemon that is shipped with "go test -cpuprofile".
 package inproc
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
-	"path/filepath"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/daemon"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 )
@@ -53,8 +43,10 @@ type Daemon struct {
 // Stop stops serving and closes the log.
 func (d *Daemon) Stop() { d.stop() }
 
-// Start initializes the CA (as "ca init" does) and serves it on a loopback
-// port.
+// Start initializes the CA (as "ca init" does) and starts the daemon on a
+// loopback port, with the configuration defaults of "ca serve" and tokens
+// verified against o.JWKSFile. The Vault token is passed to the daemon the
+// way "ca serve" takes it, through VAULT_TOKEN.
 func Start(ctx context.Context, o Options) (*Daemon, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -65,114 +57,47 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	}
 	cfg.DataDir = o.Dir
 	cfg.CA.IntermediateMode = o.Mode
+	cfg.Vault.Address = o.VaultAddr
 	cfg.Vault.TransitMount, cfg.Vault.KVMount = o.TransitMount, o.KVMount
 	cfg.Auth.JWT.Issuer, cfg.Auth.JWT.JWKSFile = o.Issuer, o.JWKSFile
+	cfg.Server.Listen, cfg.Server.MetricsListen, cfg.Admin.Listen = "127.0.0.1:0", "", ""
+	cfg.Server.TLS.DNSNames, cfg.Server.TLS.IPAddresses = []string{"localhost"}, []string{"127.0.0.1"}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.Setenv("VAULT_TOKEN", o.VaultToken); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
 
-	// The Vault client and login exactly as "ca serve" makes them.
-	sess, err := issuer.NewVaultSession(ctx, o.VaultAddr, issuer.VaultAuth{Method: issuer.VaultAuthToken, Token: o.VaultToken}, o.Logger)
+	// What "ca init" does.
+	b, err := daemon.OpenBackend(ctx, cfg, o.Logger)
 	if err != nil {
 		return nil, err
 	}
-	vc := sess.Client
-	timeout := time.Duration(cfg.Vault.Timeout)
-	tr := issuer.NewTransit(vc, cfg.Vault.TransitMount, timeout)
-	keys := issuer.VaultKeys{Transit: tr}
-	certs := issuer.NewVaultCerts(vc, cfg.Vault.KVMount, cfg.Vault.KVPrefix, timeout)
-
-	opts := cfg.IssuerOptions()
-	opts.Logger = o.Logger
-	if _, err := issuer.Init(ctx, keys, certs, opts); err != nil {
+	if _, err := issuer.Init(ctx, b.Keys, b.Certs, cfg.IssuerOptions()); err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	if _, err := keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
 		return nil, err
 	}
-	authority, err := issuer.Open(ctx, keys, certs, opts)
-	if err != nil {
-		return nil, err
-	}
-	reg := prometheus.NewRegistry()
-	metrics := ca.NewMetrics(reg, map[string]func() *x509.Certificate{
-		"root":         authority.Root,
-		"intermediate": func() *x509.Certificate { return authority.Intermediate().Cert },
-	})
-	tr.SetObserver(metrics.ObserveVault)
 
-	cpKey, err := keys.Signer(ctx, cfg.Log.CheckpointKey, 0)
+	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: o.Logger, Version: "inproc", NoSync: o.NoSync})
 	if err != nil {
 		return nil, err
 	}
-	noteSigner, err := store.NewNoteSigner(cfg.LogOrigin(), cpKey)
-	if err != nil {
-		return nil, err
-	}
-	issuanceLog, err := store.Open(cfg.LogPath(), store.Options{
-		Signer: noteSigner, Origin: cfg.LogOrigin(), NoSync: o.NoSync,
-		CheckpointEvery: cfg.Log.CheckpointEvery, CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
-		Logger: o.Logger,
-	})
-	if err != nil {
-		return nil, err
-	}
-	recorder := ca.LogRecorder{Log: issuanceLog}
-
-	set, err := ca.LoadJWKSFile(cfg.Auth.JWT.JWKSFile)
-	if err != nil {
-		return nil, err
-	}
-	jwtAuth, err := ca.NewJWTAuthenticator(ca.JWTOptions{
-		Issuer: cfg.Auth.JWT.Issuer, Audiences: cfg.Auth.Audiences, Leeway: time.Duration(cfg.Auth.JWT.Leeway),
-		TrustDomain: cfg.TrustDomain, Clusters: cfg.Auth.Clusters, KeySet: set,
-	})
-	if err != nil {
-		return nil, err
-	}
-	certAuth, err := ca.NewCertAuthenticator(authority.RootPool, cfg.TrustDomain, cfg.Auth.Clusters)
-	if err != nil {
-		return nil, err
-	}
-	svc, err := ca.NewService(ca.ServiceOptions{
-		Authenticator: ca.NewMultiAuthenticator(certAuth, jwtAuth),
-		Authority:     authority,
-		Policy:        cfg.IssuancePolicy(),
-		CSR:           ca.CSRPolicy{MaxBytes: cfg.CSR.MaxBytes, AllowEd25519: cfg.CSR.AllowEd25519},
-		Recorder:      recorder,
-		Metrics:       metrics,
-		Logger:        o.Logger,
-	})
-	if err != nil {
-		return nil, err
-	}
-	selfID := "spiffe://" + cfg.TrustDomain + "/transitca/serving"
-	sc, err := ca.NewServingCert(ctx, authority, ca.ServingCertOptions{
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: o.Logger, SPIFFEID: selfID,
-		Record: func(ctx context.Context, is *issuer.Issued) error {
-			return recorder.RecordSelfIssued(ctx, selfID, "serving", is)
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	rootFile := filepath.Join(cfg.DataDir, "root-cert.pem")
-	var roots []byte
-	for _, r := range authority.Roots() {
-		roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
-	}
-	if err := os.WriteFile(rootFile, roots, 0o644); err != nil {
-		return nil, err
-	}
-	grpcSrv, _ := ca.NewGRPCServer(ca.TLSConfig(sc, tls.VersionTLS13), svc, reg)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	go func() { _ = grpcSrv.Serve(lis) }()
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := d.Run(runCtx); err != nil {
+			o.Logger.Error("daemon", slog.Any("error", err))
+		}
+	}()
 	return &Daemon{
-		Addr: lis.Addr().String(), RootFile: rootFile, Log: issuanceLog,
-		stop: func() { grpcSrv.Stop(); _ = issuanceLog.Close() },
+		Addr: d.Addr(), RootFile: d.RootFile(), Log: d.Log(),
+		stop: func() { cancel(); <-done; _ = d.Close() },
 	}, nil
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -54,7 +54,7 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 
 // openLog opens the issuance log for appending, checking it against its
 // last signed checkpoint.
-func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slog.Logger) (*store.Log, string, error) {
+func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slog.Logger, noSync bool) (*store.Log, string, error) {
 	signer, verifiers, vkey, err := checkpointKeys(ctx, cfg, keys)
 	if err != nil {
 		return nil, "", err
@@ -66,6 +66,7 @@ func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slo
 		CheckpointEvery:    cfg.Log.CheckpointEvery,
 		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
 		Logger:             log,
+		NoSync:             noSync,
 	})
 	if err != nil {
 		return nil, "", err

@@ -1,0 +1,432 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/atomicfile"
+	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/issuer"
+	"github.com/transitca/transitca/store"
+)
+
+// Options are what the daemon needs beyond its configuration.
+type Options struct {
+	// Logger receives the daemon's logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Version is recorded in the log's start entry.
+	Version string
+	// NoSync turns fsync off in the issuance log. It voids the durability
+	// promise and exists for diagnosis in benchmarks only.
+	NoSync bool
+}
+
+// Timings of the background work. Variables so that tests can shorten
+// them.
+var (
+	// shutdownTimeout bounds the graceful stop of the gRPC server; requests
+	// still running then are cut off (istio-agent retries Unavailable).
+	shutdownTimeout = 10 * time.Second
+	// rootsEvery is how often the root bundle file is compared with the
+	// trust bundle.
+	rootsEvery = 30 * time.Second
+	// servingEvery is how often the serving certificate is checked for
+	// renewal.
+	servingEvery = time.Minute
+)
+
+// Daemon is a wired certificate authority: listeners bound, log open,
+// serving certificate issued. Run serves; Close releases.
+type Daemon struct {
+	cfg  *config.Config
+	log  *slog.Logger
+	opts Options
+
+	backend   *Backend
+	authority *issuer.Authority
+	ilog      *store.Log
+	vkey      string
+	recorder  ca.LogRecorder
+	reg       *prometheus.Registry
+	serving   atomic.Pointer[ca.ServingCert]
+	devHint   string
+	rootFile  string
+
+	grpcSrv    *grpc.Server
+	health     *health.Server
+	adminSrv   *grpc.Server
+	metricsSrv *http.Server
+	lis        net.Listener
+	adminLis   net.Listener
+	metricsLis net.Listener
+
+	ready    atomic.Bool
+	notReady atomic.Pointer[string] // why the daemon stopped serving, if it did
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New wires the daemon from cfg: it opens the key backend (in dev mode it
+// first creates the dev CA), the issuance log, the CA hierarchy, the
+// authenticators and the serving certificate, records the start in the
+// log, writes the root bundle and the log's verifier key to the data
+// directory, and binds the listeners. Nothing is served until Run. On
+// error nothing stays open.
+func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	d := &Daemon{cfg: cfg, log: opts.Logger, opts: opts, rootFile: filepath.Join(cfg.DataDir, "root-cert.pem")}
+	defer func() {
+		if err != nil {
+			if cerr := d.Close(); cerr != nil {
+				d.log.ErrorContext(ctx, "release after failed start", slog.Any("error", cerr))
+			}
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	d.backend, err = OpenBackend(ctx, cfg, d.log)
+	if err != nil {
+		return nil, fmt.Errorf("key backend: %w", err)
+	}
+	if err := d.initDev(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.openLog(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.openAuthority(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.buildServers(ctx); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// initDev creates the dev CA (keys, root, checkpoint key) on first use and
+// lets the dev admin identity in when none is configured.
+func (d *Daemon) initDev(ctx context.Context) error {
+	if !d.cfg.Dev {
+		return nil
+	}
+	opts := d.issuerOptions()
+	if _, err := issuer.Init(ctx, d.backend.Keys, d.backend.Certs, opts); err != nil {
+		return fmt.Errorf("dev init: %w", err)
+	}
+	if _, err := d.backend.Keys.EnsureKey(ctx, d.cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		return fmt.Errorf("dev init: checkpoint key: %w", err)
+	}
+	if len(d.cfg.Admin.Identities) == 0 {
+		d.cfg.Admin.Identities = []string{d.cfg.DevAdminIdentity()}
+	}
+	return nil
+}
+
+func (d *Daemon) issuerOptions() issuer.Options {
+	opts := d.cfg.IssuerOptions()
+	opts.Logger = d.log
+	return opts
+}
+
+// openLog opens the issuance log and publishes its verifier key.
+func (d *Daemon) openLog(ctx context.Context) error {
+	l, vkey, err := openLog(ctx, d.cfg, d.backend.Keys, d.log, d.opts.NoSync)
+	if err != nil {
+		return fmt.Errorf("issuance log: %w", err)
+	}
+	d.ilog, d.vkey, d.recorder = l, vkey, ca.LogRecorder{Log: l}
+	if err := atomicfile.Write(filepath.Join(d.cfg.DataDir, "log-verifier.vkey"), []byte(vkey+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write checkpoint verifier key: %w", err)
+	}
+	return nil
+}
+
+// openAuthority opens the CA hierarchy (recording every intermediate it
+// puts to use) and records the daemon's start.
+func (d *Daemon) openAuthority(ctx context.Context) error {
+	opts := d.issuerOptions()
+	opts.OnIntermediate = d.recorder.RecordIntermediate
+	a, err := issuer.Open(ctx, d.backend.Keys, d.backend.Certs, opts)
+	if err != nil {
+		return fmt.Errorf("ca hierarchy: %w", err)
+	}
+	d.authority = a
+	detail := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d",
+		d.opts.Version, a.Describe(), a.Mode(), issuer.Fingerprint(a.Root()), a.RootKeyVersion())
+	if err := d.recorder.RecordAdmin(ctx, "start", "transitca", detail); err != nil {
+		return fmt.Errorf("record start: %w", err)
+	}
+	return nil
+}
+
+// buildServers makes the metrics, the certificate service, the serving
+// certificate, the gRPC servers, and binds every listener.
+func (d *Daemon) buildServers(ctx context.Context) error {
+	cfg, a := d.cfg, d.authority
+	d.reg = prometheus.NewRegistry()
+	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := ca.NewMetrics(d.reg, map[string]func() *x509.Certificate{
+		"root":         a.Root,
+		"intermediate": func() *x509.Certificate { return a.Intermediate().Cert },
+		"serving": func() *x509.Certificate {
+			if s := d.serving.Load(); s != nil {
+				return s.Leaf()
+			}
+			return nil
+		},
+	})
+	if d.backend.Transit != nil {
+		d.backend.Transit.SetObserver(metrics.ObserveVault)
+	}
+	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys)
+	if err != nil {
+		return err
+	}
+	d.devHint = hint
+	svc, err := ca.NewService(ca.ServiceOptions{
+		Authenticator: authn,
+		Authority:     a,
+		Policy:        cfg.IssuancePolicy(),
+		CSR:           ca.CSRPolicy{MaxBytes: cfg.CSR.MaxBytes, AllowEd25519: cfg.CSR.AllowEd25519},
+		Recorder:      d.recorder,
+		Metrics:       metrics,
+		Logger:        d.log,
+	})
+	if err != nil {
+		return fmt.Errorf("certificate service: %w", err)
+	}
+	if err := d.issueServingCert(ctx); err != nil {
+		return err
+	}
+	if err := writeRoots(d.rootFile, a.Roots()); err != nil {
+		return fmt.Errorf("write root bundle: %w", err)
+	}
+	tlsCfg := ca.TLSConfig(d.serving.Load(), d.minTLS())
+	d.grpcSrv, d.health = ca.NewGRPCServer(tlsCfg, svc, d.reg)
+	if d.lis, err = net.Listen("tcp", cfg.Server.Listen); err != nil {
+		return fmt.Errorf("server.listen %s: %w", cfg.Server.Listen, err)
+	}
+	if cfg.Server.MetricsListen != "" {
+		if d.metricsLis, err = net.Listen("tcp", cfg.Server.MetricsListen); err != nil {
+			return fmt.Errorf("server.metrics_listen %s: %w", cfg.Server.MetricsListen, err)
+		}
+		d.metricsSrv = &http.Server{Handler: ca.MetricsHandler(d.reg, d.readiness), ReadHeaderTimeout: 10 * time.Second}
+	}
+	if cfg.Admin.Listen != "" {
+		certAuth, err := ca.NewCertAuthenticator(a.RootPool, cfg.TrustDomain, cfg.Auth.Clusters)
+		if err != nil {
+			return fmt.Errorf("admin authenticator: %w", err)
+		}
+		if d.adminLis, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			return fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err)
+		}
+		d.adminSrv = ca.NewAdminServer(tlsCfg, ca.NewAdminService(d.ilog, d.vkey, d.log),
+			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Recorder: d.recorder})
+	}
+	return nil
+}
+
+// issueServingCert issues the TLS serving certificate from the CA's own
+// intermediate and records it.
+func (d *Daemon) issueServingCert(ctx context.Context) error {
+	cfg := d.cfg
+	var ips []net.IP
+	for _, s := range cfg.Server.TLS.IPAddresses {
+		ips = append(ips, net.ParseIP(s))
+	}
+	selfID := "spiffe://" + cfg.TrustDomain + "/transitca/serving"
+	sc, err := ca.NewServingCert(ctx, d.authority, ca.ServingCertOptions{
+		DNSNames: cfg.Server.TLS.DNSNames, IPAddresses: ips, TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: d.log,
+		SPIFFEID: selfID,
+		Record: func(ctx context.Context, is *issuer.Issued) error {
+			return d.recorder.RecordSelfIssued(ctx, selfID, "serving", is)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	d.serving.Store(sc)
+	return nil
+}
+
+func (d *Daemon) minTLS() uint16 {
+	if d.cfg.Server.TLS.MinVersion == "1.2" {
+		return tls.VersionTLS12
+	}
+	return tls.VersionTLS13
+}
+
+// readiness reports whether the daemon serves, and if not, why.
+func (d *Daemon) readiness() (bool, string) {
+	if why := d.notReady.Load(); why != nil {
+		return false, *why
+	}
+	if !d.ready.Load() {
+		return false, "not serving"
+	}
+	return true, ""
+}
+
+// Addr is the address the certificate service listens on.
+func (d *Daemon) Addr() string { return d.lis.Addr().String() }
+
+// AdminAddr is the admin API's address, or "" when it is off.
+func (d *Daemon) AdminAddr() string {
+	if d.adminLis == nil {
+		return ""
+	}
+	return d.adminLis.Addr().String()
+}
+
+// MetricsAddr is the metrics listener's address, or "" when it is off.
+func (d *Daemon) MetricsAddr() string {
+	if d.metricsLis == nil {
+		return ""
+	}
+	return d.metricsLis.Addr().String()
+}
+
+// RootFile is the PEM trust bundle the daemon keeps up to date.
+func (d *Daemon) RootFile() string { return d.rootFile }
+
+// Log is the issuance log.
+func (d *Daemon) Log() *store.Log { return d.ilog }
+
+// Authority is the CA hierarchy.
+func (d *Daemon) Authority() *issuer.Authority { return d.authority }
+
+// DevHint is what a dev-mode daemon tells its operator about getting a
+// token; "" outside dev mode.
+func (d *Daemon) DevHint() string { return d.devHint }
+
+// Run serves until ctx ends or a server fails, then stops gracefully:
+// health turns NOT_SERVING, requests in flight finish (for at most
+// shutdownTimeout) and the listeners close. It does not close the log;
+// Close does.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	background := func(f func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	defer wg.Wait()
+	defer cancel()
+
+	errc := make(chan error, 3)
+	if d.metricsSrv != nil {
+		background(func() {
+			if err := d.metricsSrv.Serve(d.metricsLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		})
+		d.log.InfoContext(ctx, "metrics listening", slog.String("addr", d.MetricsAddr()))
+	}
+	if d.adminSrv != nil {
+		background(func() {
+			if err := d.adminSrv.Serve(d.adminLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("admin server: %w", err)
+			}
+		})
+		if len(d.cfg.Admin.Identities) == 0 {
+			d.log.WarnContext(ctx, "admin.identities is empty: the admin API refuses every caller")
+		}
+		d.log.InfoContext(ctx, "admin API listening", slog.String("addr", d.AdminAddr()), slog.Any("identities", d.cfg.Admin.Identities))
+	}
+	background(func() { d.authority.Run(ctx) })
+	background(func() { d.serving.Load().Run(ctx, servingEvery) })
+	if s := d.backend.Session; s != nil {
+		background(func() { s.Run(ctx) })
+	}
+	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log) })
+	background(func() {
+		if err := d.grpcSrv.Serve(d.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("grpc server: %w", err)
+		}
+	})
+	d.ready.Store(true)
+	d.log.InfoContext(ctx, "transitca serving",
+		slog.String("addr", d.Addr()),
+		slog.String("keys", d.authority.Describe()),
+		slog.String("intermediate_mode", string(d.authority.Mode())),
+		slog.String("root_bundle", d.rootFile),
+		slog.String("log", d.ilog.Path()),
+		slog.Uint64("log_size", d.ilog.Size()),
+		slog.String("trust_domain", d.cfg.TrustDomain))
+
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+	}
+	d.shutdown()
+	return err
+}
+
+// shutdown stops serving: NOT_SERVING first, then a graceful stop bounded
+// by shutdownTimeout.
+func (d *Daemon) shutdown() {
+	d.log.Info("shutting down")
+	d.ready.Store(false)
+	d.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { d.grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(shutdownTimeout):
+		d.grpcSrv.Stop()
+	}
+	if d.adminSrv != nil {
+		d.adminSrv.Stop()
+	}
+	if d.metricsSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = d.metricsSrv.Shutdown(sctx)
+	}
+}
+
+// Close releases what New acquired: listeners not yet served and the
+// issuance log (which writes its final checkpoint if it can). It is safe
+// to call more than once.
+func (d *Daemon) Close() error {
+	d.closeOnce.Do(func() {
+		var errs []error
+		for _, l := range []net.Listener{d.lis, d.adminLis, d.metricsLis} {
+			if l != nil {
+				if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if d.ilog != nil {
+			if err := d.ilog.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close issuance log: %w", err))
+			}
+		}
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}
