@@ -171,10 +171,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 		Recorder:      recorder,
 		Metrics:       metrics,
 		Logger:        log,
+		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
+			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
 	})
 	if err != nil {
 		return err
 	}
+	defer func() { // after the gRPC server stops, before the log closes
+		if err := svc.Close(context.WithoutCancel(ctx)); err != nil {
+			log.Error("record counted denials", slog.Any("error", err))
+		}
+	}()
 	var ips []net.IP
 	for _, s := range cfg.Server.TLS.IPAddresses {
 		ips = append(ips, net.ParseIP(s))
