@@ -56,7 +56,7 @@ func (a *AdminAuthorizer) authorize(ctx context.Context, method string) error {
 	caller, err := a.check(ctx, method)
 	if err != nil && a.Recorder != nil {
 		st := statusOf(ctx, a.Logger, err)
-		if rerr := a.Recorder.RecordDenial(ctx, &Denial{Time: time.Now(), Caller: caller, Code: st.Code(), Reason: "admin " + method + ": " + err.Error()}); rerr != nil {
+		if rerr := a.Recorder.RecordDenial(ctx, &Denial{Time: time.Now(), Caller: caller, Code: st.Code(), Reason: boundMessage("admin " + method + ": " + err.Error())}); rerr != nil {
 			a.Logger.ErrorContext(ctx, "record admin denial", slog.Any("error", rerr))
 		}
 	}

@@ -19,7 +19,9 @@ const DefaultCluster = "Kubernetes"
 
 // MaxTokenBytes is the size of the largest bearer token accepted. Projected
 // service-account tokens are about 1 KiB; anything near this limit is not one.
-const MaxTokenBytes = 16 << 10
+// It is below MaxHeaderListBytes, so that an oversized token still reaches
+// the service and is denied on the record.
+const MaxTokenBytes = 8 << 10
 
 // Credentials is what a request carried: the bearer token from the
 // "authorization" metadata (without "Bearer "), the clusterid metadata, and the
@@ -161,8 +163,8 @@ func checkCluster(id string, allowed []string) (string, error) {
 		id = DefaultCluster
 	}
 	if !slices.Contains(allowed, id) {
-		return "", fmt.Errorf("%w: cluster %q is not served by this ca; allowed clusters: %s",
-			ErrUnauthenticated, id, strings.Join(allowed, ", "))
+		return "", fmt.Errorf("%w: cluster %s is not served by this ca; allowed clusters: %s",
+			ErrUnauthenticated, quote(id), strings.Join(allowed, ", "))
 	}
 	return id, nil
 }
@@ -200,36 +202,36 @@ func ParseSPIFFEID(uri string) (trustDomain, ns, sa string, err error) {
 	}
 	rest, ok := strings.CutPrefix(uri, "spiffe://")
 	if !ok {
-		return "", "", "", fmt.Errorf("%q does not start with spiffe://", uri)
+		return "", "", "", fmt.Errorf("%s does not start with spiffe://", quote(uri))
 	}
 	switch {
 	case strings.ContainsRune(rest, '?'):
-		return "", "", "", fmt.Errorf("spiffe id %q has a query", uri)
+		return "", "", "", fmt.Errorf("spiffe id %s has a query", quote(uri))
 	case strings.ContainsRune(rest, '#'):
-		return "", "", "", fmt.Errorf("spiffe id %q has a fragment", uri)
+		return "", "", "", fmt.Errorf("spiffe id %s has a fragment", quote(uri))
 	case strings.ContainsRune(rest, '%'):
-		return "", "", "", fmt.Errorf("spiffe id %q is percent-encoded", uri)
+		return "", "", "", fmt.Errorf("spiffe id %s is percent-encoded", quote(uri))
 	}
 	trustDomain, path, _ := strings.Cut(rest, "/")
 	switch {
 	case strings.ContainsRune(trustDomain, '@'):
-		return "", "", "", fmt.Errorf("spiffe id %q has userinfo", uri)
+		return "", "", "", fmt.Errorf("spiffe id %s has userinfo", quote(uri))
 	case strings.ContainsRune(trustDomain, ':'):
-		return "", "", "", fmt.Errorf("spiffe id %q has a port", uri)
+		return "", "", "", fmt.Errorf("spiffe id %s has a port", quote(uri))
 	}
 	if err := validTrustDomain(trustDomain); err != nil {
-		return "", "", "", fmt.Errorf("spiffe id %q: %w", uri, err)
+		return "", "", "", fmt.Errorf("spiffe id %s: %w", quote(uri), err)
 	}
 	parts := strings.Split(path, "/")
 	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" {
-		return "", "", "", fmt.Errorf("spiffe id %q: path is not /ns/<namespace>/sa/<service-account>", uri)
+		return "", "", "", fmt.Errorf("spiffe id %s: path is not /ns/<namespace>/sa/<service-account>", quote(uri))
 	}
 	ns, sa = parts[1], parts[3]
 	if !validNamespace(ns) {
-		return "", "", "", fmt.Errorf("spiffe id %q: %q is not a valid namespace name", uri, ns)
+		return "", "", "", fmt.Errorf("spiffe id %s: %s is not a valid namespace name", quote(uri), quote(ns))
 	}
 	if !validServiceAccount(sa) {
-		return "", "", "", fmt.Errorf("spiffe id %q: %q is not a valid service account name", uri, sa)
+		return "", "", "", fmt.Errorf("spiffe id %s: %s is not a valid service account name", quote(uri), quote(sa))
 	}
 	return trustDomain, ns, sa, nil
 }
@@ -244,7 +246,7 @@ func validTrustDomain(td string) error {
 	}
 	for i := 0; i < len(td); i++ {
 		if c := td[i]; !isLowerAlnum(c) && c != '.' && c != '-' && c != '_' {
-			return fmt.Errorf("trust domain %q has the character %q; only lowercase letters, digits, '.', '-' and '_' are allowed", td, c)
+			return fmt.Errorf("trust domain %s has the character %q; only lowercase letters, digits, '.', '-' and '_' are allowed", quote(td), c)
 		}
 	}
 	return nil

@@ -87,7 +87,7 @@ func (a *CertAuthenticator) Authenticate(_ context.Context, cred Credentials) (*
 		return nil, fmt.Errorf("%w: client certificate %s: %w", ErrUnauthenticated, serial, err)
 	}
 	if td != a.trustDomain {
-		return nil, fmt.Errorf("%w: client certificate %s is for trust domain %q, not %q", ErrUnauthenticated, serial, td, a.trustDomain)
+		return nil, fmt.Errorf("%w: client certificate %s is for trust domain %s, not %q", ErrUnauthenticated, serial, quote(td), a.trustDomain)
 	}
 	return newCaller(a.trustDomain, ns, sa, cluster, AuthClientCert, serial), nil
 }

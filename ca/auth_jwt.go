@@ -237,7 +237,7 @@ func (a *JWTAuthenticator) verifySignature(ctx context.Context, token string) ([
 		}
 	}
 	if hdr.Kid != "" {
-		return nil, fmt.Errorf("%w: token signature does not verify with key id %q", ErrUnauthenticated, hdr.Kid)
+		return nil, fmt.Errorf("%w: token signature does not verify with key id %s", ErrUnauthenticated, quote(hdr.Kid))
 	}
 	return nil, fmt.Errorf("%w: token has no key id and its signature verifies with none of the %d trusted keys", ErrUnauthenticated, len(keys))
 }
@@ -273,7 +273,7 @@ func parseCompactHeader(token string) (jwtHeader, error) {
 		return hdr, fmt.Errorf("%w: token header names no algorithm", ErrUnauthenticated)
 	}
 	if !slices.Contains(jwtAlgorithms, jose.SignatureAlgorithm(hdr.Alg)) {
-		return hdr, fmt.Errorf("%w: token algorithm %q is not allowed", ErrUnauthenticated, hdr.Alg)
+		return hdr, fmt.Errorf("%w: token algorithm %s is not allowed", ErrUnauthenticated, quote(hdr.Alg))
 	}
 	if hdr.Crit != nil || hdr.B64 != nil {
 		return hdr, fmt.Errorf("%w: token header carries crit or b64, which service account tokens never do", ErrUnauthenticated)
@@ -309,7 +309,7 @@ func (a *JWTAuthenticator) candidateKeys(ctx context.Context, kid string, alg jo
 			}
 		}
 		if len(set.Key(kid)) == 0 {
-			return nil, fmt.Errorf("%w: token signed with unknown key id %q", ErrUnauthenticated, kid)
+			return nil, fmt.Errorf("%w: token signed with unknown key id %s", ErrUnauthenticated, quote(kid))
 		}
 	}
 	named := set.Keys
@@ -324,7 +324,7 @@ func (a *JWTAuthenticator) candidateKeys(ctx context.Context, kid string, alg jo
 	}
 	if len(usable) == 0 {
 		if kid != "" {
-			return nil, fmt.Errorf("%w: token key id %q names a key that cannot verify %s", ErrUnauthenticated, kid, alg)
+			return nil, fmt.Errorf("%w: token key id %s names a key that cannot verify %s", ErrUnauthenticated, quote(kid), alg)
 		}
 		return nil, fmt.Errorf("%w: no trusted key can verify a %s token", ErrUnauthenticated, alg)
 	}
@@ -369,7 +369,7 @@ func keyFits(k jose.JSONWebKey, alg jose.SignatureAlgorithm) bool {
 // checkClaims checks iss, exp, nbf, iat and aud of a verified token.
 func (a *JWTAuthenticator) checkClaims(c *jwt.Claims) error {
 	if c.Issuer != a.issuer {
-		return fmt.Errorf("%w: token issuer %q is not the trusted issuer %q", ErrUnauthenticated, c.Issuer, a.issuer)
+		return fmt.Errorf("%w: token issuer %s is not the trusted issuer %q", ErrUnauthenticated, quote(c.Issuer), a.issuer)
 	}
 	now := a.now()
 	if c.Expiry == nil {
@@ -389,7 +389,7 @@ func (a *JWTAuthenticator) checkClaims(c *jwt.Claims) error {
 		}
 	}
 	if !slices.ContainsFunc(a.audiences, c.Audience.Contains) {
-		return fmt.Errorf("%w: token audience %v does not include %s", ErrUnauthenticated, []string(c.Audience), describeAudiences(a.audiences))
+		return fmt.Errorf("%w: token audience %s does not include %s", ErrUnauthenticated, clip([]string(c.Audience)), describeAudiences(a.audiences))
 	}
 	return nil
 }
@@ -409,7 +409,7 @@ func describeAudiences(auds []string) string {
 func serviceAccountFromClaims(kube *kubernetesClaims, sub string) (ns, sa string, err error) {
 	subNS, subSA, subOK := parseServiceAccountUser(sub)
 	if sub != "" && !subOK {
-		return "", "", fmt.Errorf("%w: token subject %q is not system:serviceaccount:<namespace>:<name>", ErrUnauthenticated, sub)
+		return "", "", fmt.Errorf("%w: token subject %s is not system:serviceaccount:<namespace>:<name>", ErrUnauthenticated, quote(sub))
 	}
 	k := kube.Kubernetes
 	if k == nil {
@@ -427,8 +427,8 @@ func serviceAccountFromClaims(kube *kubernetesClaims, sub string) (ns, sa string
 			sa = subSA
 		}
 		if ns != subNS || sa != subSA {
-			return "", "", fmt.Errorf("%w: token subject %q disagrees with its kubernetes.io claim (namespace %q, service account %q)",
-				ErrUnauthenticated, sub, ns, sa)
+			return "", "", fmt.Errorf("%w: token subject %s disagrees with its kubernetes.io claim (namespace %s, service account %s)",
+				ErrUnauthenticated, quote(sub), quote(ns), quote(sa))
 		}
 	}
 	switch {
@@ -437,9 +437,9 @@ func serviceAccountFromClaims(kube *kubernetesClaims, sub string) (ns, sa string
 	case sa == "":
 		return "", "", fmt.Errorf("%w: token kubernetes.io claim names no service account", ErrUnauthenticated)
 	case !validNamespace(ns):
-		return "", "", fmt.Errorf("%w: token names the invalid namespace %q", ErrUnauthenticated, ns)
+		return "", "", fmt.Errorf("%w: token names the invalid namespace %s", ErrUnauthenticated, quote(ns))
 	case !validServiceAccount(sa):
-		return "", "", fmt.Errorf("%w: token names the invalid service account %q", ErrUnauthenticated, sa)
+		return "", "", fmt.Errorf("%w: token names the invalid service account %s", ErrUnauthenticated, quote(sa))
 	}
 	return ns, sa, nil
 }

@@ -409,7 +409,7 @@ func TestJWTAuthenticator(t *testing.T) {
 			token: func(t *testing.T) string {
 				return sign(t, e.rsaKey, jose.RS256, "rsa-1", with(func(c map[string]any) { c["pad"] = strings.Repeat("a", MaxTokenBytes) }))
 			},
-			wantErr: ErrUnauthenticated, wantSubstr: "more than the 16384 allowed",
+			wantErr: ErrUnauthenticated, wantSubstr: "more than the 8192 allowed",
 		},
 		{
 			name:    "empty token",

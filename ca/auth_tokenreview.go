@@ -199,23 +199,23 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Creden
 	}
 	if !status.Authenticated {
 		if status.Error != "" {
-			return nil, fmt.Errorf("%w: kubernetes rejected the token: %s", ErrUnauthenticated, status.Error)
+			return nil, fmt.Errorf("%w: kubernetes rejected the token: %s", ErrUnauthenticated, clip(status.Error))
 		}
 		return nil, fmt.Errorf("%w: kubernetes did not authenticate the token", ErrUnauthenticated)
 	}
 	if status.Error != "" {
-		return nil, fmt.Errorf("%w: kubernetes authenticated the token but reported an error: %s", ErrUnauthenticated, status.Error)
+		return nil, fmt.Errorf("%w: kubernetes authenticated the token but reported an error: %s", ErrUnauthenticated, clip(status.Error))
 	}
 	if !slices.ContainsFunc(status.Audiences, func(aud string) bool { return slices.Contains(a.audiences, aud) }) {
-		return nil, fmt.Errorf("%w: token audience %v does not include %s", ErrUnauthenticated, status.Audiences, describeAudiences(a.audiences))
+		return nil, fmt.Errorf("%w: token audience %s does not include %s", ErrUnauthenticated, clip(status.Audiences), describeAudiences(a.audiences))
 	}
 	user := status.User.Username
 	ns, sa, ok := parseServiceAccountUser(user)
 	if !ok {
-		return nil, fmt.Errorf("%w: token belongs to %q, which is not a kubernetes service account", ErrUnauthenticated, user)
+		return nil, fmt.Errorf("%w: token belongs to %s, which is not a kubernetes service account", ErrUnauthenticated, quote(user))
 	}
 	if !slices.Contains(status.User.Groups, serviceAccountsGroup) {
-		return nil, fmt.Errorf("%w: token user %q is not in the %s group", ErrUnauthenticated, user, serviceAccountsGroup)
+		return nil, fmt.Errorf("%w: token user %s is not in the %s group", ErrUnauthenticated, quote(user), serviceAccountsGroup)
 	}
 	return newCaller(a.trustDomain, ns, sa, cluster, AuthTokenReview, user), nil
 }

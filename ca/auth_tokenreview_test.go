@@ -332,7 +332,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 		},
 		{
 			name: "oversized token never reaches the api", token: strings.Repeat("a", MaxTokenBytes+1),
-			wantErr: ErrUnauthenticated, wantSubstr: "token is 16385 bytes, more than the 16384 allowed",
+			wantErr: ErrUnauthenticated, wantSubstr: "token is 8193 bytes, more than the 8192 allowed",
 		},
 		{
 			name: "empty token never reaches the api", token: "",

@@ -51,6 +51,14 @@ var csrSignatureAlgorithms = []x509.SignatureAlgorithm{
 	x509.PureEd25519,
 }
 
+// maxBytes is MaxBytes or its default.
+func (p CSRPolicy) maxBytes() int {
+	if p.MaxBytes <= 0 {
+		return DefaultMaxCSRBytes
+	}
+	return p.MaxBytes
+}
+
 // CheckCSR parses a PEM CSR and checks it against the caller's identity.
 //
 // The CSR must be one "CERTIFICATE REQUEST" (or "NEW CERTIFICATE REQUEST")
@@ -70,10 +78,7 @@ func CheckCSR(csrPEM string, caller *Caller, p CSRPolicy) (*x509.CertificateRequ
 	if caller == nil || caller.SPIFFEID == "" {
 		return nil, errors.New("check csr: no authenticated caller")
 	}
-	maxBytes := p.MaxBytes
-	if maxBytes <= 0 {
-		maxBytes = DefaultMaxCSRBytes
-	}
+	maxBytes := p.maxBytes()
 	if len(csrPEM) > maxBytes {
 		return nil, fmt.Errorf("%w: csr is %d bytes, more than the %d allowed", ErrInvalidRequest, len(csrPEM), maxBytes)
 	}
@@ -117,7 +122,7 @@ func CheckCSR(csrPEM string, caller *Caller, p CSRPolicy) (*x509.CertificateRequ
 			}
 		default:
 			return nil, fmt.Errorf("%w: csr requests extension %s%s; only subjectAltName (2.5.29.17), keyUsage (2.5.29.15) and extKeyUsage (2.5.29.37) are allowed",
-				ErrInvalidRequest, ext.Id, extensionName(ext.Id))
+				ErrInvalidRequest, clip(ext.Id), extensionName(ext.Id))
 		}
 	}
 	if san == nil {
@@ -149,7 +154,7 @@ func decodeCSRPEM(s string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: csr has %d bytes of trailing data after its pem block", ErrInvalidRequest, len(rest))
 	}
 	if block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST" {
-		return nil, fmt.Errorf("%w: csr pem block is a %q, expected a \"CERTIFICATE REQUEST\"", ErrInvalidRequest, block.Type)
+		return nil, fmt.Errorf("%w: csr pem block is a %s, expected a \"CERTIFICATE REQUEST\"", ErrInvalidRequest, quote(block.Type))
 	}
 	if len(block.Headers) != 0 {
 		return nil, fmt.Errorf("%w: csr pem block has headers", ErrInvalidRequest)
@@ -191,7 +196,7 @@ func checkCSRAttributes(csr *x509.CertificateRequest) error {
 		}
 		if !attr.Type.Equal(oidExtensionRequest) {
 			return fmt.Errorf("%w: csr carries the attribute %s%s; only extensionRequest (%s) is allowed",
-				ErrInvalidRequest, attr.Type, attributeName(attr.Type), oidExtensionRequest)
+				ErrInvalidRequest, clip(attr.Type), attributeName(attr.Type), oidExtensionRequest)
 		}
 		if seen {
 			return fmt.Errorf("%w: csr carries more than one extensionRequest attribute", ErrInvalidRequest)
@@ -258,7 +263,7 @@ func checkCSRSubject(csr *x509.CertificateRequest) error {
 			if s, ok := atv.Value.(string); ok && s == "" {
 				continue
 			}
-			return fmt.Errorf("%w: csr subject must be empty, got %s", ErrInvalidRequest, csr.Subject.String())
+			return fmt.Errorf("%w: csr subject must be empty, got %s", ErrInvalidRequest, clip(csr.Subject.String()))
 		}
 	}
 	return nil
@@ -292,7 +297,7 @@ func checkExtKeyUsage(value []byte) error {
 	}
 	for _, oid := range oids {
 		if !oid.Equal(oidExtKeyUsageServerAuth) && !oid.Equal(oidExtKeyUsageClientAuth) {
-			return fmt.Errorf("%w: csr requests extended key usage %s; only serverAuth and clientAuth are allowed", ErrInvalidRequest, oid)
+			return fmt.Errorf("%w: csr requests extended key usage %s; only serverAuth and clientAuth are allowed", ErrInvalidRequest, clip(oid))
 		}
 	}
 	return nil
@@ -337,12 +342,12 @@ func checkSANs(der []byte, caller *Caller, allowedDNS []string) error {
 		case sanDNSName:
 			dns := string(name.Bytes)
 			if !slices.Contains(allowedDNS, dns) {
-				return fmt.Errorf("%w: csr asks for the dns name %q, which %s may not request", ErrPermissionDenied, dns, caller.SPIFFEID)
+				return fmt.Errorf("%w: csr asks for the dns name %s, which %s may not request", ErrPermissionDenied, quote(dns), caller.SPIFFEID)
 			}
 		case sanIPAddress:
-			return fmt.Errorf("%w: csr asks for the ip address %s; ip sans are not allowed", ErrInvalidRequest, net.IP(name.Bytes))
+			return fmt.Errorf("%w: csr asks for the ip address %s; ip sans are not allowed", ErrInvalidRequest, clip(net.IP(name.Bytes)))
 		case sanRFC822Name:
-			return fmt.Errorf("%w: csr asks for the email address %q; email sans are not allowed", ErrInvalidRequest, name.Bytes)
+			return fmt.Errorf("%w: csr asks for the email address %s; email sans are not allowed", ErrInvalidRequest, quote(string(name.Bytes)))
 		default:
 			kind, ok := sanTypeNames[name.Tag]
 			if !ok {
@@ -353,7 +358,7 @@ func checkSANs(der []byte, caller *Caller, allowedDNS []string) error {
 	}
 	for _, u := range uris {
 		if u != caller.SPIFFEID {
-			return fmt.Errorf("%w: csr asks for the uri %q, but the caller is %s", ErrPermissionDenied, u, caller.SPIFFEID)
+			return fmt.Errorf("%w: csr asks for the uri %s, but the caller is %s", ErrPermissionDenied, quote(u), caller.SPIFFEID)
 		}
 	}
 	switch len(uris) {

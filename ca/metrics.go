@@ -9,13 +9,14 @@ import (
 
 // Metric names. Units are in the names.
 const (
-	MetricRequests         = "transitca_requests_total"
-	MetricIssuances        = "transitca_issuances_total"
-	MetricRejections       = "transitca_rejections_total"
-	MetricIssuanceDuration = "transitca_issuance_duration_seconds"
-	MetricVaultDuration    = "transitca_vault_request_duration_seconds"
-	MetricCertExpiry       = "transitca_certificate_expiry_seconds"
-	MetricCertNotAfter     = "transitca_certificate_not_after_timestamp_seconds"
+	MetricRequests          = "transitca_requests_total"
+	MetricIssuances         = "transitca_issuances_total"
+	MetricRejections        = "transitca_rejections_total"
+	MetricDenialsAggregated = "transitca_denials_aggregated_total"
+	MetricIssuanceDuration  = "transitca_issuance_duration_seconds"
+	MetricVaultDuration     = "transitca_vault_request_duration_seconds"
+	MetricCertExpiry        = "transitca_certificate_expiry_seconds"
+	MetricCertNotAfter      = "transitca_certificate_not_after_timestamp_seconds"
 )
 
 // Metrics are the service's Prometheus metrics.
@@ -23,8 +24,11 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	issuances  *prometheus.CounterVec
 	rejections *prometheus.CounterVec
-	latency    *prometheus.HistogramVec
-	vault      *prometheus.HistogramVec
+	// denialsAggregated counts denials recorded as part of an aggregated
+	// entry rather than one entry each.
+	denialsAggregated *prometheus.CounterVec
+	latency           *prometheus.HistogramVec
+	vault             *prometheus.HistogramVec
 }
 
 // NewMetrics registers the service's metrics with reg. certs names the CA's
@@ -44,6 +48,10 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 			Name: MetricRejections,
 			Help: "Requests refused, by reason.",
 		}, []string{"reason"}),
+		denialsAggregated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricDenialsAggregated,
+			Help: "Denials beyond the per-peer rate, counted into an aggregated log entry instead of one entry each, by reason.",
+		}, []string{"reason"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    MetricIssuanceDuration,
 			Help:    "Time to handle a CreateCertificate request, by outcome.",
@@ -55,7 +63,7 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"op", "outcome"}),
 	}
-	reg.MustRegister(m.requests, m.issuances, m.rejections, m.latency, m.vault)
+	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault)
 	for name, get := range certs {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        MetricCertExpiry,

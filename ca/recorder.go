@@ -31,6 +31,11 @@ type Denial struct {
 	Caller *Caller
 	Code   codes.Code
 	Reason string
+	// Detail is machine-readable: "peer=<addr> class=<kind>" for one
+	// denial, and "count=<n> first=<t1> last=<t2> peer=<addr> class=<kind>"
+	// for denials counted beyond the per-peer rate (see DenialLimits). A
+	// denial without count=<n> stands for one request.
+	Detail string
 }
 
 // Recorder keeps the record of every issuance and denial. RecordIssuance
@@ -64,7 +69,7 @@ func (r SlogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 
 // RecordDenial logs the denial.
 func (r SlogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
-	attrs := []any{slog.String("code", d.Code.String()), slog.String("reason", d.Reason)}
+	attrs := []any{slog.String("code", d.Code.String()), slog.String("reason", d.Reason), slog.String("detail", d.Detail)}
 	if d.Caller != nil {
 		attrs = append(attrs, slog.String("spiffe_id", d.Caller.SPIFFEID), slog.String("auth", string(d.Caller.Method)))
 	}

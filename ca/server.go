@@ -16,9 +16,20 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 )
 
-// MaxRequestBytes bounds a gRPC request message. A CSR is a few hundred
-// bytes; the CSR check applies its own, smaller limit.
-const MaxRequestBytes = 256 << 10
+// MaxRequestBytes bounds a gRPC request message beyond the CSR itself
+// (validity_duration and the metadata Struct). The message limit is
+// csr.max_bytes plus this; a larger message is refused by the gRPC
+// transport (ResourceExhausted) before the service runs.
+const MaxRequestBytes = 16 << 10
+
+// MaxHeaderListBytes bounds a request's metadata as a whole (HTTP/2
+// SETTINGS_MAX_HEADER_LIST_SIZE, counted as HPACK does: name, value and 32
+// bytes per field). istio-agent sends about 1.5 KiB (a projected token,
+// clusterid and gRPC's own headers). A request beyond it is refused by the
+// gRPC transport before the service runs, so it is neither answered with a
+// reason nor recorded in the issuance log; the server advertises the limit,
+// so well-behaved clients refuse to send such a request in the first place.
+const MaxHeaderListBytes = 16 << 10
 
 // NewGRPCServer returns a gRPC server over TLS that serves the certificate
 // service, the standard health service (reporting SERVING) and gRPC server
@@ -32,7 +43,8 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
-		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.MaxRecvMsgSize(svc.csr.maxBytes()+MaxRequestBytes),
+		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 		// Agents keep their connection open between renewals: keep what an
 		// idle connection holds small.
 		grpc.ReadBufferSize(4<<10),

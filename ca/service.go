@@ -34,6 +34,7 @@ type Service struct {
 	policy    *issuer.Policy
 	csr       CSRPolicy
 	recorder  Recorder
+	denials   *denialLimiter // nil without DenialLimits
 	metrics   *Metrics
 	log       *slog.Logger
 	now       func() time.Time
@@ -57,8 +58,13 @@ type ServiceOptions struct {
 	CSR           CSRPolicy
 	Recorder      Recorder
 	Metrics       *Metrics
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// DenialLimits bound the log entries one peer's denials write; the
+	// zero value records every denial individually. With limits, Close
+	// MUST be called after the server stops and before the recorder's log
+	// closes, so that the denials still counted are written.
+	DenialLimits DenialLimits
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // NewService returns the certificate service.
@@ -72,10 +78,28 @@ func NewService(o ServiceOptions) (*Service, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Service{
+	l := o.DenialLimits
+	if l.enabled() && (l.Burst < 1 || l.Window <= 0 || l.MaxPeers < 1) {
+		return nil, errors.New("ca service: denial limits need a burst, a window and a peer cap of at least 1")
+	}
+	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
 		recorder: o.Recorder, metrics: o.Metrics, log: o.Logger, now: o.Now,
-	}, nil
+	}
+	if l.enabled() {
+		s.denials = newDenialLimiter(o.Recorder, l, o.Metrics, o.Logger, o.Now)
+	}
+	return s, nil
+}
+
+// Close writes the denials still counted under DenialLimits and stops
+// counting: denials after Close are recorded one entry each. Call it once
+// the gRPC server has stopped, before the log closes.
+func (s *Service) Close(ctx context.Context) error {
+	if s.denials == nil {
+		return nil
+	}
+	return s.denials.close(ctx)
 }
 
 // MaxValidityDuration bounds validity_duration before any tier applies: a
@@ -93,10 +117,11 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 		if st.Code() == codes.Internal || st.Code() == codes.Unavailable || st.Code() == codes.Canceled || st.Code() == codes.DeadlineExceeded {
 			outcome = "error"
 		}
-		s.metrics.rejections.WithLabelValues(rejectionReason(err, st.Code())).Inc()
+		class := rejectionReason(err, st.Code())
+		s.metrics.rejections.WithLabelValues(class).Inc()
 		s.metrics.requests.WithLabelValues(tier, outcome).Inc()
 		s.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
-		if rerr := s.recorder.RecordDenial(ctx, &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: err.Error()}); rerr != nil {
+		if rerr := s.recordDenial(ctx, &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: boundMessage(err.Error())}, class); rerr != nil {
 			s.log.ErrorContext(ctx, "record denial", slog.Any("error", rerr))
 		}
 		return nil, st.Err()
@@ -104,6 +129,17 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 	s.metrics.requests.WithLabelValues(tier, outcome).Inc()
 	s.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 	return &pb.IstioCertificateResponse{CertChain: chain}, nil
+}
+
+// recordDenial records d, naming the peer and the kind of denial in its
+// Detail, individually or counted under DenialLimits.
+func (s *Service) recordDenial(ctx context.Context, d *Denial, class string) error {
+	p := peerKey(ctx)
+	d.Detail = "peer=" + p + " class=" + class
+	if s.denials == nil {
+		return s.recorder.RecordDenial(ctx, d)
+	}
+	return s.denials.record(ctx, d, p, class)
 }
 
 // issue runs the pipeline. It returns the caller and tier as far as they are
@@ -132,7 +168,7 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	granted := decision.Tier.Grant(requested)
 	id, err := url.Parse(caller.SPIFFEID)
 	if err != nil {
-		return caller, tier, nil, fmt.Errorf("caller identity %q: %w", caller.SPIFFEID, err)
+		return caller, tier, nil, fmt.Errorf("caller identity %s: %w", quote(caller.SPIFFEID), err)
 	}
 	now := s.now()
 	tmpl, err := issuer.LeafTemplate(issuer.LeafRequest{

@@ -30,23 +30,23 @@ func statusOf(ctx context.Context, log *slog.Logger, err error) *status.Status {
 	}
 	switch {
 	case errors.Is(err, ErrUnauthenticated):
-		return status.New(codes.Unauthenticated, err.Error())
+		return status.New(codes.Unauthenticated, boundMessage(err.Error()))
 	case errors.Is(err, ErrPermissionDenied):
-		return status.New(codes.PermissionDenied, err.Error())
+		return status.New(codes.PermissionDenied, boundMessage(err.Error()))
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, store.ErrInvalidQuery), errors.Is(err, store.ErrInvalidProof):
-		return status.New(codes.InvalidArgument, err.Error())
+		return status.New(codes.InvalidArgument, boundMessage(err.Error()))
 	case errors.Is(err, store.ErrNotFound):
-		return status.New(codes.NotFound, err.Error())
+		return status.New(codes.NotFound, boundMessage(err.Error()))
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		return status.New(codes.DeadlineExceeded, "request deadline exceeded")
 	case errors.Is(err, ErrUnavailable), errors.Is(err, issuer.ErrUnavailable):
-		log.WarnContext(ctx, "dependency unavailable", slog.Any("error", err))
+		log.WarnContext(ctx, "dependency unavailable", slog.String("error", boundMessage(err.Error())))
 		return status.New(codes.Unavailable, "certificate authority temporarily unavailable; retry")
 	}
 	ref := newRef()
-	log.ErrorContext(ctx, "internal error", slog.String("ref", ref), slog.Any("error", err))
+	log.ErrorContext(ctx, "internal error", slog.String("ref", ref), slog.String("error", boundMessage(err.Error())))
 	return status.New(codes.Internal, "internal error (ref "+ref+")")
 }
 

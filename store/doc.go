@@ -91,5 +91,23 @@
 // written in the same transaction as the entry. Query scans one index and
 // filters on the other fields, in pages bounded in size and in work.
 //
+// # Size of denials
+//
+// Every denied request that reaches the CA is appended (or counted into an
+// aggregated denial entry; see the ca package's DenialLimits), so the log
+// bounds what a caller can make it write. A denial entry's Reason is at
+// most 1 KiB plus a truncation marker and its Detail a few hundred bytes,
+// whatever the request carried: a denial of an unauthenticated caller is
+// at most 1.5 KiB of record, and MUST take at most 4 KiB of the file with
+// its leaf hash, index keys and page overhead (measured: about 1.1 KiB of
+// record and 2.2 KiB of file); an authenticated caller's denial adds its
+// validated identity fields and MUST take at most 8 KiB of the file
+// (measured at the largest identity: 2.5 KiB of record, 5.3 KiB of file).
+// The file itself grows in bbolt's allocation steps. A denial entry that
+// stands for several requests carries "count=<n>" in its Detail; one
+// without it stands for one request. Requests refused by the gRPC
+// transport (metadata or message over the server's limits) never reach
+// the CA and are not in the log.
+//
 // Nothing in this package updates or deletes an entry.
 package store

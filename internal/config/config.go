@@ -44,6 +44,24 @@ type Config struct {
 	Policy []Rule `yaml:"policy"`
 	Log    Log    `yaml:"log"`
 	Admin  Admin  `yaml:"admin"`
+	Limits Limits `yaml:"limits"`
+}
+
+// Limits bound what callers can make the CA write. Denials within the
+// per-peer rate are recorded one entry each; beyond it they are counted
+// and written as one aggregated denial entry per kind, peer and window.
+type Limits struct {
+	// DenialsPerPeerPerSecond is the sustained rate of individually
+	// recorded denials per peer address (IPv4 address or IPv6 /64).
+	DenialsPerPeerPerSecond float64 `yaml:"denials_per_peer_per_second"`
+	// DenialBurst is how many denials a peer may have recorded
+	// individually at once.
+	DenialBurst int `yaml:"denial_burst"`
+	// DenialWindow is how often counted denials are written.
+	DenialWindow Duration `yaml:"denial_window"`
+	// DenialPeers caps the peers tracked at once; beyond it, new peers
+	// share one bucket, recorded under the peer name "other".
+	DenialPeers int `yaml:"denial_peers"`
 }
 
 // Log is the issuance log.
@@ -253,6 +271,12 @@ func Default() *Config {
 			CheckpointInterval: Duration(30 * time.Second),
 		},
 		Admin: Admin{Listen: "127.0.0.1:15015"},
+		Limits: Limits{
+			DenialsPerPeerPerSecond: 5,
+			DenialBurst:             20,
+			DenialWindow:            Duration(10 * time.Second),
+			DenialPeers:             10000,
+		},
 	}
 }
 
@@ -465,6 +489,18 @@ func (c *Config) validateServing() []error {
 	}
 	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
 		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)
+	}
+	if r := c.Limits.DenialsPerPeerPerSecond; !(r > 0 && r <= 1e6) {
+		bad("limits.denials_per_peer_per_second: %v is outside (0, 1000000]", r)
+	}
+	if b := c.Limits.DenialBurst; b < 1 || b > 1e6 {
+		bad("limits.denial_burst: %d is outside 1 to 1000000", b)
+	}
+	if w := c.Limits.DenialWindow; w < Duration(time.Second) || w > Duration(time.Hour) {
+		bad("limits.denial_window: %v is outside 1s to 1h", w)
+	}
+	if p := c.Limits.DenialPeers; p < 1 || p > 1e6 {
+		bad("limits.denial_peers: %d is outside 1 to 1000000", p)
 	}
 	return errs
 }

@@ -83,6 +83,11 @@ func TestRejects(t *testing.T) {
 		{"bad IP", "server:\n  tls: {ip_addresses: [not-an-ip]}\n", `"not-an-ip" is not an IP address`},
 		{"approle without role", "vault:\n  auth: {method: approle}\n", "needs role_id and secret_id_file"},
 		{"no clusters", "auth:\n  clusters: []\n", "auth.clusters"},
+		{"no denial rate", "limits:\n  denials_per_peer_per_second: 0\n", "limits.denials_per_peer_per_second"},
+		{"no denial burst", "limits:\n  denial_burst: 0\n", "limits.denial_burst"},
+		{"denial window too short", "limits:\n  denial_window: 10ms\n", "limits.denial_window"},
+		{"no denial peers", "limits:\n  denial_peers: 0\n", "limits.denial_peers"},
+		{"unknown limit", "limits:\n  denials_per_second: 3\n", "field denials_per_second not found"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -62,6 +62,7 @@ type Daemon struct {
 	backend   *Backend
 	authority *issuer.Authority
 	ilog      *store.Log
+	svc       *ca.Service
 	vkey      string
 	recorder  ca.LogRecorder
 	reg       *prometheus.Registry
@@ -212,10 +213,13 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		Recorder:      d.recorder,
 		Metrics:       metrics,
 		Logger:        d.log,
+		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
+			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
 	})
 	if err != nil {
 		return fmt.Errorf("certificate service: %w", err)
 	}
+	d.svc = svc
 	if err := d.issueServingCert(ctx); err != nil {
 		return err
 	}
@@ -419,6 +423,13 @@ func (d *Daemon) Close() error {
 				if err := l.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 					errs = append(errs, err)
 				}
+			}
+		}
+		if d.svc != nil {
+			// After the gRPC server stopped, before the log closes: the
+			// denials counted but not yet written are appended.
+			if err := d.svc.Close(context.Background()); err != nil {
+				errs = append(errs, fmt.Errorf("record counted denials: %w", err))
 			}
 		}
 		if d.ilog != nil {

@@ -48,6 +48,7 @@ type exported struct {
 	Code              string `json:"code"`
 	Reason            string `json:"reason"`
 	Action            string `json:"action"`
+	Detail            string `json:"detail"`
 	CertificateDER    string `json:"certificate_der"`
 }
 
