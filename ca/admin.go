@@ -88,7 +88,7 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 	if authz.Logger == nil {
 		authz.Logger = slog.Default()
 	}
-	s := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if err := authz.authorize(ctx, info.FullMethod); err != nil {
@@ -110,7 +110,9 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 			return nil
 		}),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-	)
+		grpc.MaxHeaderListSize(MaxHeaderListBytes),
+	}
+	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	adminv1.RegisterAdminServiceServer(s, svc)
 	return s
 }

@@ -31,6 +31,27 @@ const MaxRequestBytes = 16 << 10
 // so well-behaved clients refuse to send such a request in the first place.
 const MaxHeaderListBytes = 16 << 10
 
+// Connection limits, the same on the certificate service and the admin API:
+// a connection must finish its TLS handshake and HTTP/2 preface within
+// HandshakeTimeout, and one with no stream open for IdleTimeout is closed.
+const (
+	HandshakeTimeout = 10 * time.Second
+	// IdleTimeout: agents renew every few hours, so an idle connection is
+	// closed after two minutes and memory follows the connections in use
+	// rather than the size of the fleet; agents reconnect on demand.
+	IdleTimeout = 2 * time.Minute
+)
+
+// connectionLimits are the server options that bound what a connection
+// that does nothing may hold.
+func connectionLimits() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ConnectionTimeout(HandshakeTimeout),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: IdleTimeout}),
+	}
+}
+
 // NewGRPCServer returns a gRPC server over TLS that serves the certificate
 // service, the standard health service (reporting SERVING) and gRPC server
 // metrics registered with reg.
@@ -39,24 +60,19 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.0005, 2, 14)),
 	))
 	reg.MustRegister(srvMetrics)
-	s := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
-		grpc.MaxRecvMsgSize(svc.csr.maxBytes()+MaxRequestBytes),
+		grpc.MaxRecvMsgSize(svc.csr.maxBytes() + MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 		// Agents keep their connection open between renewals: keep what an
 		// idle connection holds small.
-		grpc.ReadBufferSize(4<<10),
-		grpc.WriteBufferSize(4<<10),
+		grpc.ReadBufferSize(4 << 10),
+		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
-		grpc.ConnectionTimeout(10*time.Second),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// Agents renew every few hours: an idle connection is closed after
-		// two minutes, so memory follows the connections in use rather than
-		// the size of the fleet; agents reconnect on demand.
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 2 * time.Minute}),
-	)
+	}
+	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	pb.RegisterIstioCertificateServiceServer(s, svc)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
