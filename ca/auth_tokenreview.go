@@ -18,11 +18,6 @@ import (
 	"time"
 )
 
-// ErrUnavailable means a dependency (Vault, the Kubernetes API) could not be
-// reached, so the request could not be decided; it is not the caller's fault
-// and the caller should retry. It becomes codes.Unavailable.
-var ErrUnavailable = errors.New("unavailable")
-
 // Defaults for a TokenReviewAuthenticator running in a pod.
 const (
 	DefaultReviewerTokenFile  = "/var/run/secrets/kubernetes.io/serviceaccount/token" //nolint:gosec // a path, not a credential

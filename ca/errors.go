@@ -16,4 +16,9 @@ var (
 	// ErrInvalidRequest means the request itself is malformed: a broken CSR,
 	// a forbidden extension, a weak key. It becomes codes.InvalidArgument.
 	ErrInvalidRequest = errors.New("invalid request")
+	// ErrUnavailable means a dependency (Vault, the Kubernetes API) could
+	// not be reached, so the request could not be decided; it is not the
+	// caller's fault and the caller should retry. It becomes
+	// codes.Unavailable.
+	ErrUnavailable = errors.New("unavailable")
 )
