@@ -193,6 +193,7 @@ func (l *Log) commit(batch []*appendReq) {
 		err = fmt.Errorf("append to %q: commit failed: %w (%w)", l.path, err, ErrFailed)
 		l.mu.Lock()
 		l.failed = err
+		close(l.failedC)
 		l.mu.Unlock()
 		l.logger.Error("issuance log: commit failed; appends are refused until the log is reopened", "path", l.path, "err", err)
 		for _, r := range batch {

@@ -14,8 +14,10 @@
 // caller of the batch. If the transaction fails, every caller of the batch
 // gets the error, nothing of the batch is acknowledged, and the Log refuses
 // further appends (ErrFailed) until it is reopened, because after a failed
-// fsync the state on disk is unknown. An entry is written once: there is no
-// retry. Options.NoSync exists for tests and benchmarks and voids this
+// fsync the state on disk is unknown. The Log MUST close the channel of
+// Failed (and Err MUST return the error) before any caller of the failed
+// batch is answered, so that a daemon can stop serving at once. An entry is
+// written once: there is no retry. Options.NoSync exists for tests and benchmarks and voids this
 // promise.
 //
 // A crash can leave on disk an entry whose Append never returned (committed,

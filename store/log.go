@@ -95,6 +95,7 @@ type Log struct {
 	tree    *compact.Range // committed tree, guarded by mu
 	root    []byte         // root of tree, guarded by mu
 	failed  error          // first commit failure, guarded by mu
+	failedC chan struct{}  // closed when failed is set
 	commits uint64         // guarded by mu
 	size    atomic.Uint64  // tree.End()
 
@@ -272,6 +273,7 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 		reqs:          make(chan *appendReq, maxBatchEntries),
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
+		failedC:       make(chan struct{}),
 		cpKick:        make(chan struct{}, 1),
 		cpStop:        make(chan struct{}),
 		cpDone:        make(chan struct{}),
@@ -334,6 +336,21 @@ func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return Stats{Size: l.tree.End(), Commits: l.commits, CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil}
+}
+
+// Failed returns a channel that is closed when a commit fails. From then
+// on Append returns ErrFailed until the log is closed and opened again, so a
+// daemon that watches this channel can stop reporting itself as serving at
+// once, instead of at the next request. It is never closed on a healthy
+// log, including after Close.
+func (l *Log) Failed() <-chan struct{} { return l.failedC }
+
+// Err returns the error of the failed commit that stopped the log (it
+// wraps ErrFailed), or nil while the log accepts appends.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed
 }
 
 // Close stops accepting appends, commits those already queued, writes a
