@@ -110,7 +110,11 @@ func (f *logFlags) register(fs *flag.FlagSet) {
 
 func (f *logFlags) open() (logAPI, func(), error) {
 	if f.db != "" {
-		l, err := store.Open(f.db, store.Options{ReadOnly: true, Verifiers: f.verifiers(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		vs, err := f.verifiers()
+		if err != nil {
+			return nil, nil, err
+		}
+		l, err := store.Open(f.db, store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -170,27 +174,39 @@ func newLogFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *logFlags) {
 	return fs, lf
 }
 
+// verifierKeyText returns the verifier key that --verifier-key names, as
+// text or in a file, checked to be a note verifier key; "" when the flag is
+// not set.
 func (f *logFlags) verifierKeyText() (string, error) {
 	v := f.verifierKey
 	if v == "" {
 		return "", nil
 	}
-	if b, err := os.ReadFile(v); err == nil {
-		v = strings.TrimSpace(string(b))
+	b, ferr := os.ReadFile(v)
+	if ferr == nil {
+		text := strings.TrimSpace(string(b))
+		if _, err := note.NewVerifier(text); err != nil {
+			return "", fmt.Errorf("--verifier-key: file %s does not hold a checkpoint verifier key: %w", v, err)
+		}
+		return text, nil
+	}
+	if _, err := note.NewVerifier(v); err != nil {
+		return "", fmt.Errorf("--verifier-key %s: not a readable file (%w) nor a verifier key", v, ferr)
 	}
 	return v, nil
 }
 
-func (f *logFlags) verifiers() note.Verifiers {
-	text, _ := f.verifierKeyText()
-	if text == "" {
-		return nil
+// verifiers returns the verifier of --verifier-key, nil when it is not set.
+func (f *logFlags) verifiers() (note.Verifiers, error) {
+	text, err := f.verifierKeyText()
+	if err != nil || text == "" {
+		return nil, err
 	}
 	v, err := note.NewVerifier(text)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("--verifier-key: %w", err)
 	}
-	return note.VerifierList(v)
+	return note.VerifierList(v), nil
 }
 
 func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -566,7 +582,10 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	vkey, _ := lf.verifierKeyText()
+	vkey, err := lf.verifierKeyText()
+	if err != nil {
+		return err
+	}
 	if vkey == "" {
 		cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
 		if err != nil {

@@ -36,8 +36,13 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 	var vs []note.Verifier
 	for v := 1; v <= latest.KeyVersion(); v++ {
 		s, err := keys.Signer(ctx, name, v)
-		if err != nil {
+		if errors.Is(err, issuer.ErrKeyNotFound) {
 			continue // trimmed versions sign nothing anymore
+		}
+		if err != nil {
+			// Anything else (Vault unreachable, denied) is not a trimmed
+			// key: checkpoints of that version would fail to verify.
+			return nil, nil, "", fmt.Errorf("checkpoint key %s version %d: %w", name, v, err)
 		}
 		ver, err := store.NewNoteVerifier(origin, s.Public().(ed25519.PublicKey))
 		if err != nil {

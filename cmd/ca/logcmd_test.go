@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/transitca/transitca/store"
+)
+
+const testLogOrigin = "transitca.test/log"
+
+// testLogKey signs the checkpoints of test logs.
+var testLogKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
+
+func testNoteSigner(t *testing.T) *store.NoteSigner {
+	t.Helper()
+	s, err := store.NewNoteSigner(testLogOrigin, testLogKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// writeTestLog writes a closed log of n admin entries with a checkpoint at
+// the end, and the verifier key file next to it.
+func writeTestLog(t *testing.T, n int) (db, vkeyFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	db = filepath.Join(dir, "issuance.db")
+	s := testNoteSigner(t)
+	l, err := store.Open(db, store.Options{Signer: s, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range n {
+		e := &store.Entry{Kind: store.KindAdmin, Time: time.Unix(1767225600+int64(i), 0), Action: "test", Actor: "alice", Detail: fmt.Sprint(i)}
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.WriteCheckpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	vkeyFile = filepath.Join(dir, "log-verifier.vkey")
+	if err := os.WriteFile(vkeyFile, []byte(s.VerifierKey()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return db, vkeyFile
+}
+
+func TestLogVerifyVerifierKey(t *testing.T) {
+	db, good := writeTestLog(t, 5)
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.vkey")
+	os.WriteFile(garbage, []byte("this is not a key\n"), 0o644)
+	otherSigner, err := store.NewNoteSigner(testLogOrigin, ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, ed25519.SeedSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other.vkey")
+	os.WriteFile(other, []byte(otherSigner.VerifierKey()+"\n"), 0o644)
+	missing := filepath.Join(dir, "missing.vkey")
+
+	cases := []struct {
+		name string
+		key  string
+		code int
+		want string // in stdout when code is 0, in stderr otherwise
+	}{
+		{"right key file", good, 0, "log verified: 5 entries"},
+		{"right key text", testNoteSigner(t).VerifierKey(), 0, "log verified: 5 entries"},
+		{"missing file", missing, 1, missing},
+		{"garbage file", garbage, 1, garbage},
+		{"another log's key", other, 1, "not signed by a known key"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errs, code := runCA(t, "log", "verify", "--db", db, "--verifier-key", tc.key)
+			got := errs
+			if tc.code == 0 {
+				got = out
+			}
+			if code != tc.code || !strings.Contains(got, tc.want) {
+				t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant exit %d and %q", code, out, errs, tc.code, tc.want)
+			}
+			if code != 0 && strings.Contains(out, "log verified") {
+				t.Fatalf("failed but says verified: %s", out)
+			}
+		})
+	}
+}

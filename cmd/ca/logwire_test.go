@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/issuer"
+	"github.com/transitca/transitca/store"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// fakeKeys holds ed25519 versions of one key; errs overrides the answer
+// for a version.
+type fakeKeys struct {
+	versions []ed25519.PrivateKey
+	errs     map[int]error
+}
+
+type fakeKeySigner struct {
+	crypto.Signer
+	name    string
+	version int
+}
+
+func (s fakeKeySigner) KeyName() string { return s.name }
+func (s fakeKeySigner) KeyVersion() int { return s.version }
+
+func (k *fakeKeys) EnsureKey(context.Context, string, issuer.KeyType) (bool, error) {
+	return false, nil
+}
+
+func (k *fakeKeys) Signer(_ context.Context, name string, version int) (issuer.KeySigner, error) {
+	if version == 0 {
+		version = len(k.versions)
+	}
+	if err := k.errs[version]; err != nil {
+		return nil, err
+	}
+	return fakeKeySigner{Signer: k.versions[version-1], name: name, version: version}, nil
+}
+
+func (k *fakeKeys) Describe() string { return "fake keys" }
+
+func TestCheckpointKeysVersions(t *testing.T) {
+	keys := func(errs map[int]error) *fakeKeys {
+		k := &fakeKeys{errs: errs}
+		for i := range 3 {
+			k.versions = append(k.versions, ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i + 1)}, ed25519.SeedSize)))
+		}
+		return k
+	}
+	cases := []struct {
+		name    string
+		errs    map[int]error
+		wantErr string
+	}{
+		{"all versions", nil, ""},
+		{"version 1 trimmed", map[int]error{1: fmt.Errorf("%w: version 1", issuer.ErrKeyNotFound)}, ""},
+		{"vault unreachable for version 1", map[int]error{1: errors.New("dial tcp 127.0.0.1:8200: connection refused")}, "connection refused"},
+	}
+	cfg := config.Default()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, vs, _, err := checkpointKeys(context.Background(), cfg, keys(tc.errs))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "version 1") {
+					t.Fatalf("checkpointKeys: %v, want an error naming version 1 and %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Checkpoints signed by every version still present verify.
+			for v := 1; v <= 3; v++ {
+				if tc.errs[v] != nil {
+					continue
+				}
+				s, err := store.NewNoteSigner(cfg.LogOrigin(), keys(nil).versions[v-1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				msg, err := note.Sign(&note.Note{Text: "checkpoint\n"}, s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := note.Open(msg, vs); err != nil {
+					t.Fatalf("checkpoint signed by version %d: %v", v, err)
+				}
+			}
+		})
+	}
+}
