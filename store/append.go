@@ -229,6 +229,9 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 			_ = tx.Rollback()
 		}
 	}()
+	// Runs before the rollback above: a damaged page fails the commit
+	// instead of crashing the daemon.
+	defer recoverCorrupt(l.path, &err)
 	entries, leaves, nodes := tx.Bucket(bucketEntries), tx.Bucket(bucketLeaves), tx.Bucket(bucketNodes)
 	entries.FillPercent, leaves.FillPercent, nodes.FillPercent = 1, 1, 1
 	var idx [numIndexes]*bolt.Bucket

@@ -410,7 +410,7 @@ func (l *Log) Get(ctx context.Context, seq uint64) (*Entry, error) {
 		return nil, err
 	}
 	var e *Entry
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
 		if v == nil {
 			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
@@ -429,7 +429,7 @@ func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
 		return nil, err
 	}
 	var out []byte
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
 		if v == nil {
 			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
@@ -438,6 +438,22 @@ func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
 		return nil
 	})
 	return out, err
+}
+
+// view runs fn in a read transaction. bbolt panics when it meets a
+// damaged page; view turns that into an error wrapping ErrCorrupt that
+// names the file, so that no command and no request crashes on a damaged
+// log.
+func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer recoverCorrupt(l.path, &err)
+	return l.db.View(fn)
+}
+
+// update is view for a read-write transaction (rolled back on a panic by
+// bbolt).
+func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer recoverCorrupt(l.path, &err)
+	return l.db.Update(fn)
 }
 
 // decodeStored decodes the record stored under seq into an entry that owns
@@ -463,7 +479,7 @@ func (l *Log) WriteTo(w io.Writer) (int64, error) {
 		return 0, ErrClosed
 	}
 	var n int64
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		var err error
 		n, err = tx.WriteTo(w)
 		return err

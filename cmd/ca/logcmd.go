@@ -646,11 +646,36 @@ func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer done()
-	// A failed or interrupted backup never leaves a partial file behind.
-	n, err := atomicfile.WriteFrom(*out, 0o600, func(w io.Writer) error { return api.Backup(ctx, w) })
+	// A failed or interrupted backup never leaves a partial file behind, and
+	// the file appears under its name only once it verified: a damaged log
+	// (bbolt copies pages as they are) makes no backup.
+	tmp := *out + ".unverified"
+	defer os.Remove(tmp)
+	n, err := atomicfile.WriteFrom(tmp, 0o600, func(w io.Writer) error { return api.Backup(ctx, w) })
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, n, *out)
+	vs, err := lf.verifiers()
+	if err != nil {
+		return err
+	}
+	res, err := verifyFile(ctx, tmp, vs)
+	if err != nil {
+		return fmt.Errorf("the backup does not verify, not writing %s: %w", *out, err)
+	}
+	if err := os.Rename(tmp, *out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s (%d bytes, %d entries, verified)\n", *out, n, res.Size)
 	return nil
+}
+
+// verifyFile runs the full check of a log file, read-only.
+func verifyFile(ctx context.Context, path string, vs note.Verifiers) (store.VerifyResult, error) {
+	l, err := store.Open(path, store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return store.VerifyResult{}, err
+	}
+	defer l.Close()
+	return l.Verify(ctx, nil)
 }
