@@ -37,7 +37,11 @@
 // in the note format of golang.org/x/mod/sumdb/note (Options.Signer,
 // normally an Ed25519 key in Vault Transit via NewNoteSigner). One is
 // written at least every Options.CheckpointEvery entries or
-// Options.CheckpointInterval, whichever comes first, and on Close.
+// Options.CheckpointInterval, whichever comes first, and on Close. Signing
+// needs the key (Vault), so Close MUST NOT wait for it longer than
+// Options.CloseTimeout nor fail for want of it: it logs and closes, and a
+// Log opened on a file whose size is beyond its last checkpoint MUST write
+// one at once. Checkpoint failures never fail or delay an Append.
 // InclusionProof and ConsistencyProof serve RFC 6962 proofs, and
 // VerifyInclusion and VerifyConsistency check them offline with nothing but
 // a signed checkpoint and the log's verifier key (VerifierKey).

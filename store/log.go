@@ -49,6 +49,9 @@ type Options struct {
 	// ReadOnly opens the file for reading only (a shared lock, no writes,
 	// no integrity check on open; run Verify). Append returns ErrReadOnly.
 	ReadOnly bool
+	// CloseTimeout bounds how long Close waits for the final checkpoint
+	// (signing it may need Vault). Default 5s.
+	CloseTimeout time.Duration
 	// LockTimeout bounds the wait for the file lock. Default 2s.
 	LockTimeout time.Duration
 	// Logger receives background errors (checkpoints). Default
@@ -60,6 +63,7 @@ const (
 	defaultCheckpointEvery    = 4096
 	defaultCheckpointInterval = 30 * time.Second
 	defaultLockTimeout        = 2 * time.Second
+	defaultCloseTimeout       = 5 * time.Second
 
 	// A commit takes at most this many entries or record bytes.
 	maxBatchEntries = 4096
@@ -242,6 +246,9 @@ func (o *Options) fill() error {
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = defaultLockTimeout
 	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = defaultCloseTimeout
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -304,6 +311,11 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 func (l *Log) start() {
 	go l.committer()
 	if l.opts.Signer != nil {
+		if l.Size() > l.cpSize.Load() {
+			// Entries beyond the last checkpoint (a close that could not
+			// sign, a crash): cover them now rather than at the next tick.
+			l.cpKick <- struct{}{}
+		}
 		go l.checkpointLoop()
 	} else {
 		close(l.cpDone)
@@ -355,7 +367,9 @@ func (l *Log) Err() error {
 
 // Close stops accepting appends, commits those already queued, writes a
 // final checkpoint if entries were added since the last one, and closes the
-// file.
+// file. It waits at most Options.CloseTimeout for the checkpoint signer: if
+// it does not answer (Vault unreachable), Close logs it and closes the file
+// without the checkpoint, which the next Open writes.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.closing)
@@ -368,13 +382,7 @@ func (l *Log) Close() error {
 		var errs []error
 		if !l.readOnly {
 			<-l.committerDone
-			close(l.cpStop)
-			<-l.cpDone
-			if l.opts.Signer != nil && l.Size() > l.cpSize.Load() {
-				if _, err := l.writeCheckpoint(); err != nil && !errors.Is(err, ErrFailed) {
-					errs = append(errs, fmt.Errorf("final checkpoint: %w", err))
-				}
-			}
+			l.finalCheckpoint()
 		}
 		if err := l.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close log %q: %w", l.path, err))
@@ -382,6 +390,41 @@ func (l *Log) Close() error {
 		l.closeErr = errors.Join(errs...)
 	})
 	return l.closeErr
+}
+
+// finalCheckpoint stops the checkpoint loop and writes a checkpoint of
+// what it did not cover, waiting at most Options.CloseTimeout for both:
+// signing needs Vault, and a shutdown must not hang on an unreachable
+// Vault. A checkpoint not written now is written soon after the next Open.
+func (l *Log) finalCheckpoint() {
+	close(l.cpStop)
+	timer := time.NewTimer(l.opts.CloseTimeout)
+	defer timer.Stop()
+	select {
+	case <-l.cpDone:
+	case <-timer.C:
+		l.logger.Warn("issuance log: closing without a final checkpoint: the checkpoint signer did not answer; the checkpoint will be written at the next start",
+			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "timeout", l.opts.CloseTimeout)
+		return
+	}
+	if l.opts.Signer == nil || l.Size() <= l.cpSize.Load() {
+		return
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.writeCheckpoint()
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-timer.C:
+		err = fmt.Errorf("the checkpoint signer did not answer within %v", l.opts.CloseTimeout)
+	}
+	if err != nil && !errors.Is(err, ErrFailed) {
+		l.logger.Warn("issuance log: closing without a final checkpoint; it will be written at the next start",
+			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "err", err)
+	}
 }
 
 func (l *Log) isClosed() bool {
