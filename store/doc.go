@@ -60,6 +60,22 @@
 // bbolt, is truncated, has no meta bucket or another magic, or has a newer
 // schema version; it tells which file and what is wrong.
 //
+// bbolt keeps two meta pages and, when the newer one is damaged, silently
+// uses the older: the file rolls back one transaction, and the entries and
+// checkpoint that transaction held are gone without a trace. This package
+// therefore reads both meta pages itself. Open for appending MUST refuse a
+// file with a damaged meta page, and Verify MUST fail on it, with a
+// *MetaDamageError naming the file, the page and the transaction that may
+// be lost, whatever bbolt would fall back to. Only AcceptDamage, given that
+// transaction, opens such a file for appending: it appends an admin entry
+// (Action "accept-damage") recording what was accepted, and that commit
+// rewrites the damaged page. Read-only opens (query, export) still serve
+// such a file, for review.
+//
+// bbolt panics on a damaged page. Every transaction of a Log recovers the
+// panic into an error wrapping ErrCorrupt that names the file: a damaged
+// file MUST NOT crash a command or the daemon.
+//
 // # Record encoding (version 1)
 //
 // Records use a small hand-rolled binary encoding rather than JSON or

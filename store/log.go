@@ -57,6 +57,10 @@ type Options struct {
 	// Logger receives background errors (checkpoints). Default
 	// slog.Default().
 	Logger *slog.Logger
+
+	// acceptLostTxid lets AcceptDamage open a file whose meta page that
+	// may have held this transaction is damaged.
+	acceptLostTxid uint64
 }
 
 const (
@@ -130,9 +134,14 @@ func Open(path string, opts Options) (*Log, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("open log %q: %w", path, err)
 	}
-	exists, err := inspectFile(path)
+	exists, dmg, err := inspectFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if dmg != nil && !opts.ReadOnly && dmg.MayBeLost != opts.acceptLostTxid {
+		// bbolt would carry on from the older page: refuse, so that the
+		// loss is seen and accepted (AcceptDamage), not silently built on.
+		return nil, fmt.Errorf("refusing to open the log for appending: %w", dmg)
 	}
 	if !exists {
 		if opts.ReadOnly {

@@ -48,6 +48,10 @@ func (l *Log) Verify(ctx context.Context, progress func(done uint64)) (res Verif
 	if err := l.readable(ctx); err != nil {
 		return VerifyResult{}, err
 	}
+	// bbolt uses whichever meta page is intact; an fsck must not.
+	if err := checkMetaPages(l.path); err != nil {
+		return VerifyResult{}, err
+	}
 	defer recoverCorrupt(l.path, &err)
 	err = l.view(func(tx *bolt.Tx) error {
 		var err error

@@ -218,9 +218,11 @@ func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		"prove":      logProve,
 		"checkpoint": logCheckpoint,
 		"backup":     logBackup,
+
+		"accept-damage": logAcceptDamage,
 	}
 	if len(args) == 0 || subs[args[0]] == nil {
-		fmt.Fprintln(stderr, "usage: ca log query|show|export|verify|prove|checkpoint|backup [flags]")
+		fmt.Fprintln(stderr, "usage: ca log query|show|export|verify|prove|checkpoint|backup|accept-damage [flags]")
 		fmt.Fprintln(stderr, "\nReads the issuance log through a running daemon's admin API (--addr, with an admin")
 		fmt.Fprintln(stderr, "client certificate) or from a file (--db). Run \"ca log <sub> -h\" for flags.")
 		if len(args) == 0 {
@@ -228,7 +230,46 @@ func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		return fmt.Errorf("unknown log subcommand %q", args[0])
 	}
-	return subs[args[0]](ctx, args[1:], stdout, stderr)
+	return withDamageHint(subs[args[0]](ctx, args[1:], stdout, stderr))
+}
+
+// withDamageHint adds to an error reporting a damaged meta page the
+// command that accepts the loss.
+func withDamageHint(err error) error {
+	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
+		return fmt.Errorf("%w\nreview what may be lost (the entries of the last transaction); to accept the loss and append again: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+	}
+	return err
+}
+
+// logAcceptDamage accepts the possible loss a damaged bbolt meta page
+// stands for, with an admin entry that records it.
+func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log accept-damage", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	db := fs.String("db", "", "the log file (the daemon must be stopped) (required)")
+	txid := fs.Uint64("confirm-txid", 0, "the transaction that may be lost, as \"ca log verify\" names it (required)")
+	actor := fs.String("actor", os.Getenv("USER"), "who accepts the loss, recorded in the log")
+	vkeyFlag := fs.String("verifier-key", "", "checkpoint verifier key, or a file holding it, to check checkpoint signatures while opening")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *db == "" || *txid == 0 {
+		return errors.New("--db and --confirm-txid are required")
+	}
+	vs, err := (&logFlags{verifierKey: *vkeyFlag}).verifiers()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	e, err := store.AcceptDamage(ctx, *db, *txid, *actor, store.Options{Verifiers: vs, Logger: log})
+	if err != nil {
+		return err
+	}
+	log.WarnContext(ctx, "accepted a damaged bbolt meta page of the issuance log", slog.String("path", *db),
+		slog.Uint64("lost_txid", *txid), slog.String("actor", *actor), slog.Uint64("entry", e.Seq))
+	fmt.Fprintf(stdout, "accepted: transaction %d of %s may be lost; recorded as entry %d (%s); the log has %d entries\n", *txid, *db, e.Seq, e.Detail, e.Seq+1)
+	return nil
 }
 
 // queryFlags are the filters of query and export.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"os"
@@ -178,5 +179,59 @@ func TestLogBackupVerifiesCopy(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(filepath.Dir(backup), "*"))
 	if len(left) != 1 {
 		t.Fatalf("files left next to the backup: %v", left)
+	}
+}
+
+// damageNewerMeta flips a bit in the newer of the two bbolt meta pages of
+// a copy of db (bbolt layout: a 16-byte page header, then magic, version,
+// page size, flags, root bucket (16 bytes), freelist, pgid, txid,
+// checksum) and returns the copy, the page and the newer txid.
+func damageNewerMeta(t *testing.T, db string) (string, int, uint64) {
+	t.Helper()
+	b, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	pageSize := int(le.Uint32(b[16+8:]))
+	tx0, tx1 := le.Uint64(b[16+48:]), le.Uint64(b[pageSize+16+48:])
+	page, txid := 0, tx0
+	if tx1 > tx0 {
+		page, txid = 1, tx1
+	}
+	b[page*pageSize+16+48] ^= 0x40
+	out := filepath.Join(t.TempDir(), "rolled-back.db")
+	if err := os.WriteFile(out, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return out, page, txid
+}
+
+func TestLogVerifyDamagedMeta(t *testing.T) {
+	db, vkey := writeTestLog(t, 20)
+	damaged, page, txid := damageNewerMeta(t, db)
+	out, errs, code := runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
+	for _, want := range []string{damaged, fmt.Sprintf("meta page %d", page), fmt.Sprintf("transaction %d", txid),
+		fmt.Sprintf("ca log accept-damage --db %s --confirm-txid %d", damaged, txid)} {
+		if code != 1 || !strings.Contains(errs, want) {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant exit 1 and %q", code, out, errs, want)
+		}
+	}
+
+	_, errs, code = runCA(t, "log", "accept-damage", "--db", damaged, "--confirm-txid", fmt.Sprint(txid+1), "--actor", "alice")
+	if code != 1 || !strings.Contains(errs, fmt.Sprint(txid)) {
+		t.Fatalf("accept-damage with the wrong txid: exit %d: %s", code, errs)
+	}
+	out, errs, code = runCA(t, "log", "accept-damage", "--db", damaged, "--confirm-txid", fmt.Sprint(txid), "--actor", "alice")
+	if code != 0 || !strings.Contains(out, "accepted") {
+		t.Fatalf("accept-damage: exit %d: %s %s", code, out, errs)
+	}
+	out, errs, code = runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
+	if code != 0 {
+		t.Fatalf("verify after accept-damage: exit %d: %s %s", code, out, errs)
+	}
+	out, errs, code = runCA(t, "log", "query", "--db", damaged, "--kind", "admin", "--newest", "--limit", "1", "--json")
+	if code != 0 || !strings.Contains(out, `"action":"accept-damage"`) || !strings.Contains(out, `"actor":"alice"`) {
+		t.Fatalf("no accept-damage entry: exit %d: %s %s", code, out, errs)
 	}
 }

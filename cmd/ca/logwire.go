@@ -72,6 +72,9 @@ func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slo
 		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
 		Logger:             log,
 	})
+	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
+		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log; after review, accept the loss with: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+	}
 	if err != nil {
 		return nil, "", err
 	}
