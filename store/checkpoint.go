@@ -308,6 +308,7 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 		return nil, fmt.Errorf("checkpoint: the log is empty: %w", ErrNotFound)
 	}
 	if size == l.cpSize.Load() {
+		l.publishLocked()
 		return bytes.Clone(l.cpSigned), nil
 	}
 	cp := Checkpoint{Origin: l.origin, Size: size, Root: root}
@@ -330,6 +331,7 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 	}
 	l.cpSigned = signed
 	l.cpSize.Store(size)
+	l.publishLocked()
 	return bytes.Clone(signed), nil
 }
 
@@ -346,7 +348,10 @@ func (l *Log) checkpointLoop() {
 		case <-l.cpKick:
 		case <-t.C:
 		}
-		if l.Size() == l.cpSize.Load() {
+		l.cpMu.Lock()
+		lags := l.witnessLags()
+		l.cpMu.Unlock()
+		if l.Size() == l.cpSize.Load() && !lags {
 			continue
 		}
 		if _, err := l.writeCheckpoint(); err != nil {

@@ -46,6 +46,24 @@
 // VerifyInclusion and VerifyConsistency check them offline with nothing but
 // a signed checkpoint and the log's verifier key (VerifierKey).
 //
+// # Witness
+//
+// A file can also be rolled back as a whole: an old backup put back, the
+// file replaced by another log of the same origin. Nothing inside the file
+// can show that, so the latest checkpoint is also kept outside it, by a
+// Witness (Options.Witness: Vault KV with check-and-set in production,
+// NewFileWitness in dev mode). Every checkpoint the log writes MUST be
+// published to the witness, with compare-and-set against the checkpoint
+// the Log last saw there, after it is committed to the file (so the
+// witness is never ahead of a file that was not rolled back). Publishing
+// MUST NOT block or fail an Append: a failure is logged and publishing is
+// retried at the next checkpoint (the witness then lags, which is safe).
+// Open for appending MUST refuse, and Verify MUST fail, with ErrRolledBack,
+// a log whose tree is smaller than the witness's checkpoint or does not
+// extend it (checked with a consistency proof); Open MUST fail when the
+// witness cannot be read, since the log cannot then be checked. A witness
+// that holds a checkpoint the log does not extend is never overwritten.
+//
 // Open re-hashes every entry, compares with the stored leaf hashes and
 // recomputes the root for every stored checkpoint before it accepts a file;
 // Verify also checks the indexes and the consistency between checkpoints.

@@ -49,6 +49,14 @@ type Options struct {
 	// ReadOnly opens the file for reading only (a shared lock, no writes,
 	// no integrity check on open; run Verify). Append returns ErrReadOnly.
 	ReadOnly bool
+	// Witness, if set, keeps the latest checkpoint outside the file. Open
+	// refuses (ErrRolledBack) a log that does not extend the witness's
+	// checkpoint, and Verify fails on it; every checkpoint the log writes
+	// is published to it. Publishing failures are logged, never returned
+	// by Append.
+	Witness Witness
+	// WitnessTimeout bounds each call to the witness. Default 10s.
+	WitnessTimeout time.Duration
 	// CloseTimeout bounds how long Close waits for the final checkpoint
 	// (signing it may need Vault). Default 5s.
 	CloseTimeout time.Duration
@@ -68,6 +76,7 @@ const (
 	defaultCheckpointInterval = 30 * time.Second
 	defaultLockTimeout        = 2 * time.Second
 	defaultCloseTimeout       = 5 * time.Second
+	defaultWitnessTimeout     = 10 * time.Second
 
 	// A commit takes at most this many entries or record bytes.
 	maxBatchEntries = 4096
@@ -110,10 +119,13 @@ type Log struct {
 	// Checkpoints.
 	cpMu     sync.Mutex // serializes checkpoint writers; guards cpSigned
 	cpSigned []byte
-	cpSize   atomic.Uint64
-	cpKick   chan struct{}
-	cpStop   chan struct{}
-	cpDone   chan struct{}
+	// What the witness holds, as far as this Log knows; guarded by cpMu.
+	witnessPrev  []byte
+	witnessKnown bool
+	cpSize       atomic.Uint64
+	cpKick       chan struct{}
+	cpStop       chan struct{}
+	cpDone       chan struct{}
 }
 
 // Open opens the log file at path, creating it if it does not exist.
@@ -203,6 +215,9 @@ func Open(path string, opts Options) (*Log, error) {
 		// Changed between the two opens: check again.
 		err = l.checkOnOpen()
 	}
+	if err == nil && opts.Witness != nil {
+		err = l.openWitness()
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, err
@@ -234,6 +249,9 @@ func create(path string, opts Options) (*Log, error) {
 	if err == nil {
 		err = l.checkOnOpen()
 	}
+	if err == nil && opts.Witness != nil {
+		err = l.openWitness()
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, err
@@ -257,6 +275,9 @@ func (o *Options) fill() error {
 	}
 	if o.CloseTimeout <= 0 {
 		o.CloseTimeout = defaultCloseTimeout
+	}
+	if o.WitnessTimeout <= 0 {
+		o.WitnessTimeout = defaultWitnessTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -320,7 +341,7 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 func (l *Log) start() {
 	go l.committer()
 	if l.opts.Signer != nil {
-		if l.Size() > l.cpSize.Load() {
+		if l.Size() > l.cpSize.Load() || l.witnessLags() {
 			// Entries beyond the last checkpoint (a close that could not
 			// sign, a crash): cover them now rather than at the next tick.
 			l.cpKick <- struct{}{}
@@ -416,7 +437,10 @@ func (l *Log) finalCheckpoint() {
 			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "timeout", l.opts.CloseTimeout)
 		return
 	}
-	if l.opts.Signer == nil || l.Size() <= l.cpSize.Load() {
+	l.cpMu.Lock()
+	lags := l.witnessLags()
+	l.cpMu.Unlock()
+	if l.opts.Signer == nil || (l.Size() <= l.cpSize.Load() && !lags) {
 		return
 	}
 	done := make(chan error, 1)

@@ -58,6 +58,9 @@ func (l *Log) Verify(ctx context.Context, progress func(done uint64)) (res Verif
 		res, err = l.scan(ctx, tx, scanOptions{indexes: true, consistency: true, progress: progress})
 		return err
 	})
+	if err == nil {
+		err = l.checkWitness(ctx)
+	}
 	return res, err
 }
 

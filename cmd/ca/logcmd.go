@@ -15,12 +15,15 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/transitca/transitca/ca"
@@ -95,6 +98,9 @@ type logFlags struct {
 	addr, cert, key, rootCert, serverName string
 	db, verifierKey                       string
 	timeout                               time.Duration
+
+	// witnessFile, with db, is a witness file the log is checked against.
+	witnessFile string
 }
 
 func (f *logFlags) register(fs *flag.FlagSet) {
@@ -114,7 +120,11 @@ func (f *logFlags) open() (logAPI, func(), error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		l, err := store.Open(f.db, store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)})
+		opts := store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)}
+		if f.witnessFile != "" {
+			opts.Witness = store.NewFileWitness(f.witnessFile)
+		}
+		l, err := store.Open(f.db, opts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -536,7 +546,18 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca log verify", stderr)
+	since := fs.String("since", "", "also check that the log extends this signed checkpoint kept earlier (a file saved from \"ca log checkpoint\")")
+	fs.StringVar(&lf.witnessFile, "witness", "", "with --db: check the log against this witness file (default: "+witnessFileName+" next to the log file, if present)")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if lf.db != "" && lf.witnessFile == "" {
+		if p := filepath.Join(filepath.Dir(lf.db), witnessFileName); fileExists(p) {
+			lf.witnessFile = p
+		}
+	}
+	vkey, err := lf.verifierKeyText()
+	if err != nil {
 		return err
 	}
 	api, ctx, done, err := lf.connect(ctx)
@@ -549,12 +570,90 @@ func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("log does not verify: %w", err)
 	}
-	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
-		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
-	if lf.db != "" && lf.verifierKey == "" {
+	var v note.Verifier
+	var sinceSize uint64
+	if vkey != "" || *since != "" {
+		cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
+		if *since == "" && (errors.Is(err, store.ErrNotFound) || status.Code(err) == codes.NotFound) {
+			fmt.Fprintln(stderr, "note: the log holds no checkpoint yet, so no signature was checked")
+			return printVerified(stdout, resp, start, "", 0, lf.witnessFile)
+		}
+		if err != nil {
+			return err
+		}
+		if vkey == "" {
+			if lf.db != "" {
+				return errors.New("--since needs --verifier-key to check the checkpoint's signature")
+			}
+			vkey = cp.GetVerifierKey()
+			fmt.Fprintln(stderr, "note: verifier key taken from the server; pass --verifier-key to check against a key you trust")
+		}
+		if v, err = note.NewVerifier(vkey); err != nil {
+			return fmt.Errorf("verifier key: %w", err)
+		}
+		// The signature of the latest checkpoint is checked here too, so
+		// that --verifier-key means the same through a daemon.
+		latest, err := store.OpenCheckpoint(cp.GetCheckpoint(), v)
+		if err != nil {
+			return fmt.Errorf("log does not verify: latest checkpoint: %w", err)
+		}
+		if *since != "" {
+			if sinceSize, err = checkSince(ctx, api, v, *since, resp.GetTreeSize(), cp.GetCheckpoint(), latest); err != nil {
+				return fmt.Errorf("log does not verify: %w", err)
+			}
+		}
+	}
+	if lf.db != "" && vkey == "" {
 		fmt.Fprintln(stderr, "note: no --verifier-key given, so checkpoint signatures were not checked")
 	}
+	return printVerified(stdout, resp, start, *since, sinceSize, lf.witnessFile)
+}
+
+func printVerified(stdout io.Writer, resp *adminv1.VerifyLogResponse, start time.Time, since string, sinceSize uint64, witnessFile string) error {
+	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
+		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
+	if since != "" {
+		fmt.Fprintf(stdout, "the log extends the checkpoint of size %d in %s (consistency proof verified)\n", sinceSize, since)
+	}
+	if witnessFile != "" {
+		fmt.Fprintf(stdout, "checked against the witness file %s\n", witnessFile)
+	}
 	return nil
+}
+
+// checkSince checks that the log extends the signed checkpoint kept in
+// file: the tree and its latest checkpoint are no smaller, and a
+// consistency proof from it to the latest checkpoint verifies.
+func checkSince(ctx context.Context, api logAPI, v note.Verifier, file string, treeSize uint64, latestSigned []byte, latest store.Checkpoint) (uint64, error) {
+	old, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	oldCP, err := store.OpenCheckpoint(old, v)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", file, err)
+	}
+	if oldCP.Size > treeSize {
+		return 0, fmt.Errorf("%w: it has %d entries, but the checkpoint in %s says the log had %d: entries were lost (an older file or backup put back?)",
+			store.ErrRolledBack, treeSize, file, oldCP.Size)
+	}
+	if oldCP.Size > latest.Size {
+		return 0, fmt.Errorf("%w: its latest checkpoint is of size %d, older than the checkpoint of size %d in %s: checkpoints were lost",
+			store.ErrRolledBack, latest.Size, oldCP.Size, file)
+	}
+	cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: oldCP.Size, ToSize: latest.Size})
+	if err != nil {
+		return 0, err
+	}
+	if err := store.VerifyConsistency(old, latestSigned, v, cr.GetProof()); err != nil {
+		return 0, fmt.Errorf("%w: the log does not extend the checkpoint of size %d in %s: %w", store.ErrRolledBack, oldCP.Size, file, err)
+	}
+	return oldCP.Size, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func logCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -235,3 +235,68 @@ func TestLogVerifyDamagedMeta(t *testing.T) {
 		t.Fatalf("no accept-damage entry: exit %d: %s %s", code, out, errs)
 	}
 }
+
+// appendTestLog appends n admin entries to a closed log and checkpoints
+// them, publishing to w when it is not nil.
+func appendTestLog(t *testing.T, db string, from, n int, w store.Witness) {
+	t.Helper()
+	l, err := store.Open(db, store.Options{Signer: testNoteSigner(t), Witness: w, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := from; i < from+n; i++ {
+		e := &store.Entry{Kind: store.KindAdmin, Time: time.Unix(1767225600+int64(i), 0), Action: "test", Actor: "alice", Detail: fmt.Sprintf("entry-%04d", i)}
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.WriteCheckpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A log put back from an old backup verifies on its own; the checkpoint an
+// auditor kept (--since), or the one the daemon published to its witness
+// file, shows that entries are gone.
+func TestLogVerifyRolledBack(t *testing.T) {
+	db, vkey := writeTestLog(t, 20)
+	old, _ := os.ReadFile(db)
+	appendTestLog(t, db, 20, 10, store.NewFileWitness(filepath.Join(filepath.Dir(db), witnessFileName)))
+	saved := filepath.Join(t.TempDir(), "checkpoint-30")
+	out, errs, code := runCA(t, "log", "checkpoint", "--db", db)
+	if code != 0 {
+		t.Fatalf("log checkpoint: exit %d: %s", code, errs)
+	}
+	os.WriteFile(saved, []byte(out), 0o600)
+
+	out, errs, code = runCA(t, "log", "verify", "--db", db, "--verifier-key", vkey, "--since", saved)
+	if code != 0 || !strings.Contains(out, "log verified: 30 entries") || !strings.Contains(out, "extends the checkpoint of size 30") {
+		t.Fatalf("verify of the intact log: exit %d: %s %s", code, out, errs)
+	}
+
+	os.WriteFile(db, old, 0o600)                           // the backup of 20 entries put back
+	elsewhere := filepath.Join(t.TempDir(), "issuance.db") // no witness file next to it
+	os.WriteFile(elsewhere, old, 0o600)
+	cases := []struct {
+		name string
+		db   string
+		args []string
+		want string
+	}{
+		{"auditor's checkpoint", elsewhere, []string{"--since", saved}, "it has 20 entries, but the checkpoint in " + saved + " says the log had 30"},
+		{"witness file next to the log", db, nil, "it has 20 entries, but the checkpoint last published to the witness says the log had 30"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"log", "verify", "--db", tc.db, "--verifier-key", vkey}, tc.args...)
+			out, errs, code := runCA(t, args...)
+			if code != 1 || !strings.Contains(errs, tc.want) || strings.Contains(out, "log verified") {
+				t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant exit 1 and %q", code, out, errs, tc.want)
+			}
+		})
+	}
+}

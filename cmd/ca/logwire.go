@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -57,10 +58,21 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 	return signer, note.VerifierList(vs...), vkey, nil
 }
 
+// logWitness returns where the latest checkpoint is kept outside the log:
+// Vault KV (check-and-set) with Vault, a file in the data directory in dev
+// mode.
+func logWitness(cfg *config.Config, b *backend) store.Witness {
+	if b.session == nil {
+		return store.NewFileWitness(filepath.Join(cfg.DataDir, witnessFileName))
+	}
+	return issuer.NewVaultWitness(b.session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.Vault.Timeout.Std())
+}
+
 // openLog opens the issuance log for appending, checking it against its
-// last signed checkpoint.
-func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slog.Logger) (*store.Log, string, error) {
-	signer, verifiers, vkey, err := checkpointKeys(ctx, cfg, keys)
+// last signed checkpoint and against the checkpoint last published to the
+// witness.
+func openLog(ctx context.Context, cfg *config.Config, b *backend, log *slog.Logger) (*store.Log, string, error) {
+	signer, verifiers, vkey, err := checkpointKeys(ctx, cfg, b.keys)
 	if err != nil {
 		return nil, "", err
 	}
@@ -70,6 +82,7 @@ func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slo
 		Origin:             cfg.LogOrigin(),
 		CheckpointEvery:    cfg.Log.CheckpointEvery,
 		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
+		Witness:            logWitness(cfg, b),
 		Logger:             log,
 	})
 	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
@@ -80,3 +93,7 @@ func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slo
 	}
 	return l, vkey, nil
 }
+
+// witnessFileName is the file, in the data directory, that keeps the latest
+// checkpoint outside the log in dev mode.
+const witnessFileName = "log-witness.checkpoint"

@@ -7,6 +7,9 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -96,5 +99,53 @@ func TestCheckpointKeysVersions(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// In dev mode the daemon publishes its checkpoints to a witness file in
+// the data directory and refuses a log put back from an older copy.
+func TestOpenLogDevWitness(t *testing.T) {
+	ctx := context.Background()
+	cfg := config.Default()
+	cfg.Dev = true
+	cfg.DataDir = t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	b, err := openBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	appendN := func(n int) {
+		l, _, err := openLog(ctx, cfg, b, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Close(); err != nil { // the final checkpoint is published
+			t.Fatal(err)
+		}
+	}
+	appendN(3)
+	old, err := os.ReadFile(cfg.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(4)
+	witness, err := os.ReadFile(filepath.Join(cfg.DataDir, witnessFileName))
+	if err != nil || !strings.Contains(string(witness), "\n7\n") {
+		t.Fatalf("witness file: %q, %v; want the checkpoint of size 7", witness, err)
+	}
+	if err := os.WriteFile(cfg.LogPath(), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = openLog(ctx, cfg, b, log)
+	if !errors.Is(err, store.ErrRolledBack) || !strings.Contains(err.Error(), "it has 3 entries") {
+		t.Fatalf("openLog of a log put back: %v, want ErrRolledBack", err)
 	}
 }

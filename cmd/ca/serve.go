@@ -118,7 +118,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 			cfg.Admin.Identities = []string{cfg.DevAdminIdentity()}
 		}
 	}
-	issuanceLog, vkey, err := openLog(ctx, cfg, b.keys, log)
+	issuanceLog, vkey, err := openLog(ctx, cfg, b, log)
 	if err != nil {
 		return err
 	}
