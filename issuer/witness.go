@@ -13,11 +13,14 @@ import (
 )
 
 // VaultWitness keeps the issuance log's latest signed checkpoint in a Vault
-// KV version 2 engine, under <mount>/data/<prefix>/log-checkpoint, outside
-// the log file: a log file rolled back (an old backup put back) is then
+// KV version 2 engine, under <mount>/data/<prefix>/log-checkpoint/<origin>,
+// outside the log file: a log file rolled back (an old backup put back) is then
 // refused, because it does not extend the checkpoint kept here. Writes use
 // check-and-set, so that a writer that did not see the current checkpoint
 // cannot replace it. It implements store.Witness.
+//
+// One secret serves one log: replicas that share a Vault, each with its own
+// log file, need distinct log origins.
 type VaultWitness struct {
 	client  *vault.Client
 	mount   string
@@ -25,10 +28,10 @@ type VaultWitness struct {
 	timeout time.Duration
 }
 
-// NewVaultWitness returns a witness in the KV v2 engine at mount ("secret"
-// when empty), under prefix ("transitca" when empty), the same settings as
-// NewVaultCerts.
-func NewVaultWitness(client *vault.Client, mount, prefix string, timeout time.Duration) *VaultWitness {
+// NewVaultWitness returns the witness of the log named origin in the KV v2
+// engine at mount ("secret" when empty), under prefix ("transitca" when
+// empty), the same settings as NewVaultCerts.
+func NewVaultWitness(client *vault.Client, mount, prefix, origin string, timeout time.Duration) *VaultWitness {
 	if mount == "" {
 		mount = "secret"
 	}
@@ -38,7 +41,7 @@ func NewVaultWitness(client *vault.Client, mount, prefix string, timeout time.Du
 	if timeout <= 0 {
 		timeout = DefaultVaultTimeout
 	}
-	return &VaultWitness{client: client, mount: strings.Trim(mount, "/"), path: path.Join(strings.Trim(prefix, "/"), "log-checkpoint"), timeout: timeout}
+	return &VaultWitness{client: client, mount: strings.Trim(mount, "/"), path: path.Join(strings.Trim(prefix, "/"), "log-checkpoint", origin), timeout: timeout}
 }
 
 // Describe says where the checkpoint is kept.

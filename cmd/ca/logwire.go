@@ -65,7 +65,7 @@ func logWitness(cfg *config.Config, b *backend) store.Witness {
 	if b.session == nil {
 		return store.NewFileWitness(filepath.Join(cfg.DataDir, witnessFileName))
 	}
-	return issuer.NewVaultWitness(b.session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.Vault.Timeout.Std())
+	return issuer.NewVaultWitness(b.session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.LogOrigin(), cfg.Vault.Timeout.Std())
 }
 
 // openLog opens the issuance log for appending, checking it against its
@@ -87,6 +87,13 @@ func openLog(ctx context.Context, cfg *config.Config, b *backend, log *slog.Logg
 	})
 	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
 		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log; after review, accept the loss with: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+	}
+	if errors.Is(err, store.ErrRolledBack) {
+		where := "the witness file " + filepath.Join(cfg.DataDir, witnessFileName)
+		if w, ok := logWitness(cfg, b).(*issuer.VaultWitness); ok {
+			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.origin settings)"
+		}
+		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log: the last checkpoint it published is kept in %s; restore the log file that extends it, or, to start a new log deliberately, remove that checkpoint after review", err, where)
 	}
 	if err != nil {
 		return nil, "", err

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/vaulttest"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 	"golang.org/x/mod/sumdb/note"
@@ -102,18 +103,13 @@ func TestCheckpointKeysVersions(t *testing.T) {
 	}
 }
 
-// In dev mode the daemon publishes its checkpoints to a witness file in
-// the data directory and refuses a log put back from an older copy.
-func TestOpenLogDevWitness(t *testing.T) {
+// checkRollbackRefused appends to the log through openLog twice, puts the
+// file of the first round back and checks openLog refuses it. published
+// returns what the witness holds.
+func checkRollbackRefused(t *testing.T, cfg *config.Config, b *backend, published func() string) {
+	t.Helper()
 	ctx := context.Background()
-	cfg := config.Default()
-	cfg.Dev = true
-	cfg.DataDir = t.TempDir()
 	log := slog.New(slog.DiscardHandler)
-	b, err := openBackend(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
 		t.Fatal(err)
 	}
@@ -137,9 +133,8 @@ func TestOpenLogDevWitness(t *testing.T) {
 		t.Fatal(err)
 	}
 	appendN(4)
-	witness, err := os.ReadFile(filepath.Join(cfg.DataDir, witnessFileName))
-	if err != nil || !strings.Contains(string(witness), "\n7\n") {
-		t.Fatalf("witness file: %q, %v; want the checkpoint of size 7", witness, err)
+	if got := published(); !strings.Contains(got, "\n7\n") {
+		t.Fatalf("the witness holds %q, want the checkpoint of size 7", got)
 	}
 	if err := os.WriteFile(cfg.LogPath(), old, 0o600); err != nil {
 		t.Fatal(err)
@@ -148,4 +143,44 @@ func TestOpenLogDevWitness(t *testing.T) {
 	if !errors.Is(err, store.ErrRolledBack) || !strings.Contains(err.Error(), "it has 3 entries") {
 		t.Fatalf("openLog of a log put back: %v, want ErrRolledBack", err)
 	}
+}
+
+// In dev mode the daemon publishes its checkpoints to a witness file in
+// the data directory and refuses a log put back from an older copy.
+func TestOpenLogDevWitness(t *testing.T) {
+	cfg := config.Default()
+	cfg.Dev = true
+	cfg.DataDir = t.TempDir()
+	b, err := openBackend(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRollbackRefused(t, cfg, b, func() string {
+		got, _ := os.ReadFile(filepath.Join(cfg.DataDir, witnessFileName))
+		return string(got)
+	})
+}
+
+// With Vault, the witness is the KV secret
+// <kv_mount>/<kv_prefix>/log-checkpoint/<log origin>.
+func TestOpenLogVaultWitness(t *testing.T) {
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	cfg, err := config.Load(writeConfig(t, env, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := openBackend(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRollbackRefused(t, cfg, b, func() string {
+		sec, err := env.Client.KVv2(env.KV).Get(context.Background(), cfg.Vault.KVPrefix+"/log-checkpoint/"+cfg.LogOrigin())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := sec.Data["checkpoint"].(string)
+		return s
+	})
 }
