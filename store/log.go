@@ -141,7 +141,10 @@ type Log struct {
 // compares it with every stored checkpoint and with the stored tree state.
 // On a mismatch it refuses with a *VerifyError naming the first bad index.
 // This reads the whole file: about 2.5 s per million entries on a 2-core
-// machine.
+// machine. It also refuses a file with a damaged bbolt meta page
+// (*MetaDamageError; see AcceptDamage) and, with Options.Witness, a log
+// that does not extend the witness's checkpoint (ErrRolledBack) or whose
+// witness cannot be read.
 func Open(path string, opts Options) (*Log, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("open log %q: %w", path, err)
