@@ -816,6 +816,6 @@ func verifyFile(ctx context.Context, path string, vs note.Verifiers) (store.Veri
 	if err != nil {
 		return store.VerifyResult{}, err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Verify(ctx, nil)
 }
