@@ -184,3 +184,40 @@ func TestOpenLogVaultWitness(t *testing.T) {
 		return s
 	})
 }
+
+// The daemon does not start on a log whose newer meta page is damaged, and
+// says how to accept the loss.
+func TestOpenLogRefusesDamagedMeta(t *testing.T) {
+	ctx := context.Background()
+	cfg := config.Default()
+	cfg.Dev = true
+	cfg.DataDir = t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	b, err := openBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := openLog(ctx, cfg, b, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	damaged, page, txid := damageNewerMeta(t, cfg.LogPath())
+	if err := os.Rename(damaged, cfg.LogPath()); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = openLog(ctx, cfg, b, log)
+	for _, want := range []string{fmt.Sprintf("meta page %d", page), fmt.Sprintf("ca log accept-damage --db %s --confirm-txid %d", cfg.LogPath(), txid)} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("openLog of a log with a damaged meta page: %v\nwant %q", err, want)
+		}
+	}
+}
