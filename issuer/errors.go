@@ -15,7 +15,8 @@ var (
 	// now: a network error, a timeout, a sealed or overloaded server. The
 	// same call may succeed later.
 	ErrUnavailable = errors.New("vault unavailable")
-	// ErrKeyNotFound means the named Transit key does not exist.
+	// ErrKeyNotFound means the named Transit key, or the named version of
+	// it (trimmed, or never created), does not exist.
 	ErrKeyNotFound = errors.New("transit key not found")
 	// ErrNotInitialized means the CA has no root certificate yet: run
 	// "ca init" first.

@@ -166,7 +166,7 @@ func (k *LocalKeys) Signer(_ context.Context, name string, version int) (KeySign
 		version = len(versions)
 	}
 	if version < 1 || version > len(versions) {
-		return nil, fmt.Errorf("local key %s has no version %d (latest is %d)", name, version, len(versions))
+		return nil, fmt.Errorf("%w: local key %s has no version %d (latest is %d)", ErrKeyNotFound, name, version, len(versions))
 	}
 	return &localSigner{Signer: versions[version-1], name: name, version: version}, nil
 }

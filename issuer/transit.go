@@ -248,7 +248,7 @@ func (t *Transit) Signer(ctx context.Context, name string, version int) (*Transi
 	}
 	pub, ok := info.PublicKeys[version]
 	if !ok {
-		return nil, fmt.Errorf("transit key %s has no version %d (latest is %d)", name, version, info.LatestVersion)
+		return nil, fmt.Errorf("%w: transit key %s has no version %d (latest is %d)", ErrKeyNotFound, name, version, info.LatestVersion)
 	}
 	switch info.Type {
 	case KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096, KeyEd25519:

@@ -193,6 +193,7 @@ func (l *Log) commit(batch []*appendReq) {
 		err = fmt.Errorf("append to %q: commit failed: %w (%w)", l.path, err, ErrFailed)
 		l.mu.Lock()
 		l.failed = err
+		close(l.failedC)
 		l.mu.Unlock()
 		l.logger.Error("issuance log: commit failed; appends are refused until the log is reopened", "path", l.path, "err", err)
 		for _, r := range batch {
@@ -228,6 +229,9 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 			_ = tx.Rollback()
 		}
 	}()
+	// Runs before the rollback above: a damaged page fails the commit
+	// instead of crashing the daemon.
+	defer recoverCorrupt(l.path, &err)
 	entries, leaves, nodes := tx.Bucket(bucketEntries), tx.Bucket(bucketLeaves), tx.Bucket(bucketNodes)
 	entries.FillPercent, leaves.FillPercent, nodes.FillPercent = 1, 1, 1
 	var idx [numIndexes]*bolt.Bucket

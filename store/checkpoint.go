@@ -233,7 +233,7 @@ func (l *Log) LatestCheckpoint(ctx context.Context) ([]byte, error) {
 		return nil, err
 	}
 	var out []byte
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		k, v := tx.Bucket(bucketCheckpoints).Cursor().Last()
 		if k == nil {
 			return fmt.Errorf("no checkpoint in log %q: %w", l.path, ErrNotFound)
@@ -250,7 +250,7 @@ func (l *Log) Checkpoints(ctx context.Context) ([]uint64, error) {
 		return nil, err
 	}
 	var sizes []uint64
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCheckpoints).ForEach(func(k, _ []byte) error {
 			sizes = append(sizes, binary.BigEndian.Uint64(k))
 			return nil
@@ -266,7 +266,7 @@ func (l *Log) CheckpointAt(ctx context.Context, size uint64) ([]byte, error) {
 		return nil, err
 	}
 	var out []byte
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketCheckpoints).Get(seqKey(size))
 		if v == nil {
 			return fmt.Errorf("no checkpoint of size %d: %w", size, ErrNotFound)
@@ -308,6 +308,7 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 		return nil, fmt.Errorf("checkpoint: the log is empty: %w", ErrNotFound)
 	}
 	if size == l.cpSize.Load() {
+		l.publishLocked()
 		return bytes.Clone(l.cpSigned), nil
 	}
 	cp := Checkpoint{Origin: l.origin, Size: size, Root: root}
@@ -320,7 +321,7 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 			return nil, fmt.Errorf("checkpoint of size %d does not verify: %w", size, err)
 		}
 	}
-	err = l.db.Update(func(tx *bolt.Tx) error {
+	err = l.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCheckpoints)
 		b.FillPercent = 1
 		return b.Put(seqKey(size), signed)
@@ -330,6 +331,7 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 	}
 	l.cpSigned = signed
 	l.cpSize.Store(size)
+	l.publishLocked()
 	return bytes.Clone(signed), nil
 }
 
@@ -346,7 +348,10 @@ func (l *Log) checkpointLoop() {
 		case <-l.cpKick:
 		case <-t.C:
 		}
-		if l.Size() == l.cpSize.Load() {
+		l.cpMu.Lock()
+		lags := l.witnessLags()
+		l.cpMu.Unlock()
+		if l.Size() == l.cpSize.Load() && !lags {
 			continue
 		}
 		if _, err := l.writeCheckpoint(); err != nil {

@@ -14,8 +14,10 @@
 // caller of the batch. If the transaction fails, every caller of the batch
 // gets the error, nothing of the batch is acknowledged, and the Log refuses
 // further appends (ErrFailed) until it is reopened, because after a failed
-// fsync the state on disk is unknown. An entry is written once: there is no
-// retry. Options.NoSync exists for tests and benchmarks and voids this
+// fsync the state on disk is unknown. The Log MUST close the channel of
+// Failed (and Err MUST return the error) before any caller of the failed
+// batch is answered, so that a daemon can stop serving at once. An entry is
+// written once: there is no retry. Options.NoSync exists for tests and benchmarks and voids this
 // promise.
 //
 // A crash can leave on disk an entry whose Append never returned (committed,
@@ -35,10 +37,32 @@
 // in the note format of golang.org/x/mod/sumdb/note (Options.Signer,
 // normally an Ed25519 key in Vault Transit via NewNoteSigner). One is
 // written at least every Options.CheckpointEvery entries or
-// Options.CheckpointInterval, whichever comes first, and on Close.
+// Options.CheckpointInterval, whichever comes first, and on Close. Signing
+// needs the key (Vault), so Close MUST NOT wait for it longer than
+// Options.CloseTimeout nor fail for want of it: it logs and closes, and a
+// Log opened on a file whose size is beyond its last checkpoint MUST write
+// one at once. Checkpoint failures never fail or delay an Append.
 // InclusionProof and ConsistencyProof serve RFC 6962 proofs, and
 // VerifyInclusion and VerifyConsistency check them offline with nothing but
 // a signed checkpoint and the log's verifier key (VerifierKey).
+//
+// # Witness
+//
+// A file can also be rolled back as a whole: an old backup put back, the
+// file replaced by another log of the same origin. Nothing inside the file
+// can show that, so the latest checkpoint is also kept outside it, by a
+// Witness (Options.Witness: Vault KV with check-and-set in production,
+// NewFileWitness in dev mode). Every checkpoint the log writes MUST be
+// published to the witness, with compare-and-set against the checkpoint
+// the Log last saw there, after it is committed to the file (so the
+// witness is never ahead of a file that was not rolled back). Publishing
+// MUST NOT block or fail an Append: a failure is logged and publishing is
+// retried at the next checkpoint (the witness then lags, which is safe).
+// Open for appending MUST refuse, and Verify MUST fail, with ErrRolledBack,
+// a log whose tree is smaller than the witness's checkpoint or does not
+// extend it (checked with a consistency proof); Open MUST fail when the
+// witness cannot be read, since the log cannot then be checked. A witness
+// that holds a checkpoint the log does not extend is never overwritten.
 //
 // Open re-hashes every entry, compares with the stored leaf hashes and
 // recomputes the root for every stored checkpoint before it accepts a file;
@@ -53,6 +77,22 @@
 // and the tree state. Open refuses, without writing, a file that is not
 // bbolt, is truncated, has no meta bucket or another magic, or has a newer
 // schema version; it tells which file and what is wrong.
+//
+// bbolt keeps two meta pages and, when the newer one is damaged, silently
+// uses the older: the file rolls back one transaction, and the entries and
+// checkpoint that transaction held are gone without a trace. This package
+// therefore reads both meta pages itself. Open for appending MUST refuse a
+// file with a damaged meta page, and Verify MUST fail on it, with a
+// *MetaDamageError naming the file, the page and the transaction that may
+// be lost, whatever bbolt would fall back to. Only AcceptDamage, given that
+// transaction, opens such a file for appending: it appends an admin entry
+// (Action "accept-damage") recording what was accepted, and that commit
+// rewrites the damaged page. Read-only opens (query, export) still serve
+// such a file, for review.
+//
+// bbolt panics on a damaged page. Every transaction of a Log recovers the
+// panic into an error wrapping ErrCorrupt that names the file: a damaged
+// file MUST NOT crash a command or the daemon.
 //
 // # Record encoding (version 1)
 //

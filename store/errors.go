@@ -61,6 +61,12 @@ var (
 	// its signature does not verify.
 	ErrInvalidCheckpoint = errors.New("invalid checkpoint")
 
+	// ErrRolledBack is returned by Open and Verify when the log's tree is
+	// smaller than, or does not extend, a checkpoint the log published
+	// earlier (to its Witness, or kept by an auditor): entries that were
+	// acknowledged are gone, or were replaced.
+	ErrRolledBack = errors.New("log is behind or diverges from a checkpoint it published")
+
 	// ErrInvalidProof is returned when an inclusion or consistency proof
 	// does not verify against a checkpoint.
 	ErrInvalidProof = errors.New("invalid proof")

@@ -54,68 +54,138 @@ func parseBoltMeta(page []byte) boltMeta {
 	return m
 }
 
+// MetaDamageError reports that one of the two bbolt meta pages of a log
+// file is damaged. bbolt silently falls back to the other page, that is to
+// the state of one transaction earlier: if the damaged page was the newer
+// one, the last committed transaction, with every entry and checkpoint it
+// held, is gone from the file. A log with a damaged meta page is refused
+// for appending and fails Verify until the loss is accepted with
+// AcceptDamage. It wraps ErrCorrupt.
+type MetaDamageError struct {
+	// Path is the log file.
+	Path string
+	// Page is the damaged meta page, 0 or 1.
+	Page int
+	// Txid is the transaction of the intact page, the state bbolt uses.
+	Txid uint64
+	// MayBeLost is the transaction the damaged page held if it was the
+	// newer one (Txid+1); it is what AcceptDamage must be told.
+	MayBeLost uint64
+}
+
+// Error implements error.
+func (e *MetaDamageError) Error() string {
+	return fmt.Sprintf("log file %q: %v: bbolt meta page %d is damaged (checksum mismatch); the file falls back to meta page %d (transaction %d), so transaction %d, if it was the last one committed, is lost with every entry and checkpoint it held",
+		e.Path, ErrCorrupt, e.Page, 1-e.Page, e.Txid, e.MayBeLost)
+}
+
+// Unwrap returns ErrCorrupt.
+func (e *MetaDamageError) Unwrap() error { return ErrCorrupt }
+
+// readMetas reads the two meta pages of a bbolt file. When page 0 is
+// damaged, the page size (and so page 1) is found by trying the sizes
+// bbolt uses.
+func readMetas(f *os.File) (m0, m1 boltMeta) {
+	readPage := func(off int64, n int) []byte {
+		buf := make([]byte, n)
+		k, _ := f.ReadAt(buf, off)
+		return buf[:k]
+	}
+	m0 = parseBoltMeta(readPage(0, boltMetaEnd))
+	if m0.valid {
+		return m0, parseBoltMeta(readPage(int64(m0.pageSize), boltMetaEnd))
+	}
+	for _, ps := range []int64{4096, 8192, 16384, 65536, 1024, 2048, 512} {
+		if m := parseBoltMeta(readPage(ps, boltMetaEnd)); m.valid && int64(m.pageSize) == ps {
+			return m0, m
+		}
+	}
+	return m0, boltMeta{}
+}
+
+// metaDamage returns the damage of one meta page, or nil when both are
+// intact (or both damaged, which inspectFile reports).
+func metaDamage(path string, m0, m1 boltMeta) *MetaDamageError {
+	if m0.valid == m1.valid {
+		return nil
+	}
+	e := &MetaDamageError{Path: path}
+	if m0.valid {
+		e.Page, e.Txid = 1, m0.txid
+	} else {
+		e.Page, e.Txid = 0, m1.txid
+	}
+	e.MayBeLost = e.Txid + 1
+	return e
+}
+
+// checkMetaPages reads both meta pages of the log file and returns a
+// *MetaDamageError if one is damaged. A page read while bbolt writes it can
+// look damaged, so a damaged reading is retried before it is believed.
+func checkMetaPages(path string) error {
+	var dmg *MetaDamageError
+	for try := range 3 {
+		if try > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("log file %q: %w", path, err)
+		}
+		m0, m1 := readMetas(f)
+		f.Close()
+		if dmg = metaDamage(path, m0, m1); dmg == nil {
+			return nil
+		}
+	}
+	return dmg
+}
+
 // inspectFile checks, reading only, that path is absent or empty (a new
 // log) or a complete bbolt database. It returns whether the file holds
-// data.
-func inspectFile(path string) (exists bool, err error) {
+// data, and the damage of one meta page (which bbolt would hide by falling
+// back to the other).
+func inspectFile(path string) (exists bool, dmg *MetaDamageError, err error) {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return false, nil, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("log file %q: %w", path, err)
+		return false, nil, fmt.Errorf("log file %q: %w", path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return false, fmt.Errorf("log file %q: %w", path, err)
+		return false, nil, fmt.Errorf("log file %q: %w", path, err)
 	}
 	if !fi.Mode().IsRegular() {
-		return false, fmt.Errorf("log file %q: %w: not a regular file", path, ErrNotALog)
+		return false, nil, fmt.Errorf("log file %q: %w: not a regular file", path, ErrNotALog)
 	}
 	size := fi.Size()
 	if size == 0 {
-		return false, nil
+		return false, nil, nil
 	}
-	readPage := func(off int64, n int) []byte {
-		buf := make([]byte, n)
-		m, _ := f.ReadAt(buf, off)
-		return buf[:m]
-	}
-	m0 := parseBoltMeta(readPage(0, boltMetaEnd))
-	var metas []boltMeta
-	if m0.valid {
-		metas = append(metas, m0, parseBoltMeta(readPage(int64(m0.pageSize), boltMetaEnd)))
-	} else {
-		for _, ps := range []int64{4096, 8192, 16384, 65536, 1024, 2048, 512} {
-			if m1 := parseBoltMeta(readPage(ps, boltMetaEnd)); m1.valid && int64(m1.pageSize) == ps {
-				metas = append(metas, m1)
-				break
-			}
-		}
-	}
-	best := boltMeta{}
-	for _, m := range metas {
-		if m.valid && (!best.valid || m.txid > best.txid) {
-			best = m
-		}
+	m0, m1 := readMetas(f)
+	best := m0
+	if m1.valid && (!best.valid || m1.txid > best.txid) {
+		best = m1
 	}
 	if !best.valid {
 		switch {
 		case m0.magicOK && m0.version != boltVersion:
-			return true, fmt.Errorf("log file %q: %w: bbolt file format version %d is not supported", path, ErrNotALog, m0.version)
+			return true, nil, fmt.Errorf("log file %q: %w: bbolt file format version %d is not supported", path, ErrNotALog, m0.version)
 		case m0.magicOK:
-			return true, fmt.Errorf("log file %q: %w: both bbolt meta pages are damaged (checksum mismatch)", path, ErrCorrupt)
+			return true, nil, fmt.Errorf("log file %q: %w: both bbolt meta pages are damaged (checksum mismatch)", path, ErrCorrupt)
 		case size < boltMetaEnd:
-			return true, fmt.Errorf("log file %q: %w: %d bytes is too short to be a bbolt database", path, ErrNotALog, size)
+			return true, nil, fmt.Errorf("log file %q: %w: %d bytes is too short to be a bbolt database", path, ErrNotALog, size)
 		default:
-			return true, fmt.Errorf("log file %q: %w: not a bbolt database (no bbolt header)", path, ErrNotALog)
+			return true, nil, fmt.Errorf("log file %q: %w: not a bbolt database (no bbolt header)", path, ErrNotALog)
 		}
 	}
 	if need := int64(best.pgid) * int64(best.pageSize); size < need {
-		return true, fmt.Errorf("log file %q: %w: file is truncated: it has %d bytes but its bbolt header says the data extends to %d bytes", path, ErrCorrupt, size, need)
+		return true, nil, fmt.Errorf("log file %q: %w: file is truncated: it has %d bytes but its bbolt header says the data extends to %d bytes", path, ErrCorrupt, size, need)
 	}
-	return true, nil
+	return true, metaDamage(path, m0, m1), nil
 }
 
 func boltOptions(opts *Options, readOnly bool) *bolt.Options {

@@ -49,17 +49,34 @@ type Options struct {
 	// ReadOnly opens the file for reading only (a shared lock, no writes,
 	// no integrity check on open; run Verify). Append returns ErrReadOnly.
 	ReadOnly bool
+	// Witness, if set, keeps the latest checkpoint outside the file. Open
+	// refuses (ErrRolledBack) a log that does not extend the witness's
+	// checkpoint, and Verify fails on it; every checkpoint the log writes
+	// is published to it. Publishing failures are logged, never returned
+	// by Append.
+	Witness Witness
+	// WitnessTimeout bounds each call to the witness. Default 10s.
+	WitnessTimeout time.Duration
+	// CloseTimeout bounds how long Close waits for the final checkpoint
+	// (signing it may need Vault). Default 5s.
+	CloseTimeout time.Duration
 	// LockTimeout bounds the wait for the file lock. Default 2s.
 	LockTimeout time.Duration
 	// Logger receives background errors (checkpoints). Default
 	// slog.Default().
 	Logger *slog.Logger
+
+	// acceptLostTxid lets AcceptDamage open a file whose meta page that
+	// may have held this transaction is damaged.
+	acceptLostTxid uint64
 }
 
 const (
 	defaultCheckpointEvery    = 4096
 	defaultCheckpointInterval = 30 * time.Second
 	defaultLockTimeout        = 2 * time.Second
+	defaultCloseTimeout       = 5 * time.Second
+	defaultWitnessTimeout     = 10 * time.Second
 
 	// A commit takes at most this many entries or record bytes.
 	maxBatchEntries = 4096
@@ -95,16 +112,20 @@ type Log struct {
 	tree    *compact.Range // committed tree, guarded by mu
 	root    []byte         // root of tree, guarded by mu
 	failed  error          // first commit failure, guarded by mu
+	failedC chan struct{}  // closed when failed is set
 	commits uint64         // guarded by mu
 	size    atomic.Uint64  // tree.End()
 
 	// Checkpoints.
 	cpMu     sync.Mutex // serializes checkpoint writers; guards cpSigned
 	cpSigned []byte
-	cpSize   atomic.Uint64
-	cpKick   chan struct{}
-	cpStop   chan struct{}
-	cpDone   chan struct{}
+	// What the witness holds, as far as this Log knows; guarded by cpMu.
+	witnessPrev  []byte
+	witnessKnown bool
+	cpSize       atomic.Uint64
+	cpKick       chan struct{}
+	cpStop       chan struct{}
+	cpDone       chan struct{}
 }
 
 // Open opens the log file at path, creating it if it does not exist.
@@ -120,14 +141,22 @@ type Log struct {
 // compares it with every stored checkpoint and with the stored tree state.
 // On a mismatch it refuses with a *VerifyError naming the first bad index.
 // This reads the whole file: about 2.5 s per million entries on a 2-core
-// machine.
+// machine. It also refuses a file with a damaged bbolt meta page
+// (*MetaDamageError; see AcceptDamage) and, with Options.Witness, a log
+// that does not extend the witness's checkpoint (ErrRolledBack) or whose
+// witness cannot be read.
 func Open(path string, opts Options) (*Log, error) {
 	if err := opts.fill(); err != nil {
 		return nil, fmt.Errorf("open log %q: %w", path, err)
 	}
-	exists, err := inspectFile(path)
+	exists, dmg, err := inspectFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if dmg != nil && !opts.ReadOnly && dmg.MayBeLost != opts.acceptLostTxid {
+		// bbolt would carry on from the older page: refuse, so that the
+		// loss is seen and accepted (AcceptDamage), not silently built on.
+		return nil, fmt.Errorf("refusing to open the log for appending: %w", dmg)
 	}
 	if !exists {
 		if opts.ReadOnly {
@@ -189,6 +218,9 @@ func Open(path string, opts Options) (*Log, error) {
 		// Changed between the two opens: check again.
 		err = l.checkOnOpen()
 	}
+	if err == nil && opts.Witness != nil {
+		err = l.openWitness()
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, err
@@ -220,6 +252,9 @@ func create(path string, opts Options) (*Log, error) {
 	if err == nil {
 		err = l.checkOnOpen()
 	}
+	if err == nil && opts.Witness != nil {
+		err = l.openWitness()
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, err
@@ -240,6 +275,12 @@ func (o *Options) fill() error {
 	}
 	if o.LockTimeout <= 0 {
 		o.LockTimeout = defaultLockTimeout
+	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = defaultCloseTimeout
+	}
+	if o.WitnessTimeout <= 0 {
+		o.WitnessTimeout = defaultWitnessTimeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -272,6 +313,7 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 		reqs:          make(chan *appendReq, maxBatchEntries),
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
+		failedC:       make(chan struct{}),
 		cpKick:        make(chan struct{}, 1),
 		cpStop:        make(chan struct{}),
 		cpDone:        make(chan struct{}),
@@ -302,6 +344,11 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 func (l *Log) start() {
 	go l.committer()
 	if l.opts.Signer != nil {
+		if l.Size() > l.cpSize.Load() || l.witnessLags() {
+			// Entries beyond the last checkpoint (a close that could not
+			// sign, a crash): cover them now rather than at the next tick.
+			l.cpKick <- struct{}{}
+		}
 		go l.checkpointLoop()
 	} else {
 		close(l.cpDone)
@@ -336,9 +383,26 @@ func (l *Log) Stats() Stats {
 	return Stats{Size: l.tree.End(), Commits: l.commits, CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil}
 }
 
+// Failed returns a channel that is closed when a commit fails. From then
+// on Append returns ErrFailed until the log is closed and opened again, so a
+// daemon that watches this channel can stop reporting itself as serving at
+// once, instead of at the next request. It is never closed on a healthy
+// log, including after Close.
+func (l *Log) Failed() <-chan struct{} { return l.failedC }
+
+// Err returns the error of the failed commit that stopped the log (it
+// wraps ErrFailed), or nil while the log accepts appends.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed
+}
+
 // Close stops accepting appends, commits those already queued, writes a
 // final checkpoint if entries were added since the last one, and closes the
-// file.
+// file. It waits at most Options.CloseTimeout for the checkpoint signer: if
+// it does not answer (Vault unreachable), Close logs it and closes the file
+// without the checkpoint, which the next Open writes.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() {
 		close(l.closing)
@@ -351,13 +415,7 @@ func (l *Log) Close() error {
 		var errs []error
 		if !l.readOnly {
 			<-l.committerDone
-			close(l.cpStop)
-			<-l.cpDone
-			if l.opts.Signer != nil && l.Size() > l.cpSize.Load() {
-				if _, err := l.writeCheckpoint(); err != nil && !errors.Is(err, ErrFailed) {
-					errs = append(errs, fmt.Errorf("final checkpoint: %w", err))
-				}
-			}
+			l.finalCheckpoint()
 		}
 		if err := l.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close log %q: %w", l.path, err))
@@ -365,6 +423,44 @@ func (l *Log) Close() error {
 		l.closeErr = errors.Join(errs...)
 	})
 	return l.closeErr
+}
+
+// finalCheckpoint stops the checkpoint loop and writes a checkpoint of
+// what it did not cover, waiting at most Options.CloseTimeout for both:
+// signing needs Vault, and a shutdown must not hang on an unreachable
+// Vault. A checkpoint not written now is written soon after the next Open.
+func (l *Log) finalCheckpoint() {
+	close(l.cpStop)
+	timer := time.NewTimer(l.opts.CloseTimeout)
+	defer timer.Stop()
+	select {
+	case <-l.cpDone:
+	case <-timer.C:
+		l.logger.Warn("issuance log: closing without a final checkpoint: the checkpoint signer did not answer; the checkpoint will be written at the next start",
+			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "timeout", l.opts.CloseTimeout)
+		return
+	}
+	l.cpMu.Lock()
+	lags := l.witnessLags()
+	l.cpMu.Unlock()
+	if l.opts.Signer == nil || (l.Size() <= l.cpSize.Load() && !lags) {
+		return
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.writeCheckpoint()
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-timer.C:
+		err = fmt.Errorf("the checkpoint signer did not answer within %v", l.opts.CloseTimeout)
+	}
+	if err != nil && !errors.Is(err, ErrFailed) {
+		l.logger.Warn("issuance log: closing without a final checkpoint; it will be written at the next start",
+			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "err", err)
+	}
 }
 
 func (l *Log) isClosed() bool {
@@ -393,7 +489,7 @@ func (l *Log) Get(ctx context.Context, seq uint64) (*Entry, error) {
 		return nil, err
 	}
 	var e *Entry
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
 		if v == nil {
 			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
@@ -412,7 +508,7 @@ func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
 		return nil, err
 	}
 	var out []byte
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
 		if v == nil {
 			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
@@ -421,6 +517,22 @@ func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
 		return nil
 	})
 	return out, err
+}
+
+// view runs fn in a read transaction. bbolt panics when it meets a
+// damaged page; view turns that into an error wrapping ErrCorrupt that
+// names the file, so that no command and no request crashes on a damaged
+// log.
+func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
+	defer recoverCorrupt(l.path, &err)
+	return l.db.View(fn)
+}
+
+// update is view for a read-write transaction (rolled back on a panic by
+// bbolt).
+func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
+	defer recoverCorrupt(l.path, &err)
+	return l.db.Update(fn)
 }
 
 // decodeStored decodes the record stored under seq into an entry that owns
@@ -446,7 +558,7 @@ func (l *Log) WriteTo(w io.Writer) (int64, error) {
 		return 0, ErrClosed
 	}
 	var n int64
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		var err error
 		n, err = tx.WriteTo(w)
 		return err

@@ -281,6 +281,14 @@ func TestFailedCommitStopsAppends(t *testing.T) {
 		t.Fatal(err)
 	}
 	fillLog(t, l, 3)
+	select {
+	case <-l.Failed():
+		t.Fatal("Failed() is closed on a healthy log")
+	default:
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("Err() = %v on a healthy log", err)
+	}
 	// Pull the file out from under the committer.
 	if err := l.db.Close(); err != nil {
 		t.Fatal(err)
@@ -293,6 +301,14 @@ func TestFailedCommitStopsAppends(t *testing.T) {
 	}
 	if !l.Stats().Failed || l.Size() != 3 {
 		t.Fatalf("Stats = %+v, want failed at size 3", l.Stats())
+	}
+	select {
+	case <-l.Failed():
+	default:
+		t.Fatal("Failed() is not closed after a failed commit")
+	}
+	if err := l.Err(); !errors.Is(err, ErrFailed) {
+		t.Fatalf("Err() = %v, want ErrFailed", err)
 	}
 	_ = l.Close()
 

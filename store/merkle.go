@@ -142,7 +142,7 @@ func (l *Log) InclusionProof(ctx context.Context, seq, treeSize uint64) ([][]byt
 		return nil, err
 	}
 	var out [][]byte
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		tree, err := readTree(tx)
 		if err != nil {
 			return err
@@ -171,7 +171,7 @@ func (l *Log) ConsistencyProof(ctx context.Context, size1, size2 uint64) ([][]by
 		return nil, err
 	}
 	var out [][]byte
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		var err error
 		out, err = consistencyProof(tx, size1, size2)
 		return err

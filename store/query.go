@@ -97,7 +97,7 @@ func (l *Log) Query(ctx context.Context, q Query) ([]*Entry, string, error) {
 
 	var out []*Entry
 	var token string
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		if plan.id == 1+byte(idxNotAfter) && !q.ValidAt.IsZero() {
 			// A certificate valid at T has NotAfter <= T + the longest
 			// validity in the log.
@@ -183,7 +183,7 @@ func (l *Log) querySerial(ctx context.Context, q *Query) ([]*Entry, string, erro
 		return nil, "", fmt.Errorf("%w: a serial query has a single page", ErrInvalidQuery)
 	}
 	var out []*Entry
-	err := l.db.View(func(tx *bolt.Tx) error {
+	err := l.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBySerial).Get([]byte(q.Serial))
 		if v == nil {
 			return nil

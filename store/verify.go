@@ -48,12 +48,19 @@ func (l *Log) Verify(ctx context.Context, progress func(done uint64)) (res Verif
 	if err := l.readable(ctx); err != nil {
 		return VerifyResult{}, err
 	}
+	// bbolt uses whichever meta page is intact; an fsck must not.
+	if err := checkMetaPages(l.path); err != nil {
+		return VerifyResult{}, err
+	}
 	defer recoverCorrupt(l.path, &err)
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(func(tx *bolt.Tx) error {
 		var err error
 		res, err = l.scan(ctx, tx, scanOptions{indexes: true, consistency: true, progress: progress})
 		return err
 	})
+	if err == nil {
+		err = l.checkWitness(ctx)
+	}
 	return res, err
 }
 
@@ -61,7 +68,7 @@ func (l *Log) Verify(ctx context.Context, progress func(done uint64)) (res Verif
 // hashes, stored subtree hashes, tree state and checkpoints (no indexes).
 func (l *Log) checkOnOpen() (err error) {
 	defer recoverCorrupt(l.path, &err)
-	err = l.db.View(func(tx *bolt.Tx) error {
+	err = l.view(func(tx *bolt.Tx) error {
 		_, err := l.scan(context.Background(), tx, scanOptions{})
 		return err
 	})

@@ -15,16 +15,20 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
+	"github.com/transitca/transitca/internal/daemon"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 	"github.com/transitca/transitca/store"
 )
@@ -95,6 +99,9 @@ type logFlags struct {
 	addr, cert, key, rootCert, serverName string
 	db, verifierKey                       string
 	timeout                               time.Duration
+
+	// witnessFile, with db, is a witness file the log is checked against.
+	witnessFile string
 }
 
 func (f *logFlags) register(fs *flag.FlagSet) {
@@ -110,7 +117,15 @@ func (f *logFlags) register(fs *flag.FlagSet) {
 
 func (f *logFlags) open() (logAPI, func(), error) {
 	if f.db != "" {
-		l, err := store.Open(f.db, store.Options{ReadOnly: true, Verifiers: f.verifiers(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		vs, err := f.verifiers()
+		if err != nil {
+			return nil, nil, err
+		}
+		opts := store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)}
+		if f.witnessFile != "" {
+			opts.Witness = store.NewFileWitness(f.witnessFile)
+		}
+		l, err := store.Open(f.db, opts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -170,27 +185,39 @@ func newLogFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *logFlags) {
 	return fs, lf
 }
 
+// verifierKeyText returns the verifier key that --verifier-key names, as
+// text or in a file, checked to be a note verifier key; "" when the flag is
+// not set.
 func (f *logFlags) verifierKeyText() (string, error) {
 	v := f.verifierKey
 	if v == "" {
 		return "", nil
 	}
-	if b, err := os.ReadFile(v); err == nil {
-		v = strings.TrimSpace(string(b))
+	b, ferr := os.ReadFile(v)
+	if ferr == nil {
+		text := strings.TrimSpace(string(b))
+		if _, err := note.NewVerifier(text); err != nil {
+			return "", fmt.Errorf("--verifier-key: file %s does not hold a checkpoint verifier key: %w", v, err)
+		}
+		return text, nil
+	}
+	if _, err := note.NewVerifier(v); err != nil {
+		return "", fmt.Errorf("--verifier-key %s: not a readable file (%w) nor a verifier key", v, ferr)
 	}
 	return v, nil
 }
 
-func (f *logFlags) verifiers() note.Verifiers {
-	text, _ := f.verifierKeyText()
-	if text == "" {
-		return nil
+// verifiers returns the verifier of --verifier-key, nil when it is not set.
+func (f *logFlags) verifiers() (note.Verifiers, error) {
+	text, err := f.verifierKeyText()
+	if err != nil || text == "" {
+		return nil, err
 	}
 	v, err := note.NewVerifier(text)
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("--verifier-key: %w", err)
 	}
-	return note.VerifierList(v)
+	return note.VerifierList(v), nil
 }
 
 func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -202,9 +229,11 @@ func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		"prove":      logProve,
 		"checkpoint": logCheckpoint,
 		"backup":     logBackup,
+
+		"accept-damage": logAcceptDamage,
 	}
 	if len(args) == 0 || subs[args[0]] == nil {
-		fmt.Fprintln(stderr, "usage: ca log query|show|export|verify|prove|checkpoint|backup [flags]")
+		fmt.Fprintln(stderr, "usage: ca log query|show|export|verify|prove|checkpoint|backup|accept-damage [flags]")
 		fmt.Fprintln(stderr, "\nReads the issuance log through a running daemon's admin API (--addr, with an admin")
 		fmt.Fprintln(stderr, "client certificate) or from a file (--db). Run \"ca log <sub> -h\" for flags.")
 		if len(args) == 0 {
@@ -212,7 +241,46 @@ func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		return fmt.Errorf("unknown log subcommand %q", args[0])
 	}
-	return subs[args[0]](ctx, args[1:], stdout, stderr)
+	return withDamageHint(subs[args[0]](ctx, args[1:], stdout, stderr))
+}
+
+// withDamageHint adds to an error reporting a damaged meta page the
+// command that accepts the loss.
+func withDamageHint(err error) error {
+	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
+		return fmt.Errorf("%w\nreview what may be lost (the entries of the last transaction); to accept the loss and append again: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+	}
+	return err
+}
+
+// logAcceptDamage accepts the possible loss a damaged bbolt meta page
+// stands for, with an admin entry that records it.
+func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ca log accept-damage", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	db := fs.String("db", "", "the log file (the daemon must be stopped) (required)")
+	txid := fs.Uint64("confirm-txid", 0, "the transaction that may be lost, as \"ca log verify\" names it (required)")
+	actor := fs.String("actor", os.Getenv("USER"), "who accepts the loss, recorded in the log")
+	vkeyFlag := fs.String("verifier-key", "", "checkpoint verifier key, or a file holding it, to check checkpoint signatures while opening")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *db == "" || *txid == 0 {
+		return errors.New("--db and --confirm-txid are required")
+	}
+	vs, err := (&logFlags{verifierKey: *vkeyFlag}).verifiers()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	e, err := store.AcceptDamage(ctx, *db, *txid, *actor, store.Options{Verifiers: vs, Logger: log})
+	if err != nil {
+		return err
+	}
+	log.WarnContext(ctx, "accepted a damaged bbolt meta page of the issuance log", slog.String("path", *db),
+		slog.Uint64("lost_txid", *txid), slog.String("actor", *actor), slog.Uint64("entry", e.Seq))
+	fmt.Fprintf(stdout, "accepted: transaction %d of %s may be lost; recorded as entry %d (%s); the log has %d entries\n", *txid, *db, e.Seq, e.Detail, e.Seq+1)
+	return nil
 }
 
 // queryFlags are the filters of query and export.
@@ -479,7 +547,18 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca log verify", stderr)
+	since := fs.String("since", "", "also check that the log extends this signed checkpoint kept earlier (a file saved from \"ca log checkpoint\")")
+	fs.StringVar(&lf.witnessFile, "witness", "", "with --db: check the log against this witness file (default: "+daemon.WitnessFileName+" next to the log file, if present)")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if lf.db != "" && lf.witnessFile == "" {
+		if p := filepath.Join(filepath.Dir(lf.db), daemon.WitnessFileName); fileExists(p) {
+			lf.witnessFile = p
+		}
+	}
+	vkey, err := lf.verifierKeyText()
+	if err != nil {
 		return err
 	}
 	api, ctx, done, err := lf.connect(ctx)
@@ -492,12 +571,90 @@ func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return fmt.Errorf("log does not verify: %w", err)
 	}
-	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
-		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
-	if lf.db != "" && lf.verifierKey == "" {
+	var v note.Verifier
+	var sinceSize uint64
+	if vkey != "" || *since != "" {
+		cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
+		if *since == "" && (errors.Is(err, store.ErrNotFound) || status.Code(err) == codes.NotFound) {
+			fmt.Fprintln(stderr, "note: the log holds no checkpoint yet, so no signature was checked")
+			return printVerified(stdout, resp, start, "", 0, lf.witnessFile)
+		}
+		if err != nil {
+			return err
+		}
+		if vkey == "" {
+			if lf.db != "" {
+				return errors.New("--since needs --verifier-key to check the checkpoint's signature")
+			}
+			vkey = cp.GetVerifierKey()
+			fmt.Fprintln(stderr, "note: verifier key taken from the server; pass --verifier-key to check against a key you trust")
+		}
+		if v, err = note.NewVerifier(vkey); err != nil {
+			return fmt.Errorf("verifier key: %w", err)
+		}
+		// The signature of the latest checkpoint is checked here too, so
+		// that --verifier-key means the same through a daemon.
+		latest, err := store.OpenCheckpoint(cp.GetCheckpoint(), v)
+		if err != nil {
+			return fmt.Errorf("log does not verify: latest checkpoint: %w", err)
+		}
+		if *since != "" {
+			if sinceSize, err = checkSince(ctx, api, v, *since, resp.GetTreeSize(), cp.GetCheckpoint(), latest); err != nil {
+				return fmt.Errorf("log does not verify: %w", err)
+			}
+		}
+	}
+	if lf.db != "" && vkey == "" {
 		fmt.Fprintln(stderr, "note: no --verifier-key given, so checkpoint signatures were not checked")
 	}
+	return printVerified(stdout, resp, start, *since, sinceSize, lf.witnessFile)
+}
+
+func printVerified(stdout io.Writer, resp *adminv1.VerifyLogResponse, start time.Time, since string, sinceSize uint64, witnessFile string) error {
+	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
+		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
+	if since != "" {
+		fmt.Fprintf(stdout, "the log extends the checkpoint of size %d in %s (consistency proof verified)\n", sinceSize, since)
+	}
+	if witnessFile != "" {
+		fmt.Fprintf(stdout, "checked against the witness file %s\n", witnessFile)
+	}
 	return nil
+}
+
+// checkSince checks that the log extends the signed checkpoint kept in
+// file: the tree and its latest checkpoint are no smaller, and a
+// consistency proof from it to the latest checkpoint verifies.
+func checkSince(ctx context.Context, api logAPI, v note.Verifier, file string, treeSize uint64, latestSigned []byte, latest store.Checkpoint) (uint64, error) {
+	old, err := os.ReadFile(file)
+	if err != nil {
+		return 0, err
+	}
+	oldCP, err := store.OpenCheckpoint(old, v)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", file, err)
+	}
+	if oldCP.Size > treeSize {
+		return 0, fmt.Errorf("%w: it has %d entries, but the checkpoint in %s says the log had %d: entries were lost (an older file or backup put back?)",
+			store.ErrRolledBack, treeSize, file, oldCP.Size)
+	}
+	if oldCP.Size > latest.Size {
+		return 0, fmt.Errorf("%w: its latest checkpoint is of size %d, older than the checkpoint of size %d in %s: checkpoints were lost",
+			store.ErrRolledBack, latest.Size, oldCP.Size, file)
+	}
+	cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: oldCP.Size, ToSize: latest.Size})
+	if err != nil {
+		return 0, err
+	}
+	if err := store.VerifyConsistency(old, latestSigned, v, cr.GetProof()); err != nil {
+		return 0, fmt.Errorf("%w: the log does not extend the checkpoint of size %d in %s: %w", store.ErrRolledBack, oldCP.Size, file, err)
+	}
+	return oldCP.Size, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func logCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -566,7 +723,10 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	vkey, _ := lf.verifierKeyText()
+	vkey, err := lf.verifierKeyText()
+	if err != nil {
+		return err
+	}
 	if vkey == "" {
 		cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
 		if err != nil {
@@ -627,11 +787,36 @@ func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer done()
-	// A failed or interrupted backup never leaves a partial file behind.
-	n, err := atomicfile.WriteFrom(*out, 0o600, func(w io.Writer) error { return api.Backup(ctx, w) })
+	// A failed or interrupted backup never leaves a partial file behind, and
+	// the file appears under its name only once it verified: a damaged log
+	// (bbolt copies pages as they are) makes no backup.
+	tmp := *out + ".unverified"
+	defer os.Remove(tmp)
+	n, err := atomicfile.WriteFrom(tmp, 0o600, func(w io.Writer) error { return api.Backup(ctx, w) })
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "backup written to %s (%d bytes); check it with: ca log verify --db %s\n", *out, n, *out)
+	vs, err := lf.verifiers()
+	if err != nil {
+		return err
+	}
+	res, err := verifyFile(ctx, tmp, vs)
+	if err != nil {
+		return fmt.Errorf("the backup does not verify, not writing %s: %w", *out, err)
+	}
+	if err := os.Rename(tmp, *out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s (%d bytes, %d entries, verified)\n", *out, n, res.Size)
 	return nil
+}
+
+// verifyFile runs the full check of a log file, read-only.
+func verifyFile(ctx context.Context, path string, vs note.Verifiers) (store.VerifyResult, error) {
+	l, err := store.Open(path, store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return store.VerifyResult{}, err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Verify(ctx, nil)
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
@@ -152,7 +154,7 @@ func (d *Daemon) issuerOptions() issuer.Options {
 
 // openLog opens the issuance log and publishes its verifier key.
 func (d *Daemon) openLog(ctx context.Context) error {
-	l, vkey, err := openLog(ctx, d.cfg, d.backend.Keys, d.log, d.opts.NoSync)
+	l, vkey, err := openLog(ctx, d.cfg, d.backend, d.log, d.opts.NoSync)
 	if err != nil {
 		return fmt.Errorf("issuance log: %w", err)
 	}
@@ -365,6 +367,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		background(func() { s.Run(ctx) })
 	}
 	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log) })
+	background(func() { d.watchLog(ctx) })
 	background(func() {
 		if err := d.grpcSrv.Serve(d.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("grpc server: %w", err)
@@ -440,4 +443,20 @@ func (d *Daemon) Close() error {
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
+}
+
+// watchLog turns the daemon NOT_SERVING the moment the issuance log stops
+// accepting appends: every issuance would fail, so Kubernetes must stop
+// routing to this replica, and the operator is told why.
+func (d *Daemon) watchLog(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-d.ilog.Failed():
+	}
+	why := fmt.Sprintf("issuance log failed, no certificate can be recorded: %v; check the disk of %s, then restart", d.ilog.Err(), d.ilog.Path())
+	d.notReady.Store(&why)
+	d.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	d.health.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	d.log.ErrorContext(ctx, "NOT_SERVING: "+why)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -36,8 +37,13 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 	var vs []note.Verifier
 	for v := 1; v <= latest.KeyVersion(); v++ {
 		s, err := keys.Signer(ctx, name, v)
-		if err != nil {
+		if errors.Is(err, issuer.ErrKeyNotFound) {
 			continue // trimmed versions sign nothing anymore
+		}
+		if err != nil {
+			// Anything else (Vault unreachable, denied) is not a trimmed
+			// key: checkpoints of that version would fail to verify.
+			return nil, nil, "", fmt.Errorf("checkpoint key %s version %d: %w", name, v, err)
 		}
 		ver, err := store.NewNoteVerifier(origin, s.Public().(ed25519.PublicKey))
 		if err != nil {
@@ -52,10 +58,21 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 	return signer, note.VerifierList(vs...), vkey, nil
 }
 
+// logWitness returns where the latest checkpoint is kept outside the log:
+// Vault KV (check-and-set) with Vault, a file in the data directory in dev
+// mode.
+func logWitness(cfg *config.Config, b *Backend) store.Witness {
+	if b.Session == nil {
+		return store.NewFileWitness(filepath.Join(cfg.DataDir, WitnessFileName))
+	}
+	return issuer.NewVaultWitness(b.Session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.LogOrigin(), cfg.Vault.Timeout.Std())
+}
+
 // openLog opens the issuance log for appending, checking it against its
-// last signed checkpoint.
-func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slog.Logger, noSync bool) (*store.Log, string, error) {
-	signer, verifiers, vkey, err := checkpointKeys(ctx, cfg, keys)
+// last signed checkpoint and against the checkpoint last published to the
+// witness.
+func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logger, noSync bool) (*store.Log, string, error) {
+	signer, verifiers, vkey, err := checkpointKeys(ctx, cfg, b.Keys)
 	if err != nil {
 		return nil, "", err
 	}
@@ -65,11 +82,26 @@ func openLog(ctx context.Context, cfg *config.Config, keys issuer.Keys, log *slo
 		Origin:             cfg.LogOrigin(),
 		CheckpointEvery:    cfg.Log.CheckpointEvery,
 		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
+		Witness:            logWitness(cfg, b),
 		Logger:             log,
 		NoSync:             noSync,
 	})
+	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
+		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log; after review, accept the loss with: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+	}
+	if errors.Is(err, store.ErrRolledBack) {
+		where := "the witness file " + filepath.Join(cfg.DataDir, WitnessFileName)
+		if w, ok := logWitness(cfg, b).(*issuer.VaultWitness); ok {
+			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.origin settings)"
+		}
+		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log: the last checkpoint it published is kept in %s; restore the log file that extends it, or, to start a new log deliberately, remove that checkpoint after review", err, where)
+	}
 	if err != nil {
 		return nil, "", err
 	}
 	return l, vkey, nil
 }
+
+// WitnessFileName is the file, in the data directory, that keeps the latest
+// checkpoint outside the log in dev mode.
+const WitnessFileName = "log-witness.checkpoint"

@@ -1,0 +1,223 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/vaulttest"
+	"github.com/transitca/transitca/issuer"
+	"github.com/transitca/transitca/store"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// fakeKeys holds ed25519 versions of one key; errs overrides the answer
+// for a version.
+type fakeKeys struct {
+	versions []ed25519.PrivateKey
+	errs     map[int]error
+}
+
+type fakeKeySigner struct {
+	crypto.Signer
+	name    string
+	version int
+}
+
+func (s fakeKeySigner) KeyName() string { return s.name }
+func (s fakeKeySigner) KeyVersion() int { return s.version }
+
+func (k *fakeKeys) EnsureKey(context.Context, string, issuer.KeyType) (bool, error) {
+	return false, nil
+}
+
+func (k *fakeKeys) Signer(_ context.Context, name string, version int) (issuer.KeySigner, error) {
+	if version == 0 {
+		version = len(k.versions)
+	}
+	if err := k.errs[version]; err != nil {
+		return nil, err
+	}
+	return fakeKeySigner{Signer: k.versions[version-1], name: name, version: version}, nil
+}
+
+func (k *fakeKeys) Describe() string { return "fake keys" }
+
+func TestCheckpointKeysVersions(t *testing.T) {
+	keys := func(errs map[int]error) *fakeKeys {
+		k := &fakeKeys{errs: errs}
+		for i := range 3 {
+			k.versions = append(k.versions, ed25519.NewKeyFromSeed(bytes.Repeat([]byte{byte(i + 1)}, ed25519.SeedSize)))
+		}
+		return k
+	}
+	cases := []struct {
+		name    string
+		errs    map[int]error
+		wantErr string
+	}{
+		{"all versions", nil, ""},
+		{"version 1 trimmed", map[int]error{1: fmt.Errorf("%w: version 1", issuer.ErrKeyNotFound)}, ""},
+		{"vault unreachable for version 1", map[int]error{1: errors.New("dial tcp 127.0.0.1:8200: connection refused")}, "connection refused"},
+	}
+	cfg := config.Default()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, vs, _, err := checkpointKeys(context.Background(), cfg, keys(tc.errs))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "version 1") {
+					t.Fatalf("checkpointKeys: %v, want an error naming version 1 and %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Checkpoints signed by every version still present verify.
+			for v := 1; v <= 3; v++ {
+				if tc.errs[v] != nil {
+					continue
+				}
+				s, err := store.NewNoteSigner(cfg.LogOrigin(), keys(nil).versions[v-1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				msg, err := note.Sign(&note.Note{Text: "checkpoint\n"}, s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := note.Open(msg, vs); err != nil {
+					t.Fatalf("checkpoint signed by version %d: %v", v, err)
+				}
+			}
+		})
+	}
+}
+
+// checkRollbackRefused appends to the log through openLog twice, puts the
+// file of the first round back and checks openLog refuses it. published
+// returns what the witness holds.
+func checkRollbackRefused(t *testing.T, cfg *config.Config, b *Backend, published func() string) {
+	t.Helper()
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	appendN := func(n int) {
+		l, _, err := openLog(ctx, cfg, b, log, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range n {
+			if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.Close(); err != nil { // the final checkpoint is published
+			t.Fatal(err)
+		}
+	}
+	appendN(3)
+	old, err := os.ReadFile(cfg.LogPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(4)
+	if got := published(); !strings.Contains(got, "\n7\n") {
+		t.Fatalf("the witness holds %q, want the checkpoint of size 7", got)
+	}
+	if err := os.WriteFile(cfg.LogPath(), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = openLog(ctx, cfg, b, log, false)
+	if !errors.Is(err, store.ErrRolledBack) || !strings.Contains(err.Error(), "it has 3 entries") {
+		t.Fatalf("openLog of a log put back: %v, want ErrRolledBack", err)
+	}
+}
+
+// In dev mode the daemon publishes its checkpoints to a witness file in
+// the data directory and refuses a log put back from an older copy.
+func TestOpenLogDevWitness(t *testing.T) {
+	cfg := config.Default()
+	cfg.Dev = true
+	cfg.DataDir = t.TempDir()
+	b, err := OpenBackend(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRollbackRefused(t, cfg, b, func() string {
+		got, _ := os.ReadFile(filepath.Join(cfg.DataDir, WitnessFileName))
+		return string(got)
+	})
+}
+
+// With Vault, the witness is the KV secret
+// <kv_mount>/<kv_prefix>/log-checkpoint/<log origin>.
+func TestOpenLogVaultWitness(t *testing.T) {
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	cfg, err := config.Load(writeConfig(t, env, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenBackend(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRollbackRefused(t, cfg, b, func() string {
+		sec, err := env.Client.KVv2(env.KV).Get(context.Background(), cfg.Vault.KVPrefix+"/log-checkpoint/"+cfg.LogOrigin())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := sec.Data["checkpoint"].(string)
+		return s
+	})
+}
+
+// The daemon does not start on a log whose newer meta page is damaged, and
+// says how to accept the loss.
+func TestOpenLogRefusesDamagedMeta(t *testing.T) {
+	ctx := context.Background()
+	cfg := config.Default()
+	cfg.Dev = true
+	cfg.DataDir = t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	b, err := OpenBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := openLog(ctx, cfg, b, log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	damaged, page, txid := damageNewerMeta(t, cfg.LogPath())
+	if err := os.Rename(damaged, cfg.LogPath()); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = openLog(ctx, cfg, b, log, false)
+	for _, want := range []string{fmt.Sprintf("meta page %d", page), fmt.Sprintf("ca log accept-damage --db %s --confirm-txid %d", cfg.LogPath(), txid)} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("openLog of a log with a damaged meta page: %v\nwant %q", err, want)
+		}
+	}
+}
