@@ -120,7 +120,7 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 // QueryLog returns a page of entries.
 func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogRequest) (*adminv1.QueryLogResponse, error) {
 	q := store.Query{
-		Serial:    NormalizeSerial(req.GetSerial()),
+		Serial:    store.NormalizeSerial(req.GetSerial()),
 		SPIFFEID:  req.GetSpiffeId(),
 		Namespace: req.GetNamespace(),
 		Issuer:    req.GetIssuer(),
@@ -163,7 +163,7 @@ func (s *AdminService) seqOf(ctx context.Context, seq *uint64, serial string) (u
 	if serial == "" {
 		return 0, fmt.Errorf("%w: name an entry by seq or serial", ErrInvalidRequest)
 	}
-	entries, _, err := s.log.Query(ctx, store.Query{Serial: NormalizeSerial(serial), Limit: 1})
+	entries, _, err := s.log.Query(ctx, store.Query{Serial: store.NormalizeSerial(serial), Limit: 1})
 	if err != nil {
 		return 0, err
 	}

@@ -3,8 +3,6 @@ package ca
 import (
 	"context"
 	"fmt"
-	"math/big"
-	"strings"
 	"time"
 
 	"github.com/transitca/transitca/issuer"
@@ -22,7 +20,7 @@ func (r LogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 	_, err := r.Log.Append(ctx, &store.Entry{
 		Kind:              store.KindIssuance,
 		Time:              is.Time,
-		Serial:            SerialHex(is.Cert.SerialNumber),
+		Serial:            store.SerialHex(is.Cert.SerialNumber),
 		SPIFFEID:          c.SPIFFEID,
 		Namespace:         c.Namespace,
 		ServiceAccount:    c.ServiceAccount,
@@ -60,7 +58,7 @@ func (r LogRecorder) RecordSelfIssued(ctx context.Context, spiffeID, purpose str
 	_, err := r.Log.Append(ctx, &store.Entry{
 		Kind:              store.KindIssuance,
 		Time:              time.Now(),
-		Serial:            SerialHex(is.Cert.SerialNumber),
+		Serial:            store.SerialHex(is.Cert.SerialNumber),
 		SPIFFEID:          spiffeID,
 		Tier:              purpose,
 		GrantedTTL:        time.Until(is.Cert.NotAfter),
@@ -76,24 +74,6 @@ func (r LogRecorder) RecordSelfIssued(ctx context.Context, spiffeID, purpose str
 	return err
 }
 
-// SerialHex is how the log writes a serial number: lowercase hex without
-// leading zeros.
-func SerialHex(n *big.Int) string { return n.Text(16) }
-
-// NormalizeSerial turns a serial as people paste it (upper case, colons,
-// leading zeros, a 0x prefix) into the log's form.
-func NormalizeSerial(s string) string {
-	s = strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
-	s = strings.TrimPrefix(s, "0x")
-	if t := strings.TrimLeft(s, "0"); t != "" {
-		return t
-	}
-	if s != "" {
-		return "0"
-	}
-	return s
-}
-
 // RecordAdmin appends an admin entry: an action of the CA or an operator.
 func (r LogRecorder) RecordAdmin(ctx context.Context, action, actor, detail string) error {
 	_, err := r.Log.Append(ctx, &store.Entry{Kind: store.KindAdmin, Time: time.Now(), Action: action, Actor: actor, Detail: detail})
@@ -104,7 +84,7 @@ func (r LogRecorder) RecordAdmin(ctx context.Context, action, actor, detail stri
 // put to use, so that the log names every key that signed its leaves.
 func (r LogRecorder) RecordIntermediate(ctx context.Context, in *issuer.Intermediate) error {
 	detail := fmt.Sprintf("mode=%s fingerprint=%s serial=%s subject=%q not_before=%s not_after=%s key_version=%d",
-		in.Mode, in.Fingerprint, SerialHex(in.Cert.SerialNumber), in.Cert.Subject.String(),
+		in.Mode, in.Fingerprint, store.SerialHex(in.Cert.SerialNumber), in.Cert.Subject.String(),
 		in.Cert.NotBefore.UTC().Format(time.RFC3339), in.Cert.NotAfter.UTC().Format(time.RFC3339), in.KeyVersion)
 	return r.RecordAdmin(ctx, "intermediate-activated", "transitca", detail)
 }

@@ -21,6 +21,8 @@ var (
 	// ErrNotInitialized means the CA has no root certificate yet: run
 	// "ca init" first.
 	ErrNotInitialized = errors.New("ca not initialized")
+	// ErrCertNotFound means no certificate is stored under that name.
+	ErrCertNotFound = errors.New("certificate not found")
 )
 
 // VaultError is an error answered by, or on the way to, Vault. It names the

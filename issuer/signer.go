@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"errors"
 )
 
 // KeySigner is a crypto.Signer for one pinned version of a named key.
@@ -40,9 +39,6 @@ type Keys interface {
 	// Describe says where the keys live, for logs and status output.
 	Describe() string
 }
-
-// ErrCertNotFound means no certificate is stored under that name.
-var ErrCertNotFound = errors.New("certificate not found")
 
 // Certs stores the CA's own certificates (root and intermediates) where
 // every replica finds them. Certificates are public; keys are never stored

@@ -706,7 +706,7 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		want = cert.Raw
-		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: ca.SerialHex(cert.SerialNumber)}
+		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: store.SerialHex(cert.SerialNumber)}
 	case *serial != "":
 		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: *serial}
 	case *seq >= 0:

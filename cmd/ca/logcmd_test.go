@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/transitca/transitca/internal/daemon"
 	"github.com/transitca/transitca/store"
 )
 
@@ -265,7 +266,7 @@ func appendTestLog(t *testing.T, db string, from, n int, w store.Witness) {
 func TestLogVerifyRolledBack(t *testing.T) {
 	db, vkey := writeTestLog(t, 20)
 	old, _ := os.ReadFile(db)
-	appendTestLog(t, db, 20, 10, store.NewFileWitness(filepath.Join(filepath.Dir(db), witnessFileName)))
+	appendTestLog(t, db, 20, 10, store.NewFileWitness(filepath.Join(filepath.Dir(db), daemon.WitnessFileName)))
 	saved := filepath.Join(t.TempDir(), "checkpoint-30")
 	out, errs, code := runCA(t, "log", "checkpoint", "--db", db)
 	if code != 0 {
