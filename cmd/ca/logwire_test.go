@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/vaulttest"
@@ -219,5 +220,42 @@ func TestOpenLogRefusesDamagedMeta(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("openLog of a log with a damaged meta page: %v\nwant %q", err, want)
 		}
+	}
+}
+
+// Checkpoint key versions trimmed in Vault are skipped (they sign nothing
+// anymore): the daemon still starts.
+func TestCheckpointKeysTrimmedInVault(t *testing.T) {
+	ctx := context.Background()
+	env := vaulttest.New(t)
+	tr := issuer.NewTransit(env.Client, env.Transit, 10*time.Second)
+	cfg := config.Default()
+	name := cfg.Log.CheckpointKey
+	if _, err := tr.EnsureKey(ctx, name, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := tr.Rotate(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyPath := env.Transit + "/keys/" + name
+	if _, err := env.Client.Logical().WriteWithContext(ctx, keyPath+"/config", map[string]any{"min_decryption_version": 2, "min_encryption_version": 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.Logical().WriteWithContext(ctx, keyPath+"/trim", map[string]any{"min_available_version": 2}); err != nil {
+		t.Fatal(err)
+	}
+	keys := issuer.VaultKeys{Transit: tr}
+	signer, vs, _, err := checkpointKeys(ctx, cfg, keys)
+	if err != nil {
+		t.Fatalf("checkpointKeys with version 1 trimmed: %v", err)
+	}
+	msg, err := note.Sign(&note.Note{Text: "checkpoint\n"}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := note.Open(msg, vs); err != nil {
+		t.Fatalf("checkpoint signed by the latest version: %v", err)
 	}
 }
