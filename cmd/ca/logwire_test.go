@@ -259,3 +259,52 @@ func TestCheckpointKeysTrimmedInVault(t *testing.T) {
 		t.Fatalf("checkpoint signed by the latest version: %v", err)
 	}
 }
+
+// Shutting down with Vault gone neither hangs nor fails: the final
+// checkpoint is left for the next start.
+func TestCloseLogWithVaultStopped(t *testing.T) {
+	ctx := context.Background()
+	srv := vaulttest.Own(t)
+	env := vaulttest.NewOn(t, srv)
+	t.Setenv("VAULT_ADDR", srv.Addr)
+	t.Setenv("VAULT_TOKEN", srv.RootToken)
+	cfg, err := config.Load(writeConfig(t, env, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	b, err := openBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := openLog(ctx, cfg, b, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	start := time.Now()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close with Vault stopped: %v", err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("Close took %v with Vault stopped", d)
+	}
+	if !strings.Contains(logs.String(), "closing without a final checkpoint") {
+		t.Fatalf("Close did not log the missing checkpoint:\n%s", logs.String())
+	}
+	ro, err := store.Open(cfg.LogPath(), store.Options{ReadOnly: true, Logger: log})
+	if err != nil {
+		t.Fatalf("the log after a close without Vault: %v", err)
+	}
+	defer ro.Close()
+	if _, err := ro.Verify(ctx, nil); err != nil {
+		t.Fatalf("the log after a close without Vault: %v", err)
+	}
+}
