@@ -248,7 +248,7 @@ func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 // command that accepts the loss.
 func withDamageHint(err error) error {
 	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
-		return fmt.Errorf("%w\nreview what may be lost (the entries of the last transaction); to accept the loss and append again: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+		return fmt.Errorf("%w\nreview what may be lost (the entries of the last transaction; if the machine stopped during that commit, they were never acknowledged to a caller); to accept the loss and append again: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
 	}
 	return err
 }

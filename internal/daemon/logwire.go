@@ -87,7 +87,7 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 		NoSync:             noSync,
 	})
 	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
-		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log; after review, accept the loss with: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
+		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log; after review (if the machine stopped during that commit, its entries were never acknowledged to a caller), accept the loss with: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)
 	}
 	if errors.Is(err, store.ErrRolledBack) {
 		where := "the witness file " + filepath.Join(cfg.DataDir, WitnessFileName)

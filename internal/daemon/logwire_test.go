@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/vaulttest"
@@ -219,5 +220,91 @@ func TestOpenLogRefusesDamagedMeta(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Fatalf("openLog of a log with a damaged meta page: %v\nwant %q", err, want)
 		}
+	}
+}
+
+// Checkpoint key versions trimmed in Vault are skipped (they sign nothing
+// anymore): the daemon still starts.
+func TestCheckpointKeysTrimmedInVault(t *testing.T) {
+	ctx := context.Background()
+	env := vaulttest.New(t)
+	tr := issuer.NewTransit(env.Client, env.Transit, 10*time.Second)
+	cfg := config.Default()
+	name := cfg.Log.CheckpointKey
+	if _, err := tr.EnsureKey(ctx, name, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := tr.Rotate(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyPath := env.Transit + "/keys/" + name
+	if _, err := env.Client.Logical().WriteWithContext(ctx, keyPath+"/config", map[string]any{"min_decryption_version": 2, "min_encryption_version": 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.Logical().WriteWithContext(ctx, keyPath+"/trim", map[string]any{"min_available_version": 2}); err != nil {
+		t.Fatal(err)
+	}
+	keys := issuer.VaultKeys{Transit: tr}
+	signer, vs, _, err := checkpointKeys(ctx, cfg, keys)
+	if err != nil {
+		t.Fatalf("checkpointKeys with version 1 trimmed: %v", err)
+	}
+	msg, err := note.Sign(&note.Note{Text: "checkpoint\n"}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := note.Open(msg, vs); err != nil {
+		t.Fatalf("checkpoint signed by the latest version: %v", err)
+	}
+}
+
+// Shutting down with Vault gone neither hangs nor fails: the final
+// checkpoint is left for the next start.
+func TestCloseLogWithVaultStopped(t *testing.T) {
+	ctx := context.Background()
+	srv := vaulttest.Own(t)
+	env := vaulttest.NewOn(t, srv)
+	t.Setenv("VAULT_ADDR", srv.Addr)
+	t.Setenv("VAULT_TOKEN", srv.RootToken)
+	cfg, err := config.Load(writeConfig(t, env, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	b, err := openBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := openLog(ctx, cfg, b, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	start := time.Now()
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close with Vault stopped: %v", err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Fatalf("Close took %v with Vault stopped", d)
+	}
+	if !strings.Contains(logs.String(), "closing without a final checkpoint") {
+		t.Fatalf("Close did not log the missing checkpoint:\n%s", logs.String())
+	}
+	ro, err := store.Open(cfg.LogPath(), store.Options{ReadOnly: true, Logger: log})
+	if err != nil {
+		t.Fatalf("the log after a close without Vault: %v", err)
+	}
+	defer ro.Close()
+	if _, err := ro.Verify(ctx, nil); err != nil {
+		t.Fatalf("the log after a close without Vault: %v", err)
 	}
 }
