@@ -274,14 +274,14 @@ func TestCloseLogWithVaultStopped(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	b, err := openBackend(ctx, cfg, log)
+	b, err := OpenBackend(ctx, cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
 		t.Fatal(err)
 	}
-	l, _, err := openLog(ctx, cfg, b, log)
+	l, _, err := openLog(ctx, cfg, b, log, false)
 	if err != nil {
 		t.Fatal(err)
 	}
