@@ -92,20 +92,20 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			if err := authz.authorize(ctx, info.FullMethod); err != nil {
-				return nil, statusOf(ctx, authz.Logger, err).Err()
+				return nil, adminStatusOf(ctx, authz.Logger, err).Err()
 			}
 			resp, err := h(ctx, req)
 			if err != nil {
-				return nil, statusOf(ctx, authz.Logger, err).Err()
+				return nil, adminStatusOf(ctx, authz.Logger, err).Err()
 			}
 			return resp, nil
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			if err := authz.authorize(ss.Context(), info.FullMethod); err != nil {
-				return statusOf(ss.Context(), authz.Logger, err).Err()
+				return adminStatusOf(ss.Context(), authz.Logger, err).Err()
 			}
 			if err := h(srv, ss); err != nil {
-				return statusOf(ss.Context(), authz.Logger, err).Err()
+				return adminStatusOf(ss.Context(), authz.Logger, err).Err()
 			}
 			return nil
 		}),

@@ -50,6 +50,18 @@ func statusOf(ctx context.Context, log *slog.Logger, err error) *status.Status {
 	return status.New(codes.Internal, "internal error (ref "+ref+")")
 }
 
+// adminStatusOf is statusOf for the admin API, where the log's own
+// integrity findings (a damaged or rolled-back file) are what the operator
+// asked about: they become DataLoss with the finding, not an opaque
+// Internal.
+func adminStatusOf(ctx context.Context, log *slog.Logger, err error) *status.Status {
+	if errors.Is(err, store.ErrCorrupt) || errors.Is(err, store.ErrRolledBack) {
+		log.ErrorContext(ctx, "issuance log integrity", slog.String("error", boundMessage(err.Error())))
+		return status.New(codes.DataLoss, boundMessage(err.Error()))
+	}
+	return statusOf(ctx, log, err)
+}
+
 func newRef() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
