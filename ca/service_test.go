@@ -286,12 +286,17 @@ func TestIssueServiceCertificate(t *testing.T) {
 			if leaf.KeyUsage != tc.wantKU {
 				t.Fatalf("key usage %v, want %v", leaf.KeyUsage, tc.wantKU)
 			}
-			life := time.Until(leaf.NotAfter)
-			if life > tc.wantTTL || life < tc.wantTTL-time.Minute {
-				t.Fatalf("leaf lives %v more, want %v", life, tc.wantTTL)
+			// An auditor reads the validity period: it is exactly the granted
+			// TTL, back-dating for clock skew included.
+			if period := leaf.NotAfter.Sub(leaf.NotBefore); period != tc.wantTTL {
+				t.Fatalf("validity period %v (NotBefore %v, NotAfter %v), want %v", period, leaf.NotBefore, leaf.NotAfter, tc.wantTTL)
 			}
 			if time.Since(leaf.NotBefore) < issuer.Backdate-time.Minute {
 				t.Fatalf("NotBefore %v is not back-dated", leaf.NotBefore)
+			}
+			rec := h.rec.issuances[len(h.rec.issuances)-1]
+			if rec.GrantedTTL != tc.wantTTL {
+				t.Fatalf("recorded granted TTL %v, want the validity period %v", rec.GrantedTTL, tc.wantTTL)
 			}
 		})
 	}

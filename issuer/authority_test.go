@@ -171,8 +171,8 @@ func TestIntermediateChainsToRoot(t *testing.T) {
 			if !bytes.Equal(in.Cert.AuthorityKeyId, a.Root().SubjectKeyId) {
 				t.Fatal("intermediate authority key id is not the root's subject key id")
 			}
-			if in.Cert.NotAfter.Sub(in.Cert.NotBefore) < issuer.DefaultIntermediateTTL {
-				t.Fatalf("intermediate lifetime %v", in.Cert.NotAfter.Sub(in.Cert.NotBefore))
+			if got := in.Cert.NotAfter.Sub(in.Cert.NotBefore); got != issuer.DefaultIntermediateTTL {
+				t.Fatalf("intermediate validity period %v, want %v", got, issuer.DefaultIntermediateTTL)
 			}
 			if mode == issuer.ModeVault {
 				info, err := issuer.NewTransit(b.env.Client, b.env.Transit, 0).ReadKey(ctx, issuer.DefaultIntermediateKey)
@@ -259,9 +259,9 @@ func TestMemoryIntermediateRenewsBeforeHalfLife(t *testing.T) {
 	b := vaultBackend(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// NotBefore is back-dated by issuer.Backdate, so a lifetime of
-	// 2×Backdate+2s puts half-life one second from now.
-	opts := issuer.Options{IntermediateTTL: issuer.Backdate + 2*time.Second}
+	// NotBefore is back-dated by issuer.Backdate inside the lifetime, so a
+	// lifetime of 2×Backdate+2s puts half-life one second from now.
+	opts := issuer.Options{IntermediateTTL: 2*issuer.Backdate + 2*time.Second}
 	if _, err := issuer.Init(ctx, b.keys, b.certs, opts); err != nil {
 		t.Fatal(err)
 	}
