@@ -458,12 +458,14 @@ type Issued struct {
 }
 
 // SignLeaf signs a leaf certificate for pub with the current intermediate.
-// It sets a fresh 128-bit random serial and the authority key identifier
-// of the intermediate, and caps NotAfter at the intermediate's NotAfter: an
-// intermediate outlives every leaf it signs. Build tmpl with LeafTemplate or ServingTemplate.
+// It sets a fresh 128-bit random serial, the subject key identifier of pub
+// and the authority key identifier of the intermediate, and caps NotAfter
+// at the intermediate's NotAfter: an intermediate outlives every leaf it
+// signs. Build tmpl with LeafTemplate or ServingTemplate.
 func (a *Authority) SignLeaf(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*Issued, error) {
 	in := a.Intermediate()
 	t := *tmpl
+	t.SubjectKeyId = keyID(pub)
 	if t.NotAfter.After(in.Cert.NotAfter) {
 		t.NotAfter = in.Cert.NotAfter
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/internal/vaulttest"
 	"github.com/transitca/transitca/issuer"
 )
@@ -70,6 +71,7 @@ func checkCA(t *testing.T, c *x509.Certificate, pathLen int, pathLenZero bool) {
 	if c.SerialNumber.Sign() <= 0 || c.SerialNumber.BitLen() < 100 || c.SerialNumber.BitLen() > 128 {
 		t.Errorf("%s: serial %x is not a positive 128-bit random number", c.Subject, c.SerialNumber)
 	}
+	certlint.Check(t, c)
 }
 
 func TestInitRootSignedThroughTransit(t *testing.T) {
@@ -202,6 +204,7 @@ func TestIntermediateChainsToRoot(t *testing.T) {
 			if len(chains[0]) != 3 {
 				t.Fatalf("chain length %d, want 3", len(chains[0]))
 			}
+			certlint.Check(t, issued.Cert)
 			if issued.Issuer.Fingerprint != issuer.Fingerprint(in.Cert) || issued.RootKeyVersion != 1 {
 				t.Fatalf("issued by %s root v%d", issued.Issuer.Fingerprint, issued.RootKeyVersion)
 			}

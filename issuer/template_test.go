@@ -1,6 +1,7 @@
 package issuer_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -78,6 +80,7 @@ func TestValidityPeriodIsTheTTL(t *testing.T) {
 		t.Errorf("intermediate validity period %v, want the intermediate TTL %v", got, 30*24*time.Hour)
 	}
 	for _, c := range []*x509.Certificate{a.Root(), in} {
+		certlint.Check(t, c)
 		if !c.NotBefore.Equal(now.Add(-issuer.Backdate)) {
 			t.Errorf("%s: NotBefore %v, want back-dated by %v", c.Subject.CommonName, c.NotBefore, issuer.Backdate)
 		}
@@ -115,6 +118,7 @@ func TestValidityPeriodIsTheTTL(t *testing.T) {
 			if leaf.NotAfter.After(in.NotAfter) {
 				t.Fatalf("leaf NotAfter %v beyond the intermediate's %v", leaf.NotAfter, in.NotAfter)
 			}
+			certlint.Check(t, leaf)
 		})
 	}
 }
@@ -178,4 +182,8 @@ func TestServingTemplate(t *testing.T) {
 	if len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth || c.KeyUsage != x509.KeyUsageDigitalSignature {
 		t.Fatalf("usage %v %v", c.KeyUsage, c.ExtKeyUsage)
 	}
+	if len(c.SubjectKeyId) == 0 || bytes.Equal(c.SubjectKeyId, is.Issuer.Cert.SubjectKeyId) {
+		t.Fatalf("subject key identifier %x", c.SubjectKeyId)
+	}
+	certlint.Check(t, c)
 }
