@@ -69,7 +69,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	res, err := issuer.Init(ctx, b.keys, b.certs, cfg.IssuerOptions())
 	if err != nil {
-		return err
+		return withMountHint(err, cfg)
 	}
 	kind := cfg.CA.RootKeyType + ", not exportable"
 	if cfg.Dev {
@@ -81,7 +81,7 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Sprintf("root certificate for key version %d exists", res.RootKeyVersion))
 	logKeyCreated, err := b.keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519)
 	if err != nil {
-		return fmt.Errorf("checkpoint key: %w", err)
+		return withMountHint(fmt.Errorf("checkpoint key: %w", err), cfg)
 	}
 	say(logKeyCreated, "checkpoint signing key "+cfg.Log.CheckpointKey+" (ed25519)", "checkpoint signing key "+cfg.Log.CheckpointKey+" exists")
 	if cfg.CA.IntermediateMode == string(issuer.ModeVault) {
@@ -129,4 +129,16 @@ func ensureMounts(ctx context.Context, b *backend, enableTransit, enableKV bool,
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// withMountHint adds, to an error saying that Vault has nothing mounted at
+// a path (seen when the token may not read the mount table, so that
+// ensureMounts could not tell), the commands that mount what ca init needs.
+func withMountHint(err error, cfg *config.Config) error {
+	if !errors.Is(err, issuer.ErrMountNotFound) {
+		return err
+	}
+	return fmt.Errorf("%w\nca init needs a transit engine at %q and a kv version 2 engine at %q: "+
+		"\"vault secrets enable -path=%s transit\" and \"vault secrets enable -path=%s -version=2 kv\" mount them",
+		err, cfg.Vault.TransitMount, cfg.Vault.KVMount, cfg.Vault.TransitMount, cfg.Vault.KVMount)
 }

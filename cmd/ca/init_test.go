@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	vaultapi "github.com/hashicorp/vault/api"
+
 	"github.com/transitca/transitca/internal/vaulttest"
 )
 
@@ -253,5 +255,29 @@ func TestInitEnablesEngines(t *testing.T) {
 	out, errs, code = runCA(t, "init", "--config", cfg, "--enable-transit", "--enable-kv")
 	if code != 0 || !strings.Contains(out, "nothing changed") {
 		t.Fatalf("second init exited %d:\n%s\n%s", code, out, errs)
+	}
+}
+
+// TestInitOnFreshVaultWithoutMountTableAccess: a token that may use the
+// mounts but not read sys/mounts still learns what to mount.
+func TestInitOnFreshVaultWithoutMountTableAccess(t *testing.T) {
+	env := vaulttest.NewBare(t, vaulttest.Shared(t))
+	env.MountKV(t, 2)
+	policy := "init-" + env.Transit
+	rules := `path "` + env.Transit + `/*" { capabilities = ["create", "read", "update", "list"] }
+path "` + env.KV + `/*" { capabilities = ["create", "read", "update", "list"] }`
+	if err := env.Client.Sys().PutPolicy(policy, rules); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := env.Client.Auth().Token().Create(&vaultapi.TokenCreateRequest{Policies: []string{policy}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", tok.Auth.ClientToken)
+	_, errs, code := runCA(t, "init", "--config", writeConfig(t, env, ""))
+	if code != 1 || !strings.Contains(errs, "no secrets engine is mounted there") ||
+		!strings.Contains(errs, "vault secrets enable -path="+env.Transit+" transit") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 naming the missing transit engine and the command that mounts it", code, errs)
 	}
 }
