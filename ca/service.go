@@ -187,7 +187,7 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	}
 	err = s.recorder.RecordIssuance(ctx, &Issuance{
 		Time: now, Caller: caller, Tier: tier,
-		RequestedTTL: requested, GrantedTTL: issued.Cert.NotAfter.Sub(now),
+		RequestedTTL: requested, GrantedTTL: issued.Cert.NotAfter.Sub(issued.Cert.NotBefore),
 		Cert: issued.Cert, Issuer: issued.Issuer, RootKeyVersion: issued.RootKeyVersion,
 	})
 	if err != nil {

@@ -36,6 +36,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -286,12 +287,21 @@ func TestIssueServiceCertificate(t *testing.T) {
 			if leaf.KeyUsage != tc.wantKU {
 				t.Fatalf("key usage %v, want %v", leaf.KeyUsage, tc.wantKU)
 			}
-			life := time.Until(leaf.NotAfter)
-			if life > tc.wantTTL || life < tc.wantTTL-time.Minute {
-				t.Fatalf("leaf lives %v more, want %v", life, tc.wantTTL)
+			// An auditor reads the validity period: it is exactly the granted
+			// TTL, back-dating for clock skew included.
+			if period := leaf.NotAfter.Sub(leaf.NotBefore); period != tc.wantTTL {
+				t.Fatalf("validity period %v (NotBefore %v, NotAfter %v), want %v", period, leaf.NotBefore, leaf.NotAfter, tc.wantTTL)
 			}
 			if time.Since(leaf.NotBefore) < issuer.Backdate-time.Minute {
 				t.Fatalf("NotBefore %v is not back-dated", leaf.NotBefore)
+			}
+			if len(leaf.SubjectKeyId) == 0 {
+				t.Fatal("leaf has no subject key identifier")
+			}
+			certlint.Check(t, leaf)
+			rec := h.rec.issuances[len(h.rec.issuances)-1]
+			if rec.GrantedTTL != tc.wantTTL {
+				t.Fatalf("recorded granted TTL %v, want the validity period %v", rec.GrantedTTL, tc.wantTTL)
 			}
 		})
 	}
@@ -327,6 +337,7 @@ func TestIstiodMayAskForItsDNSName(t *testing.T) {
 	if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != "istiod.istio-system.svc" {
 		t.Fatalf("DNS names %v", leaf.DNSNames)
 	}
+	certlint.Check(t, leaf)
 	if got := time.Until(leaf.NotAfter); got > 24*time.Hour {
 		t.Fatalf("privileged default ttl %v", got)
 	}

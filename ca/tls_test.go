@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -45,6 +46,7 @@ func TestServingCertRenewsWithoutRestart(t *testing.T) {
 	if err := first.VerifyHostname("localhost"); err != nil {
 		t.Fatal(err)
 	}
+	certlint.Check(t, first)
 	go sc.Run(ctx, 50*time.Millisecond)
 	deadline := time.Now().Add(10 * time.Second)
 	for sc.Leaf().SerialNumber.Cmp(first.SerialNumber) == 0 {
@@ -57,6 +59,7 @@ func TestServingCertRenewsWithoutRestart(t *testing.T) {
 	if got.Leaf.SerialNumber.Cmp(sc.Leaf().SerialNumber) != 0 {
 		t.Fatal("TLS does not serve the renewed certificate")
 	}
+	certlint.Check(t, got.Leaf)
 }
 
 func TestTLS12AllowsOnlyECDHEAndAEAD(t *testing.T) {

@@ -38,9 +38,6 @@ const (
 	DefaultIntermediateKey = "transitca-intermediate"
 	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
 	DefaultIntermediateTTL = 60 * 24 * time.Hour
-	// Backdate is how far NotBefore is set in the past, for clock skew
-	// between the CA and the machines that check its certificates.
-	Backdate = 5 * time.Minute
 )
 
 // Options configure the CA hierarchy.
@@ -188,11 +185,11 @@ func Init(ctx context.Context, keys Keys, certs Certs, o Options) (*InitResult, 
 }
 
 func selfSign(ctx context.Context, signer KeySigner, o *Options) (*x509.Certificate, error) {
-	now := o.Now()
+	notBefore, notAfter := Validity(o.Now(), o.RootTTL)
 	tmpl := &x509.Certificate{
 		Subject:               o.name("transitca root CA"),
-		NotBefore:             now.Add(-Backdate),
-		NotAfter:              now.Add(o.RootTTL),
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -383,17 +380,17 @@ func (a *Authority) usable(cert *x509.Certificate, pub crypto.PublicKey, now tim
 	return now.Before(halfLife(cert))
 }
 
-// certify signs an intermediate certificate for pub with the root key.
+// certify signs an intermediate certificate for pub with the root key. Its
+// validity period is the intermediate TTL, cut short at the root's NotAfter.
 func (a *Authority) certify(ctx context.Context, pub crypto.PublicKey) (*x509.Certificate, error) {
-	now := a.o.Now()
 	ski := keyID(pub)
-	notAfter := now.Add(a.o.IntermediateTTL)
+	notBefore, notAfter := Validity(a.o.Now(), a.o.IntermediateTTL)
 	if notAfter.After(a.root.NotAfter) {
 		notAfter = a.root.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		Subject:               a.o.name("transitca issuing CA " + hex.EncodeToString(ski[:4])),
-		NotBefore:             now.Add(-Backdate),
+		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
@@ -461,12 +458,14 @@ type Issued struct {
 }
 
 // SignLeaf signs a leaf certificate for pub with the current intermediate.
-// It sets a fresh 128-bit random serial and the authority key identifier,
-// and caps NotAfter at the intermediate's NotAfter: an intermediate outlives
-// every leaf it signs.
+// It sets a fresh 128-bit random serial, the subject key identifier of pub
+// and the authority key identifier of the intermediate, and caps NotAfter
+// at the intermediate's NotAfter: an intermediate outlives every leaf it
+// signs. Build tmpl with LeafTemplate or ServingTemplate.
 func (a *Authority) SignLeaf(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*Issued, error) {
 	in := a.Intermediate()
 	t := *tmpl
+	t.SubjectKeyId = keyID(pub)
 	if t.NotAfter.After(in.Cert.NotAfter) {
 		t.NotAfter = in.Cert.NotAfter
 	}

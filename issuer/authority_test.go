@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/internal/vaulttest"
 	"github.com/transitca/transitca/issuer"
 )
@@ -70,6 +71,7 @@ func checkCA(t *testing.T, c *x509.Certificate, pathLen int, pathLenZero bool) {
 	if c.SerialNumber.Sign() <= 0 || c.SerialNumber.BitLen() < 100 || c.SerialNumber.BitLen() > 128 {
 		t.Errorf("%s: serial %x is not a positive 128-bit random number", c.Subject, c.SerialNumber)
 	}
+	certlint.Check(t, c)
 }
 
 func TestInitRootSignedThroughTransit(t *testing.T) {
@@ -171,8 +173,8 @@ func TestIntermediateChainsToRoot(t *testing.T) {
 			if !bytes.Equal(in.Cert.AuthorityKeyId, a.Root().SubjectKeyId) {
 				t.Fatal("intermediate authority key id is not the root's subject key id")
 			}
-			if in.Cert.NotAfter.Sub(in.Cert.NotBefore) < issuer.DefaultIntermediateTTL {
-				t.Fatalf("intermediate lifetime %v", in.Cert.NotAfter.Sub(in.Cert.NotBefore))
+			if got := in.Cert.NotAfter.Sub(in.Cert.NotBefore); got != issuer.DefaultIntermediateTTL {
+				t.Fatalf("intermediate validity period %v, want %v", got, issuer.DefaultIntermediateTTL)
 			}
 			if mode == issuer.ModeVault {
 				info, err := issuer.NewTransit(b.env.Client, b.env.Transit, 0).ReadKey(ctx, issuer.DefaultIntermediateKey)
@@ -202,6 +204,7 @@ func TestIntermediateChainsToRoot(t *testing.T) {
 			if len(chains[0]) != 3 {
 				t.Fatalf("chain length %d, want 3", len(chains[0]))
 			}
+			certlint.Check(t, issued.Cert)
 			if issued.Issuer.Fingerprint != issuer.Fingerprint(in.Cert) || issued.RootKeyVersion != 1 {
 				t.Fatalf("issued by %s root v%d", issued.Issuer.Fingerprint, issued.RootKeyVersion)
 			}
@@ -259,9 +262,9 @@ func TestMemoryIntermediateRenewsBeforeHalfLife(t *testing.T) {
 	b := vaultBackend(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// NotBefore is back-dated by issuer.Backdate, so a lifetime of
-	// 2×Backdate+2s puts half-life one second from now.
-	opts := issuer.Options{IntermediateTTL: issuer.Backdate + 2*time.Second}
+	// NotBefore is back-dated by issuer.Backdate inside the lifetime, so a
+	// lifetime of 2×Backdate+2s puts half-life one second from now.
+	opts := issuer.Options{IntermediateTTL: 2*issuer.Backdate + 2*time.Second}
 	if _, err := issuer.Init(ctx, b.keys, b.certs, opts); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,9 @@ var (
 	ErrNotInitialized = errors.New("ca not initialized")
 	// ErrCertNotFound means no certificate is stored under that name.
 	ErrCertNotFound = errors.New("certificate not found")
+	// ErrMountNotFound means no secrets engine is mounted at the Vault path
+	// the CA uses (vault.transit_mount or vault.kv_mount).
+	ErrMountNotFound = errors.New("vault secrets engine not mounted")
 )
 
 // VaultError is an error answered by, or on the way to, Vault. It names the
@@ -39,15 +42,25 @@ func (e *VaultError) Error() string {
 	if e.Version > 0 {
 		s += " version " + strconv.Itoa(e.Version)
 	}
+	if mountMissing(e.Err) {
+		s += ": no secrets engine is mounted there"
+	}
 	return s + ": " + e.Err.Error()
 }
 
 // Unwrap returns the underlying error.
 func (e *VaultError) Unwrap() error { return e.Err }
 
-// Is reports ErrUnavailable for errors that a retry may cure.
+// Is reports ErrUnavailable for errors that a retry may cure, and
+// ErrMountNotFound when Vault answered that nothing is mounted at the path.
 func (e *VaultError) Is(target error) bool {
-	return target == ErrUnavailable && transient(e.Err)
+	switch target {
+	case ErrUnavailable:
+		return transient(e.Err)
+	case ErrMountNotFound:
+		return mountMissing(e.Err)
+	}
+	return false
 }
 
 func vaultErr(op, key string, version int, err error) error {

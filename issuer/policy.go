@@ -1,15 +1,9 @@
 package issuer
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"path"
 	"time"
 )
@@ -145,40 +139,4 @@ func (p *Policy) Decide(spiffeID, namespace, serviceAccount string) Decision {
 		}
 	}
 	return Decision{Tier: p.Tiers[p.DefaultTier]}
-}
-
-// LeafRequest is what goes into a workload certificate.
-type LeafRequest struct {
-	SPIFFEID  *url.URL
-	DNSNames  []string
-	PublicKey crypto.PublicKey
-	// Now is the issuance time: NotBefore is Now minus Backdate, NotAfter
-	// is Now plus TTL.
-	Now time.Time
-	TTL time.Duration
-}
-
-// LeafTemplate builds a workload certificate template: the SPIFFE ID as the
-// only URI SAN, an empty subject, key usage that follows the key type
-// (digitalSignature, plus keyEncipherment for RSA only), and extended key
-// usage serverAuth and clientAuth.
-func LeafTemplate(r LeafRequest) (*x509.Certificate, error) {
-	ku := x509.KeyUsageDigitalSignature
-	switch r.PublicKey.(type) {
-	case *rsa.PublicKey:
-		ku |= x509.KeyUsageKeyEncipherment
-	case *ecdsa.PublicKey, ed25519.PublicKey:
-	default:
-		return nil, fmt.Errorf("unsupported public key type %T", r.PublicKey)
-	}
-	return &x509.Certificate{
-		URIs:                  []*url.URL{r.SPIFFEID},
-		DNSNames:              r.DNSNames,
-		NotBefore:             r.Now.Add(-Backdate),
-		NotAfter:              r.Now.Add(r.TTL),
-		KeyUsage:              ku,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  false,
-	}, nil
 }

@@ -1,12 +1,6 @@
 package issuer_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"net/url"
 	"testing"
 	"time"
 
@@ -65,33 +59,5 @@ func TestPolicyDecide(t *testing.T) {
 	bad := &issuer.Policy{Tiers: p.Tiers, DefaultTier: "gold", Rules: []issuer.Rule{{Tier: "silver", Namespaces: []string{"[bad"}}}}
 	if err := bad.Validate(); err == nil {
 		t.Fatal("a policy with unknown tiers and a bad pattern validated")
-	}
-}
-
-func TestLeafTemplateKeyUsage(t *testing.T) {
-	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
-	id, _ := url.Parse("spiffe://cluster.local/ns/a/sa/b")
-	now := time.Now()
-	for _, tc := range []struct {
-		name string
-		pub  any
-		want x509.KeyUsage
-	}{
-		{"ecdsa has no keyEncipherment", ec.Public(), x509.KeyUsageDigitalSignature},
-		{"rsa has keyEncipherment", rk.Public(), x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tmpl, err := issuer.LeafTemplate(issuer.LeafRequest{SPIFFEID: id, PublicKey: tc.pub, Now: now, TTL: time.Hour})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tmpl.KeyUsage != tc.want || tmpl.IsCA || len(tmpl.ExtKeyUsage) != 2 {
-				t.Fatalf("template: ku %v ca %v eku %v", tmpl.KeyUsage, tmpl.IsCA, tmpl.ExtKeyUsage)
-			}
-			if !tmpl.NotBefore.Equal(now.Add(-issuer.Backdate)) || !tmpl.NotAfter.Equal(now.Add(time.Hour)) {
-				t.Fatalf("validity %v – %v", tmpl.NotBefore, tmpl.NotAfter)
-			}
-		})
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	vaultapi "github.com/hashicorp/vault/api"
+
 	"github.com/transitca/transitca/internal/vaulttest"
 )
 
@@ -83,6 +85,7 @@ func TestInitErrors(t *testing.T) {
 		{"vault mode in dev", []string{"init", "--dev", "--data-dir", "DIR", "--intermediate-mode", "vault"}, nil, 1, "needs Vault; dev mode supports"},
 		{"no vault token", []string{"init", "--data-dir", "DIR"}, map[string]string{"VAULT_TOKEN": "", "VAULT_ADDR": "http://127.0.0.1:1"}, 1, "no token (set VAULT_TOKEN)"},
 		{"vault unreachable", []string{"init", "--data-dir", "DIR"}, map[string]string{"VAULT_TOKEN": "x", "VAULT_ADDR": "http://127.0.0.1:1"}, 1, "http://127.0.0.1:1"},
+		{"enable-transit in dev", []string{"init", "--dev", "--data-dir", "DIR", "--enable-transit"}, nil, 1, "dev mode has no Vault"},
 		{"stray argument", []string{"init", "--dev", "extra"}, nil, 2, "unexpected arguments"},
 		{"unknown command", []string{"frobnicate"}, nil, 2, `unknown command "frobnicate"`},
 	}
@@ -141,5 +144,140 @@ func TestLogCommandRefusesForeignFiles(t *testing.T) {
 				t.Fatal("the file was changed")
 			}
 		})
+	}
+}
+
+// TestInitOnFreshVault: on a Vault where the secrets engines ca init needs
+// are not mounted, it says which one is missing and the command that mounts
+// it, and changes nothing.
+func TestInitOnFreshVault(t *testing.T) {
+	cases := []struct {
+		name   string
+		mount  func(t *testing.T, env *vaulttest.Env)
+		want   func(env *vaulttest.Env) []string
+		noRoot bool // the root key must not have been created
+	}{
+		{
+			name:  "no transit engine",
+			mount: func(t *testing.T, env *vaulttest.Env) { env.MountKV(t, 2) },
+			want: func(env *vaulttest.Env) []string {
+				return []string{`no transit secrets engine is mounted at "` + env.Transit + `"`,
+					"vault secrets enable -path=" + env.Transit + " transit", "ca init --enable-transit"}
+			},
+		},
+		{
+			name:  "no kv engine",
+			mount: func(t *testing.T, env *vaulttest.Env) { env.MountTransit(t) },
+			want: func(env *vaulttest.Env) []string {
+				return []string{`no kv version 2 secrets engine is mounted at "` + env.KV + `"`,
+					"vault secrets enable -path=" + env.KV + " -version=2 kv", "ca init --enable-kv"}
+			},
+			noRoot: true,
+		},
+		{
+			name:  "kv version 1",
+			mount: func(t *testing.T, env *vaulttest.Env) { env.MountTransit(t); env.MountKV(t, 1) },
+			want: func(env *vaulttest.Env) []string {
+				return []string{`secrets engine mounted at "` + env.KV + `"`, "is kv version 1, not kv version 2", "vault kv enable-versioning " + env.KV}
+			},
+			noRoot: true,
+		},
+		{
+			name:  "nothing mounted",
+			mount: func(*testing.T, *vaulttest.Env) {},
+			want: func(env *vaulttest.Env) []string {
+				return []string{"vault secrets enable -path=" + env.Transit + " transit",
+					"vault secrets enable -path=" + env.KV + " -version=2 kv"}
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := vaulttest.NewBare(t, vaulttest.Shared(t))
+			tc.mount(t, env)
+			t.Setenv("VAULT_ADDR", env.Server.Addr)
+			t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+			out, errs, code := runCA(t, "init", "--config", writeConfig(t, env, ""))
+			if code != 1 {
+				t.Fatalf("init exited %d, want 1; stdout:\n%s\nstderr:\n%s", code, out, errs)
+			}
+			for _, w := range tc.want(env) {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr does not say %q:\n%s", w, errs)
+				}
+			}
+			if strings.Contains(errs, "no handler for route") {
+				t.Errorf("stderr shows Vault's raw answer:\n%s", errs)
+			}
+			if tc.noRoot {
+				if sec, err := env.Client.Logical().Read(env.Transit + "/keys/transitca-root"); err != nil || sec != nil {
+					t.Fatalf("init created the root key before failing: %v %v", sec, err)
+				}
+			}
+		})
+	}
+}
+
+// TestInitEnablesEngines: ca init --enable-transit --enable-kv on a fresh
+// Vault mounts both engines and initializes the CA; run again, it changes
+// nothing.
+func TestInitEnablesEngines(t *testing.T) {
+	env := vaulttest.NewBare(t, vaulttest.Shared(t))
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	cfg := writeConfig(t, env, "")
+	out, errs, code := runCA(t, "init", "--config", cfg, "--enable-transit", "--enable-kv")
+	if code != 0 {
+		t.Fatalf("init exited %d: %s", code, errs)
+	}
+	for _, w := range []string{
+		"created transit secrets engine at " + env.Transit,
+		"created kv version 2 secrets engine at " + env.KV,
+		"created root key transitca-root", "created root certificate for key version 1",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("init output does not say %q:\n%s", w, out)
+		}
+	}
+	mounts, err := env.Client.Sys().ListMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := mounts[env.Transit+"/"]; m == nil || m.Type != "transit" {
+		t.Fatalf("transit mount: %+v", m)
+	}
+	if m := mounts[env.KV+"/"]; m == nil || m.Type != "kv" || m.Options["version"] != "2" {
+		t.Fatalf("kv mount: %+v", m)
+	}
+	if _, err := env.Client.KVv2(env.KV).Get(context.Background(), "transitca/root/transitca-root/v1"); err != nil {
+		t.Fatalf("root certificate not stored in kv: %v", err)
+	}
+	out, errs, code = runCA(t, "init", "--config", cfg, "--enable-transit", "--enable-kv")
+	if code != 0 || !strings.Contains(out, "nothing changed") {
+		t.Fatalf("second init exited %d:\n%s\n%s", code, out, errs)
+	}
+}
+
+// TestInitOnFreshVaultWithoutMountTableAccess: a token that may use the
+// mounts but not read sys/mounts still learns what to mount.
+func TestInitOnFreshVaultWithoutMountTableAccess(t *testing.T) {
+	env := vaulttest.NewBare(t, vaulttest.Shared(t))
+	env.MountKV(t, 2)
+	policy := "init-" + env.Transit
+	rules := `path "` + env.Transit + `/*" { capabilities = ["create", "read", "update", "list"] }
+path "` + env.KV + `/*" { capabilities = ["create", "read", "update", "list"] }`
+	if err := env.Client.Sys().PutPolicy(policy, rules); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := env.Client.Auth().Token().Create(&vaultapi.TokenCreateRequest{Policies: []string{policy}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", tok.Auth.ClientToken)
+	_, errs, code := runCA(t, "init", "--config", writeConfig(t, env, ""))
+	if code != 1 || !strings.Contains(errs, "no secrets engine is mounted there") ||
+		!strings.Contains(errs, "vault secrets enable -path="+env.Transit+" transit") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 naming the missing transit engine and the command that mounts it", code, errs)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -222,34 +223,60 @@ func New(tb testing.TB) *Env {
 // NewOn is New on a given server.
 func NewOn(tb testing.TB, s *Server) *Env {
 	tb.Helper()
+	env := NewBare(tb, s)
+	env.MountTransit(tb)
+	env.MountKV(tb, 2)
+	return env
+}
+
+// NewBare is NewOn without the mounts: Transit and KV name fresh paths at
+// which nothing is mounted, as on a fresh Vault, for tests of what happens
+// when a secrets engine is missing. MountTransit and MountKV add them.
+func NewBare(tb testing.TB, s *Server) *Env {
+	tb.Helper()
 	c, err := s.Client()
 	if err != nil {
 		tb.Fatalf("vaulttest: client: %v", err)
 	}
 	id := randHex(6)
-	env := &Env{Server: s, Client: c, Transit: "transit-" + id, KV: "kv-" + id}
+	return &Env{Server: s, Client: c, Transit: "transit-" + id, KV: "kv-" + id}
+}
+
+// MountTransit enables a Transit engine at e.Transit.
+func (e *Env) MountTransit(tb testing.TB) {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.Sys().MountWithContext(ctx, env.Transit, &vault.MountInput{Type: "transit"}); err != nil {
-		tb.Fatalf("vaulttest: enable transit at %s: %v", env.Transit, err)
+	if err := e.Client.Sys().MountWithContext(ctx, e.Transit, &vault.MountInput{Type: "transit"}); err != nil {
+		tb.Fatalf("vaulttest: enable transit at %s: %v", e.Transit, err)
 	}
-	if err := c.Sys().MountWithContext(ctx, env.KV, &vault.MountInput{Type: "kv", Options: map[string]string{"version": "2"}}); err != nil {
-		tb.Fatalf("vaulttest: enable kv-v2 at %s: %v", env.KV, err)
+}
+
+// MountKV enables a KV engine of the given version (1 or 2) at e.KV.
+func (e *Env) MountKV(tb testing.TB, version int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts := map[string]string{"version": strconv.Itoa(version)}
+	if err := e.Client.Sys().MountWithContext(ctx, e.KV, &vault.MountInput{Type: "kv", Options: opts}); err != nil {
+		tb.Fatalf("vaulttest: enable kv-v%d at %s: %v", version, e.KV, err)
+	}
+	if version != 2 {
+		return
 	}
 	// KV v2 upgrades its storage in the background after mounting; wait until
 	// it accepts reads.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := c.KVv2(env.KV).Get(ctx, "probe")
+		_, err := e.Client.KVv2(e.KV).Get(ctx, "probe")
 		if err == nil || errors.Is(err, vault.ErrSecretNotFound) {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("vaulttest: kv-v2 at %s not ready: %v", env.KV, err)
+			tb.Fatalf("vaulttest: kv-v2 at %s not ready: %v", e.KV, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return env
 }
 
 // logLevel is the server's log level: warn, or $TRANSITCA_VAULT_LOG_LEVEL

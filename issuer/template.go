@@ -1,0 +1,130 @@
+package issuer
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+)
+
+// Backdate is how far NotBefore is set in the past, for clock skew between
+// the CA and the machines that check its certificates. The back-dating
+// counts inside a certificate's lifetime: see Validity.
+const Backdate = 5 * time.Minute
+
+// Validity returns the validity period of a certificate issued at now for
+// ttl: NotBefore is back-dated by Backdate (by half of ttl when ttl is
+// shorter than twice Backdate, so that most of a short lifetime is still
+// ahead), and NotAfter is NotBefore plus ttl. The validity period
+// NotAfter − NotBefore, which is what an auditor reads off the certificate,
+// is therefore exactly ttl, never more.
+//
+// SignLeaf may end a leaf earlier, at its issuer's NotAfter, and an
+// intermediate ends no later than its root.
+func Validity(now time.Time, ttl time.Duration) (notBefore, notAfter time.Time) {
+	back := min(Backdate, ttl/2)
+	notBefore = now.Add(-back)
+	return notBefore, notBefore.Add(ttl)
+}
+
+// LeafRequest is what goes into a workload certificate.
+type LeafRequest struct {
+	SPIFFEID  *url.URL
+	DNSNames  []string
+	PublicKey crypto.PublicKey
+	// Now is the issuance time and TTL the granted lifetime: the validity
+	// period is Validity(Now, TTL).
+	Now time.Time
+	TTL time.Duration
+}
+
+// LeafTemplate builds a workload certificate template: the SPIFFE ID as the
+// only URI SAN, an empty subject, key usage that follows the key type
+// (digitalSignature, plus keyEncipherment for RSA only), extended key
+// usage serverAuth and clientAuth, and a validity period of exactly the
+// TTL (see Validity). SignLeaf adds the serial number and the subject and
+// authority key identifiers.
+func LeafTemplate(r LeafRequest) (*x509.Certificate, error) {
+	if r.SPIFFEID == nil {
+		return nil, errors.New("leaf certificate needs a SPIFFE ID")
+	}
+	ku, err := leafKeyUsage(r.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	notBefore, notAfter := Validity(r.Now, r.TTL)
+	return &x509.Certificate{
+		URIs:                  []*url.URL{r.SPIFFEID},
+		DNSNames:              r.DNSNames,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              ku,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+	}, nil
+}
+
+// ServingRequest is what goes into the CA's own TLS serving certificate.
+type ServingRequest struct {
+	DNSNames    []string
+	IPAddresses []net.IP
+	// SPIFFEID, when set, is the CA's own identity, carried as a URI SAN.
+	SPIFFEID  *url.URL
+	PublicKey crypto.PublicKey
+	// Now is the issuance time and TTL the lifetime: the validity period is
+	// Validity(Now, TTL).
+	Now time.Time
+	TTL time.Duration
+}
+
+// ServingTemplate builds the template of the CA's TLS serving certificate:
+// the DNS names and IP addresses as SANs (the first DNS name also as the
+// subject common name, for old clients), the SPIFFE ID when set, key usage
+// as for a leaf, extended key usage serverAuth only, and a validity period
+// of exactly the TTL (see Validity).
+func ServingTemplate(r ServingRequest) (*x509.Certificate, error) {
+	if len(r.DNSNames) == 0 && len(r.IPAddresses) == 0 {
+		return nil, errors.New("serving certificate needs at least one DNS name or IP address")
+	}
+	ku, err := leafKeyUsage(r.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	notBefore, notAfter := Validity(r.Now, r.TTL)
+	tmpl := &x509.Certificate{
+		DNSNames:              r.DNSNames,
+		IPAddresses:           r.IPAddresses,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              ku,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	if len(r.DNSNames) > 0 {
+		tmpl.Subject.CommonName = r.DNSNames[0]
+	}
+	if r.SPIFFEID != nil {
+		tmpl.URIs = []*url.URL{r.SPIFFEID}
+	}
+	return tmpl, nil
+}
+
+// leafKeyUsage is digitalSignature, plus keyEncipherment for RSA keys.
+func leafKeyUsage(pub crypto.PublicKey) (x509.KeyUsage, error) {
+	ku := x509.KeyUsageDigitalSignature
+	switch pub.(type) {
+	case *rsa.PublicKey:
+		ku |= x509.KeyUsageKeyEncipherment
+	case *ecdsa.PublicKey, ed25519.PublicKey:
+	default:
+		return 0, fmt.Errorf("unsupported public key type %T", pub)
+	}
+	return ku, nil
+}
