@@ -9,6 +9,9 @@ const (
 	AuthTokenReview AuthMethod = "kubernetes-tokenreview"
 	AuthJWT         AuthMethod = "jwt"
 	AuthClientCert  AuthMethod = "client-certificate"
+	// AuthSelf is the CA itself, for the certificates it issues for its own
+	// use (its TLS serving certificate).
+	AuthSelf AuthMethod = "self"
 )
 
 // Caller is an authenticated workload: who it is and how it proved it.

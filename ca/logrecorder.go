@@ -52,28 +52,6 @@ func (r LogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
 	return err
 }
 
-// RecordSelfIssued appends an issuance the CA made for itself, such as its
-// TLS serving certificate, under the CA's own SPIFFE ID.
-func (r LogRecorder) RecordSelfIssued(ctx context.Context, spiffeID, purpose string, is *issuer.Issued) error {
-	_, err := r.Log.Append(ctx, &store.Entry{
-		Kind:              store.KindIssuance,
-		Time:              time.Now(),
-		Serial:            store.SerialHex(is.Cert.SerialNumber),
-		SPIFFEID:          spiffeID,
-		Tier:              purpose,
-		GrantedTTL:        time.Until(is.Cert.NotAfter),
-		NotBefore:         is.Cert.NotBefore,
-		NotAfter:          is.Cert.NotAfter,
-		IssuerFingerprint: is.Issuer.Fingerprint,
-		IssuerKeyVersion:  is.Issuer.KeyVersion,
-		RootKeyVersion:    is.RootKeyVersion,
-		CallerID:          spiffeID,
-		AuthMethod:        "self",
-		Certificate:       is.Cert.Raw,
-	})
-	return err
-}
-
 // RecordAdmin appends an admin entry: an action of the CA or an operator.
 func (r LogRecorder) RecordAdmin(ctx context.Context, action, actor, detail string) error {
 	_, err := r.Log.Append(ctx, &store.Entry{Kind: store.KindAdmin, Time: time.Now(), Action: action, Actor: actor, Detail: detail})

@@ -182,7 +182,7 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 		return caller, tier, nil, err
 	}
 	roots := s.authority.Roots()
-	if err := s.verifyChain(issued, roots, caller.SPIFFEID, now); err != nil {
+	if err := s.verifyChain(issued, roots, caller.SPIFFEID, workloadUsages, now); err != nil {
 		return caller, tier, nil, err
 	}
 	err = s.recorder.RecordIssuance(ctx, &Issuance{
@@ -204,7 +204,7 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 // signature check of its own, because x509.CreateCertificate verified the
 // signature it made with that same key, only its issuer name, validity,
 // key usages and SPIFFE ID.
-func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, now time.Time) error {
+func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, usages []x509.ExtKeyUsage, now time.Time) error {
 	leaf, in := is.Cert, is.Issuer.Cert
 	if v := s.chain.Load(); v != nil && v.issuer == in && slices.Equal(v.roots, roots) {
 		if !bytes.Equal(leaf.RawIssuer, in.RawSubject) || !bytes.Equal(leaf.AuthorityKeyId, in.SubjectKeyId) {
@@ -212,9 +212,6 @@ func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spif
 		}
 		if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) || leaf.NotAfter.After(in.NotAfter) {
 			return fmt.Errorf("issued certificate is valid from %s to %s: not now, or beyond its intermediate", leaf.NotBefore, leaf.NotAfter)
-		}
-		if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
-			return errors.New("issued certificate is not valid for server auth")
 		}
 	} else {
 		rp := x509.NewCertPool()
@@ -224,8 +221,7 @@ func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spif
 		ip := x509.NewCertPool()
 		ip.AddCert(in)
 		if _, err := leaf.Verify(x509.VerifyOptions{
-			Roots: rp, Intermediates: ip, CurrentTime: now,
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			Roots: rp, Intermediates: ip, CurrentTime: now, KeyUsages: usages,
 		}); err != nil {
 			return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
 		}
@@ -235,13 +231,65 @@ func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spif
 		}
 		s.chain.Store(&verifiedChain{issuer: in, roots: roots})
 	}
-	if !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) || len(in.ExtKeyUsage) != 0 {
-		return errors.New("issued certificate is not valid for client auth")
+	if len(in.ExtKeyUsage) != 0 {
+		return errors.New("the intermediate restricts extended key usage")
 	}
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != spiffeID {
+	for _, u := range usages {
+		if !slices.Contains(leaf.ExtKeyUsage, u) {
+			return fmt.Errorf("issued certificate lacks extended key usage %d", u)
+		}
+	}
+	if spiffeID != "" && (len(leaf.URIs) != 1 || leaf.URIs[0].String() != spiffeID) {
 		return fmt.Errorf("issued certificate carries %v, not %s", leaf.URIs, spiffeID)
 	}
 	return nil
+}
+
+// What a certificate must be valid for: a workload's for both ends of
+// mTLS, the CA's serving certificate for server auth only.
+var (
+	workloadUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	servingUsages  = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+)
+
+// ServingTier is the tier recorded for the CA's own serving certificates.
+const ServingTier = "serving"
+
+// IssueServing issues the CA's own TLS serving certificate through the
+// later stages of the pipeline, with the service's clock: build the
+// issuer's serving template → sign → verify the chain against the roots →
+// record (durably) → answer. There is no caller to authenticate and no CSR
+// to check: the key is the CA's own, and the identity is r.SPIFFEID (may
+// be nil). r.Now is ignored. If recording fails, no certificate is
+// returned.
+func (s *Service) IssueServing(ctx context.Context, r issuer.ServingRequest) (*issuer.Issued, error) {
+	now := s.now()
+	r.Now = now
+	tmpl, err := issuer.ServingTemplate(r)
+	if err != nil {
+		return nil, err
+	}
+	issued, err := s.authority.SignLeaf(ctx, tmpl, r.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	var id string
+	if r.SPIFFEID != nil {
+		id = r.SPIFFEID.String()
+	}
+	if err := s.verifyChain(issued, s.authority.Roots(), id, servingUsages, now); err != nil {
+		return nil, err
+	}
+	err = s.recorder.RecordIssuance(ctx, &Issuance{
+		Time: now, Caller: &Caller{SPIFFEID: id, Method: AuthSelf}, Tier: ServingTier,
+		RequestedTTL: r.TTL, GrantedTTL: issued.Cert.NotAfter.Sub(issued.Cert.NotBefore),
+		Cert: issued.Cert, Issuer: issued.Issuer, RootKeyVersion: issued.RootKeyVersion,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record serving certificate: %w", err)
+	}
+	s.metrics.issuances.WithLabelValues(ServingTier, string(issued.Issuer.Mode)).Inc()
+	return issued, nil
 }
 
 // answer is the chain istio-agent expects: leaf, intermediate, and the root

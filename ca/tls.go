@@ -19,17 +19,17 @@ import (
 )
 
 // ServingCert is the TLS certificate transitca serves gRPC with. transitca
-// issues it to itself from its own intermediate, for the configured DNS
-// names and IP addresses, and renews it at half-life (or when the
-// intermediate changes) with no restart.
+// issues it to itself through its own certificate service
+// (Service.IssueServing: the issuer's template, the chain check, the
+// issuance log), for the configured DNS names and IP addresses, and renews
+// it at half-life (or when the intermediate changes) with no restart.
 type ServingCert struct {
-	authority *issuer.Authority
-	spiffeID  *url.URL
-	dnsNames  []string
-	ips       []net.IP
-	ttl       time.Duration
-	record    func(ctx context.Context, is *issuer.Issued) error
-	log       *slog.Logger
+	svc      *Service
+	spiffeID *url.URL
+	dnsNames []string
+	ips      []net.IP
+	ttl      time.Duration
+	log      *slog.Logger
 
 	mu   sync.RWMutex
 	cert *tls.Certificate
@@ -45,21 +45,18 @@ type ServingCertOptions struct {
 	DNSNames    []string
 	IPAddresses []net.IP
 	TTL         time.Duration
-	// Record, when set, is told of every serving certificate issued (for
-	// the issuance log); an error fails that issuance.
-	Record func(ctx context.Context, is *issuer.Issued) error
-	Logger *slog.Logger
+	Logger      *slog.Logger
 }
 
-// NewServingCert issues the first serving certificate.
-func NewServingCert(ctx context.Context, a *issuer.Authority, o ServingCertOptions) (*ServingCert, error) {
+// NewServingCert issues the first serving certificate through svc.
+func NewServingCert(ctx context.Context, svc *Service, o ServingCertOptions) (*ServingCert, error) {
 	if len(o.DNSNames) == 0 && len(o.IPAddresses) == 0 {
 		return nil, errors.New("serving certificate needs at least one DNS name or IP address")
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	s := &ServingCert{authority: a, dnsNames: o.DNSNames, ips: o.IPAddresses, ttl: o.TTL, record: o.Record, log: o.Logger}
+	s := &ServingCert{svc: svc, dnsNames: o.DNSNames, ips: o.IPAddresses, ttl: o.TTL, log: o.Logger}
 	if o.SPIFFEID != "" {
 		u, err := url.Parse(o.SPIFFEID)
 		if err != nil || u.Scheme != "spiffe" {
@@ -73,36 +70,18 @@ func NewServingCert(ctx context.Context, a *issuer.Authority, o ServingCertOptio
 	return s, nil
 }
 
-// Renew issues a fresh serving certificate and key.
+// Renew issues a fresh serving certificate and key. On error the current
+// certificate stays in use.
 func (s *ServingCert) Renew(ctx context.Context) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		DNSNames:              s.dnsNames,
-		IPAddresses:           s.ips,
-		NotBefore:             now.Add(-issuer.Backdate),
-		NotAfter:              now.Add(s.ttl),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-	}
-	if len(s.dnsNames) > 0 {
-		tmpl.Subject.CommonName = s.dnsNames[0]
-	}
-	if s.spiffeID != nil {
-		tmpl.URIs = []*url.URL{s.spiffeID}
-	}
-	is, err := s.authority.SignLeaf(ctx, tmpl, key.Public())
+	is, err := s.svc.IssueServing(ctx, issuer.ServingRequest{
+		DNSNames: s.dnsNames, IPAddresses: s.ips, SPIFFEID: s.spiffeID, PublicKey: key.Public(), TTL: s.ttl,
+	})
 	if err != nil {
 		return fmt.Errorf("issue serving certificate: %w", err)
-	}
-	if s.record != nil {
-		if err := s.record(ctx, is); err != nil {
-			return fmt.Errorf("record serving certificate: %w", err)
-		}
 	}
 	cert := &tls.Certificate{
 		Certificate: [][]byte{is.Cert.Raw, is.Issuer.Cert.Raw},
@@ -136,7 +115,7 @@ func (s *ServingCert) due() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	half := s.leaf.NotBefore.Add(s.leaf.NotAfter.Sub(s.leaf.NotBefore) / 2)
-	return !time.Now().Before(half) || s.from != s.authority.Intermediate().Fingerprint
+	return !s.svc.now().Before(half) || s.from != s.svc.authority.Intermediate().Fingerprint
 }
 
 // Run renews the certificate when it passes half its life or the issuing

@@ -3,12 +3,16 @@ package ca_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/issuer"
@@ -29,14 +33,88 @@ func devAuthority(t *testing.T) *issuer.Authority {
 	return a
 }
 
+// devService is a certificate service over a dev authority, recording to
+// rec.
+func devService(t *testing.T, a *issuer.Authority, rec ca.Recorder) *ca.Service {
+	t.Helper()
+	svc, err := ca.NewService(ca.ServiceOptions{
+		Authenticator: ca.NewMultiAuthenticator(nil, nil),
+		Authority:     a,
+		Policy:        issuer.DefaultPolicy(),
+		Recorder:      rec,
+		Metrics:       ca.NewMetrics(prometheus.NewRegistry(), nil),
+		Logger:        slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// The serving certificate goes through the service's own issuance stages:
+// the issuer's template (validity period exactly the TTL), the chain check
+// against the roots, and the issuance log, as the CA's own identity.
+func TestServingCertIsIssuedLikeEveryCertificate(t *testing.T) {
+	a := devAuthority(t)
+	rec := &countingRecorder{}
+	sc, err := ca.NewServingCert(context.Background(), devService(t, a, rec), ca.ServingCertOptions{
+		SPIFFEID: "spiffe://cluster.local/transitca/serving",
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, TTL: 24 * time.Hour,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := sc.Leaf()
+	if got := leaf.NotAfter.Sub(leaf.NotBefore); got != 24*time.Hour {
+		t.Errorf("validity period %s, want exactly the TTL 24h", got)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: a.RootPool(), Intermediates: pool(a.Intermediate().Cert), DNSName: "localhost"}); err != nil {
+		t.Errorf("serving certificate does not verify for localhost: %v", err)
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != "spiffe://cluster.local/transitca/serving" {
+		t.Errorf("serving certificate URIs %v", leaf.URIs)
+	}
+	if slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+		t.Error("serving certificate is valid for client auth")
+	}
+	certlint.Check(t, leaf)
+	if n, _ := rec.counts(); n != 1 {
+		t.Fatalf("%d issuances recorded, want 1", n)
+	}
+	is := rec.issuances[0]
+	if is.Cert.SerialNumber.Cmp(leaf.SerialNumber) != 0 || is.Tier != "serving" || is.Caller.Method != ca.AuthSelf ||
+		is.Caller.SPIFFEID != "spiffe://cluster.local/transitca/serving" || is.GrantedTTL != 24*time.Hour {
+		t.Errorf("recorded %+v (caller %+v), want the serving certificate, tier serving, method self, granted 24h", is, is.Caller)
+	}
+
+	// No certificate leaves unrecorded: a failing record fails the renewal
+	// and the old certificate stays.
+	rec.fail = errors.New("disk full")
+	if err := sc.Renew(context.Background()); err == nil {
+		t.Fatal("Renew succeeded although recording failed")
+	}
+	if sc.Leaf() != leaf {
+		t.Fatal("a certificate that was not recorded is served")
+	}
+}
+
+func pool(certs ...*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
+}
+
 func TestServingCertRenewsWithoutRestart(t *testing.T) {
 	a := devAuthority(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// NotBefore is back-dated by issuer.Backdate: this lifetime puts
 	// half-life one second from now.
-	sc, err := ca.NewServingCert(ctx, a, ca.ServingCertOptions{
-		DNSNames: []string{"localhost"}, TTL: issuer.Backdate + 2*time.Second,
+	sc, err := ca.NewServingCert(ctx, devService(t, a, &countingRecorder{}), ca.ServingCertOptions{
+		DNSNames: []string{"localhost"}, TTL: 2*issuer.Backdate + 2*time.Second,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -64,7 +142,7 @@ func TestServingCertRenewsWithoutRestart(t *testing.T) {
 
 func TestTLS12AllowsOnlyECDHEAndAEAD(t *testing.T) {
 	a := devAuthority(t)
-	sc, err := ca.NewServingCert(context.Background(), a, ca.ServingCertOptions{
+	sc, err := ca.NewServingCert(context.Background(), devService(t, a, &countingRecorder{}), ca.ServingCertOptions{
 		DNSNames: []string{"localhost"}, TTL: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

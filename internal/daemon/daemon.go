@@ -262,12 +262,9 @@ func (d *Daemon) issueServingCert(ctx context.Context) error {
 		ips = append(ips, net.ParseIP(s))
 	}
 	selfID := "spiffe://" + cfg.TrustDomain + "/transitca/serving"
-	sc, err := ca.NewServingCert(ctx, d.authority, ca.ServingCertOptions{
+	sc, err := ca.NewServingCert(ctx, d.svc, ca.ServingCertOptions{
 		DNSNames: cfg.Server.TLS.DNSNames, IPAddresses: ips, TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: d.log,
 		SPIFFEID: selfID,
-		Record: func(ctx context.Context, is *issuer.Issued) error {
-			return d.recorder.RecordSelfIssued(ctx, selfID, "serving", is)
-		},
 	})
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
