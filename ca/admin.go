@@ -14,6 +14,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -48,19 +51,56 @@ type AdminAuthorizer struct {
 	Certs      Authenticator
 	Identities []string
 	Logger     *slog.Logger
-	// Recorder, when set, records every refused admin call as a denial.
-	Recorder Recorder
+	// Audit, when set, records every admin call, allowed or refused, with
+	// its caller, method, arguments and outcome.
+	Audit AdminAudit
 }
 
-func (a *AdminAuthorizer) authorize(ctx context.Context, method string) error {
-	caller, err := a.check(ctx, method)
-	if err != nil && a.Recorder != nil {
-		st := statusOf(ctx, a.Logger, err)
-		if rerr := a.Recorder.RecordDenial(ctx, &Denial{Time: time.Now(), Caller: caller, Code: st.Code(), Reason: boundMessage("admin " + method + ": " + err.Error())}); rerr != nil {
-			a.Logger.ErrorContext(ctx, "record admin denial", slog.Any("error", rerr))
+// AdminAudit records administrative actions in the issuance log
+// (LogRecorder does).
+type AdminAudit interface {
+	RecordAdmin(ctx context.Context, action, actor, detail string) error
+}
+
+// AdminCallAction is the action of the admin entry recorded for every
+// admin API call.
+const AdminCallAction = "admin-call"
+
+// audit records one admin call. A call whose record cannot be written
+// fails with the recording error, so that no action goes unrecorded
+// unnoticed.
+func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method string, req any, callErr error) error {
+	if a.Audit == nil {
+		return nil
+	}
+	actor := "unauthenticated"
+	if caller != nil {
+		actor = caller.SPIFFEID
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		actor += " from " + p.Addr.String()
+	}
+	detail := "method=" + method[strings.LastIndex(method, "/")+1:]
+	if m, ok := req.(proto.Message); ok {
+		if b, err := protojson.Marshal(m); err == nil && len(b) > 2 {
+			detail += " args=" + bound(string(b), MaxQuotedBytes)
 		}
 	}
-	return err
+	outcome := "ok"
+	if callErr != nil {
+		st := adminStatusOf(ctx, a.Logger, callErr)
+		outcome = st.Code().String() + ": " + st.Message()
+	}
+	detail = boundMessage(detail + " outcome=" + outcome)
+	if err := a.Audit.RecordAdmin(ctx, AdminCallAction, bound(actor, MaxQuotedBytes), detail); err != nil {
+		a.Logger.ErrorContext(ctx, "record admin call", slog.String("method", method), slog.Any("error", err))
+		return fmt.Errorf("record admin call: %w", err)
+	}
+	return nil
+}
+
+func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller, error) {
+	return a.check(ctx, method)
 }
 
 func (a *AdminAuthorizer) check(ctx context.Context, method string) (*Caller, error) {
@@ -91,21 +131,30 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			if err := authz.authorize(ctx, info.FullMethod); err != nil {
-				return nil, adminStatusOf(ctx, authz.Logger, err).Err()
+			caller, err := authz.authorize(ctx, info.FullMethod)
+			var resp any
+			if err == nil {
+				resp, err = h(WithAdminCaller(ctx, caller), req)
 			}
-			resp, err := h(ctx, req)
+			if aerr := authz.audit(ctx, caller, info.FullMethod, req, err); aerr != nil && err == nil {
+				err = aerr
+			}
 			if err != nil {
 				return nil, adminStatusOf(ctx, authz.Logger, err).Err()
 			}
 			return resp, nil
 		}),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			if err := authz.authorize(ss.Context(), info.FullMethod); err != nil {
-				return adminStatusOf(ss.Context(), authz.Logger, err).Err()
+			ctx := ss.Context()
+			caller, err := authz.authorize(ctx, info.FullMethod)
+			if err == nil {
+				err = h(srv, &callerStream{ServerStream: ss, ctx: WithAdminCaller(ctx, caller)})
 			}
-			if err := h(srv, ss); err != nil {
-				return adminStatusOf(ss.Context(), authz.Logger, err).Err()
+			if aerr := authz.audit(ctx, caller, info.FullMethod, nil, err); aerr != nil && err == nil {
+				err = aerr
+			}
+			if err != nil {
+				return adminStatusOf(ctx, authz.Logger, err).Err()
 			}
 			return nil
 		}),
@@ -115,6 +164,28 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	adminv1.RegisterAdminServiceServer(s, svc)
 	return s
+}
+
+// callerStream carries the admin caller in a stream's context.
+type callerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *callerStream) Context() context.Context { return s.ctx }
+
+type adminCallerKey struct{}
+
+// WithAdminCaller returns ctx carrying the authorized admin caller, which
+// admin methods record as the actor of what they do.
+func WithAdminCaller(ctx context.Context, c *Caller) context.Context {
+	return context.WithValue(ctx, adminCallerKey{}, c)
+}
+
+// AdminCallerFrom returns the admin caller of ctx, or nil.
+func AdminCallerFrom(ctx context.Context) *Caller {
+	c, _ := ctx.Value(adminCallerKey{}).(*Caller)
+	return c
 }
 
 // QueryLog returns a page of entries.

@@ -15,6 +15,7 @@ type serveFlags struct {
 	common        commonFlags
 	listen        string
 	metricsListen string
+	adminListen   string
 	jwks          string
 	jwtIssuer     string
 	checkConfig   bool
@@ -27,6 +28,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	f.common.register(fs)
 	fs.StringVar(&f.listen, "listen", "", "gRPC listen address (overrides server.listen)")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "metrics listen address (overrides server.metrics_listen)")
+	fs.StringVar(&f.adminListen, "admin-listen", "", "admin API listen address (overrides admin.listen)")
 	fs.StringVar(&f.jwks, "jwks", "", "JWKS file that verifies service-account tokens (overrides auth.jwt.jwks_file)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "required token issuer (overrides auth.jwt.issuer)")
 	fs.BoolVar(&f.checkConfig, "check-config", false, "load and validate the configuration, then exit")
@@ -49,6 +51,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		if f.metricsListen != "" {
 			c.Server.MetricsListen = f.metricsListen
+		}
+		if f.adminListen != "" {
+			c.Admin.Listen = f.adminListen
 		}
 		if f.jwks != "" {
 			c.Auth.JWT.JWKSFile = f.jwks

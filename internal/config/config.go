@@ -45,6 +45,47 @@ type Config struct {
 	Log    Log    `yaml:"log"`
 	Admin  Admin  `yaml:"admin"`
 	Limits Limits `yaml:"limits"`
+	// Rotation governs root rotation and drills.
+	Rotation Rotation `yaml:"rotation"`
+}
+
+// Rotation governs the staged root rotation and the rehearsal drills.
+type Rotation struct {
+	// MinOverlap is how long a prepared root must be in the trust bundle
+	// before ActivateRoot is allowed without force: agents refresh their
+	// bundle only when they renew, at half a leaf's lifetime. Zero means
+	// half the longest tier max_ttl (see MinOverlap).
+	MinOverlap Duration `yaml:"min_overlap"`
+	// AllowRootDrill lets "ca admin drill --root" run a full prepare and
+	// activate cycle. For staging: in production it really rotates the root.
+	AllowRootDrill bool `yaml:"allow_root_drill"`
+	// DrillInterval runs a drill (intermediate only) on this schedule; zero
+	// turns scheduled drills off.
+	DrillInterval Duration `yaml:"drill_interval"`
+	// DrillIdentity is the SPIFFE ID of a drill's probe certificates;
+	// spiffe://<trust_domain>/ns/transitca/sa/drill when empty.
+	DrillIdentity string `yaml:"drill_identity"`
+}
+
+// MinOverlap returns rotation.min_overlap, or half the longest tier
+// max_ttl when it is not set.
+func (c *Config) MinOverlap() time.Duration {
+	if c.Rotation.MinOverlap > 0 {
+		return time.Duration(c.Rotation.MinOverlap)
+	}
+	var longest time.Duration
+	for _, t := range c.Tiers {
+		longest = max(longest, time.Duration(t.MaxTTL))
+	}
+	return longest / 2
+}
+
+// DrillIdentity returns the SPIFFE ID of drill probes.
+func (c *Config) DrillIdentity() string {
+	if c.Rotation.DrillIdentity != "" {
+		return c.Rotation.DrillIdentity
+	}
+	return "spiffe://" + c.TrustDomain + "/ns/transitca/sa/drill"
 }
 
 // Limits bound what callers can make the CA write. Denials within the
@@ -489,6 +530,15 @@ func (c *Config) validateServing() []error {
 	}
 	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
 		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)
+	}
+	if c.Rotation.MinOverlap < 0 {
+		bad("rotation.min_overlap: must not be negative")
+	}
+	if d := c.Rotation.DrillInterval; d < 0 || (d > 0 && d < Duration(time.Minute)) {
+		bad("rotation.drill_interval: %v must be zero (off) or at least 1m", time.Duration(d))
+	}
+	if id := c.Rotation.DrillIdentity; id != "" && !strings.HasPrefix(id, "spiffe://"+c.TrustDomain+"/") {
+		bad("rotation.drill_identity: %q is not a SPIFFE ID in trust domain %s", id, c.TrustDomain)
 	}
 	if r := c.Limits.DenialsPerPeerPerSecond; !(r > 0 && r <= 1e6) {
 		bad("limits.denials_per_peer_per_second: %v is outside (0, 1000000]", r)

@@ -248,7 +248,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 			return fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err)
 		}
 		d.adminSrv = ca.NewAdminServer(tlsCfg, ca.NewAdminService(d.ilog, d.vkey, d.log),
-			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Recorder: d.recorder})
+			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Audit: d.recorder})
 	}
 	return nil
 }
