@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -38,6 +39,9 @@ const (
 	DefaultIntermediateKey = "transitca-intermediate"
 	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
 	DefaultIntermediateTTL = 60 * 24 * time.Hour
+	// DefaultStatePollInterval is how often Run reads the rotation state
+	// for changes made by other replicas.
+	DefaultStatePollInterval = 30 * time.Second
 )
 
 // Options configure the CA hierarchy.
@@ -58,8 +62,18 @@ type Options struct {
 	// put to use (for the issuance log); an error keeps the previous one in
 	// use (or fails Open).
 	OnIntermediate func(ctx context.Context, in *Intermediate) error
-	Now            func() time.Time
-	Logger         *slog.Logger
+	// State keeps the rotation state shared by replicas and restarts:
+	// NewVaultState in production, NewFileState in dev mode. When nil, Open
+	// keeps the state in memory (NewMemoryState); the authority then issues
+	// as before but refuses every step that writes the state
+	// (ErrNoStateStore), since a root rotation that a restart forgets
+	// would put an unprepared root to use.
+	State StateStore
+	// StatePollInterval is how often Run re-reads the state (Reload);
+	// DefaultStatePollInterval when zero.
+	StatePollInterval time.Duration
+	Now               func() time.Time
+	Logger            *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -86,6 +100,9 @@ func (o *Options) defaults() {
 	}
 	if o.IntermediateTTL <= 0 {
 		o.IntermediateTTL = DefaultIntermediateTTL
+	}
+	if o.StatePollInterval <= 0 {
+		o.StatePollInterval = DefaultStatePollInterval
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -210,67 +227,209 @@ type Intermediate struct {
 	Mode   Mode
 	// KeyVersion is the Transit key version in ModeVault, 0 in ModeMemory.
 	KeyVersion int
+	// RootKeyVersion is the root key version that certified Cert.
+	RootKeyVersion int
 	// Fingerprint is the hex SHA-256 of Cert.Raw.
 	Fingerprint string
 	// RenewAt is when the intermediate is past half its life.
 	RenewAt time.Time
 }
 
-// Authority is a running CA: the root, the trust bundle and the current
-// issuing intermediate.
-type Authority struct {
-	keys  Keys
-	certs Certs
-	o     Options
-	root  *x509.Certificate
-	rootV int
-	rootS KeySigner
-
-	mu  sync.RWMutex
-	cur *Intermediate
+// rootSet is the root side of the hierarchy as one rotation state makes
+// it: immutable once built, replaced whole when the state changes.
+type rootSet struct {
+	st     *RotationState
+	certs  map[int]*x509.Certificate // by root version: bundle, active, prepared, and compromised ones still stored
+	active *x509.Certificate
+	signer KeySigner // the active root's pinned version
 }
 
-// Open loads the root certificate for the root key's latest version (run
-// Init first: Open returns an error wrapping ErrNotInitialized otherwise)
-// and sets up an issuing intermediate.
+// Authority is a running CA: the roots, the trust bundle and the current
+// issuing intermediate. Its methods are safe for concurrent use; the steps
+// that change the hierarchy run one at a time.
+type Authority struct {
+	keys      Keys
+	certs     Certs
+	state     StateStore
+	ephemeral bool // state is the implicit in-memory store
+	o         Options
+
+	// op serializes the steps that change the hierarchy (Renew, Reload and
+	// the rotation steps), so that each reads, decides and writes alone.
+	op sync.Mutex
+
+	mu    sync.RWMutex
+	roots *rootSet
+	cur   *Intermediate
+}
+
+// Open loads the rotation state (deriving and storing it on first use:
+// the root key's latest version active, alone in the trust bundle), loads
+// the root certificates it names (run Init first: Open returns an error
+// wrapping ErrNotInitialized otherwise) and sets up an issuing intermediate
+// under the active root.
 func Open(ctx context.Context, keys Keys, certs Certs, o Options) (*Authority, error) {
 	o.defaults()
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	signer, err := keys.Signer(ctx, o.RootKey, 0)
+	a := &Authority{keys: keys, certs: certs, state: o.State, o: o}
+	if a.state == nil {
+		a.state, a.ephemeral = NewMemoryState(), true
+	}
+	latest, err := keys.Signer(ctx, o.RootKey, 0)
 	if errors.Is(err, ErrKeyNotFound) {
 		return nil, fmt.Errorf("%w: root key %s does not exist (%s); run \"ca init\"", ErrNotInitialized, o.RootKey, keys.Describe())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("root key: %w", err)
 	}
-	name := rootCertName(o.RootKey, signer.KeyVersion())
-	root, _, err := certs.Load(ctx, name)
-	if errors.Is(err, ErrCertNotFound) {
-		return nil, fmt.Errorf("%w: no root certificate for key %s version %d; run \"ca init\"", ErrNotInitialized, o.RootKey, signer.KeyVersion())
-	}
+	rs, err := a.loadOrDerive(ctx, latest.KeyVersion())
 	if err != nil {
 		return nil, err
 	}
-	if err := matchesKey(root, signer.Public()); err != nil {
-		return nil, fmt.Errorf("stored root certificate %s: %w", name, err)
-	}
-	a := &Authority{keys: keys, certs: certs, o: o, root: root, rootV: signer.KeyVersion(), rootS: signer}
-	if err := a.Renew(ctx); err != nil {
+	a.roots = rs
+	a.op.Lock()
+	defer a.op.Unlock()
+	if err := a.renew(ctx, 0); err != nil {
 		return nil, err
 	}
 	return a, nil
 }
 
-// Root returns the root certificate.
-func (a *Authority) Root() *x509.Certificate { return a.root }
+// loadOrDerive returns the stored state's roots, or derives the state of a
+// CA that never rotated (latest active, alone in the bundle) and stores it.
+func (a *Authority) loadOrDerive(ctx context.Context, latest int) (*rootSet, error) {
+	for range 2 {
+		st, _, err := a.state.Load(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("load rotation state: %w", err)
+		}
+		if st != nil {
+			return a.buildRoots(ctx, st, nil)
+		}
+		st = &RotationState{Schema: rotationSchema, ActiveRoot: latest, BundleRoots: []int{latest}, UpdatedAt: a.o.Now().UTC()}
+		rs, err := a.buildRoots(ctx, st, nil)
+		if err != nil {
+			return nil, err
+		}
+		rev, err := a.state.Store(ctx, st, 0)
+		if errors.Is(err, ErrStateConflict) {
+			continue // another replica derived it first: use theirs
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store rotation state: %w", err)
+		}
+		st.Revision = rev
+		a.o.Logger.InfoContext(ctx, "rotation state derived", slog.Int("active_root", latest))
+		return rs, nil
+	}
+	return nil, fmt.Errorf("load rotation state: %w", ErrStateConflict)
+}
 
-// RootKeyVersion returns the root key version the current root was made with.
-func (a *Authority) RootKeyVersion() int { return a.rootV }
+// buildRoots loads and checks the root certificates st names, reusing
+// those of prev.
+func (a *Authority) buildRoots(ctx context.Context, st *RotationState, prev *rootSet) (*rootSet, error) {
+	if err := st.Validate(); err != nil {
+		return nil, err
+	}
+	rs := &rootSet{st: st, certs: map[int]*x509.Certificate{}}
+	need := slices.Clone(st.BundleRoots)
+	for _, v := range need {
+		if prev != nil && prev.certs[v] != nil {
+			rs.certs[v] = prev.certs[v]
+			continue
+		}
+		cert, _, err := a.rootCert(ctx, v)
+		if errors.Is(err, ErrCertNotFound) {
+			return nil, fmt.Errorf("%w: no root certificate for key %s version %d; run \"ca init\"", ErrNotInitialized, a.o.RootKey, v)
+		}
+		if err != nil {
+			return nil, err
+		}
+		rs.certs[v] = cert
+	}
+	for _, v := range st.CompromisedRoots {
+		// Kept for Status only, when still stored; never trusted.
+		if prev != nil && prev.certs[v] != nil {
+			rs.certs[v] = prev.certs[v]
+		} else if cert, _, err := a.rootCert(ctx, v); err == nil {
+			rs.certs[v] = cert
+		}
+	}
+	rs.active = rs.certs[st.ActiveRoot]
+	if prev != nil && prev.st.ActiveRoot == st.ActiveRoot {
+		rs.signer = prev.signer
+	} else {
+		signer, err := a.keys.Signer(ctx, a.o.RootKey, st.ActiveRoot)
+		if err != nil {
+			return nil, fmt.Errorf("root key: %w", err)
+		}
+		rs.signer = signer
+	}
+	return rs, nil
+}
+
+// rootCert loads the stored root certificate of root version v and checks
+// that it certifies that key version.
+func (a *Authority) rootCert(ctx context.Context, v int) (*x509.Certificate, KeySigner, error) {
+	signer, err := a.keys.Signer(ctx, a.o.RootKey, v)
+	if err != nil {
+		return nil, nil, fmt.Errorf("root key: %w", err)
+	}
+	name := rootCertName(a.o.RootKey, v)
+	cert, _, err := a.certs.Load(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := matchesKey(cert, signer.Public()); err != nil {
+		return nil, nil, fmt.Errorf("stored root certificate %s: %w", name, err)
+	}
+	return cert, signer, nil
+}
+
+func (a *Authority) rootsNow() *rootSet {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.roots
+}
+
+// Root returns the active root certificate: the one that certifies new
+// intermediates.
+func (a *Authority) Root() *x509.Certificate { return a.rootsNow().active }
+
+// RootKeyVersion returns the root key version of the active root.
+func (a *Authority) RootKeyVersion() int { return a.rootsNow().st.ActiveRoot }
 
 // Roots returns the trust bundle: every root a relying party should trust.
-func (a *Authority) Roots() []*x509.Certificate { return []*x509.Certificate{a.root} }
+// The order is stable: the active root, then the prepared one, then older
+// roots still needed, newest first. A compromised root is never in it.
+func (a *Authority) Roots() []*x509.Certificate {
+	rs := a.rootsNow()
+	out := make([]*x509.Certificate, 0, len(rs.st.BundleRoots))
+	for _, v := range bundleOrder(rs.st) {
+		out = append(out, rs.certs[v])
+	}
+	return out
+}
+
+// bundleOrder is the order of Roots: active, prepared, the rest newest
+// first, compromised versions left out.
+func bundleOrder(st *RotationState) []int {
+	rest := slices.Clone(st.BundleRoots)
+	slices.Sort(rest)
+	slices.Reverse(rest)
+	out := []int{st.ActiveRoot}
+	if st.PreparedRoot != 0 {
+		out = append(out, st.PreparedRoot)
+	}
+	for _, v := range rest {
+		if v != st.ActiveRoot && v != st.PreparedRoot && !st.RootCompromised(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
 
 // RootPool returns the trust bundle as a pool.
 func (a *Authority) RootPool() *x509.CertPool {
@@ -294,23 +453,39 @@ func (a *Authority) Intermediate() *Intermediate {
 	return a.cur
 }
 
-// Renew replaces the issuing intermediate with a fresh one. In ModeMemory it
-// generates a new key; in ModeVault it reuses a certificate another replica
-// stored for the key's latest version while that is not past half its life,
-// and otherwise certifies the key anew.
+// Renew replaces the issuing intermediate with a fresh one under the active
+// root. In ModeMemory it generates a new key; in ModeVault it reuses a
+// certificate another replica stored for the key's latest version while
+// that is under the active root, not compromised and not past half its
+// life, and otherwise certifies the key anew.
 func (a *Authority) Renew(ctx context.Context) error {
+	a.op.Lock()
+	defer a.op.Unlock()
+	return a.renew(ctx, 0)
+}
+
+// renew makes and installs a new intermediate. In ModeVault, rotateFrom > 0
+// asks for a key version newer than rotateFrom as well. a.op is held.
+func (a *Authority) renew(ctx context.Context, rotateFrom int) error {
+	rs := a.rootsNow()
 	var (
 		next *Intermediate
 		err  error
 	)
 	if a.o.Mode == ModeVault {
-		next, err = a.vaultIntermediate(ctx)
+		next, err = a.vaultIntermediate(ctx, rs, rotateFrom)
 	} else {
-		next, err = a.memoryIntermediate(ctx)
+		next, err = a.memoryIntermediate(ctx, rs)
 	}
 	if err != nil {
 		return err
 	}
+	return a.install(ctx, next)
+}
+
+// install puts next to use once OnIntermediate has recorded it. Requests
+// in flight keep the *Intermediate they read.
+func (a *Authority) install(ctx context.Context, next *Intermediate) error {
 	if a.o.OnIntermediate != nil {
 		if err := a.o.OnIntermediate(ctx, next); err != nil {
 			return fmt.Errorf("record intermediate: %w", err)
@@ -323,24 +498,29 @@ func (a *Authority) Renew(ctx context.Context) error {
 		slog.String("mode", string(next.Mode)),
 		slog.String("subject", next.Cert.Subject.String()),
 		slog.String("fingerprint", next.Fingerprint),
+		slog.Int("root_key_version", next.RootKeyVersion),
 		slog.Time("not_after", next.Cert.NotAfter),
 		slog.Time("renew_at", next.RenewAt))
 	return nil
 }
 
-func (a *Authority) memoryIntermediate(ctx context.Context) (*Intermediate, error) {
+func (a *Authority) memoryIntermediate(ctx context.Context, rs *rootSet) (*Intermediate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
-	cert, err := a.certify(ctx, key.Public())
+	cert, err := a.certify(ctx, rs, key.Public())
 	if err != nil {
 		return nil, err
 	}
-	return newIntermediate(cert, key, ModeMemory, 0), nil
+	return newIntermediate(cert, key, ModeMemory, 0, rs.st.ActiveRoot), nil
 }
 
-func (a *Authority) vaultIntermediate(ctx context.Context) (*Intermediate, error) {
+// vaultIntermediate certifies the intermediate key's latest version, or
+// reuses the certificate stored for it. When the latest version is not past
+// rotateFrom (> 0), or its stored certificate is compromised, it first adds
+// a key version.
+func (a *Authority) vaultIntermediate(ctx context.Context, rs *rootSet, rotateFrom int) (*Intermediate, error) {
 	signer, err := a.keys.Signer(ctx, a.o.IntermediateKey, 0)
 	if errors.Is(err, ErrKeyNotFound) {
 		return nil, fmt.Errorf("%w: intermediate key %s does not exist; run \"ca init\" with the vault intermediate mode", ErrNotInitialized, a.o.IntermediateKey)
@@ -348,16 +528,34 @@ func (a *Authority) vaultIntermediate(ctx context.Context) (*Intermediate, error
 	if err != nil {
 		return nil, fmt.Errorf("intermediate key: %w", err)
 	}
+	if rotateFrom > 0 && signer.KeyVersion() <= rotateFrom {
+		if signer, err = a.rotateFrom(ctx, a.o.IntermediateKey, signer.KeyVersion()); err != nil {
+			return nil, err
+		}
+	}
 	name := intermediateCertName(a.o.IntermediateKey, signer.KeyVersion())
 	stored, rev, err := a.certs.Load(ctx, name)
 	if err != nil && !errors.Is(err, ErrCertNotFound) {
 		return nil, err
 	}
-	now := a.o.Now()
-	if err == nil && a.usable(stored, signer.Public(), now) {
-		return newIntermediate(stored, signer, ModeVault, signer.KeyVersion()), nil
+	if err == nil && rs.st.IntermediateCompromised(Fingerprint(stored)) {
+		// The certificate of this key version was declared compromised:
+		// never certify this version again.
+		a.o.Logger.WarnContext(ctx, "stored intermediate is compromised; rotating its key",
+			slog.String("fingerprint", Fingerprint(stored)), slog.Int("key_version", signer.KeyVersion()))
+		if signer, err = a.rotateFrom(ctx, a.o.IntermediateKey, signer.KeyVersion()); err != nil {
+			return nil, err
+		}
+		name = intermediateCertName(a.o.IntermediateKey, signer.KeyVersion())
+		if stored, rev, err = a.certs.Load(ctx, name); err != nil && !errors.Is(err, ErrCertNotFound) {
+			return nil, err
+		}
 	}
-	cert, err := a.certify(ctx, signer.Public())
+	now := a.o.Now()
+	if err == nil && a.usable(rs, stored, signer.Public(), now) {
+		return newIntermediate(stored, signer, ModeVault, signer.KeyVersion(), rs.st.ActiveRoot), nil
+	}
+	cert, err := a.certify(ctx, rs, signer.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -365,28 +563,57 @@ func (a *Authority) vaultIntermediate(ctx context.Context) (*Intermediate, error
 	if err != nil {
 		return nil, fmt.Errorf("store intermediate certificate: %w", err)
 	}
-	if !a.usable(current, signer.Public(), now) {
-		return nil, fmt.Errorf("intermediate certificate %s stored by another replica is not usable", name)
+	if !a.usable(rs, current, signer.Public(), now) {
+		// Another replica stored one this replica cannot use (under
+		// another root while the replicas' states differ, or compromised):
+		// use our own, unshared. It is recorded like any other.
+		current = cert
 	}
-	return newIntermediate(current, signer, ModeVault, signer.KeyVersion()), nil
+	return newIntermediate(current, signer, ModeVault, signer.KeyVersion(), rs.st.ActiveRoot), nil
 }
 
-// usable reports whether a stored intermediate was issued by the current
-// root for pub and is not yet past half its life.
-func (a *Authority) usable(cert *x509.Certificate, pub crypto.PublicKey, now time.Time) bool {
-	if cert == nil || matchesKey(cert, pub) != nil || cert.CheckSignatureFrom(a.root) != nil {
+// rotateFrom adds a version to key unless its latest version is already
+// past from (another replica, or a run cut short, rotated it), and returns
+// a signer for the latest version.
+func (a *Authority) rotateFrom(ctx context.Context, key string, from int) (KeySigner, error) {
+	latest, err := a.keys.Signer(ctx, key, 0)
+	if err != nil {
+		return nil, err
+	}
+	if latest.KeyVersion() > from {
+		return latest, nil
+	}
+	r, ok := a.keys.(KeyRotator)
+	if !ok {
+		return nil, fmt.Errorf("key store %s cannot rotate keys", a.keys.Describe())
+	}
+	v, err := r.Rotate(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("rotate key %s: %w", key, err)
+	}
+	return a.keys.Signer(ctx, key, v)
+}
+
+// usable reports whether a stored intermediate was issued by the active
+// root for pub, is not compromised and is not yet past half its life.
+func (a *Authority) usable(rs *rootSet, cert *x509.Certificate, pub crypto.PublicKey, now time.Time) bool {
+	if cert == nil || matchesKey(cert, pub) != nil || cert.CheckSignatureFrom(rs.active) != nil {
+		return false
+	}
+	if rs.st.IntermediateCompromised(Fingerprint(cert)) {
 		return false
 	}
 	return now.Before(halfLife(cert))
 }
 
-// certify signs an intermediate certificate for pub with the root key. Its
-// validity period is the intermediate TTL, cut short at the root's NotAfter.
-func (a *Authority) certify(ctx context.Context, pub crypto.PublicKey) (*x509.Certificate, error) {
+// certify signs an intermediate certificate for pub with the active root
+// key. Its validity period is the intermediate TTL, cut short at the root's
+// NotAfter.
+func (a *Authority) certify(ctx context.Context, rs *rootSet, pub crypto.PublicKey) (*x509.Certificate, error) {
 	ski := keyID(pub)
 	notBefore, notAfter := Validity(a.o.Now(), a.o.IntermediateTTL)
-	if notAfter.After(a.root.NotAfter) {
-		notAfter = a.root.NotAfter
+	if notAfter.After(rs.active.NotAfter) {
+		notAfter = rs.active.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		Subject:               a.o.name("transitca issuing CA " + hex.EncodeToString(ski[:4])),
@@ -399,21 +626,22 @@ func (a *Authority) certify(ctx context.Context, pub crypto.PublicKey) (*x509.Ce
 		MaxPathLenZero:        true,
 		SubjectKeyId:          ski,
 	}
-	cert, err := createCert(ctx, tmpl, a.root, pub, a.rootS)
+	cert, err := createCert(ctx, tmpl, rs.active, pub, rs.signer)
 	if err != nil {
-		return nil, fmt.Errorf("certify intermediate with root key %s version %d: %w", a.rootS.KeyName(), a.rootS.KeyVersion(), err)
+		return nil, fmt.Errorf("certify intermediate with root key %s version %d: %w", rs.signer.KeyName(), rs.signer.KeyVersion(), err)
 	}
 	return cert, nil
 }
 
-func newIntermediate(cert *x509.Certificate, signer crypto.Signer, mode Mode, version int) *Intermediate {
+func newIntermediate(cert *x509.Certificate, signer crypto.Signer, mode Mode, version, rootVersion int) *Intermediate {
 	return &Intermediate{
-		Cert:        cert,
-		Signer:      signer,
-		Mode:        mode,
-		KeyVersion:  version,
-		Fingerprint: Fingerprint(cert),
-		RenewAt:     halfLife(cert),
+		Cert:           cert,
+		Signer:         signer,
+		Mode:           mode,
+		KeyVersion:     version,
+		RootKeyVersion: rootVersion,
+		Fingerprint:    Fingerprint(cert),
+		RenewAt:        halfLife(cert),
 	}
 }
 
@@ -421,31 +649,39 @@ func halfLife(cert *x509.Certificate) time.Time {
 	return cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
 }
 
-// Run renews the intermediate whenever it passes half its life, until ctx
+// Run renews the intermediate whenever it passes half its life, and reads
+// the rotation state every Options.StatePollInterval (Reload), until ctx
 // ends. A failed renewal is logged and retried; the current intermediate
 // stays in use meanwhile.
 func (a *Authority) Run(ctx context.Context) {
 	const retry = 30 * time.Second
+	poll := time.NewTicker(a.o.StatePollInterval)
+	defer poll.Stop()
+	var retryAt time.Time
 	for {
-		wait := time.Until(a.Intermediate().RenewAt)
-		if wait < 0 {
-			wait = 0
+		at := a.Intermediate().RenewAt
+		if !retryAt.IsZero() {
+			at = retryAt
 		}
-		t := time.NewTimer(wait)
+		t := time.NewTimer(max(time.Until(at), 0))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
+		case <-poll.C:
+			t.Stop()
+			if err := a.Reload(ctx); err != nil {
+				a.o.Logger.ErrorContext(ctx, "reload rotation state", slog.Any("error", err))
+			}
+			continue
 		case <-t.C:
 		}
 		if err := a.Renew(ctx); err != nil {
 			a.o.Logger.ErrorContext(ctx, "renew issuing intermediate", slog.Any("error", err))
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(retry):
-			}
+			retryAt = time.Now().Add(retry)
+			continue
 		}
+		retryAt = time.Time{}
 	}
 }
 
@@ -453,7 +689,7 @@ func (a *Authority) Run(ctx context.Context) {
 type Issued struct {
 	Cert   *x509.Certificate
 	Issuer *Intermediate
-	// RootKeyVersion is the root key version the issuer chains to.
+	// RootKeyVersion is the root key version that certified Issuer.
 	RootKeyVersion int
 }
 
@@ -476,7 +712,7 @@ func (a *Authority) SignLeaf(ctx context.Context, tmpl *x509.Certificate, pub cr
 	if err != nil {
 		return nil, fmt.Errorf("sign leaf with %s: %w", in.Cert.Subject.CommonName, err)
 	}
-	return &Issued{Cert: cert, Issuer: in, RootKeyVersion: a.rootV}, nil
+	return &Issued{Cert: cert, Issuer: in, RootKeyVersion: in.RootKeyVersion}, nil
 }
 
 // createCert signs tmpl with a fresh serial, binding signer to ctx.

@@ -26,6 +26,25 @@ var (
 	// ErrMountNotFound means no secrets engine is mounted at the Vault path
 	// the CA uses (vault.transit_mount or vault.kv_mount).
 	ErrMountNotFound = errors.New("vault secrets engine not mounted")
+	// ErrStateConflict means another replica changed the rotation state
+	// between this one's read and write (StateStore.Store's check-and-set
+	// failed). Reading the state again and re-running the step converges.
+	ErrStateConflict = errors.New("rotation state changed concurrently")
+	// ErrRotationRefused means a rotation step is not allowed now: the
+	// prepared root has not been in the trust bundle for the minimum
+	// overlap (the message says how long is left), or the step would drop
+	// the active root. It changes nothing.
+	ErrRotationRefused = errors.New("rotation refused")
+	// ErrNoPreparedRoot means ActivateRoot found no prepared root: run
+	// PrepareRoot first.
+	ErrNoPreparedRoot = errors.New("no prepared root")
+	// ErrNoStateStore means a step that writes the rotation state was asked
+	// of an Authority opened without Options.State: its state would not
+	// outlive the process nor reach other replicas.
+	ErrNoStateStore = errors.New("no durable rotation state store")
+	// ErrBadFingerprint means a certificate fingerprint is not a lowercase
+	// hex SHA-256.
+	ErrBadFingerprint = errors.New("malformed fingerprint")
 )
 
 // VaultError is an error answered by, or on the way to, Vault. It names the

@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net/http"
 	"path"
 	"strings"
 	"time"
@@ -93,8 +92,7 @@ func (c *VaultCerts) Store(ctx context.Context, name string, cert *x509.Certific
 	if err == nil {
 		return cert, true, nil
 	}
-	var re *vault.ResponseError
-	if errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && strings.Contains(strings.Join(re.Errors, " "), "check-and-set") {
+	if casConflict(err) {
 		current, _, lerr := c.Load(ctx, name)
 		if lerr != nil {
 			return nil, false, lerr
