@@ -33,6 +33,8 @@ type AdminService struct {
 	log         *store.Log
 	verifierKey string
 	logger      *slog.Logger
+	// rot is set by EnableRotation; nil serves the log only.
+	rot *rotation
 }
 
 // NewAdminService returns the admin service over an open log. verifierKey

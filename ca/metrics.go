@@ -17,6 +17,8 @@ const (
 	MetricVaultDuration     = "transitca_vault_request_duration_seconds"
 	MetricCertExpiry        = "transitca_certificate_expiry_seconds"
 	MetricCertNotAfter      = "transitca_certificate_not_after_timestamp_seconds"
+	MetricDrillLast         = "transitca_drill_last_timestamp_seconds"
+	MetricDrillSuccess      = "transitca_drill_last_success"
 )
 
 // Metrics are the service's Prometheus metrics.
@@ -29,6 +31,8 @@ type Metrics struct {
 	denialsAggregated *prometheus.CounterVec
 	latency           *prometheus.HistogramVec
 	vault             *prometheus.HistogramVec
+	drillLast         prometheus.Gauge
+	drillSuccess      prometheus.Gauge
 }
 
 // NewMetrics registers the service's metrics with reg. certs names the CA's
@@ -62,8 +66,16 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 			Help:    "Vault call latency, by operation and outcome.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"op", "outcome"}),
+		drillLast: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: MetricDrillLast,
+			Help: "When the last rotation drill started (Unix seconds); 0 before the first.",
+		}),
+		drillSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: MetricDrillSuccess,
+			Help: "1 if the last rotation drill passed every step, 0 if a step failed or no drill ran.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault)
+	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault, m.drillLast, m.drillSuccess)
 	for name, get := range certs {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        MetricCertExpiry,
@@ -96,4 +108,14 @@ func (m *Metrics) ObserveVault(op string, took time.Duration, err error) {
 		outcome = "error"
 	}
 	m.vault.WithLabelValues(op, outcome).Observe(took.Seconds())
+}
+
+// observeDrill exports the last drill's start time and result.
+func (m *Metrics) observeDrill(started time.Time, passed bool) {
+	m.drillLast.Set(float64(started.UnixNano()) / 1e9)
+	if passed {
+		m.drillSuccess.Set(1)
+	} else {
+		m.drillSuccess.Set(0)
+	}
 }

@@ -263,33 +263,62 @@ const ServingTier = "serving"
 // be nil). r.Now is ignored. If recording fails, no certificate is
 // returned.
 func (s *Service) IssueServing(ctx context.Context, r issuer.ServingRequest) (*issuer.Issued, error) {
-	now := s.now()
-	r.Now = now
-	tmpl, err := issuer.ServingTemplate(r)
-	if err != nil {
-		return nil, err
-	}
-	issued, err := s.authority.SignLeaf(ctx, tmpl, r.PublicKey)
-	if err != nil {
-		return nil, err
-	}
 	var id string
 	if r.SPIFFEID != nil {
 		id = r.SPIFFEID.String()
 	}
-	if err := s.verifyChain(issued, s.authority.Roots(), id, servingUsages, now); err != nil {
-		return nil, err
+	issued, _, err := s.issueSelf(ctx, id, ServingTier, r.TTL, servingUsages, r.PublicKey, func(now time.Time) (*x509.Certificate, error) {
+		r.Now = now
+		return issuer.ServingTemplate(r)
+	})
+	return issued, err
+}
+
+// DrillTier is the tier recorded for a drill's probe certificates.
+const DrillTier = "drill"
+
+// IssueProbe issues a workload certificate for spiffeID and pub the way
+// CreateCertificate does after authentication (the issuer's leaf template
+// → sign → verify the chain → record), for a drill: it proves that the
+// running daemon issues certificates that verify. It returns the roots the
+// chain was checked against, the bundle a workload would receive.
+func (s *Service) IssueProbe(ctx context.Context, spiffeID string, pub crypto.PublicKey, ttl time.Duration) (*issuer.Issued, []*x509.Certificate, error) {
+	id, err := url.Parse(spiffeID)
+	if err != nil || id.Scheme != "spiffe" {
+		return nil, nil, fmt.Errorf("%w: probe identity %s is not a SPIFFE ID", ErrInvalidRequest, quote(spiffeID))
+	}
+	return s.issueSelf(ctx, spiffeID, DrillTier, ttl, workloadUsages, pub, func(now time.Time) (*x509.Certificate, error) {
+		return issuer.LeafTemplate(issuer.LeafRequest{SPIFFEID: id, PublicKey: pub, Now: now, TTL: ttl})
+	})
+}
+
+// issueSelf runs template → sign → verify the chain → record for a
+// certificate the CA issues on its own account.
+func (s *Service) issueSelf(ctx context.Context, id, tier string, ttl time.Duration, usages []x509.ExtKeyUsage, pub crypto.PublicKey,
+	template func(now time.Time) (*x509.Certificate, error)) (*issuer.Issued, []*x509.Certificate, error) {
+	now := s.now()
+	tmpl, err := template(now)
+	if err != nil {
+		return nil, nil, err
+	}
+	issued, err := s.authority.SignLeaf(ctx, tmpl, pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := s.authority.Roots()
+	if err := s.verifyChain(issued, roots, id, usages, now); err != nil {
+		return nil, nil, err
 	}
 	err = s.recorder.RecordIssuance(ctx, &Issuance{
-		Time: now, Caller: &Caller{SPIFFEID: id, Method: AuthSelf}, Tier: ServingTier,
-		RequestedTTL: r.TTL, GrantedTTL: issued.Cert.NotAfter.Sub(issued.Cert.NotBefore),
+		Time: now, Caller: &Caller{SPIFFEID: id, Method: AuthSelf}, Tier: tier,
+		RequestedTTL: ttl, GrantedTTL: issued.Cert.NotAfter.Sub(issued.Cert.NotBefore),
 		Cert: issued.Cert, Issuer: issued.Issuer, RootKeyVersion: issued.RootKeyVersion,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("record serving certificate: %w", err)
+		return nil, nil, fmt.Errorf("record %s certificate: %w", tier, err)
 	}
-	s.metrics.issuances.WithLabelValues(ServingTier, string(issued.Issuer.Mode)).Inc()
-	return issued, nil
+	s.metrics.issuances.WithLabelValues(tier, string(issued.Issuer.Mode)).Inc()
+	return issued, roots, nil
 }
 
 // answer is the chain istio-agent expects: leaf, intermediate, and the root

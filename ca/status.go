@@ -59,6 +59,16 @@ func adminStatusOf(ctx context.Context, log *slog.Logger, err error) *status.Sta
 		log.ErrorContext(ctx, "issuance log integrity", slog.String("error", boundMessage(err.Error())))
 		return status.New(codes.DataLoss, boundMessage(err.Error()))
 	}
+	switch {
+	case errors.Is(err, issuer.ErrRotationRefused), errors.Is(err, issuer.ErrNoPreparedRoot),
+		errors.Is(err, issuer.ErrNoStateStore), errors.Is(err, ErrRotationDisabled):
+		// The step is not allowed now; the message says why and when.
+		return status.New(codes.FailedPrecondition, boundMessage(err.Error()))
+	case errors.Is(err, issuer.ErrStateConflict):
+		return status.New(codes.Aborted, boundMessage(err.Error()+"; retry"))
+	case errors.Is(err, issuer.ErrBadFingerprint):
+		return status.New(codes.InvalidArgument, boundMessage(err.Error()))
+	}
 	return statusOf(ctx, log, err)
 }
 

@@ -82,6 +82,9 @@ type KeyInfo struct {
 	Type          KeyType
 	LatestVersion int
 	Exportable    bool
+	// AllowPlaintextBackup means the key can be backed up in plaintext
+	// (transit/backup): the private key could leave Vault that way.
+	AllowPlaintextBackup bool
 	// PublicKeys holds the public key of every version still kept, by version.
 	PublicKeys map[int]crypto.PublicKey
 }
@@ -110,6 +113,7 @@ func parseKeyInfo(name string, d map[string]any) (*KeyInfo, error) {
 	typ, _ := d["type"].(string)
 	info.Type = KeyType(typ)
 	info.Exportable, _ = d["exportable"].(bool)
+	info.AllowPlaintextBackup, _ = d["allow_plaintext_backup"].(bool)
 	lv, err := jsonInt(d["latest_version"])
 	if err != nil {
 		return nil, fmt.Errorf("key %s: latest_version: %w", name, err)

@@ -132,36 +132,43 @@ func (f *logFlags) open() (logAPI, func(), error) {
 		vkey, _ := f.verifierKeyText()
 		return localLog{AdminService: ca.NewAdminService(l, vkey, nil), l: l}, func() { _ = l.Close() }, nil
 	}
-	if f.cert == "" || f.key == "" || f.rootCert == "" {
-		return nil, nil, errors.New("to reach a running daemon, --cert, --key and --root-cert are required (or read a file with --db)")
-	}
-	pair, err := tls.LoadX509KeyPair(f.cert, f.key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("client certificate: %w", err)
-	}
-	roots, err := os.ReadFile(f.rootCert)
+	conn, err := f.dial()
 	if err != nil {
 		return nil, nil, err
 	}
+	return remoteLog{c: adminv1.NewAdminServiceClient(conn)}, func() { conn.Close() }, nil
+}
+
+// dial connects to a running daemon's admin API with the client
+// certificate of --cert and --key, verifying the daemon against
+// --root-cert.
+func (f *logFlags) dial() (*grpc.ClientConn, error) {
+	if f.cert == "" || f.key == "" || f.rootCert == "" {
+		return nil, errors.New("to reach a running daemon, --cert, --key and --root-cert are required (or read a file with --db)")
+	}
+	pair, err := tls.LoadX509KeyPair(f.cert, f.key)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	roots, err := os.ReadFile(f.rootCert)
+	if err != nil {
+		return nil, err
+	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(roots) {
-		return nil, nil, fmt.Errorf("%s holds no PEM certificates", f.rootCert)
+		return nil, fmt.Errorf("%s holds no PEM certificates", f.rootCert)
 	}
 	name := f.serverName
 	if name == "" {
 		host, _, err := net.SplitHostPort(f.addr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--addr %q: %w", f.addr, err)
+			return nil, fmt.Errorf("--addr %q: %w", f.addr, err)
 		}
 		name = host
 	}
-	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	return grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12,
 	})))
-	if err != nil {
-		return nil, nil, err
-	}
-	return remoteLog{c: adminv1.NewAdminServiceClient(conn)}, func() { conn.Close() }, nil
 }
 
 // connect opens the log and bounds the work on it by --timeout; done

@@ -75,6 +75,7 @@ type Daemon struct {
 	grpcSrv    *grpc.Server
 	health     *health.Server
 	adminSrv   *grpc.Server
+	adminSvc   *ca.AdminService
 	metricsSrv *http.Server
 	lis        net.Listener
 	adminLis   net.Listener
@@ -149,8 +150,23 @@ func (d *Daemon) initDev(ctx context.Context) error {
 func (d *Daemon) issuerOptions() issuer.Options {
 	opts := d.cfg.IssuerOptions()
 	opts.Logger = d.log
+	opts.State = rotationState(d.cfg, d.backend)
 	return opts
 }
+
+// rotationState is where the rotation state lives: Vault KV with
+// check-and-set, so that replicas and restarts agree; a file in the data
+// directory in dev mode.
+func rotationState(cfg *config.Config, b *Backend) issuer.StateStore {
+	if b.Session == nil {
+		return issuer.NewFileState(filepath.Join(cfg.DataDir, RotationStateFileName))
+	}
+	return issuer.NewVaultState(b.Session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.Vault.Timeout.Std())
+}
+
+// RotationStateFileName is the file, in the data directory, that keeps
+// the rotation state in dev mode.
+const RotationStateFileName = "rotation.json"
 
 // openLog opens the issuance log and publishes its verifier key.
 func (d *Daemon) openLog(ctx context.Context) error {
@@ -247,10 +263,25 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		if d.adminLis, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
 			return fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err)
 		}
-		d.adminSrv = ca.NewAdminServer(tlsCfg, ca.NewAdminService(d.ilog, d.vkey, d.log),
+		d.adminSvc = ca.NewAdminService(d.ilog, d.vkey, d.log)
+		d.adminSvc.EnableRotation(d.rotationOptions(metrics))
+		d.adminSrv = ca.NewAdminServer(tlsCfg, d.adminSvc,
 			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Audit: d.recorder})
 	}
 	return nil
+}
+
+// rotationOptions are what the admin API needs to rotate and drill.
+func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
+	o := ca.RotationOptions{
+		Authority: d.authority, Service: d.svc, Audit: d.recorder, RootKey: d.cfg.CA.RootKey,
+		MinOverlap: d.cfg.MinOverlap(), AllowRootDrill: d.cfg.Rotation.AllowRootDrill,
+		DrillIdentity: d.cfg.DrillIdentity(), Metrics: metrics,
+	}
+	if d.backend.Transit != nil {
+		o.Keys = d.backend.Transit
+	}
+	return o
 }
 
 // issueServingCert issues the TLS serving certificate from the CA's own
@@ -365,6 +396,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log) })
 	background(func() { d.watchLog(ctx) })
+	if every := time.Duration(d.cfg.Rotation.DrillInterval); every > 0 && d.adminSvc != nil {
+		background(func() { d.drillEvery(ctx, every) })
+	}
 	background(func() {
 		if err := d.grpcSrv.Serve(d.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("grpc server: %w", err)
@@ -456,4 +490,27 @@ func (d *Daemon) watchLog(ctx context.Context) {
 	d.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	d.health.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
 	d.log.ErrorContext(ctx, "NOT_SERVING: "+why)
+}
+
+// drillEvery runs an intermediate drill on a schedule. A failed drill is
+// logged and exported in the metrics; the daemon keeps serving.
+func (d *Daemon) drillEvery(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := d.adminSvc.RunDrill(ctx, false)
+		switch {
+		case err != nil:
+			d.log.ErrorContext(ctx, "scheduled drill", slog.Any("error", err))
+		case !rep.GetPassed():
+			d.log.ErrorContext(ctx, "scheduled drill failed; see ca admin status", slog.Int("steps", len(rep.GetSteps())))
+		default:
+			d.log.InfoContext(ctx, "scheduled drill passed", slog.Int("steps", len(rep.GetSteps())))
+		}
+	}
 }

@@ -27,6 +27,66 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RootRole is what a root in the trust bundle is for.
+type RootRole int32
+
+const (
+	RootRole_ROOT_ROLE_UNSPECIFIED RootRole = 0
+	// ROOT_ROLE_ACTIVE certifies the issuing intermediate.
+	RootRole_ROOT_ROLE_ACTIVE RootRole = 1
+	// ROOT_ROLE_PREPARED is in the bundle, waiting to be activated.
+	RootRole_ROOT_ROLE_PREPARED RootRole = 2
+	// ROOT_ROLE_TRUSTED is an old root kept while certificates chain to it.
+	RootRole_ROOT_ROLE_TRUSTED RootRole = 3
+	// ROOT_ROLE_COMPROMISED was retired as compromised: never trusted again.
+	RootRole_ROOT_ROLE_COMPROMISED RootRole = 4
+)
+
+// Enum value maps for RootRole.
+var (
+	RootRole_name = map[int32]string{
+		0: "ROOT_ROLE_UNSPECIFIED",
+		1: "ROOT_ROLE_ACTIVE",
+		2: "ROOT_ROLE_PREPARED",
+		3: "ROOT_ROLE_TRUSTED",
+		4: "ROOT_ROLE_COMPROMISED",
+	}
+	RootRole_value = map[string]int32{
+		"ROOT_ROLE_UNSPECIFIED": 0,
+		"ROOT_ROLE_ACTIVE":      1,
+		"ROOT_ROLE_PREPARED":    2,
+		"ROOT_ROLE_TRUSTED":     3,
+		"ROOT_ROLE_COMPROMISED": 4,
+	}
+)
+
+func (x RootRole) Enum() *RootRole {
+	p := new(RootRole)
+	*p = x
+	return p
+}
+
+func (x RootRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RootRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_transitca_admin_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (RootRole) Type() protoreflect.EnumType {
+	return &file_transitca_admin_v1_admin_proto_enumTypes[0]
+}
+
+func (x RootRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RootRole.Descriptor instead.
+func (RootRole) EnumDescriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // Kind is the kind of a log entry.
 type Kind int32
 
@@ -64,11 +124,11 @@ func (x Kind) String() string {
 }
 
 func (Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_transitca_admin_v1_admin_proto_enumTypes[0].Descriptor()
+	return file_transitca_admin_v1_admin_proto_enumTypes[1].Descriptor()
 }
 
 func (Kind) Type() protoreflect.EnumType {
-	return &file_transitca_admin_v1_admin_proto_enumTypes[0]
+	return &file_transitca_admin_v1_admin_proto_enumTypes[1]
 }
 
 func (x Kind) Number() protoreflect.EnumNumber {
@@ -77,7 +137,1184 @@ func (x Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Kind.Descriptor instead.
 func (Kind) EnumDescriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// Root is one root certificate of the CA.
+type Root struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	KeyVersion  int64                  `protobuf:"varint,1,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	Role        RootRole               `protobuf:"varint,2,opt,name=role,proto3,enum=transitca.admin.v1.RootRole" json:"role,omitempty"`
+	Fingerprint string                 `protobuf:"bytes,3,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	NotBefore   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// pem is the certificate.
+	Pem           string `protobuf:"bytes,6,opt,name=pem,proto3" json:"pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Root) Reset() {
+	*x = Root{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Root) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Root) ProtoMessage() {}
+
+func (x *Root) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Root.ProtoReflect.Descriptor instead.
+func (*Root) Descriptor() ([]byte, []int) {
 	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Root) GetKeyVersion() int64 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *Root) GetRole() RootRole {
+	if x != nil {
+		return x.Role
+	}
+	return RootRole_ROOT_ROLE_UNSPECIFIED
+}
+
+func (x *Root) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+func (x *Root) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Root) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Root) GetPem() string {
+	if x != nil {
+		return x.Pem
+	}
+	return ""
+}
+
+// Intermediate is an issuing CA certificate.
+type Intermediate struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Fingerprint string                 `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// mode is "memory" or "vault".
+	Mode string `protobuf:"bytes,2,opt,name=mode,proto3" json:"mode,omitempty"`
+	// key_version is the Transit key version in vault mode, 0 in memory mode.
+	KeyVersion     int64                  `protobuf:"varint,3,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	RootKeyVersion int64                  `protobuf:"varint,4,opt,name=root_key_version,json=rootKeyVersion,proto3" json:"root_key_version,omitempty"`
+	NotBefore      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	RenewAt        *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=renew_at,json=renewAt,proto3" json:"renew_at,omitempty"`
+	Pem            string                 `protobuf:"bytes,8,opt,name=pem,proto3" json:"pem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Intermediate) Reset() {
+	*x = Intermediate{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Intermediate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Intermediate) ProtoMessage() {}
+
+func (x *Intermediate) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Intermediate.ProtoReflect.Descriptor instead.
+func (*Intermediate) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Intermediate) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+func (x *Intermediate) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *Intermediate) GetKeyVersion() int64 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *Intermediate) GetRootKeyVersion() int64 {
+	if x != nil {
+		return x.RootKeyVersion
+	}
+	return 0
+}
+
+func (x *Intermediate) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
+func (x *Intermediate) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Intermediate) GetRenewAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RenewAt
+	}
+	return nil
+}
+
+func (x *Intermediate) GetPem() string {
+	if x != nil {
+		return x.Pem
+	}
+	return ""
+}
+
+type StatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusRequest) Reset() {
+	*x = StatusRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRequest) ProtoMessage() {}
+
+func (x *StatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
+func (*StatusRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+type StatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// roots are the trust bundle, and the compromised roots.
+	Roots        []*Root       `protobuf:"bytes,1,rep,name=roots,proto3" json:"roots,omitempty"`
+	Intermediate *Intermediate `protobuf:"bytes,2,opt,name=intermediate,proto3" json:"intermediate,omitempty"`
+	// prepared_at is when the prepared root entered the bundle (unset: none).
+	PreparedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=prepared_at,json=preparedAt,proto3" json:"prepared_at,omitempty"`
+	// activate_allowed_at is when ActivateRoot stops refusing without force.
+	ActivateAllowedAt        *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=activate_allowed_at,json=activateAllowedAt,proto3" json:"activate_allowed_at,omitempty"`
+	MinOverlap               *durationpb.Duration   `protobuf:"bytes,5,opt,name=min_overlap,json=minOverlap,proto3" json:"min_overlap,omitempty"`
+	CompromisedIntermediates []string               `protobuf:"bytes,6,rep,name=compromised_intermediates,json=compromisedIntermediates,proto3" json:"compromised_intermediates,omitempty"`
+	LogSize                  uint64                 `protobuf:"varint,7,opt,name=log_size,json=logSize,proto3" json:"log_size,omitempty"`
+	// last_drill is the last drill this daemon ran (unset: none).
+	LastDrill     *DrillReport `protobuf:"bytes,8,opt,name=last_drill,json=lastDrill,proto3" json:"last_drill,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusResponse) Reset() {
+	*x = StatusResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusResponse) ProtoMessage() {}
+
+func (x *StatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
+func (*StatusResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *StatusResponse) GetRoots() []*Root {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetIntermediate() *Intermediate {
+	if x != nil {
+		return x.Intermediate
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetPreparedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreparedAt
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetActivateAllowedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivateAllowedAt
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMinOverlap() *durationpb.Duration {
+	if x != nil {
+		return x.MinOverlap
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetCompromisedIntermediates() []string {
+	if x != nil {
+		return x.CompromisedIntermediates
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetLogSize() uint64 {
+	if x != nil {
+		return x.LogSize
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLastDrill() *DrillReport {
+	if x != nil {
+		return x.LastDrill
+	}
+	return nil
+}
+
+type RotateIntermediateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateIntermediateRequest) Reset() {
+	*x = RotateIntermediateRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateIntermediateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateIntermediateRequest) ProtoMessage() {}
+
+func (x *RotateIntermediateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateIntermediateRequest.ProtoReflect.Descriptor instead.
+func (*RotateIntermediateRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RotateIntermediateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RotateIntermediateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Previous      *Intermediate          `protobuf:"bytes,1,opt,name=previous,proto3" json:"previous,omitempty"`
+	Current       *Intermediate          `protobuf:"bytes,2,opt,name=current,proto3" json:"current,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateIntermediateResponse) Reset() {
+	*x = RotateIntermediateResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateIntermediateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateIntermediateResponse) ProtoMessage() {}
+
+func (x *RotateIntermediateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateIntermediateResponse.ProtoReflect.Descriptor instead.
+func (*RotateIntermediateResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RotateIntermediateResponse) GetPrevious() *Intermediate {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+func (x *RotateIntermediateResponse) GetCurrent() *Intermediate {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+type PrepareRootRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareRootRequest) Reset() {
+	*x = PrepareRootRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRootRequest) ProtoMessage() {}
+
+func (x *PrepareRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRootRequest.ProtoReflect.Descriptor instead.
+func (*PrepareRootRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PrepareRootRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type PrepareRootResponse struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Prepared          *Root                  `protobuf:"bytes,1,opt,name=prepared,proto3" json:"prepared,omitempty"`
+	ActivateAllowedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=activate_allowed_at,json=activateAllowedAt,proto3" json:"activate_allowed_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PrepareRootResponse) Reset() {
+	*x = PrepareRootResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareRootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareRootResponse) ProtoMessage() {}
+
+func (x *PrepareRootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareRootResponse.ProtoReflect.Descriptor instead.
+func (*PrepareRootResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PrepareRootResponse) GetPrepared() *Root {
+	if x != nil {
+		return x.Prepared
+	}
+	return nil
+}
+
+func (x *PrepareRootResponse) GetActivateAllowedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ActivateAllowedAt
+	}
+	return nil
+}
+
+type ActivateRootRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// force activates before rotation.min_overlap has passed; reason is then
+	// required and recorded.
+	Force         bool   `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRootRequest) Reset() {
+	*x = ActivateRootRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRootRequest) ProtoMessage() {}
+
+func (x *ActivateRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRootRequest.ProtoReflect.Descriptor instead.
+func (*ActivateRootRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ActivateRootRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *ActivateRootRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ActivateRootResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Active        *Root                  `protobuf:"bytes,1,opt,name=active,proto3" json:"active,omitempty"`
+	Intermediate  *Intermediate          `protobuf:"bytes,2,opt,name=intermediate,proto3" json:"intermediate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateRootResponse) Reset() {
+	*x = ActivateRootResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateRootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateRootResponse) ProtoMessage() {}
+
+func (x *ActivateRootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateRootResponse.ProtoReflect.Descriptor instead.
+func (*ActivateRootResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ActivateRootResponse) GetActive() *Root {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
+func (x *ActivateRootResponse) GetIntermediate() *Intermediate {
+	if x != nil {
+		return x.Intermediate
+	}
+	return nil
+}
+
+type RetireRootRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key_version is the root to retire; 0 means the oldest root that is not
+	// active.
+	KeyVersion int64 `protobuf:"varint,1,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// force retires although unexpired certificates chain to it; reason is
+	// then required and recorded.
+	Force  bool   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// compromised also marks the root compromised (never trusted again) and
+	// streams nothing: use QueryLog for what it certified.
+	Compromised   bool `protobuf:"varint,4,opt,name=compromised,proto3" json:"compromised,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireRootRequest) Reset() {
+	*x = RetireRootRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireRootRequest) ProtoMessage() {}
+
+func (x *RetireRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireRootRequest.ProtoReflect.Descriptor instead.
+func (*RetireRootRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RetireRootRequest) GetKeyVersion() int64 {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return 0
+}
+
+func (x *RetireRootRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RetireRootRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RetireRootRequest) GetCompromised() bool {
+	if x != nil {
+		return x.Compromised
+	}
+	return false
+}
+
+type RetireRootResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Retired *Root                  `protobuf:"bytes,1,opt,name=retired,proto3" json:"retired,omitempty"`
+	// live_certificates is how many unexpired certificates chained only to
+	// it (non-zero only when forced).
+	LiveCertificates uint64 `protobuf:"varint,2,opt,name=live_certificates,json=liveCertificates,proto3" json:"live_certificates,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RetireRootResponse) Reset() {
+	*x = RetireRootResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireRootResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireRootResponse) ProtoMessage() {}
+
+func (x *RetireRootResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireRootResponse.ProtoReflect.Descriptor instead.
+func (*RetireRootResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RetireRootResponse) GetRetired() *Root {
+	if x != nil {
+		return x.Retired
+	}
+	return nil
+}
+
+func (x *RetireRootResponse) GetLiveCertificates() uint64 {
+	if x != nil {
+		return x.LiveCertificates
+	}
+	return 0
+}
+
+type RevokeIntermediateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// fingerprint is the hex SHA-256 of the intermediate; empty means the
+	// current one.
+	Fingerprint   string `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeIntermediateRequest) Reset() {
+	*x = RevokeIntermediateRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeIntermediateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeIntermediateRequest) ProtoMessage() {}
+
+func (x *RevokeIntermediateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeIntermediateRequest.ProtoReflect.Descriptor instead.
+func (*RevokeIntermediateRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RevokeIntermediateRequest) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+func (x *RevokeIntermediateRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RevokeIntermediateResponse: the first message names the revoked and the
+// new intermediate; each following one is a group of affected certificates.
+type RevokeIntermediateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revoked       *Intermediate          `protobuf:"bytes,1,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	Current       *Intermediate          `protobuf:"bytes,2,opt,name=current,proto3" json:"current,omitempty"`
+	Affected      *AffectedWorkload      `protobuf:"bytes,3,opt,name=affected,proto3" json:"affected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeIntermediateResponse) Reset() {
+	*x = RevokeIntermediateResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeIntermediateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeIntermediateResponse) ProtoMessage() {}
+
+func (x *RevokeIntermediateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeIntermediateResponse.ProtoReflect.Descriptor instead.
+func (*RevokeIntermediateResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RevokeIntermediateResponse) GetRevoked() *Intermediate {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+func (x *RevokeIntermediateResponse) GetCurrent() *Intermediate {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+func (x *RevokeIntermediateResponse) GetAffected() *AffectedWorkload {
+	if x != nil {
+		return x.Affected
+	}
+	return nil
+}
+
+// AffectedWorkload is the unexpired certificates of one workload signed by
+// a revoked intermediate: restart it to get a new one.
+type AffectedWorkload struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Namespace      string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	ServiceAccount string                 `protobuf:"bytes,2,opt,name=service_account,json=serviceAccount,proto3" json:"service_account,omitempty"`
+	SpiffeId       string                 `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Serials        []string               `protobuf:"bytes,4,rep,name=serials,proto3" json:"serials,omitempty"`
+	LastNotAfter   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_not_after,json=lastNotAfter,proto3" json:"last_not_after,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AffectedWorkload) Reset() {
+	*x = AffectedWorkload{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AffectedWorkload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AffectedWorkload) ProtoMessage() {}
+
+func (x *AffectedWorkload) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AffectedWorkload.ProtoReflect.Descriptor instead.
+func (*AffectedWorkload) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AffectedWorkload) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AffectedWorkload) GetServiceAccount() string {
+	if x != nil {
+		return x.ServiceAccount
+	}
+	return ""
+}
+
+func (x *AffectedWorkload) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *AffectedWorkload) GetSerials() []string {
+	if x != nil {
+		return x.Serials
+	}
+	return nil
+}
+
+func (x *AffectedWorkload) GetLastNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastNotAfter
+	}
+	return nil
+}
+
+type DrillRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// root also runs a full prepare and activate cycle (refused unless
+	// rotation.allow_root_drill is set).
+	Root          bool `protobuf:"varint,1,opt,name=root,proto3" json:"root,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillRequest) Reset() {
+	*x = DrillRequest{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillRequest) ProtoMessage() {}
+
+func (x *DrillRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillRequest.ProtoReflect.Descriptor instead.
+func (*DrillRequest) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DrillRequest) GetRoot() bool {
+	if x != nil {
+		return x.Root
+	}
+	return false
+}
+
+type DrillResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Report        *DrillReport           `protobuf:"bytes,1,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillResponse) Reset() {
+	*x = DrillResponse{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillResponse) ProtoMessage() {}
+
+func (x *DrillResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillResponse.ProtoReflect.Descriptor instead.
+func (*DrillResponse) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DrillResponse) GetReport() *DrillReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+// DrillStep is one check of a drill.
+type DrillStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Passed        bool                   `protobuf:"varint,2,opt,name=passed,proto3" json:"passed,omitempty"`
+	Duration      *durationpb.Duration   `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	Detail        string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillStep) Reset() {
+	*x = DrillStep{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillStep) ProtoMessage() {}
+
+func (x *DrillStep) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillStep.ProtoReflect.Descriptor instead.
+func (*DrillStep) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DrillStep) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DrillStep) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
+func (x *DrillStep) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *DrillStep) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// DrillReport is what a drill proved.
+type DrillReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Started       *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
+	Passed        bool                   `protobuf:"varint,2,opt,name=passed,proto3" json:"passed,omitempty"`
+	Root          bool                   `protobuf:"varint,3,opt,name=root,proto3" json:"root,omitempty"`
+	Steps         []*DrillStep           `protobuf:"bytes,4,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrillReport) Reset() {
+	*x = DrillReport{}
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrillReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrillReport) ProtoMessage() {}
+
+func (x *DrillReport) ProtoReflect() protoreflect.Message {
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrillReport.ProtoReflect.Descriptor instead.
+func (*DrillReport) Descriptor() ([]byte, []int) {
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DrillReport) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *DrillReport) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
+func (x *DrillReport) GetRoot() bool {
+	if x != nil {
+		return x.Root
+	}
+	return false
+}
+
+func (x *DrillReport) GetSteps() []*DrillStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
 }
 
 // Entry is one record of the issuance log.
@@ -116,7 +1353,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -128,7 +1365,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[0]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -141,7 +1378,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Entry) GetSeq() uint64 {
@@ -348,7 +1585,7 @@ type QueryLogRequest struct {
 
 func (x *QueryLogRequest) Reset() {
 	*x = QueryLogRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -360,7 +1597,7 @@ func (x *QueryLogRequest) String() string {
 func (*QueryLogRequest) ProtoMessage() {}
 
 func (x *QueryLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[1]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -373,7 +1610,7 @@ func (x *QueryLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryLogRequest.ProtoReflect.Descriptor instead.
 func (*QueryLogRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *QueryLogRequest) GetSerial() string {
@@ -471,7 +1708,7 @@ type QueryLogResponse struct {
 
 func (x *QueryLogResponse) Reset() {
 	*x = QueryLogResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +1720,7 @@ func (x *QueryLogResponse) String() string {
 func (*QueryLogResponse) ProtoMessage() {}
 
 func (x *QueryLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +1733,7 @@ func (x *QueryLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryLogResponse.ProtoReflect.Descriptor instead.
 func (*QueryLogResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *QueryLogResponse) GetEntries() []*Entry {
@@ -527,7 +1764,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +1776,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +1789,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetEntryRequest) GetKey() isGetEntryRequest_Key {
@@ -606,7 +1843,7 @@ type GetEntryResponse struct {
 
 func (x *GetEntryResponse) Reset() {
 	*x = GetEntryResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +1855,7 @@ func (x *GetEntryResponse) String() string {
 func (*GetEntryResponse) ProtoMessage() {}
 
 func (x *GetEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +1868,7 @@ func (x *GetEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryResponse.ProtoReflect.Descriptor instead.
 func (*GetEntryResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetEntryResponse) GetEntry() *Entry {
@@ -650,7 +1887,7 @@ type GetCheckpointRequest struct {
 
 func (x *GetCheckpointRequest) Reset() {
 	*x = GetCheckpointRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -662,7 +1899,7 @@ func (x *GetCheckpointRequest) String() string {
 func (*GetCheckpointRequest) ProtoMessage() {}
 
 func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -675,7 +1912,7 @@ func (x *GetCheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointRequest.ProtoReflect.Descriptor instead.
 func (*GetCheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 // GetCheckpointResponse holds a signed checkpoint in the note format.
@@ -690,7 +1927,7 @@ type GetCheckpointResponse struct {
 
 func (x *GetCheckpointResponse) Reset() {
 	*x = GetCheckpointResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +1939,7 @@ func (x *GetCheckpointResponse) String() string {
 func (*GetCheckpointResponse) ProtoMessage() {}
 
 func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +1952,7 @@ func (x *GetCheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCheckpointResponse.ProtoReflect.Descriptor instead.
 func (*GetCheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetCheckpointResponse) GetCheckpoint() []byte {
@@ -748,7 +1985,7 @@ type GetInclusionProofRequest struct {
 
 func (x *GetInclusionProofRequest) Reset() {
 	*x = GetInclusionProofRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +1997,7 @@ func (x *GetInclusionProofRequest) String() string {
 func (*GetInclusionProofRequest) ProtoMessage() {}
 
 func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +2010,7 @@ func (x *GetInclusionProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofRequest.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetInclusionProofRequest) GetKey() isGetInclusionProofRequest_Key {
@@ -837,7 +2074,7 @@ type GetInclusionProofResponse struct {
 
 func (x *GetInclusionProofResponse) Reset() {
 	*x = GetInclusionProofResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +2086,7 @@ func (x *GetInclusionProofResponse) String() string {
 func (*GetInclusionProofResponse) ProtoMessage() {}
 
 func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +2099,7 @@ func (x *GetInclusionProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetInclusionProofResponse.ProtoReflect.Descriptor instead.
 func (*GetInclusionProofResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetInclusionProofResponse) GetIndex() uint64 {
@@ -905,7 +2142,7 @@ type GetConsistencyProofRequest struct {
 
 func (x *GetConsistencyProofRequest) Reset() {
 	*x = GetConsistencyProofRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +2154,7 @@ func (x *GetConsistencyProofRequest) String() string {
 func (*GetConsistencyProofRequest) ProtoMessage() {}
 
 func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +2167,7 @@ func (x *GetConsistencyProofRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofRequest.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetConsistencyProofRequest) GetFromSize() uint64 {
@@ -959,7 +2196,7 @@ type GetConsistencyProofResponse struct {
 
 func (x *GetConsistencyProofResponse) Reset() {
 	*x = GetConsistencyProofResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +2208,7 @@ func (x *GetConsistencyProofResponse) String() string {
 func (*GetConsistencyProofResponse) ProtoMessage() {}
 
 func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +2221,7 @@ func (x *GetConsistencyProofResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsistencyProofResponse.ProtoReflect.Descriptor instead.
 func (*GetConsistencyProofResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetConsistencyProofResponse) GetProof() [][]byte {
@@ -1017,7 +2254,7 @@ type VerifyLogRequest struct {
 
 func (x *VerifyLogRequest) Reset() {
 	*x = VerifyLogRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +2266,7 @@ func (x *VerifyLogRequest) String() string {
 func (*VerifyLogRequest) ProtoMessage() {}
 
 func (x *VerifyLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +2279,7 @@ func (x *VerifyLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyLogRequest.ProtoReflect.Descriptor instead.
 func (*VerifyLogRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 // VerifyLogResponse reports a successful verification.
@@ -1057,7 +2294,7 @@ type VerifyLogResponse struct {
 
 func (x *VerifyLogResponse) Reset() {
 	*x = VerifyLogResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1069,7 +2306,7 @@ func (x *VerifyLogResponse) String() string {
 func (*VerifyLogResponse) ProtoMessage() {}
 
 func (x *VerifyLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1082,7 +2319,7 @@ func (x *VerifyLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyLogResponse.ProtoReflect.Descriptor instead.
 func (*VerifyLogResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VerifyLogResponse) GetTreeSize() uint64 {
@@ -1115,7 +2352,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +2364,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +2377,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 // BackupResponse is one chunk of the snapshot, in order.
@@ -1153,7 +2390,7 @@ type BackupResponse struct {
 
 func (x *BackupResponse) Reset() {
 	*x = BackupResponse{}
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +2402,7 @@ func (x *BackupResponse) String() string {
 func (*BackupResponse) ProtoMessage() {}
 
 func (x *BackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transitca_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_transitca_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +2415,7 @@ func (x *BackupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
 func (*BackupResponse) Descriptor() ([]byte, []int) {
-	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_transitca_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *BackupResponse) GetData() []byte {
@@ -1192,7 +2429,92 @@ var File_transitca_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1etransitca/admin/v1/admin.proto\x12\x12transitca.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\a\n" +
+	"\x1etransitca/admin/v1/admin.proto\x12\x12transitca.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n" +
+	"\x04Root\x12\x1f\n" +
+	"\vkey_version\x18\x01 \x01(\x03R\n" +
+	"keyVersion\x120\n" +
+	"\x04role\x18\x02 \x01(\x0e2\x1c.transitca.admin.v1.RootRoleR\x04role\x12 \n" +
+	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\x129\n" +
+	"\n" +
+	"not_before\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x10\n" +
+	"\x03pem\x18\x06 \x01(\tR\x03pem\"\xcc\x02\n" +
+	"\fIntermediate\x12 \n" +
+	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\tR\x04mode\x12\x1f\n" +
+	"\vkey_version\x18\x03 \x01(\x03R\n" +
+	"keyVersion\x12(\n" +
+	"\x10root_key_version\x18\x04 \x01(\x03R\x0erootKeyVersion\x129\n" +
+	"\n" +
+	"not_before\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x127\n" +
+	"\tnot_after\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x125\n" +
+	"\brenew_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\arenewAt\x12\x10\n" +
+	"\x03pem\x18\b \x01(\tR\x03pem\"\x0f\n" +
+	"\rStatusRequest\"\xe3\x03\n" +
+	"\x0eStatusResponse\x12.\n" +
+	"\x05roots\x18\x01 \x03(\v2\x18.transitca.admin.v1.RootR\x05roots\x12D\n" +
+	"\fintermediate\x18\x02 \x01(\v2 .transitca.admin.v1.IntermediateR\fintermediate\x12;\n" +
+	"\vprepared_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"preparedAt\x12J\n" +
+	"\x13activate_allowed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x11activateAllowedAt\x12:\n" +
+	"\vmin_overlap\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"minOverlap\x12;\n" +
+	"\x19compromised_intermediates\x18\x06 \x03(\tR\x18compromisedIntermediates\x12\x19\n" +
+	"\blog_size\x18\a \x01(\x04R\alogSize\x12>\n" +
+	"\n" +
+	"last_drill\x18\b \x01(\v2\x1f.transitca.admin.v1.DrillReportR\tlastDrill\"3\n" +
+	"\x19RotateIntermediateRequest\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x96\x01\n" +
+	"\x1aRotateIntermediateResponse\x12<\n" +
+	"\bprevious\x18\x01 \x01(\v2 .transitca.admin.v1.IntermediateR\bprevious\x12:\n" +
+	"\acurrent\x18\x02 \x01(\v2 .transitca.admin.v1.IntermediateR\acurrent\",\n" +
+	"\x12PrepareRootRequest\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x97\x01\n" +
+	"\x13PrepareRootResponse\x124\n" +
+	"\bprepared\x18\x01 \x01(\v2\x18.transitca.admin.v1.RootR\bprepared\x12J\n" +
+	"\x13activate_allowed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11activateAllowedAt\"C\n" +
+	"\x13ActivateRootRequest\x12\x14\n" +
+	"\x05force\x18\x01 \x01(\bR\x05force\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x8e\x01\n" +
+	"\x14ActivateRootResponse\x120\n" +
+	"\x06active\x18\x01 \x01(\v2\x18.transitca.admin.v1.RootR\x06active\x12D\n" +
+	"\fintermediate\x18\x02 \x01(\v2 .transitca.admin.v1.IntermediateR\fintermediate\"\x84\x01\n" +
+	"\x11RetireRootRequest\x12\x1f\n" +
+	"\vkey_version\x18\x01 \x01(\x03R\n" +
+	"keyVersion\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12 \n" +
+	"\vcompromised\x18\x04 \x01(\bR\vcompromised\"u\n" +
+	"\x12RetireRootResponse\x122\n" +
+	"\aretired\x18\x01 \x01(\v2\x18.transitca.admin.v1.RootR\aretired\x12+\n" +
+	"\x11live_certificates\x18\x02 \x01(\x04R\x10liveCertificates\"U\n" +
+	"\x19RevokeIntermediateRequest\x12 \n" +
+	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd6\x01\n" +
+	"\x1aRevokeIntermediateResponse\x12:\n" +
+	"\arevoked\x18\x01 \x01(\v2 .transitca.admin.v1.IntermediateR\arevoked\x12:\n" +
+	"\acurrent\x18\x02 \x01(\v2 .transitca.admin.v1.IntermediateR\acurrent\x12@\n" +
+	"\baffected\x18\x03 \x01(\v2$.transitca.admin.v1.AffectedWorkloadR\baffected\"\xd2\x01\n" +
+	"\x10AffectedWorkload\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12'\n" +
+	"\x0fservice_account\x18\x02 \x01(\tR\x0eserviceAccount\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12\x18\n" +
+	"\aserials\x18\x04 \x03(\tR\aserials\x12@\n" +
+	"\x0elast_not_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\flastNotAfter\"\"\n" +
+	"\fDrillRequest\x12\x12\n" +
+	"\x04root\x18\x01 \x01(\bR\x04root\"H\n" +
+	"\rDrillResponse\x127\n" +
+	"\x06report\x18\x01 \x01(\v2\x1f.transitca.admin.v1.DrillReportR\x06report\"\x86\x01\n" +
+	"\tDrillStep\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06passed\x18\x02 \x01(\bR\x06passed\x125\n" +
+	"\bduration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"\xa4\x01\n" +
+	"\vDrillReport\x124\n" +
+	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x16\n" +
+	"\x06passed\x18\x02 \x01(\bR\x06passed\x12\x12\n" +
+	"\x04root\x18\x03 \x01(\bR\x04root\x123\n" +
+	"\x05steps\x18\x04 \x03(\v2\x1d.transitca.admin.v1.DrillStepR\x05steps\"\xb3\a\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.transitca.admin.v1.KindR\x04kind\x12.\n" +
@@ -1281,13 +2603,20 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\x13checkpoints_checked\x18\x03 \x01(\x04R\x12checkpointsChecked\"\x0f\n" +
 	"\rBackupRequest\"$\n" +
 	"\x0eBackupResponse\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data*P\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data*\x85\x01\n" +
+	"\bRootRole\x12\x19\n" +
+	"\x15ROOT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10ROOT_ROLE_ACTIVE\x10\x01\x12\x16\n" +
+	"\x12ROOT_ROLE_PREPARED\x10\x02\x12\x15\n" +
+	"\x11ROOT_ROLE_TRUSTED\x10\x03\x12\x19\n" +
+	"\x15ROOT_ROLE_COMPROMISED\x10\x04*P\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rKIND_ISSUANCE\x10\x01\x12\x0f\n" +
 	"\vKIND_DENIAL\x10\x02\x12\x0e\n" +
 	"\n" +
-	"KIND_ADMIN\x10\x032\xb9\x05\n" +
+	"KIND_ADMIN\x10\x032\xe4\n" +
+	"\n" +
 	"\fAdminService\x12U\n" +
 	"\bQueryLog\x12#.transitca.admin.v1.QueryLogRequest\x1a$.transitca.admin.v1.QueryLogResponse\x12U\n" +
 	"\bGetEntry\x12#.transitca.admin.v1.GetEntryRequest\x1a$.transitca.admin.v1.GetEntryResponse\x12d\n" +
@@ -1295,7 +2624,15 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\x11GetInclusionProof\x12,.transitca.admin.v1.GetInclusionProofRequest\x1a-.transitca.admin.v1.GetInclusionProofResponse\x12v\n" +
 	"\x13GetConsistencyProof\x12..transitca.admin.v1.GetConsistencyProofRequest\x1a/.transitca.admin.v1.GetConsistencyProofResponse\x12X\n" +
 	"\tVerifyLog\x12$.transitca.admin.v1.VerifyLogRequest\x1a%.transitca.admin.v1.VerifyLogResponse\x12Q\n" +
-	"\x06Backup\x12!.transitca.admin.v1.BackupRequest\x1a\".transitca.admin.v1.BackupResponse0\x01BAZ?github.com/transitca/transitca/proto/transitca/admin/v1;adminv1b\x06proto3"
+	"\x06Backup\x12!.transitca.admin.v1.BackupRequest\x1a\".transitca.admin.v1.BackupResponse0\x01\x12O\n" +
+	"\x06Status\x12!.transitca.admin.v1.StatusRequest\x1a\".transitca.admin.v1.StatusResponse\x12s\n" +
+	"\x12RotateIntermediate\x12-.transitca.admin.v1.RotateIntermediateRequest\x1a..transitca.admin.v1.RotateIntermediateResponse\x12^\n" +
+	"\vPrepareRoot\x12&.transitca.admin.v1.PrepareRootRequest\x1a'.transitca.admin.v1.PrepareRootResponse\x12a\n" +
+	"\fActivateRoot\x12'.transitca.admin.v1.ActivateRootRequest\x1a(.transitca.admin.v1.ActivateRootResponse\x12[\n" +
+	"\n" +
+	"RetireRoot\x12%.transitca.admin.v1.RetireRootRequest\x1a&.transitca.admin.v1.RetireRootResponse\x12u\n" +
+	"\x12RevokeIntermediate\x12-.transitca.admin.v1.RevokeIntermediateRequest\x1a..transitca.admin.v1.RevokeIntermediateResponse0\x01\x12L\n" +
+	"\x05Drill\x12 .transitca.admin.v1.DrillRequest\x1a!.transitca.admin.v1.DrillResponseBAZ?github.com/transitca/transitca/proto/transitca/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_transitca_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1309,61 +2646,122 @@ func file_transitca_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_transitca_admin_v1_admin_proto_rawDescData
 }
 
-var file_transitca_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_transitca_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_transitca_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_transitca_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_transitca_admin_v1_admin_proto_goTypes = []any{
-	(Kind)(0),                           // 0: transitca.admin.v1.Kind
-	(*Entry)(nil),                       // 1: transitca.admin.v1.Entry
-	(*QueryLogRequest)(nil),             // 2: transitca.admin.v1.QueryLogRequest
-	(*QueryLogResponse)(nil),            // 3: transitca.admin.v1.QueryLogResponse
-	(*GetEntryRequest)(nil),             // 4: transitca.admin.v1.GetEntryRequest
-	(*GetEntryResponse)(nil),            // 5: transitca.admin.v1.GetEntryResponse
-	(*GetCheckpointRequest)(nil),        // 6: transitca.admin.v1.GetCheckpointRequest
-	(*GetCheckpointResponse)(nil),       // 7: transitca.admin.v1.GetCheckpointResponse
-	(*GetInclusionProofRequest)(nil),    // 8: transitca.admin.v1.GetInclusionProofRequest
-	(*GetInclusionProofResponse)(nil),   // 9: transitca.admin.v1.GetInclusionProofResponse
-	(*GetConsistencyProofRequest)(nil),  // 10: transitca.admin.v1.GetConsistencyProofRequest
-	(*GetConsistencyProofResponse)(nil), // 11: transitca.admin.v1.GetConsistencyProofResponse
-	(*VerifyLogRequest)(nil),            // 12: transitca.admin.v1.VerifyLogRequest
-	(*VerifyLogResponse)(nil),           // 13: transitca.admin.v1.VerifyLogResponse
-	(*BackupRequest)(nil),               // 14: transitca.admin.v1.BackupRequest
-	(*BackupResponse)(nil),              // 15: transitca.admin.v1.BackupResponse
-	(*timestamppb.Timestamp)(nil),       // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 17: google.protobuf.Duration
+	(RootRole)(0),                       // 0: transitca.admin.v1.RootRole
+	(Kind)(0),                           // 1: transitca.admin.v1.Kind
+	(*Root)(nil),                        // 2: transitca.admin.v1.Root
+	(*Intermediate)(nil),                // 3: transitca.admin.v1.Intermediate
+	(*StatusRequest)(nil),               // 4: transitca.admin.v1.StatusRequest
+	(*StatusResponse)(nil),              // 5: transitca.admin.v1.StatusResponse
+	(*RotateIntermediateRequest)(nil),   // 6: transitca.admin.v1.RotateIntermediateRequest
+	(*RotateIntermediateResponse)(nil),  // 7: transitca.admin.v1.RotateIntermediateResponse
+	(*PrepareRootRequest)(nil),          // 8: transitca.admin.v1.PrepareRootRequest
+	(*PrepareRootResponse)(nil),         // 9: transitca.admin.v1.PrepareRootResponse
+	(*ActivateRootRequest)(nil),         // 10: transitca.admin.v1.ActivateRootRequest
+	(*ActivateRootResponse)(nil),        // 11: transitca.admin.v1.ActivateRootResponse
+	(*RetireRootRequest)(nil),           // 12: transitca.admin.v1.RetireRootRequest
+	(*RetireRootResponse)(nil),          // 13: transitca.admin.v1.RetireRootResponse
+	(*RevokeIntermediateRequest)(nil),   // 14: transitca.admin.v1.RevokeIntermediateRequest
+	(*RevokeIntermediateResponse)(nil),  // 15: transitca.admin.v1.RevokeIntermediateResponse
+	(*AffectedWorkload)(nil),            // 16: transitca.admin.v1.AffectedWorkload
+	(*DrillRequest)(nil),                // 17: transitca.admin.v1.DrillRequest
+	(*DrillResponse)(nil),               // 18: transitca.admin.v1.DrillResponse
+	(*DrillStep)(nil),                   // 19: transitca.admin.v1.DrillStep
+	(*DrillReport)(nil),                 // 20: transitca.admin.v1.DrillReport
+	(*Entry)(nil),                       // 21: transitca.admin.v1.Entry
+	(*QueryLogRequest)(nil),             // 22: transitca.admin.v1.QueryLogRequest
+	(*QueryLogResponse)(nil),            // 23: transitca.admin.v1.QueryLogResponse
+	(*GetEntryRequest)(nil),             // 24: transitca.admin.v1.GetEntryRequest
+	(*GetEntryResponse)(nil),            // 25: transitca.admin.v1.GetEntryResponse
+	(*GetCheckpointRequest)(nil),        // 26: transitca.admin.v1.GetCheckpointRequest
+	(*GetCheckpointResponse)(nil),       // 27: transitca.admin.v1.GetCheckpointResponse
+	(*GetInclusionProofRequest)(nil),    // 28: transitca.admin.v1.GetInclusionProofRequest
+	(*GetInclusionProofResponse)(nil),   // 29: transitca.admin.v1.GetInclusionProofResponse
+	(*GetConsistencyProofRequest)(nil),  // 30: transitca.admin.v1.GetConsistencyProofRequest
+	(*GetConsistencyProofResponse)(nil), // 31: transitca.admin.v1.GetConsistencyProofResponse
+	(*VerifyLogRequest)(nil),            // 32: transitca.admin.v1.VerifyLogRequest
+	(*VerifyLogResponse)(nil),           // 33: transitca.admin.v1.VerifyLogResponse
+	(*BackupRequest)(nil),               // 34: transitca.admin.v1.BackupRequest
+	(*BackupResponse)(nil),              // 35: transitca.admin.v1.BackupResponse
+	(*timestamppb.Timestamp)(nil),       // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 37: google.protobuf.Duration
 }
 var file_transitca_admin_v1_admin_proto_depIdxs = []int32{
-	0,  // 0: transitca.admin.v1.Entry.kind:type_name -> transitca.admin.v1.Kind
-	16, // 1: transitca.admin.v1.Entry.time:type_name -> google.protobuf.Timestamp
-	17, // 2: transitca.admin.v1.Entry.requested_ttl:type_name -> google.protobuf.Duration
-	17, // 3: transitca.admin.v1.Entry.granted_ttl:type_name -> google.protobuf.Duration
-	16, // 4: transitca.admin.v1.Entry.not_before:type_name -> google.protobuf.Timestamp
-	16, // 5: transitca.admin.v1.Entry.not_after:type_name -> google.protobuf.Timestamp
-	0,  // 6: transitca.admin.v1.QueryLogRequest.kind:type_name -> transitca.admin.v1.Kind
-	16, // 7: transitca.admin.v1.QueryLogRequest.from:type_name -> google.protobuf.Timestamp
-	16, // 8: transitca.admin.v1.QueryLogRequest.to:type_name -> google.protobuf.Timestamp
-	16, // 9: transitca.admin.v1.QueryLogRequest.valid_at:type_name -> google.protobuf.Timestamp
-	16, // 10: transitca.admin.v1.QueryLogRequest.expiring_before:type_name -> google.protobuf.Timestamp
-	1,  // 11: transitca.admin.v1.QueryLogResponse.entries:type_name -> transitca.admin.v1.Entry
-	1,  // 12: transitca.admin.v1.GetEntryResponse.entry:type_name -> transitca.admin.v1.Entry
-	2,  // 13: transitca.admin.v1.AdminService.QueryLog:input_type -> transitca.admin.v1.QueryLogRequest
-	4,  // 14: transitca.admin.v1.AdminService.GetEntry:input_type -> transitca.admin.v1.GetEntryRequest
-	6,  // 15: transitca.admin.v1.AdminService.GetCheckpoint:input_type -> transitca.admin.v1.GetCheckpointRequest
-	8,  // 16: transitca.admin.v1.AdminService.GetInclusionProof:input_type -> transitca.admin.v1.GetInclusionProofRequest
-	10, // 17: transitca.admin.v1.AdminService.GetConsistencyProof:input_type -> transitca.admin.v1.GetConsistencyProofRequest
-	12, // 18: transitca.admin.v1.AdminService.VerifyLog:input_type -> transitca.admin.v1.VerifyLogRequest
-	14, // 19: transitca.admin.v1.AdminService.Backup:input_type -> transitca.admin.v1.BackupRequest
-	3,  // 20: transitca.admin.v1.AdminService.QueryLog:output_type -> transitca.admin.v1.QueryLogResponse
-	5,  // 21: transitca.admin.v1.AdminService.GetEntry:output_type -> transitca.admin.v1.GetEntryResponse
-	7,  // 22: transitca.admin.v1.AdminService.GetCheckpoint:output_type -> transitca.admin.v1.GetCheckpointResponse
-	9,  // 23: transitca.admin.v1.AdminService.GetInclusionProof:output_type -> transitca.admin.v1.GetInclusionProofResponse
-	11, // 24: transitca.admin.v1.AdminService.GetConsistencyProof:output_type -> transitca.admin.v1.GetConsistencyProofResponse
-	13, // 25: transitca.admin.v1.AdminService.VerifyLog:output_type -> transitca.admin.v1.VerifyLogResponse
-	15, // 26: transitca.admin.v1.AdminService.Backup:output_type -> transitca.admin.v1.BackupResponse
-	20, // [20:27] is the sub-list for method output_type
-	13, // [13:20] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	0,  // 0: transitca.admin.v1.Root.role:type_name -> transitca.admin.v1.RootRole
+	36, // 1: transitca.admin.v1.Root.not_before:type_name -> google.protobuf.Timestamp
+	36, // 2: transitca.admin.v1.Root.not_after:type_name -> google.protobuf.Timestamp
+	36, // 3: transitca.admin.v1.Intermediate.not_before:type_name -> google.protobuf.Timestamp
+	36, // 4: transitca.admin.v1.Intermediate.not_after:type_name -> google.protobuf.Timestamp
+	36, // 5: transitca.admin.v1.Intermediate.renew_at:type_name -> google.protobuf.Timestamp
+	2,  // 6: transitca.admin.v1.StatusResponse.roots:type_name -> transitca.admin.v1.Root
+	3,  // 7: transitca.admin.v1.StatusResponse.intermediate:type_name -> transitca.admin.v1.Intermediate
+	36, // 8: transitca.admin.v1.StatusResponse.prepared_at:type_name -> google.protobuf.Timestamp
+	36, // 9: transitca.admin.v1.StatusResponse.activate_allowed_at:type_name -> google.protobuf.Timestamp
+	37, // 10: transitca.admin.v1.StatusResponse.min_overlap:type_name -> google.protobuf.Duration
+	20, // 11: transitca.admin.v1.StatusResponse.last_drill:type_name -> transitca.admin.v1.DrillReport
+	3,  // 12: transitca.admin.v1.RotateIntermediateResponse.previous:type_name -> transitca.admin.v1.Intermediate
+	3,  // 13: transitca.admin.v1.RotateIntermediateResponse.current:type_name -> transitca.admin.v1.Intermediate
+	2,  // 14: transitca.admin.v1.PrepareRootResponse.prepared:type_name -> transitca.admin.v1.Root
+	36, // 15: transitca.admin.v1.PrepareRootResponse.activate_allowed_at:type_name -> google.protobuf.Timestamp
+	2,  // 16: transitca.admin.v1.ActivateRootResponse.active:type_name -> transitca.admin.v1.Root
+	3,  // 17: transitca.admin.v1.ActivateRootResponse.intermediate:type_name -> transitca.admin.v1.Intermediate
+	2,  // 18: transitca.admin.v1.RetireRootResponse.retired:type_name -> transitca.admin.v1.Root
+	3,  // 19: transitca.admin.v1.RevokeIntermediateResponse.revoked:type_name -> transitca.admin.v1.Intermediate
+	3,  // 20: transitca.admin.v1.RevokeIntermediateResponse.current:type_name -> transitca.admin.v1.Intermediate
+	16, // 21: transitca.admin.v1.RevokeIntermediateResponse.affected:type_name -> transitca.admin.v1.AffectedWorkload
+	36, // 22: transitca.admin.v1.AffectedWorkload.last_not_after:type_name -> google.protobuf.Timestamp
+	20, // 23: transitca.admin.v1.DrillResponse.report:type_name -> transitca.admin.v1.DrillReport
+	37, // 24: transitca.admin.v1.DrillStep.duration:type_name -> google.protobuf.Duration
+	36, // 25: transitca.admin.v1.DrillReport.started:type_name -> google.protobuf.Timestamp
+	19, // 26: transitca.admin.v1.DrillReport.steps:type_name -> transitca.admin.v1.DrillStep
+	1,  // 27: transitca.admin.v1.Entry.kind:type_name -> transitca.admin.v1.Kind
+	36, // 28: transitca.admin.v1.Entry.time:type_name -> google.protobuf.Timestamp
+	37, // 29: transitca.admin.v1.Entry.requested_ttl:type_name -> google.protobuf.Duration
+	37, // 30: transitca.admin.v1.Entry.granted_ttl:type_name -> google.protobuf.Duration
+	36, // 31: transitca.admin.v1.Entry.not_before:type_name -> google.protobuf.Timestamp
+	36, // 32: transitca.admin.v1.Entry.not_after:type_name -> google.protobuf.Timestamp
+	1,  // 33: transitca.admin.v1.QueryLogRequest.kind:type_name -> transitca.admin.v1.Kind
+	36, // 34: transitca.admin.v1.QueryLogRequest.from:type_name -> google.protobuf.Timestamp
+	36, // 35: transitca.admin.v1.QueryLogRequest.to:type_name -> google.protobuf.Timestamp
+	36, // 36: transitca.admin.v1.QueryLogRequest.valid_at:type_name -> google.protobuf.Timestamp
+	36, // 37: transitca.admin.v1.QueryLogRequest.expiring_before:type_name -> google.protobuf.Timestamp
+	21, // 38: transitca.admin.v1.QueryLogResponse.entries:type_name -> transitca.admin.v1.Entry
+	21, // 39: transitca.admin.v1.GetEntryResponse.entry:type_name -> transitca.admin.v1.Entry
+	22, // 40: transitca.admin.v1.AdminService.QueryLog:input_type -> transitca.admin.v1.QueryLogRequest
+	24, // 41: transitca.admin.v1.AdminService.GetEntry:input_type -> transitca.admin.v1.GetEntryRequest
+	26, // 42: transitca.admin.v1.AdminService.GetCheckpoint:input_type -> transitca.admin.v1.GetCheckpointRequest
+	28, // 43: transitca.admin.v1.AdminService.GetInclusionProof:input_type -> transitca.admin.v1.GetInclusionProofRequest
+	30, // 44: transitca.admin.v1.AdminService.GetConsistencyProof:input_type -> transitca.admin.v1.GetConsistencyProofRequest
+	32, // 45: transitca.admin.v1.AdminService.VerifyLog:input_type -> transitca.admin.v1.VerifyLogRequest
+	34, // 46: transitca.admin.v1.AdminService.Backup:input_type -> transitca.admin.v1.BackupRequest
+	4,  // 47: transitca.admin.v1.AdminService.Status:input_type -> transitca.admin.v1.StatusRequest
+	6,  // 48: transitca.admin.v1.AdminService.RotateIntermediate:input_type -> transitca.admin.v1.RotateIntermediateRequest
+	8,  // 49: transitca.admin.v1.AdminService.PrepareRoot:input_type -> transitca.admin.v1.PrepareRootRequest
+	10, // 50: transitca.admin.v1.AdminService.ActivateRoot:input_type -> transitca.admin.v1.ActivateRootRequest
+	12, // 51: transitca.admin.v1.AdminService.RetireRoot:input_type -> transitca.admin.v1.RetireRootRequest
+	14, // 52: transitca.admin.v1.AdminService.RevokeIntermediate:input_type -> transitca.admin.v1.RevokeIntermediateRequest
+	17, // 53: transitca.admin.v1.AdminService.Drill:input_type -> transitca.admin.v1.DrillRequest
+	23, // 54: transitca.admin.v1.AdminService.QueryLog:output_type -> transitca.admin.v1.QueryLogResponse
+	25, // 55: transitca.admin.v1.AdminService.GetEntry:output_type -> transitca.admin.v1.GetEntryResponse
+	27, // 56: transitca.admin.v1.AdminService.GetCheckpoint:output_type -> transitca.admin.v1.GetCheckpointResponse
+	29, // 57: transitca.admin.v1.AdminService.GetInclusionProof:output_type -> transitca.admin.v1.GetInclusionProofResponse
+	31, // 58: transitca.admin.v1.AdminService.GetConsistencyProof:output_type -> transitca.admin.v1.GetConsistencyProofResponse
+	33, // 59: transitca.admin.v1.AdminService.VerifyLog:output_type -> transitca.admin.v1.VerifyLogResponse
+	35, // 60: transitca.admin.v1.AdminService.Backup:output_type -> transitca.admin.v1.BackupResponse
+	5,  // 61: transitca.admin.v1.AdminService.Status:output_type -> transitca.admin.v1.StatusResponse
+	7,  // 62: transitca.admin.v1.AdminService.RotateIntermediate:output_type -> transitca.admin.v1.RotateIntermediateResponse
+	9,  // 63: transitca.admin.v1.AdminService.PrepareRoot:output_type -> transitca.admin.v1.PrepareRootResponse
+	11, // 64: transitca.admin.v1.AdminService.ActivateRoot:output_type -> transitca.admin.v1.ActivateRootResponse
+	13, // 65: transitca.admin.v1.AdminService.RetireRoot:output_type -> transitca.admin.v1.RetireRootResponse
+	15, // 66: transitca.admin.v1.AdminService.RevokeIntermediate:output_type -> transitca.admin.v1.RevokeIntermediateResponse
+	18, // 67: transitca.admin.v1.AdminService.Drill:output_type -> transitca.admin.v1.DrillResponse
+	54, // [54:68] is the sub-list for method output_type
+	40, // [40:54] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_transitca_admin_v1_admin_proto_init() }
@@ -1371,11 +2769,11 @@ func file_transitca_admin_v1_admin_proto_init() {
 	if File_transitca_admin_v1_admin_proto != nil {
 		return
 	}
-	file_transitca_admin_v1_admin_proto_msgTypes[3].OneofWrappers = []any{
+	file_transitca_admin_v1_admin_proto_msgTypes[22].OneofWrappers = []any{
 		(*GetEntryRequest_Seq)(nil),
 		(*GetEntryRequest_Serial)(nil),
 	}
-	file_transitca_admin_v1_admin_proto_msgTypes[7].OneofWrappers = []any{
+	file_transitca_admin_v1_admin_proto_msgTypes[26].OneofWrappers = []any{
 		(*GetInclusionProofRequest_Seq)(nil),
 		(*GetInclusionProofRequest_Serial)(nil),
 	}
@@ -1384,8 +2782,8 @@ func file_transitca_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transitca_admin_v1_admin_proto_rawDesc), len(file_transitca_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   15,
+			NumEnums:      2,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

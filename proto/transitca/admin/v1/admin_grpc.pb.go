@@ -30,15 +30,24 @@ const (
 	AdminService_GetConsistencyProof_FullMethodName = "/transitca.admin.v1.AdminService/GetConsistencyProof"
 	AdminService_VerifyLog_FullMethodName           = "/transitca.admin.v1.AdminService/VerifyLog"
 	AdminService_Backup_FullMethodName              = "/transitca.admin.v1.AdminService/Backup"
+	AdminService_Status_FullMethodName              = "/transitca.admin.v1.AdminService/Status"
+	AdminService_RotateIntermediate_FullMethodName  = "/transitca.admin.v1.AdminService/RotateIntermediate"
+	AdminService_PrepareRoot_FullMethodName         = "/transitca.admin.v1.AdminService/PrepareRoot"
+	AdminService_ActivateRoot_FullMethodName        = "/transitca.admin.v1.AdminService/ActivateRoot"
+	AdminService_RetireRoot_FullMethodName          = "/transitca.admin.v1.AdminService/RetireRoot"
+	AdminService_RevokeIntermediate_FullMethodName  = "/transitca.admin.v1.AdminService/RevokeIntermediate"
+	AdminService_Drill_FullMethodName               = "/transitca.admin.v1.AdminService/Drill"
 )
 
 // AdminServiceClient is the client API for AdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AdminService gives the security team read access to the issuance log:
-// queries, entries, signed checkpoints, proofs that can be checked offline,
-// a full verification, and consistent backups. No method changes an entry.
+// AdminService gives the security team read access to the issuance log
+// (queries, entries, signed checkpoints, proofs that can be checked offline,
+// a full verification, consistent backups; no method changes an entry), and
+// the platform team the rotation of the CA's keys and its rehearsal. Every
+// call, allowed or refused, is recorded in the log as an admin entry.
 type AdminServiceClient interface {
 	// QueryLog returns a page of entries matching the filters.
 	QueryLog(ctx context.Context, in *QueryLogRequest, opts ...grpc.CallOption) (*QueryLogResponse, error)
@@ -56,6 +65,31 @@ type AdminServiceClient interface {
 	VerifyLog(ctx context.Context, in *VerifyLogRequest, opts ...grpc.CallOption) (*VerifyLogResponse, error)
 	// Backup streams a consistent snapshot of the log file.
 	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupResponse], error)
+	// Status reports the CA hierarchy: the roots in the trust bundle and
+	// their roles, the issuing intermediate, the rotation state and the last
+	// drill.
+	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// RotateIntermediate replaces the issuing intermediate now. Leaves issued
+	// before keep verifying against the bundle.
+	RotateIntermediate(ctx context.Context, in *RotateIntermediateRequest, opts ...grpc.CallOption) (*RotateIntermediateResponse, error)
+	// PrepareRoot makes a new root (a new version of the root key) and adds
+	// it to the trust bundle; issuance stays under the active root.
+	PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*PrepareRootResponse, error)
+	// ActivateRoot moves issuance to a new intermediate under the prepared
+	// root. Refused until the prepared root has been in the bundle for
+	// rotation.min_overlap, unless forced with a reason.
+	ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error)
+	// RetireRoot drops an old root from the bundle. Refused while the log
+	// holds an unexpired certificate that chains only to it, unless forced
+	// with a reason.
+	RetireRoot(ctx context.Context, in *RetireRootRequest, opts ...grpc.CallOption) (*RetireRootResponse, error)
+	// RevokeIntermediate marks an intermediate compromised (never used
+	// again), rotates at once if it is the current one, and streams every
+	// unexpired certificate it signed, grouped by namespace and service
+	// account.
+	RevokeIntermediate(ctx context.Context, in *RevokeIntermediateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RevokeIntermediateResponse], error)
+	// Drill rehearses rotation on the running daemon and reports each step.
+	Drill(ctx context.Context, in *DrillRequest, opts ...grpc.CallOption) (*DrillResponse, error)
 }
 
 type adminServiceClient struct {
@@ -145,13 +179,94 @@ func (c *adminServiceClient) Backup(ctx context.Context, in *BackupRequest, opts
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupClient = grpc.ServerStreamingClient[BackupResponse]
 
+func (c *adminServiceClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotateIntermediate(ctx context.Context, in *RotateIntermediateRequest, opts ...grpc.CallOption) (*RotateIntermediateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateIntermediateResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateIntermediate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) PrepareRoot(ctx context.Context, in *PrepareRootRequest, opts ...grpc.CallOption) (*PrepareRootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrepareRootResponse)
+	err := c.cc.Invoke(ctx, AdminService_PrepareRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ActivateRoot(ctx context.Context, in *ActivateRootRequest, opts ...grpc.CallOption) (*ActivateRootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateRootResponse)
+	err := c.cc.Invoke(ctx, AdminService_ActivateRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RetireRoot(ctx context.Context, in *RetireRootRequest, opts ...grpc.CallOption) (*RetireRootResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireRootResponse)
+	err := c.cc.Invoke(ctx, AdminService_RetireRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeIntermediate(ctx context.Context, in *RevokeIntermediateRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RevokeIntermediateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_RevokeIntermediate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RevokeIntermediateRequest, RevokeIntermediateResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_RevokeIntermediateClient = grpc.ServerStreamingClient[RevokeIntermediateResponse]
+
+func (c *adminServiceClient) Drill(ctx context.Context, in *DrillRequest, opts ...grpc.CallOption) (*DrillResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrillResponse)
+	err := c.cc.Invoke(ctx, AdminService_Drill_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
 //
-// AdminService gives the security team read access to the issuance log:
-// queries, entries, signed checkpoints, proofs that can be checked offline,
-// a full verification, and consistent backups. No method changes an entry.
+// AdminService gives the security team read access to the issuance log
+// (queries, entries, signed checkpoints, proofs that can be checked offline,
+// a full verification, consistent backups; no method changes an entry), and
+// the platform team the rotation of the CA's keys and its rehearsal. Every
+// call, allowed or refused, is recorded in the log as an admin entry.
 type AdminServiceServer interface {
 	// QueryLog returns a page of entries matching the filters.
 	QueryLog(context.Context, *QueryLogRequest) (*QueryLogResponse, error)
@@ -169,6 +284,31 @@ type AdminServiceServer interface {
 	VerifyLog(context.Context, *VerifyLogRequest) (*VerifyLogResponse, error)
 	// Backup streams a consistent snapshot of the log file.
 	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error
+	// Status reports the CA hierarchy: the roots in the trust bundle and
+	// their roles, the issuing intermediate, the rotation state and the last
+	// drill.
+	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// RotateIntermediate replaces the issuing intermediate now. Leaves issued
+	// before keep verifying against the bundle.
+	RotateIntermediate(context.Context, *RotateIntermediateRequest) (*RotateIntermediateResponse, error)
+	// PrepareRoot makes a new root (a new version of the root key) and adds
+	// it to the trust bundle; issuance stays under the active root.
+	PrepareRoot(context.Context, *PrepareRootRequest) (*PrepareRootResponse, error)
+	// ActivateRoot moves issuance to a new intermediate under the prepared
+	// root. Refused until the prepared root has been in the bundle for
+	// rotation.min_overlap, unless forced with a reason.
+	ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error)
+	// RetireRoot drops an old root from the bundle. Refused while the log
+	// holds an unexpired certificate that chains only to it, unless forced
+	// with a reason.
+	RetireRoot(context.Context, *RetireRootRequest) (*RetireRootResponse, error)
+	// RevokeIntermediate marks an intermediate compromised (never used
+	// again), rotates at once if it is the current one, and streams every
+	// unexpired certificate it signed, grouped by namespace and service
+	// account.
+	RevokeIntermediate(*RevokeIntermediateRequest, grpc.ServerStreamingServer[RevokeIntermediateResponse]) error
+	// Drill rehearses rotation on the running daemon and reports each step.
+	Drill(context.Context, *DrillRequest) (*DrillResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -199,6 +339,27 @@ func (UnimplementedAdminServiceServer) VerifyLog(context.Context, *VerifyLogRequ
 }
 func (UnimplementedAdminServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupResponse]) error {
 	return status.Error(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedAdminServiceServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateIntermediate(context.Context, *RotateIntermediateRequest) (*RotateIntermediateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateIntermediate not implemented")
+}
+func (UnimplementedAdminServiceServer) PrepareRoot(context.Context, *PrepareRootRequest) (*PrepareRootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareRoot not implemented")
+}
+func (UnimplementedAdminServiceServer) ActivateRoot(context.Context, *ActivateRootRequest) (*ActivateRootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateRoot not implemented")
+}
+func (UnimplementedAdminServiceServer) RetireRoot(context.Context, *RetireRootRequest) (*RetireRootResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireRoot not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeIntermediate(*RevokeIntermediateRequest, grpc.ServerStreamingServer[RevokeIntermediateResponse]) error {
+	return status.Error(codes.Unimplemented, "method RevokeIntermediate not implemented")
+}
+func (UnimplementedAdminServiceServer) Drill(context.Context, *DrillRequest) (*DrillResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drill not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -340,6 +501,125 @@ func _AdminService_Backup_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_BackupServer = grpc.ServerStreamingServer[BackupResponse]
 
+func _AdminService_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Status(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Status_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Status(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotateIntermediate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateIntermediateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateIntermediate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateIntermediate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateIntermediate(ctx, req.(*RotateIntermediateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_PrepareRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PrepareRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PrepareRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PrepareRoot(ctx, req.(*PrepareRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ActivateRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ActivateRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ActivateRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ActivateRoot(ctx, req.(*ActivateRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RetireRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RetireRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RetireRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RetireRoot(ctx, req.(*RetireRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeIntermediate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RevokeIntermediateRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).RevokeIntermediate(m, &grpc.GenericServerStream[RevokeIntermediateRequest, RevokeIntermediateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_RevokeIntermediateServer = grpc.ServerStreamingServer[RevokeIntermediateResponse]
+
+func _AdminService_Drill_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrillRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).Drill(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_Drill_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).Drill(ctx, req.(*DrillRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -371,11 +651,40 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "VerifyLog",
 			Handler:    _AdminService_VerifyLog_Handler,
 		},
+		{
+			MethodName: "Status",
+			Handler:    _AdminService_Status_Handler,
+		},
+		{
+			MethodName: "RotateIntermediate",
+			Handler:    _AdminService_RotateIntermediate_Handler,
+		},
+		{
+			MethodName: "PrepareRoot",
+			Handler:    _AdminService_PrepareRoot_Handler,
+		},
+		{
+			MethodName: "ActivateRoot",
+			Handler:    _AdminService_ActivateRoot_Handler,
+		},
+		{
+			MethodName: "RetireRoot",
+			Handler:    _AdminService_RetireRoot_Handler,
+		},
+		{
+			MethodName: "Drill",
+			Handler:    _AdminService_Drill_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Backup",
 			Handler:       _AdminService_Backup_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "RevokeIntermediate",
+			Handler:       _AdminService_RevokeIntermediate_Handler,
 			ServerStreams: true,
 		},
 	},
