@@ -25,6 +25,7 @@ func commands() []command {
 		{"request", "request a certificate the way istio-agent does", runRequest},
 		{"token", "mint a dev-mode service-account token (DEV-ONLY)", runToken},
 		{"log", "query, export, verify and prove the issuance log", runLog},
+		{"admin", "rotate the CA's keys and rehearse it on a running daemon", runAdmin},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -1,0 +1,325 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
+)
+
+// adminFlags are the flags of every "ca admin" subcommand: where the
+// daemon is, who is calling, and how to print.
+type adminFlags struct {
+	conn   logFlags
+	output string
+}
+
+func newAdminFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *adminFlags) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	af := &adminFlags{}
+	fs.StringVar(&af.conn.addr, "addr", "127.0.0.1:15015", "admin API address of the running daemon")
+	fs.StringVar(&af.conn.cert, "cert", "", "client certificate chain (PEM) carrying an admin SPIFFE ID")
+	fs.StringVar(&af.conn.key, "key", "", "client private key (PEM)")
+	fs.StringVar(&af.conn.rootCert, "root-cert", "", "root bundle that verifies the daemon (PEM)")
+	fs.StringVar(&af.conn.serverName, "server-name", "", "name to verify in the daemon's certificate (default: the host of --addr)")
+	fs.DurationVar(&af.conn.timeout, "timeout", 5*time.Minute, "time limit")
+	fs.StringVar(&af.output, "o", "text", "output: text or json")
+	return fs, af
+}
+
+// client connects and bounds the call by --timeout.
+func (f *adminFlags) client(ctx context.Context) (adminv1.AdminServiceClient, context.Context, func(), error) {
+	if f.output != "text" && f.output != "json" {
+		return nil, nil, nil, fmt.Errorf("-o %q: want text or json", f.output)
+	}
+	conn, err := f.conn.dial()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.conn.timeout)
+	return adminv1.NewAdminServiceClient(conn), ctx, func() { cancel(); conn.Close() }, nil
+}
+
+// print writes m as JSON (one line) or as text.
+func (f *adminFlags) print(w io.Writer, m proto.Message, text func(io.Writer)) error {
+	if f.output == "json" {
+		b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		var compact json.RawMessage = b
+		out, err := json.Marshal(compact)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(w, string(out))
+		return err
+	}
+	text(w)
+	return nil
+}
+
+func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	subs := []struct {
+		name, summary string
+		run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	}{
+		{"status", "the roots in the bundle, the issuing intermediate, the rotation state, the last drill", adminStatus},
+		{"rotate-intermediate", "replace the issuing intermediate now", adminRotateIntermediate},
+		{"root", "staged root rotation: root prepare | activate [--force --reason R] | retire [--key-version N] [--force --reason R] [--compromised]", adminRoot},
+		{"revoke-intermediate", "mark an intermediate compromised, rotate, and list the workloads it signed for (JSON lines)", adminRevokeIntermediate},
+		{"drill", "rehearse rotation on the running daemon and report each step (--root: a full root cycle, staging only)", adminDrill},
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(stderr, "usage: ca admin <command> [flags]")
+		fmt.Fprintln(stderr, "\nRotates the CA's keys and rehearses it through the admin API of a running daemon.\ncommands:")
+		for _, s := range subs {
+			fmt.Fprintf(stderr, "  %-20s %s\n", s.name, s.summary)
+		}
+		if len(args) == 0 {
+			return errUsage
+		}
+		return flag.ErrHelp
+	}
+	for _, s := range subs {
+		if s.name == args[0] {
+			return s.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "ca admin: unknown command %q\n", args[0])
+	return errUsage
+}
+
+func adminStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, af := newAdminFlagSet("ca admin status", stderr)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, ctx, done, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	st, err := c.Status(ctx, &adminv1.StatusRequest{})
+	if err != nil {
+		return err
+	}
+	return af.print(stdout, st, func(w io.Writer) {
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROOT\tROLE\tNOT AFTER\tFINGERPRINT")
+		for _, r := range st.GetRoots() {
+			fmt.Fprintf(tw, "v%d\t%s\t%s\t%s\n", r.GetKeyVersion(), roleText(r.GetRole()), timeText(r.GetNotAfter().AsTime()), r.GetFingerprint())
+		}
+		_ = tw.Flush()
+		in := st.GetIntermediate()
+		fmt.Fprintf(w, "\nissuing intermediate %s (%s mode, key version %d, under root v%d)\n  not after %s, renews at %s\n",
+			in.GetFingerprint(), in.GetMode(), in.GetKeyVersion(), in.GetRootKeyVersion(), timeText(in.GetNotAfter().AsTime()), timeText(in.GetRenewAt().AsTime()))
+		if st.GetPreparedAt() != nil {
+			fmt.Fprintf(w, "prepared root in the bundle since %s; activation allowed from %s (min overlap %s)\n",
+				timeText(st.GetPreparedAt().AsTime()), timeText(st.GetActivateAllowedAt().AsTime()), st.GetMinOverlap().AsDuration())
+		}
+		for _, fp := range st.GetCompromisedIntermediates() {
+			fmt.Fprintf(w, "compromised intermediate %s: never used again\n", fp)
+		}
+		fmt.Fprintf(w, "issuance log: %d entries\n", st.GetLogSize())
+		if d := st.GetLastDrill(); d != nil {
+			fmt.Fprintf(w, "last drill %s: %s\n", timeText(d.GetStarted().AsTime()), passText(d.GetPassed()))
+		} else {
+			fmt.Fprintln(w, "no drill run since the daemon started")
+		}
+	})
+}
+
+func adminRotateIntermediate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, af := newAdminFlagSet("ca admin rotate-intermediate", stderr)
+	reason := fs.String("reason", "", "why, recorded in the log")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, ctx, done, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := c.RotateIntermediate(ctx, &adminv1.RotateIntermediateRequest{Reason: *reason})
+	if err != nil {
+		return err
+	}
+	return af.print(stdout, resp, func(w io.Writer) {
+		fmt.Fprintf(w, "issuing intermediate rotated: %s → %s (not after %s)\n",
+			resp.GetPrevious().GetFingerprint(), resp.GetCurrent().GetFingerprint(), timeText(resp.GetCurrent().GetNotAfter().AsTime()))
+	})
+}
+
+func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprintln(stderr, "usage: ca admin root prepare|activate|retire [flags]")
+		return errUsage
+	}
+	step, args := args[0], args[1:]
+	fs, af := newAdminFlagSet("ca admin root "+step, stderr)
+	reason := fs.String("reason", "", "why, recorded in the log (required with --force)")
+	var force, compromised *bool
+	var version *int64
+	switch step {
+	case "prepare":
+	case "activate":
+		force = fs.Bool("force", false, "activate before rotation.min_overlap has passed (needs --reason)")
+	case "retire":
+		force = fs.Bool("force", false, "retire although unexpired certificates chain to it (needs --reason)")
+		compromised = fs.Bool("compromised", false, "also mark the root compromised: never trusted again")
+		version = fs.Int64("key-version", 0, "root key version to retire (default: the oldest root that is not active)")
+	default:
+		fmt.Fprintf(stderr, "ca admin root: unknown step %q (prepare, activate, retire)\n", step)
+		return errUsage
+	}
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if force != nil && *force && strings.TrimSpace(*reason) == "" {
+		return errors.New("--force needs --reason: the override is recorded in the log")
+	}
+	c, ctx, done, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	switch step {
+	case "prepare":
+		resp, err := c.PrepareRoot(ctx, &adminv1.PrepareRootRequest{Reason: *reason})
+		if err != nil {
+			return err
+		}
+		return af.print(stdout, resp, func(w io.Writer) {
+			fmt.Fprintf(w, "root v%d prepared and added to the trust bundle (%s, not after %s)\nissuance stays under the active root; activate from %s\n",
+				resp.GetPrepared().GetKeyVersion(), resp.GetPrepared().GetFingerprint(), timeText(resp.GetPrepared().GetNotAfter().AsTime()),
+				timeText(resp.GetActivateAllowedAt().AsTime()))
+		})
+	case "activate":
+		resp, err := c.ActivateRoot(ctx, &adminv1.ActivateRootRequest{Force: *force, Reason: *reason})
+		if err != nil {
+			return err
+		}
+		return af.print(stdout, resp, func(w io.Writer) {
+			fmt.Fprintf(w, "root v%d active; issuing intermediate %s\nthe old root stays in the bundle until \"ca admin root retire\"\n",
+				resp.GetActive().GetKeyVersion(), resp.GetIntermediate().GetFingerprint())
+		})
+	default:
+		resp, err := c.RetireRoot(ctx, &adminv1.RetireRootRequest{KeyVersion: *version, Force: *force, Reason: *reason, Compromised: *compromised})
+		if err != nil {
+			return err
+		}
+		return af.print(stdout, resp, func(w io.Writer) {
+			fmt.Fprintf(w, "root v%d removed from the trust bundle (%s)", resp.GetRetired().GetKeyVersion(), roleText(resp.GetRetired().GetRole()))
+			if n := resp.GetLiveCertificates(); n > 0 {
+				fmt.Fprintf(w, "; %d unexpired certificates still chained to it", n)
+			}
+			fmt.Fprintln(w)
+		})
+	}
+}
+
+func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, af := newAdminFlagSet("ca admin revoke-intermediate", stderr)
+	fp := fs.String("fingerprint", "", "hex SHA-256 of the intermediate (default: the current one)")
+	reason := fs.String("reason", "", "why, recorded in the log")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, ctx, done, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	stream, err := c.RevokeIntermediate(ctx, &adminv1.RevokeIntermediateRequest{Fingerprint: *fp, Reason: *reason})
+	if err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "intermediate %s revoked: never used again; issuing intermediate now %s\n",
+		first.GetRevoked().GetFingerprint(), first.GetCurrent().GetFingerprint())
+	// The affected workloads, one JSON line each, whatever -o says: it is
+	// what operators feed to the restart.
+	enc := json.NewEncoder(stdout)
+	workloads, certs := 0, 0
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		g := m.GetAffected()
+		workloads++
+		certs += len(g.GetSerials())
+		if err := enc.Encode(map[string]any{
+			"namespace": g.GetNamespace(), "service_account": g.GetServiceAccount(), "spiffe_id": g.GetSpiffeId(),
+			"certificates": len(g.GetSerials()), "serials": g.GetSerials(), "last_not_after": g.GetLastNotAfter().AsTime().UTC().Format(time.RFC3339),
+		}); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stderr, "%d unexpired certificates of %d workloads were signed by it: restart those workloads\n", certs, workloads)
+	return nil
+}
+
+func adminDrill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, af := newAdminFlagSet("ca admin drill", stderr)
+	root := fs.Bool("root", false, "also run a full root prepare and activate cycle (needs rotation.allow_root_drill: staging only)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, ctx, done, err := af.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := c.Drill(ctx, &adminv1.DrillRequest{Root: *root})
+	if err != nil {
+		return err
+	}
+	rep := resp.GetReport()
+	if err := af.print(stdout, rep, func(w io.Writer) {
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "STEP\tRESULT\tTIME\tDETAIL")
+		for _, s := range rep.GetSteps() {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.GetName(), passText(s.GetPassed()), s.GetDuration().AsDuration().Round(time.Millisecond), s.GetDetail())
+		}
+		_ = tw.Flush()
+		fmt.Fprintf(w, "drill %s\n", passText(rep.GetPassed()))
+	}); err != nil {
+		return err
+	}
+	if !rep.GetPassed() {
+		return errors.New("the drill failed: see the steps above; the daemon is still serving")
+	}
+	return nil
+}
+
+func roleText(r adminv1.RootRole) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "ROOT_ROLE_"))
+}
+
+func passText(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+func timeText(t time.Time) string { return t.UTC().Format(time.RFC3339) }
