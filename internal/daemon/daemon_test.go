@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,6 +47,7 @@ type running struct {
 	*Daemon
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
 // startDaemon starts a daemon with cfg and stops it when the test ends.
@@ -62,14 +64,17 @@ func startDaemon(t *testing.T, cfg *config.Config) *running {
 	return r
 }
 
+// stop stops the daemon and closes it; it is safe to call twice.
 func (r *running) stop(t *testing.T) {
-	r.cancel()
-	if err := <-r.done; err != nil {
-		t.Errorf("Run: %v", err)
-	}
-	if err := r.Close(); err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	r.once.Do(func() {
+		r.cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := r.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
 }
 
 func (r *running) rootPool(t *testing.T) *x509.CertPool {
