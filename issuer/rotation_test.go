@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	vault "github.com/hashicorp/vault/api"
+
 	"github.com/transitca/transitca/internal/certlint"
 	"github.com/transitca/transitca/internal/vaulttest"
 	"github.com/transitca/transitca/issuer"
@@ -721,5 +723,68 @@ func TestRotationNeedsStateStore(t *testing.T) {
 	}
 	if _, err := a.RotateIntermediate(ctx); err != nil {
 		t.Fatalf("rotate the intermediate without a state store: %v", err)
+	}
+}
+
+// rotationPolicy is the Vault policy a daemon needs to serve and rotate, in
+// both intermediate modes: on top of reading keys and signing, the rotate
+// endpoint of the root and intermediate keys, and create/read/update on the
+// KV paths of the CA certificates and the rotation state. It grants no
+// keys/*/config (which could make a key exportable) and no key creation.
+func rotationPolicy(env *vaulttest.Env) string {
+	var b strings.Builder
+	for _, k := range []string{issuer.DefaultRootKey, issuer.DefaultIntermediateKey} {
+		fmt.Fprintf(&b, "path %q { capabilities = [\"read\"] }\n", env.Transit+"/keys/"+k)
+		fmt.Fprintf(&b, "path %q { capabilities = [\"update\"] }\n", env.Transit+"/keys/"+k+"/rotate")
+		fmt.Fprintf(&b, "path %q { capabilities = [\"update\"] }\n", env.Transit+"/sign/"+k+"/*")
+	}
+	fmt.Fprintf(&b, "path %q { capabilities = [\"create\", \"read\", \"update\"] }\n", env.KV+"/data/transitca/*")
+	return b.String()
+}
+
+func TestRotationWithLeastPrivilegePolicy(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			env := vaulttest.New(t)
+			ctx := context.Background()
+			o := rotationOptions(mode, newClock(), nil)
+			root := site{env: env}.stores()
+			if _, err := issuer.Init(ctx, root.keys, root.certs, o); err != nil {
+				t.Fatal(err)
+			}
+			name := "rotation-" + env.Transit
+			if err := env.Client.Sys().PutPolicy(name, rotationPolicy(env)); err != nil {
+				t.Fatal(err)
+			}
+			tok, err := env.Client.Auth().Token().Create(&vault.TokenCreateRequest{Policies: []string{name}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := env.Client.Clone()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetToken(tok.Auth.ClientToken)
+			limited := site{env: &vaulttest.Env{Server: env.Server, Client: c, Transit: env.Transit, KV: env.KV}}
+			a, _ := openAt(t, limited, o)
+			if _, err := a.PrepareRoot(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.ActivateRoot(ctx, 0, true); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.RetireRoot(ctx, 1, false); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.RotateIntermediate(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := a.RevokeIntermediate(ctx, ""); err != nil {
+				t.Fatal(err)
+			}
+			if err := chainsTo(signLeaf(t, a), a.Roots()...); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
