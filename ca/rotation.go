@@ -44,6 +44,10 @@ type RotationOptions struct {
 	DrillIdentity string
 	// Metrics, when set, expose the last drill's time and result.
 	Metrics *Metrics
+	// OnChange, when set, is called after a step changed the hierarchy
+	// (the daemon rewrites its root bundle file and renews its serving
+	// certificate at once rather than at its next check).
+	OnChange func(ctx context.Context)
 	Now     func() time.Time
 }
 
@@ -103,6 +107,13 @@ func (r *rotation) record(ctx context.Context, action, detail string) error {
 	return nil
 }
 
+// changed tells the daemon that the hierarchy changed.
+func (r *rotation) changed(ctx context.Context) {
+	if r.OnChange != nil {
+		r.OnChange(ctx)
+	}
+}
+
 // Status reports the hierarchy and the rotation state.
 func (s *AdminService) Status(_ context.Context, _ *adminv1.StatusRequest) (*adminv1.StatusResponse, error) {
 	r, err := s.rotation()
@@ -142,6 +153,7 @@ func (s *AdminService) RotateIntermediate(ctx context.Context, req *adminv1.Rota
 	if err != nil {
 		return nil, err
 	}
+	r.changed(ctx)
 	if err := r.record(ctx, "intermediate-rotated", fmt.Sprintf("previous=%s current=%s reason=%s", prev.Fingerprint, cur.Fingerprint, quote(req.GetReason()))); err != nil {
 		return nil, err
 	}
@@ -160,6 +172,7 @@ func (s *AdminService) PrepareRoot(ctx context.Context, req *adminv1.PrepareRoot
 	if err != nil {
 		return nil, err
 	}
+	r.changed(ctx)
 	st := r.Authority.Status()
 	if err := r.record(ctx, "root-prepared", fmt.Sprintf("version=%d fingerprint=%s not_after=%s reason=%s",
 		info.Version, info.Fingerprint, info.NotAfter.UTC().Format(time.RFC3339), quote(req.GetReason()))); err != nil {
@@ -183,6 +196,7 @@ func (s *AdminService) ActivateRoot(ctx context.Context, req *adminv1.ActivateRo
 	if err := r.Authority.ActivateRoot(ctx, r.MinOverlap, req.GetForce()); err != nil {
 		return nil, err
 	}
+	r.changed(ctx)
 	st := r.Authority.Status()
 	detail := fmt.Sprintf("version=%d previous=%d intermediate=%s", st.ActiveRoot, before.ActiveRoot, st.Intermediate.Fingerprint)
 	if req.GetForce() {
@@ -245,6 +259,7 @@ func (s *AdminService) RetireRoot(ctx context.Context, req *adminv1.RetireRootRe
 	if err := r.Authority.RetireRoot(ctx, version, req.GetCompromised()); err != nil {
 		return nil, err
 	}
+	r.changed(ctx)
 	detail := fmt.Sprintf("version=%d fingerprint=%s live_certificates=%d compromised=%v", version, info.Fingerprint, live, req.GetCompromised())
 	if req.GetForce() || req.GetCompromised() {
 		detail += " reason=" + quote(req.GetReason())
@@ -300,6 +315,9 @@ func (s *AdminService) RevokeIntermediate(req *adminv1.RevokeIntermediateRequest
 		fp = r.Authority.Intermediate().Fingerprint
 	}
 	old, cur, err := r.Authority.RevokeIntermediate(ctx, fp)
+	if err == nil {
+		r.changed(ctx)
+	}
 	r.mu.Unlock()
 	if errors.Is(err, issuer.ErrBadFingerprint) {
 		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
@@ -410,6 +428,7 @@ func (s *AdminService) RunDrill(ctx context.Context, root bool) (*adminv1.DrillR
 	defer r.mu.Unlock()
 	d := &drill{r: r, s: s, rep: &adminv1.DrillReport{Started: timestamppb.New(r.Now()), Root: root, Passed: true}}
 	d.run(ctx)
+	r.changed(ctx)
 	r.lastDrill = d.rep
 	if r.Metrics != nil {
 		r.Metrics.observeDrill(d.rep.GetStarted().AsTime(), d.rep.GetPassed())

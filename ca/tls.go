@@ -118,6 +118,15 @@ func (s *ServingCert) due() bool {
 	return !s.svc.now().Before(half) || s.from != s.svc.authority.Intermediate().Fingerprint
 }
 
+// RenewIfDue renews the certificate if it is past half its life or its
+// issuing intermediate is no longer the current one.
+func (s *ServingCert) RenewIfDue(ctx context.Context) error {
+	if !s.due() {
+		return nil
+	}
+	return s.Renew(ctx)
+}
+
 // Run renews the certificate when it passes half its life or the issuing
 // intermediate changes, until ctx ends.
 func (s *ServingCert) Run(ctx context.Context, every time.Duration) {
@@ -129,10 +138,7 @@ func (s *ServingCert) Run(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		if !s.due() {
-			continue
-		}
-		if err := s.Renew(ctx); err != nil {
+		if err := s.RenewIfDue(ctx); err != nil {
 			s.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
 		}
 	}

@@ -276,12 +276,25 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 	o := ca.RotationOptions{
 		Authority: d.authority, Service: d.svc, Audit: d.recorder, RootKey: d.cfg.CA.RootKey,
 		MinOverlap: d.cfg.MinOverlap(), AllowRootDrill: d.cfg.Rotation.AllowRootDrill,
-		DrillIdentity: d.cfg.DrillIdentity(), Metrics: metrics,
+		DrillIdentity: d.cfg.DrillIdentity(), Metrics: metrics, OnChange: d.hierarchyChanged,
 	}
 	if d.backend.Transit != nil {
 		o.Keys = d.backend.Transit
 	}
 	return o
+}
+
+// hierarchyChanged brings the root bundle file and the serving
+// certificate up to date after a rotation step, at once.
+func (d *Daemon) hierarchyChanged(ctx context.Context) {
+	if err := writeRoots(d.rootFile, d.authority.Roots()); err != nil {
+		d.log.ErrorContext(ctx, "write root bundle", slog.Any("error", err))
+	}
+	if sc := d.serving.Load(); sc != nil {
+		if err := sc.RenewIfDue(ctx); err != nil {
+			d.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
+		}
+	}
 }
 
 // issueServingCert issues the TLS serving certificate from the CA's own
