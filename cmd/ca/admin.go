@@ -221,7 +221,11 @@ func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		return af.print(stdout, resp, func(w io.Writer) {
-			fmt.Fprintf(w, "root v%d removed from the trust bundle (%s)", resp.GetRetired().GetKeyVersion(), roleText(resp.GetRetired().GetRole()))
+			how := "retired"
+			if resp.GetRetired().GetRole() == adminv1.RootRole_ROOT_ROLE_COMPROMISED {
+				how = "retired as compromised: never trusted again"
+			}
+			fmt.Fprintf(w, "root v%d removed from the trust bundle (%s)", resp.GetRetired().GetKeyVersion(), how)
 			if n := resp.GetLiveCertificates(); n > 0 {
 				fmt.Fprintf(w, "; %d unexpired certificates still chained to it", n)
 			}
