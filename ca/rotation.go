@@ -48,7 +48,7 @@ type RotationOptions struct {
 	// (the daemon rewrites its root bundle file and renews its serving
 	// certificate at once rather than at its next check).
 	OnChange func(ctx context.Context)
-	Now     func() time.Time
+	Now      func() time.Time
 }
 
 // KeyInspector reads a Transit key's settings (*issuer.Transit does).
@@ -683,4 +683,50 @@ func intermediatePB(in *issuer.Intermediate) *adminv1.Intermediate {
 		RenewAt:        timestamppb.New(in.RenewAt),
 		Pem:            string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: in.Cert.Raw})),
 	}
+}
+
+// ScheduledStep runs the root rotation schedule once: it prepares a new
+// root when the active root has prepareAt of its lifetime left and none is
+// prepared, and activates the prepared root when activateAt is left (and
+// min_overlap has passed; until then it says so and changes nothing). It
+// returns what it did ("" for nothing). Each step is recorded like an
+// operator's, with the actor "transitca schedule".
+func (s *AdminService) ScheduledStep(ctx context.Context, prepareAt, activateAt float64) (string, error) {
+	r, err := s.rotation()
+	if err != nil {
+		return "", err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := r.Authority.Status()
+	var active *x509.Certificate
+	for _, ri := range st.Roots {
+		if ri.Version == st.ActiveRoot {
+			active = ri.Cert
+		}
+	}
+	if active == nil {
+		return "", fmt.Errorf("active root version %d has no certificate", st.ActiveRoot)
+	}
+	now := r.Now()
+	life, left := active.NotAfter.Sub(active.NotBefore), active.NotAfter.Sub(now)
+	ctx = WithAdminCaller(ctx, &Caller{SPIFFEID: "transitca schedule", Method: AuthSelf})
+	switch {
+	case st.PreparedRoot == 0 && float64(left) <= prepareAt*float64(life):
+		info, err := r.Authority.PrepareRoot(ctx)
+		if err != nil {
+			return "", fmt.Errorf("scheduled prepare: %w", err)
+		}
+		r.changed(ctx)
+		did := fmt.Sprintf("prepared root version %d: the active root v%d has %s of %s left", info.Version, st.ActiveRoot, left.Round(time.Second), life.Round(time.Second))
+		return did, r.record(ctx, "root-prepared", fmt.Sprintf("version=%d fingerprint=%s reason=%s", info.Version, info.Fingerprint, quote("schedule: "+did)))
+	case st.PreparedRoot != 0 && float64(left) <= activateAt*float64(life):
+		if err := r.Authority.ActivateRoot(ctx, r.MinOverlap, false); err != nil {
+			return "", fmt.Errorf("scheduled activate: %w", err)
+		}
+		r.changed(ctx)
+		did := fmt.Sprintf("activated root version %d: the old root v%d has %s of %s left", st.PreparedRoot, st.ActiveRoot, left.Round(time.Second), life.Round(time.Second))
+		return did, r.record(ctx, "root-activated", fmt.Sprintf("version=%d previous=%d reason=%s", st.PreparedRoot, st.ActiveRoot, quote("schedule: "+did)))
+	}
+	return "", nil
 }

@@ -65,6 +65,19 @@ type Rotation struct {
 	// DrillIdentity is the SPIFFE ID of a drill's probe certificates;
 	// spiffe://<trust_domain>/ns/transitca/sa/drill when empty.
 	DrillIdentity string `yaml:"drill_identity"`
+	// Schedule prepares and activates roots automatically.
+	Schedule RotationSchedule `yaml:"schedule"`
+}
+
+// RotationSchedule prepares a new root when the active root has
+// PrepareAt of its lifetime left, and activates it at ActivateAt (SPIRE's
+// fractions are 1/2 and 1/6). Activation still waits for min_overlap.
+// Both zero turn the schedule off.
+type RotationSchedule struct {
+	PrepareAt  float64 `yaml:"prepare_at"`
+	ActivateAt float64 `yaml:"activate_at"`
+	// CheckEvery is how often the schedule looks; 1h when zero.
+	CheckEvery Duration `yaml:"check_every"`
 }
 
 // MinOverlap returns rotation.min_overlap, or half the longest tier
@@ -536,6 +549,14 @@ func (c *Config) validateServing() []error {
 	}
 	if d := c.Rotation.DrillInterval; d < 0 || (d > 0 && d < Duration(time.Minute)) {
 		bad("rotation.drill_interval: %v must be zero (off) or at least 1m", time.Duration(d))
+	}
+	if sc := c.Rotation.Schedule; sc.PrepareAt != 0 || sc.ActivateAt != 0 {
+		if !(sc.PrepareAt > 0 && sc.PrepareAt < 1 && sc.ActivateAt > 0 && sc.ActivateAt < sc.PrepareAt) {
+			bad("rotation.schedule: prepare_at %v and activate_at %v must satisfy 0 < activate_at < prepare_at < 1 (fractions of the root's lifetime left)", sc.PrepareAt, sc.ActivateAt)
+		}
+		if sc.CheckEvery < 0 {
+			bad("rotation.schedule.check_every: must not be negative")
+		}
 	}
 	if id := c.Rotation.DrillIdentity; id != "" && !strings.HasPrefix(id, "spiffe://"+c.TrustDomain+"/") {
 		bad("rotation.drill_identity: %q is not a SPIFFE ID in trust domain %s", id, c.TrustDomain)

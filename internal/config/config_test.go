@@ -86,6 +86,11 @@ func TestRejects(t *testing.T) {
 		{"no denial rate", "limits:\n  denials_per_peer_per_second: 0\n", "limits.denials_per_peer_per_second"},
 		{"no denial burst", "limits:\n  denial_burst: 0\n", "limits.denial_burst"},
 		{"denial window too short", "limits:\n  denial_window: 10ms\n", "limits.denial_window"},
+		{"negative overlap", "rotation:\n  min_overlap: -1h\n", "rotation.min_overlap"},
+		{"drill too often", "rotation:\n  drill_interval: 10s\n", "rotation.drill_interval"},
+		{"foreign drill identity", "rotation:\n  drill_identity: spiffe://other.org/ns/x/sa/y\n", "rotation.drill_identity"},
+		{"schedule activates before it prepares", "rotation:\n  schedule: {prepare_at: 0.1, activate_at: 0.5}\n", "rotation.schedule"},
+		{"schedule half set", "rotation:\n  schedule: {prepare_at: 0.5}\n", "rotation.schedule"},
 		{"no denial peers", "limits:\n  denial_peers: 0\n", "limits.denial_peers"},
 		{"unknown limit", "limits:\n  denials_per_second: 3\n", "field denials_per_second not found"},
 	}

@@ -412,6 +412,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if every := time.Duration(d.cfg.Rotation.DrillInterval); every > 0 && d.adminSvc != nil {
 		background(func() { d.drillEvery(ctx, every) })
 	}
+	if sc := d.cfg.Rotation.Schedule; sc.PrepareAt > 0 && d.adminSvc != nil {
+		background(func() { d.rotateOnSchedule(ctx, sc) })
+	}
 	background(func() {
 		if err := d.grpcSrv.Serve(d.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("grpc server: %w", err)
@@ -524,6 +527,31 @@ func (d *Daemon) drillEvery(ctx context.Context, every time.Duration) {
 			d.log.ErrorContext(ctx, "scheduled drill failed; see ca admin status", slog.Int("steps", len(rep.GetSteps())))
 		default:
 			d.log.InfoContext(ctx, "scheduled drill passed", slog.Int("steps", len(rep.GetSteps())))
+		}
+	}
+}
+
+// rotateOnSchedule prepares and activates roots at the configured
+// fractions of the active root's lifetime.
+func (d *Daemon) rotateOnSchedule(ctx context.Context, sc config.RotationSchedule) {
+	every := time.Duration(sc.CheckEvery)
+	if every <= 0 {
+		every = time.Hour
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		did, err := d.adminSvc.ScheduledStep(ctx, sc.PrepareAt, sc.ActivateAt)
+		switch {
+		case err != nil:
+			d.log.WarnContext(ctx, "root rotation schedule", slog.Any("error", err))
+		case did != "":
+			d.log.InfoContext(ctx, "root rotation schedule: "+did)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
