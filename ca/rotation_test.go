@@ -23,10 +23,10 @@ type clock struct {
 func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *clock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 
-// The schedule prepares a root at prepare_at of the active root's
-// lifetime left, activates it at activate_at once the overlap has passed,
-// and records both steps in the log as the schedule's.
-func TestRotationSchedule(t *testing.T) {
+// scheduleEnv is a dev authority on a settable clock, with a 600h root,
+// and an admin service with rotation over a real log.
+func scheduleEnv(t *testing.T, minOverlap time.Duration) (*issuer.Authority, *ca.AdminService, *store.Log, *clock) {
+	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
 	clk := &clock{now: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
@@ -48,7 +48,16 @@ func TestRotationSchedule(t *testing.T) {
 	}
 	t.Cleanup(func() { l.Close() })
 	adm := ca.NewAdminService(l, "", slog.New(slog.DiscardHandler))
-	adm.EnableRotation(ca.RotationOptions{Authority: a, Audit: ca.LogRecorder{Log: l}, MinOverlap: 24 * time.Hour, Now: clk.Now})
+	adm.EnableRotation(ca.RotationOptions{Authority: a, Audit: ca.LogRecorder{Log: l}, MinOverlap: minOverlap, Now: clk.Now})
+	return a, adm, l, clk
+}
+
+// The schedule prepares a root at prepare_at of the active root's
+// lifetime left, activates it at activate_at once the overlap has passed,
+// and records both steps in the log as the schedule's.
+func TestRotationSchedule(t *testing.T) {
+	ctx := context.Background()
+	a, adm, l, clk := scheduleEnv(t, 24*time.Hour)
 	root := a.Root()
 	life := root.NotAfter.Sub(root.NotBefore)
 	at := func(leftFraction float64) time.Time {
@@ -102,34 +111,14 @@ func TestRotationSchedule(t *testing.T) {
 // that entered the bundle too recently is not activated.
 func TestRotationScheduleWaitsForOverlap(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	clk := &clock{now: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
-	keys, certs := issuer.NewLocalKeys(filepath.Join(dir, "keys")), issuer.NewLocalCerts(filepath.Join(dir, "keys"))
-	opts := issuer.Options{
-		RootTTL: 600 * time.Hour, IntermediateTTL: 48 * time.Hour, Now: clk.Now,
-		State: issuer.NewFileState(filepath.Join(dir, "rotation.json")), Logger: slog.New(slog.DiscardHandler),
-	}
-	if _, err := issuer.Init(ctx, keys, certs, opts); err != nil {
-		t.Fatal(err)
-	}
-	a, err := issuer.Open(ctx, keys, certs, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := store.Open(filepath.Join(dir, "log.db"), store.Options{NoSync: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	adm := ca.NewAdminService(l, "", slog.New(slog.DiscardHandler))
-	adm.EnableRotation(ca.RotationOptions{Authority: a, Audit: ca.LogRecorder{Log: l}, MinOverlap: 500 * time.Hour, Now: clk.Now})
+	a, adm, _, clk := scheduleEnv(t, 500*time.Hour)
 	root := a.Root()
 	clk.Set(root.NotAfter.Add(-100 * time.Hour)) // a sixth of the life left: prepare now
 	if _, err := adm.ScheduledStep(ctx, 0.5, 1.0/6); err != nil {
 		t.Fatal(err)
 	}
 	clk.Set(root.NotAfter.Add(-50 * time.Hour))
-	_, err = adm.ScheduledStep(ctx, 0.5, 1.0/6)
+	_, err := adm.ScheduledStep(ctx, 0.5, 1.0/6)
 	if err == nil || !strings.Contains(err.Error(), "overlap") {
 		t.Fatalf("activation before the overlap: %v, want a refusal naming the overlap", err)
 	}
