@@ -643,6 +643,14 @@ func TestRotationSurvivesSIGKILLBetweenPrepareAndActivate(t *testing.T) {
 			if len(inFile) != 2 || !strings.Contains(strings.Join(inFile, ","), prepared.GetFingerprint()) {
 				t.Fatalf("root-cert.pem after restart holds %v, want the prepared %s too", inFile, prepared.GetFingerprint())
 			}
+			// Prepare again is a no-op that names the same root: the
+			// restart did not start a second rotation.
+			again := &adminv1.PrepareRootResponse{}
+			op.adminJSON(t, again, "root", "prepare", "--reason", "e2e crash, again")
+			if again.GetPrepared().GetKeyVersion() != prepared.GetKeyVersion() || again.GetPrepared().GetFingerprint() != prepared.GetFingerprint() {
+				t.Fatalf("prepare after restart made root v%d %s, want the prepared v%d %s", again.GetPrepared().GetKeyVersion(),
+					again.GetPrepared().GetFingerprint(), prepared.GetKeyVersion(), prepared.GetFingerprint())
+			}
 			mid := requestLeaf(t, s, "shop", "web")
 			if len(mid.bundle) != 2 || mid.inter.CheckSignatureFrom(before.bundle[0]) != nil {
 				t.Fatalf("after restart: bundle of %d roots, issuance under the old root: %v", len(mid.bundle), mid.inter.CheckSignatureFrom(before.bundle[0]))
@@ -766,7 +774,7 @@ func TestRotationAdminRefusesNonAdmins(t *testing.T) {
 		{"workload certificate", workload, codes.PermissionDenied, "is not an admin identity", spiffeID("shop", "web") + " from "},
 		{"foreign root", foreignAdminCert(t), codes.Unauthenticated, "", "unauthenticated from "},
 	}
-	methods := adminCalls(nil)
+	methods := adminCalls(nil) // the method names only
 	for _, c := range callers {
 		t.Run(c.name, func(t *testing.T) {
 			conn, err := grpc.NewClient(op.adminAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
