@@ -106,6 +106,28 @@ func startCA(t *testing.T, mode string, extraConfig string) *caServer {
 // startCAOn is startCA on a given Vault corner.
 func startCAOn(t *testing.T, env *vaulttest.Env, mode string, extraConfig string) *caServer {
 	t.Helper()
+	return startCAWith(t, env, caOptions{Mode: mode, Extra: extraConfig})
+}
+
+// caOptions are the settings of the configuration startCAWith writes.
+type caOptions struct {
+	// Mode is ca.intermediate_mode.
+	Mode string
+	// Extra is appended to the file: top-level keys the harness does not
+	// set (admin, tiers, policy, rotation, log).
+	Extra string
+	// ServingCertTTL is server.tls.cert_ttl; 24h when zero.
+	ServingCertTTL time.Duration
+}
+
+// startCAWith initializes a CA in env and starts "ca serve" with o.
+func startCAWith(t *testing.T, env *vaulttest.Env, o caOptions) *caServer {
+	t.Helper()
+	mode, extraConfig := o.Mode, o.Extra
+	servingTTL := o.ServingCertTTL
+	if servingTTL == 0 {
+		servingTTL = 24 * time.Hour
+	}
 	dir := t.TempDir()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -139,11 +161,12 @@ server:
   tls:
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
+    cert_ttl: %s
 auth:
   jwt:
     issuer: %s
     jwks_file: %s
-%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, tokenIssuer, jwksFile, extraConfig)
+%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, servingTTL, tokenIssuer, jwksFile, extraConfig)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
