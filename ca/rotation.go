@@ -222,7 +222,7 @@ func (s *AdminService) RetireRoot(ctx context.Context, req *adminv1.RetireRootRe
 	if err != nil {
 		return nil, err
 	}
-	if req.GetForce() && strings.TrimSpace(req.GetReason()) == "" {
+	if (req.GetForce() || req.GetCompromised()) && strings.TrimSpace(req.GetReason()) == "" {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, ErrReasonRequired)
 	}
 	r.mu.Lock()
@@ -248,7 +248,7 @@ func (s *AdminService) RetireRoot(ctx context.Context, req *adminv1.RetireRootRe
 	if info == nil {
 		return nil, fmt.Errorf("%w: root version %d is not in the trust bundle", ErrInvalidRequest, version)
 	}
-	live, last, err := s.liveUnderRoot(ctx, version, r.Now())
+	groups, live, last, err := s.liveUnderRoot(ctx, version, r.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -271,34 +271,23 @@ func (s *AdminService) RetireRoot(ctx context.Context, req *adminv1.RetireRootRe
 	if req.GetCompromised() {
 		info.Role = issuer.RoleCompromised
 	}
-	return &adminv1.RetireRootResponse{Retired: rootPB(info), LiveCertificates: uint64(live)}, nil
+	resp := &adminv1.RetireRootResponse{Retired: rootPB(info), LiveCertificates: uint64(live)}
+	if req.GetCompromised() {
+		resp.Affected = groups
+	}
+	return resp, nil
 }
 
-// liveUnderRoot counts the unexpired certificates in the log that chain to
-// root version v (their issuer was certified by it), and the last NotAfter.
-func (s *AdminService) liveUnderRoot(ctx context.Context, v int, now time.Time) (int, time.Time, error) {
+// liveUnderRoot returns the unexpired certificates in the log that chain
+// to root version v (their issuer was certified by it), grouped by
+// workload, their number and the last NotAfter.
+func (s *AdminService) liveUnderRoot(ctx context.Context, v int, now time.Time) ([]*adminv1.AffectedWorkload, int, time.Time, error) {
 	kind := store.KindIssuance
-	q := store.Query{Kind: &kind, ExpiringBefore: time.Time{}, ValidAt: now, Limit: 10000}
-	var n int
-	var last time.Time
-	for {
-		entries, next, err := s.log.Query(ctx, q)
-		if err != nil {
-			return 0, time.Time{}, fmt.Errorf("find certificates under root version %d: %w", v, err)
-		}
-		for _, e := range entries {
-			if e.RootKeyVersion == v {
-				n++
-				if e.NotAfter.After(last) {
-					last = e.NotAfter
-				}
-			}
-		}
-		if next == "" {
-			return n, last, nil
-		}
-		q.PageToken = next
+	groups, n, last, err := s.affected(ctx, store.Query{Kind: &kind, ValidAt: now}, func(e *store.Entry) bool { return e.RootKeyVersion == v })
+	if err != nil {
+		return nil, 0, time.Time{}, fmt.Errorf("find certificates under root version %d: %w", v, err)
 	}
+	return groups, n, last, nil
 }
 
 // RevokeIntermediate marks an intermediate compromised, rotates if it is
@@ -351,22 +340,37 @@ func (s *AdminService) RevokeIntermediate(req *adminv1.RevokeIntermediateRequest
 }
 
 // signedBy groups the unexpired certificates an intermediate signed by
-// workload (namespace and service account, or SPIFFE ID).
+// workload.
 func (s *AdminService) signedBy(ctx context.Context, fp string, now time.Time) ([]*adminv1.AffectedWorkload, int, error) {
 	kind := store.KindIssuance
-	q := store.Query{Kind: &kind, Issuer: fp, Limit: 10000}
+	groups, n, _, err := s.affected(ctx, store.Query{Kind: &kind, Issuer: fp}, func(e *store.Entry) bool { return e.NotAfter.After(now) })
+	if err != nil {
+		return nil, 0, fmt.Errorf("certificates signed by %s: %w", fp, err)
+	}
+	return groups, n, nil
+}
+
+// affected pages through q, keeps the entries match accepts, and groups
+// them by SPIFFE ID (namespace and service account), sorted; it returns
+// the groups, the number of certificates and the last NotAfter.
+func (s *AdminService) affected(ctx context.Context, q store.Query, match func(*store.Entry) bool) ([]*adminv1.AffectedWorkload, int, time.Time, error) {
+	q.Limit = 10000
 	byID := map[string]*adminv1.AffectedWorkload{}
 	total := 0
+	var last time.Time
 	for {
 		entries, next, err := s.log.Query(ctx, q)
 		if err != nil {
-			return nil, 0, fmt.Errorf("certificates signed by %s: %w", fp, err)
+			return nil, 0, time.Time{}, err
 		}
 		for _, e := range entries {
-			if !e.NotAfter.After(now) {
+			if !match(e) {
 				continue
 			}
 			total++
+			if e.NotAfter.After(last) {
+				last = e.NotAfter
+			}
 			g := byID[e.SPIFFEID]
 			if g == nil {
 				g = &adminv1.AffectedWorkload{Namespace: e.Namespace, ServiceAccount: e.ServiceAccount, SpiffeId: e.SPIFFEID}
@@ -396,7 +400,7 @@ func (s *AdminService) signedBy(ctx context.Context, fp string, now time.Time) (
 		}
 		return a.SpiffeId < b.SpiffeId
 	})
-	return groups, total, nil
+	return groups, total, last, nil
 }
 
 // Drill rehearses the rotation on the running daemon.

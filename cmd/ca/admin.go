@@ -220,6 +220,11 @@ func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err != nil {
 			return err
 		}
+		if *compromised {
+			fmt.Fprintf(stderr, "root v%d retired as compromised: never trusted again; %d unexpired certificates of %d workloads chained to it: restart those workloads\n",
+				resp.GetRetired().GetKeyVersion(), resp.GetLiveCertificates(), len(resp.GetAffected()))
+			return writeAffected(stdout, resp.GetAffected())
+		}
 		return af.print(stdout, resp, func(w io.Writer) {
 			how := "retired"
 			if resp.GetRetired().GetRole() == adminv1.RootRole_ROOT_ROLE_COMPROMISED {
@@ -256,10 +261,8 @@ func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr 
 	}
 	fmt.Fprintf(stderr, "intermediate %s revoked: never used again; issuing intermediate now %s\n",
 		first.GetRevoked().GetFingerprint(), first.GetCurrent().GetFingerprint())
-	// The affected workloads, one JSON line each, whatever -o says: it is
-	// what operators feed to the restart.
-	enc := json.NewEncoder(stdout)
-	workloads, certs := 0, 0
+	var groups []*adminv1.AffectedWorkload
+	certs := 0
 	for {
 		m, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -268,9 +271,18 @@ func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr 
 		if err != nil {
 			return err
 		}
-		g := m.GetAffected()
-		workloads++
-		certs += len(g.GetSerials())
+		groups = append(groups, m.GetAffected())
+		certs += len(m.GetAffected().GetSerials())
+	}
+	fmt.Fprintf(stderr, "%d unexpired certificates of %d workloads were signed by it: restart those workloads\n", certs, len(groups))
+	return writeAffected(stdout, groups)
+}
+
+// writeAffected writes the affected workloads, one JSON line each,
+// whatever -o says: it is what operators feed to the restart.
+func writeAffected(w io.Writer, groups []*adminv1.AffectedWorkload) error {
+	enc := json.NewEncoder(w)
+	for _, g := range groups {
 		if err := enc.Encode(map[string]any{
 			"namespace": g.GetNamespace(), "service_account": g.GetServiceAccount(), "spiffe_id": g.GetSpiffeId(),
 			"certificates": len(g.GetSerials()), "serials": g.GetSerials(), "last_not_after": g.GetLastNotAfter().AsTime().UTC().Format(time.RFC3339),
@@ -278,7 +290,6 @@ func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr 
 			return err
 		}
 	}
-	fmt.Fprintf(stderr, "%d unexpired certificates of %d workloads were signed by it: restart those workloads\n", certs, workloads)
 	return nil
 }
 

@@ -332,6 +332,34 @@ func TestRotationThroughTheAdminAPI(t *testing.T) {
 		len(st.GetRoots()) != 1 || st.GetRoots()[0].GetKeyVersion() != 2 || !contains(st.GetCompromisedIntermediates(), revoked) {
 		t.Fatalf("status after restart: %v", st)
 	}
+
+	// A compromised root: retired at once although certificates chain to
+	// it, never trusted again, and the workloads holding them listed.
+	adm = d.admin(t, d.request(t, "transitca", "admin"))
+	underV2 := d.request(t, "shop", "web")
+	if _, err := adm.PrepareRoot(ctx, &adminv1.PrepareRootRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adm.ActivateRoot(ctx, &adminv1.ActivateRootRequest{Force: true, Reason: "root v2 key exposed"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = adm.RetireRoot(ctx, &adminv1.RetireRootRequest{KeyVersion: 2, Compromised: true})
+	wantCode(t, err, codes.InvalidArgument, "reason")
+	ret, err = adm.RetireRoot(ctx, &adminv1.RetireRootRequest{KeyVersion: 2, Compromised: true, Reason: "key exposed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var holders []string
+	for _, g := range ret.GetAffected() {
+		holders = append(holders, g.GetSpiffeId())
+	}
+	if ret.GetRetired().GetRole() != adminv1.RootRole_ROOT_ROLE_COMPROMISED || !contains(holders, "spiffe://cluster.local/ns/shop/sa/web") || int(ret.GetLiveCertificates()) < len(holders) {
+		t.Fatalf("compromised retire: %v", ret)
+	}
+	fresh := d.request(t, "shop", "web")
+	if err := underV2.verifies(fresh.bundle); err == nil {
+		t.Fatal("a certificate under the compromised root still verifies against the bundle")
+	}
 }
 
 func issuerFingerprint(w *workload) string { return issuer.Fingerprint(w.chain[1]) }

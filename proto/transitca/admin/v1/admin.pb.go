@@ -776,8 +776,9 @@ type RetireRootRequest struct {
 	// then required and recorded.
 	Force  bool   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	// compromised also marks the root compromised (never trusted again) and
-	// streams nothing: use QueryLog for what it certified.
+	// compromised also marks the root compromised (never trusted again),
+	// retires it even while certificates chain to it, and lists them in the
+	// answer, grouped by workload.
 	Compromised   bool `protobuf:"varint,4,opt,name=compromised,proto3" json:"compromised,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -845,10 +846,13 @@ type RetireRootResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Retired *Root                  `protobuf:"bytes,1,opt,name=retired,proto3" json:"retired,omitempty"`
 	// live_certificates is how many unexpired certificates chained only to
-	// it (non-zero only when forced).
+	// it (non-zero only when forced or compromised).
 	LiveCertificates uint64 `protobuf:"varint,2,opt,name=live_certificates,json=liveCertificates,proto3" json:"live_certificates,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// affected, when the root was retired as compromised, are the workloads
+	// holding those certificates: restart them.
+	Affected      []*AffectedWorkload `protobuf:"bytes,3,rep,name=affected,proto3" json:"affected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RetireRootResponse) Reset() {
@@ -893,6 +897,13 @@ func (x *RetireRootResponse) GetLiveCertificates() uint64 {
 		return x.LiveCertificates
 	}
 	return 0
+}
+
+func (x *RetireRootResponse) GetAffected() []*AffectedWorkload {
+	if x != nil {
+		return x.Affected
+	}
+	return nil
 }
 
 type RevokeIntermediateRequest struct {
@@ -2484,10 +2495,11 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"keyVersion\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12 \n" +
-	"\vcompromised\x18\x04 \x01(\bR\vcompromised\"u\n" +
+	"\vcompromised\x18\x04 \x01(\bR\vcompromised\"\xb7\x01\n" +
 	"\x12RetireRootResponse\x122\n" +
 	"\aretired\x18\x01 \x01(\v2\x18.transitca.admin.v1.RootR\aretired\x12+\n" +
-	"\x11live_certificates\x18\x02 \x01(\x04R\x10liveCertificates\"U\n" +
+	"\x11live_certificates\x18\x02 \x01(\x04R\x10liveCertificates\x12@\n" +
+	"\baffected\x18\x03 \x03(\v2$.transitca.admin.v1.AffectedWorkloadR\baffected\"U\n" +
 	"\x19RevokeIntermediateRequest\x12 \n" +
 	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd6\x01\n" +
@@ -2708,60 +2720,61 @@ var file_transitca_admin_v1_admin_proto_depIdxs = []int32{
 	2,  // 16: transitca.admin.v1.ActivateRootResponse.active:type_name -> transitca.admin.v1.Root
 	3,  // 17: transitca.admin.v1.ActivateRootResponse.intermediate:type_name -> transitca.admin.v1.Intermediate
 	2,  // 18: transitca.admin.v1.RetireRootResponse.retired:type_name -> transitca.admin.v1.Root
-	3,  // 19: transitca.admin.v1.RevokeIntermediateResponse.revoked:type_name -> transitca.admin.v1.Intermediate
-	3,  // 20: transitca.admin.v1.RevokeIntermediateResponse.current:type_name -> transitca.admin.v1.Intermediate
-	16, // 21: transitca.admin.v1.RevokeIntermediateResponse.affected:type_name -> transitca.admin.v1.AffectedWorkload
-	36, // 22: transitca.admin.v1.AffectedWorkload.last_not_after:type_name -> google.protobuf.Timestamp
-	20, // 23: transitca.admin.v1.DrillResponse.report:type_name -> transitca.admin.v1.DrillReport
-	37, // 24: transitca.admin.v1.DrillStep.duration:type_name -> google.protobuf.Duration
-	36, // 25: transitca.admin.v1.DrillReport.started:type_name -> google.protobuf.Timestamp
-	19, // 26: transitca.admin.v1.DrillReport.steps:type_name -> transitca.admin.v1.DrillStep
-	1,  // 27: transitca.admin.v1.Entry.kind:type_name -> transitca.admin.v1.Kind
-	36, // 28: transitca.admin.v1.Entry.time:type_name -> google.protobuf.Timestamp
-	37, // 29: transitca.admin.v1.Entry.requested_ttl:type_name -> google.protobuf.Duration
-	37, // 30: transitca.admin.v1.Entry.granted_ttl:type_name -> google.protobuf.Duration
-	36, // 31: transitca.admin.v1.Entry.not_before:type_name -> google.protobuf.Timestamp
-	36, // 32: transitca.admin.v1.Entry.not_after:type_name -> google.protobuf.Timestamp
-	1,  // 33: transitca.admin.v1.QueryLogRequest.kind:type_name -> transitca.admin.v1.Kind
-	36, // 34: transitca.admin.v1.QueryLogRequest.from:type_name -> google.protobuf.Timestamp
-	36, // 35: transitca.admin.v1.QueryLogRequest.to:type_name -> google.protobuf.Timestamp
-	36, // 36: transitca.admin.v1.QueryLogRequest.valid_at:type_name -> google.protobuf.Timestamp
-	36, // 37: transitca.admin.v1.QueryLogRequest.expiring_before:type_name -> google.protobuf.Timestamp
-	21, // 38: transitca.admin.v1.QueryLogResponse.entries:type_name -> transitca.admin.v1.Entry
-	21, // 39: transitca.admin.v1.GetEntryResponse.entry:type_name -> transitca.admin.v1.Entry
-	22, // 40: transitca.admin.v1.AdminService.QueryLog:input_type -> transitca.admin.v1.QueryLogRequest
-	24, // 41: transitca.admin.v1.AdminService.GetEntry:input_type -> transitca.admin.v1.GetEntryRequest
-	26, // 42: transitca.admin.v1.AdminService.GetCheckpoint:input_type -> transitca.admin.v1.GetCheckpointRequest
-	28, // 43: transitca.admin.v1.AdminService.GetInclusionProof:input_type -> transitca.admin.v1.GetInclusionProofRequest
-	30, // 44: transitca.admin.v1.AdminService.GetConsistencyProof:input_type -> transitca.admin.v1.GetConsistencyProofRequest
-	32, // 45: transitca.admin.v1.AdminService.VerifyLog:input_type -> transitca.admin.v1.VerifyLogRequest
-	34, // 46: transitca.admin.v1.AdminService.Backup:input_type -> transitca.admin.v1.BackupRequest
-	4,  // 47: transitca.admin.v1.AdminService.Status:input_type -> transitca.admin.v1.StatusRequest
-	6,  // 48: transitca.admin.v1.AdminService.RotateIntermediate:input_type -> transitca.admin.v1.RotateIntermediateRequest
-	8,  // 49: transitca.admin.v1.AdminService.PrepareRoot:input_type -> transitca.admin.v1.PrepareRootRequest
-	10, // 50: transitca.admin.v1.AdminService.ActivateRoot:input_type -> transitca.admin.v1.ActivateRootRequest
-	12, // 51: transitca.admin.v1.AdminService.RetireRoot:input_type -> transitca.admin.v1.RetireRootRequest
-	14, // 52: transitca.admin.v1.AdminService.RevokeIntermediate:input_type -> transitca.admin.v1.RevokeIntermediateRequest
-	17, // 53: transitca.admin.v1.AdminService.Drill:input_type -> transitca.admin.v1.DrillRequest
-	23, // 54: transitca.admin.v1.AdminService.QueryLog:output_type -> transitca.admin.v1.QueryLogResponse
-	25, // 55: transitca.admin.v1.AdminService.GetEntry:output_type -> transitca.admin.v1.GetEntryResponse
-	27, // 56: transitca.admin.v1.AdminService.GetCheckpoint:output_type -> transitca.admin.v1.GetCheckpointResponse
-	29, // 57: transitca.admin.v1.AdminService.GetInclusionProof:output_type -> transitca.admin.v1.GetInclusionProofResponse
-	31, // 58: transitca.admin.v1.AdminService.GetConsistencyProof:output_type -> transitca.admin.v1.GetConsistencyProofResponse
-	33, // 59: transitca.admin.v1.AdminService.VerifyLog:output_type -> transitca.admin.v1.VerifyLogResponse
-	35, // 60: transitca.admin.v1.AdminService.Backup:output_type -> transitca.admin.v1.BackupResponse
-	5,  // 61: transitca.admin.v1.AdminService.Status:output_type -> transitca.admin.v1.StatusResponse
-	7,  // 62: transitca.admin.v1.AdminService.RotateIntermediate:output_type -> transitca.admin.v1.RotateIntermediateResponse
-	9,  // 63: transitca.admin.v1.AdminService.PrepareRoot:output_type -> transitca.admin.v1.PrepareRootResponse
-	11, // 64: transitca.admin.v1.AdminService.ActivateRoot:output_type -> transitca.admin.v1.ActivateRootResponse
-	13, // 65: transitca.admin.v1.AdminService.RetireRoot:output_type -> transitca.admin.v1.RetireRootResponse
-	15, // 66: transitca.admin.v1.AdminService.RevokeIntermediate:output_type -> transitca.admin.v1.RevokeIntermediateResponse
-	18, // 67: transitca.admin.v1.AdminService.Drill:output_type -> transitca.admin.v1.DrillResponse
-	54, // [54:68] is the sub-list for method output_type
-	40, // [40:54] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	16, // 19: transitca.admin.v1.RetireRootResponse.affected:type_name -> transitca.admin.v1.AffectedWorkload
+	3,  // 20: transitca.admin.v1.RevokeIntermediateResponse.revoked:type_name -> transitca.admin.v1.Intermediate
+	3,  // 21: transitca.admin.v1.RevokeIntermediateResponse.current:type_name -> transitca.admin.v1.Intermediate
+	16, // 22: transitca.admin.v1.RevokeIntermediateResponse.affected:type_name -> transitca.admin.v1.AffectedWorkload
+	36, // 23: transitca.admin.v1.AffectedWorkload.last_not_after:type_name -> google.protobuf.Timestamp
+	20, // 24: transitca.admin.v1.DrillResponse.report:type_name -> transitca.admin.v1.DrillReport
+	37, // 25: transitca.admin.v1.DrillStep.duration:type_name -> google.protobuf.Duration
+	36, // 26: transitca.admin.v1.DrillReport.started:type_name -> google.protobuf.Timestamp
+	19, // 27: transitca.admin.v1.DrillReport.steps:type_name -> transitca.admin.v1.DrillStep
+	1,  // 28: transitca.admin.v1.Entry.kind:type_name -> transitca.admin.v1.Kind
+	36, // 29: transitca.admin.v1.Entry.time:type_name -> google.protobuf.Timestamp
+	37, // 30: transitca.admin.v1.Entry.requested_ttl:type_name -> google.protobuf.Duration
+	37, // 31: transitca.admin.v1.Entry.granted_ttl:type_name -> google.protobuf.Duration
+	36, // 32: transitca.admin.v1.Entry.not_before:type_name -> google.protobuf.Timestamp
+	36, // 33: transitca.admin.v1.Entry.not_after:type_name -> google.protobuf.Timestamp
+	1,  // 34: transitca.admin.v1.QueryLogRequest.kind:type_name -> transitca.admin.v1.Kind
+	36, // 35: transitca.admin.v1.QueryLogRequest.from:type_name -> google.protobuf.Timestamp
+	36, // 36: transitca.admin.v1.QueryLogRequest.to:type_name -> google.protobuf.Timestamp
+	36, // 37: transitca.admin.v1.QueryLogRequest.valid_at:type_name -> google.protobuf.Timestamp
+	36, // 38: transitca.admin.v1.QueryLogRequest.expiring_before:type_name -> google.protobuf.Timestamp
+	21, // 39: transitca.admin.v1.QueryLogResponse.entries:type_name -> transitca.admin.v1.Entry
+	21, // 40: transitca.admin.v1.GetEntryResponse.entry:type_name -> transitca.admin.v1.Entry
+	22, // 41: transitca.admin.v1.AdminService.QueryLog:input_type -> transitca.admin.v1.QueryLogRequest
+	24, // 42: transitca.admin.v1.AdminService.GetEntry:input_type -> transitca.admin.v1.GetEntryRequest
+	26, // 43: transitca.admin.v1.AdminService.GetCheckpoint:input_type -> transitca.admin.v1.GetCheckpointRequest
+	28, // 44: transitca.admin.v1.AdminService.GetInclusionProof:input_type -> transitca.admin.v1.GetInclusionProofRequest
+	30, // 45: transitca.admin.v1.AdminService.GetConsistencyProof:input_type -> transitca.admin.v1.GetConsistencyProofRequest
+	32, // 46: transitca.admin.v1.AdminService.VerifyLog:input_type -> transitca.admin.v1.VerifyLogRequest
+	34, // 47: transitca.admin.v1.AdminService.Backup:input_type -> transitca.admin.v1.BackupRequest
+	4,  // 48: transitca.admin.v1.AdminService.Status:input_type -> transitca.admin.v1.StatusRequest
+	6,  // 49: transitca.admin.v1.AdminService.RotateIntermediate:input_type -> transitca.admin.v1.RotateIntermediateRequest
+	8,  // 50: transitca.admin.v1.AdminService.PrepareRoot:input_type -> transitca.admin.v1.PrepareRootRequest
+	10, // 51: transitca.admin.v1.AdminService.ActivateRoot:input_type -> transitca.admin.v1.ActivateRootRequest
+	12, // 52: transitca.admin.v1.AdminService.RetireRoot:input_type -> transitca.admin.v1.RetireRootRequest
+	14, // 53: transitca.admin.v1.AdminService.RevokeIntermediate:input_type -> transitca.admin.v1.RevokeIntermediateRequest
+	17, // 54: transitca.admin.v1.AdminService.Drill:input_type -> transitca.admin.v1.DrillRequest
+	23, // 55: transitca.admin.v1.AdminService.QueryLog:output_type -> transitca.admin.v1.QueryLogResponse
+	25, // 56: transitca.admin.v1.AdminService.GetEntry:output_type -> transitca.admin.v1.GetEntryResponse
+	27, // 57: transitca.admin.v1.AdminService.GetCheckpoint:output_type -> transitca.admin.v1.GetCheckpointResponse
+	29, // 58: transitca.admin.v1.AdminService.GetInclusionProof:output_type -> transitca.admin.v1.GetInclusionProofResponse
+	31, // 59: transitca.admin.v1.AdminService.GetConsistencyProof:output_type -> transitca.admin.v1.GetConsistencyProofResponse
+	33, // 60: transitca.admin.v1.AdminService.VerifyLog:output_type -> transitca.admin.v1.VerifyLogResponse
+	35, // 61: transitca.admin.v1.AdminService.Backup:output_type -> transitca.admin.v1.BackupResponse
+	5,  // 62: transitca.admin.v1.AdminService.Status:output_type -> transitca.admin.v1.StatusResponse
+	7,  // 63: transitca.admin.v1.AdminService.RotateIntermediate:output_type -> transitca.admin.v1.RotateIntermediateResponse
+	9,  // 64: transitca.admin.v1.AdminService.PrepareRoot:output_type -> transitca.admin.v1.PrepareRootResponse
+	11, // 65: transitca.admin.v1.AdminService.ActivateRoot:output_type -> transitca.admin.v1.ActivateRootResponse
+	13, // 66: transitca.admin.v1.AdminService.RetireRoot:output_type -> transitca.admin.v1.RetireRootResponse
+	15, // 67: transitca.admin.v1.AdminService.RevokeIntermediate:output_type -> transitca.admin.v1.RevokeIntermediateResponse
+	18, // 68: transitca.admin.v1.AdminService.Drill:output_type -> transitca.admin.v1.DrillResponse
+	55, // [55:69] is the sub-list for method output_type
+	41, // [41:55] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_transitca_admin_v1_admin_proto_init() }
