@@ -91,7 +91,9 @@ func TestREADMERotationWalkthrough(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan int, 1)
 	var serveErr bytes.Buffer
-	go func() { served <- run(ctx, []string{"serve", "--dev", "--log-level", "error"}, &bytes.Buffer{}, &serveErr) }()
+	go func() {
+		served <- run(ctx, []string{"serve", "--dev", "--log-level", "error"}, &bytes.Buffer{}, &serveErr)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if code := <-served; code != 0 {
