@@ -307,7 +307,9 @@ func waitOK(p *process, hc *http.Client, url string, header http.Header, limit t
 		if err != nil {
 			return err
 		}
-		req.Header = header
+		if header != nil {
+			req.Header = header
+		}
 		resp, err := hc.Do(req)
 		if err == nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -327,6 +329,9 @@ func waitOK(p *process, hc *http.Client, url string, header http.Header, limit t
 	}
 }
 
+// freePorts returns n distinct free loopback ports: each listener stays open
+// until all are chosen. Another process may still take one before the server
+// binds it, as with any free-port probe.
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	for range n {
