@@ -25,8 +25,10 @@ fi
 build() {
 	local name=$1 dir=$2 out=$3 want=$4
 	shift 4
-	if [ -x "$out" ] && "$out" --version 2>/dev/null | grep -qF -- "$want"; then
-		echo "build-kube: using cached $out ($("$out" --version | head -1))"
+	local have=""
+	[ -x "$out" ] && have=$("$out" --version 2>/dev/null) || true
+	if [ -n "$have" ] && [[ $have == *"$want"* ]]; then
+		echo "build-kube: using cached $out (${have%%$'\n'*})"
 		return
 	fi
 	mkdir -p "$(dirname "$out")"
