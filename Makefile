@@ -1,10 +1,10 @@
 # transitca — "make test" is the one command that runs every test, building
-# what the tests need (the pinned Vault server) first.
+# what the tests need (the pinned Vault server, kube-apiserver and etcd) first.
 
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build test test-e2e vault lint bench fmt vet generate generate-check
+.PHONY: all build test test-e2e vault kube lint bench fmt vet generate generate-check
 
 all: build
 
@@ -15,7 +15,11 @@ build:
 vault:
 	./scripts/build-vault.sh
 
-test: vault generate-check
+# The Kubernetes API server and etcd the tests start, built the same way.
+kube:
+	./scripts/build-kube.sh
+
+test: vault kube generate-check
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
 	cd test/e2e && $(GO) vet ./... && $(GO) test $(GOTEST_FLAGS) ./...
