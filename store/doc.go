@@ -94,14 +94,14 @@
 // panic into an error wrapping ErrCorrupt that names the file: a damaged
 // file MUST NOT crash a command or the daemon.
 //
-// # Record encoding (version 1)
+// # Record encoding (versions 1 and 2)
 //
 // Records use a small hand-rolled binary encoding rather than JSON or
 // protobuf: the bytes are hashed into the tree, so they must be canonical
 // (one entry, one encoding), compact and stable forever, and protobuf and
 // encoding/json make no canonicality promise. A record is:
 //
-//	byte 0      record version (1)
+//	byte 0      record version (1 or 2)
 //	byte 1      kind (1 issuance, 2 denial, 3 admin)
 //	bytes 2-9   sequence number, uint64 big-endian
 //	then fields in strictly increasing tag order, each a tag byte and a
@@ -111,19 +111,29 @@
 //	  times: zig-zag varint of Unix nanoseconds (UTC)
 //	  issuer fingerprint: 32 raw bytes
 //
-// Tags: 1 Time, 2 Serial, 3 SPIFFEID, 4 Namespace, 5 ServiceAccount,
-// 6 Tier, 7 RequestedTTL, 8 GrantedTTL, 9 NotBefore, 10 NotAfter,
-// 11 IssuerFingerprint, 12 IssuerKeyVersion, 13 RootKeyVersion,
+// Tags of version 1: 1 Time, 2 Serial, 3 SPIFFEID, 4 Namespace,
+// 5 ServiceAccount, 6 Tier, 7 RequestedTTL, 8 GrantedTTL, 9 NotBefore,
+// 10 NotAfter, 11 IssuerFingerprint, 12 IssuerKeyVersion, 13 RootKeyVersion,
 // 14 CallerID, 15 AuthMethod, 16 CallerSubject, 17 ClusterID,
 // 18 Certificate, 19 Code, 20 Reason, 21 Action, 22 Actor, 23 Detail.
+//
+// Version 2 has every tag of version 1 plus 24 PodName and 25 PodUID (the
+// pod a Kubernetes TokenReview bound the caller's token to). An entry MUST
+// be written in the lowest version that holds its fields: version 1 when
+// PodName and PodUID are empty, version 2 otherwise. A version 1 record
+// with tag 24 or more, and a version 2 record without one, are corrupt, so
+// that each entry still has exactly one encoding, and every record written
+// before version 2 existed keeps its bytes and its hash.
 //
 // The decoder is strict (no unknown, repeated or out-of-order tags, no
 // zero values, minimal varints), so decoding and re-encoding a record gives
 // back the same bytes. To evolve the format, add a record version: records
 // already written are never rewritten (their hashes are in signed
 // checkpoints), so a newer build keeps decoding every older version, and an
-// older build refuses a newer one. A change of bucket layout bumps the
-// schema version in the meta bucket.
+// older build refuses a newer one (a build that reads only version 1
+// refuses a version 2 record as an unsupported version, rather than
+// misreading it). A change of bucket layout bumps the schema version in
+// the meta bucket.
 //
 // # Indexes and queries
 //

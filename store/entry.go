@@ -100,16 +100,26 @@ type Entry struct {
 	Action string
 	Actor  string
 	Detail string
+
+	// Caller fields added in record version 2: the pod the caller's token
+	// was bound to, as the Kubernetes TokenReview API reported it (empty
+	// for other ways of authenticating and for tokens bound to no pod).
+	PodName string
+	PodUID  string
 }
 
-// Record format, version 1 (see doc.go for the full description).
+// Record format versions (see doc.go for the full description). Version 2
+// is version 1 plus the tags from tagPodName on; an entry is written in the
+// lowest version that can hold its fields.
 const (
 	recordV1         = 1
+	recordV2         = 2
 	recordHeaderSize = 10 // version, kind, seq (8 bytes big-endian)
 	seqOffset        = 2
 )
 
-// Field tags of record version 1, in the order they must appear.
+// Field tags, in the order they must appear. Tags below tagPodName are
+// those of record version 1; version 2 adds tagPodName and tagPodUID.
 const (
 	tagTime byte = 1 + iota
 	tagSerial
@@ -134,8 +144,21 @@ const (
 	tagAction
 	tagActor
 	tagDetail
+	tagPodName // record version 2 on
+	tagPodUID
 	tagEnd // one past the last tag
 )
+
+// tagEndV1 is one past the last tag of record version 1.
+const tagEndV1 = tagPodName
+
+// recordVersion returns the lowest record version that holds e's fields.
+func (e *Entry) recordVersion() byte {
+	if e.PodName != "" || e.PodUID != "" {
+		return recordV2
+	}
+	return recordV1
+}
 
 // Size limits enforced by Append.
 const (
@@ -145,8 +168,9 @@ const (
 	maxSerialHexLen = 64
 )
 
-// MarshalBinary returns the entry's canonical record bytes (record format
-// version 1), including e.Seq. These bytes are the Merkle leaf data: the
+// MarshalBinary returns the entry's canonical record bytes, including e.Seq:
+// record version 1 when the entry has no field of version 2, else version
+// 2. These bytes are the Merkle leaf data: the
 // leaf hash is SHA-256(0x00 || bytes). The entry must be valid.
 func (e *Entry) MarshalBinary() ([]byte, error) {
 	if err := e.validate(); err != nil {
@@ -170,12 +194,12 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 
 func (e *Entry) encodedSizeHint() int {
 	return 128 + len(e.SPIFFEID) + len(e.Namespace) + len(e.ServiceAccount) + len(e.Serial) +
-		len(e.CallerID) + len(e.CallerSubject) + len(e.Certificate) + len(e.Reason) + len(e.Detail)
+		len(e.CallerID) + len(e.CallerSubject) + len(e.Certificate) + len(e.Reason) + len(e.Detail) + len(e.PodName) + len(e.PodUID)
 }
 
 // appendRecord encodes e (already validated) after dst.
 func appendRecord(dst []byte, e *Entry) []byte {
-	dst = append(dst, recordV1, byte(e.Kind))
+	dst = append(dst, e.recordVersion(), byte(e.Kind))
 	dst = binary.BigEndian.AppendUint64(dst, e.Seq)
 	dst = appendTime(dst, tagTime, e.Time)
 	dst = appendString(dst, tagSerial, e.Serial)
@@ -205,6 +229,8 @@ func appendRecord(dst []byte, e *Entry) []byte {
 	dst = appendString(dst, tagAction, e.Action)
 	dst = appendString(dst, tagActor, e.Actor)
 	dst = appendString(dst, tagDetail, e.Detail)
+	dst = appendString(dst, tagPodName, e.PodName)
+	dst = appendString(dst, tagPodUID, e.PodUID)
 	return dst
 }
 
@@ -250,14 +276,22 @@ func recordSeq(rec []byte) (uint64, bool) {
 
 // decodeRecord decodes a record strictly: unknown versions, unknown or
 // repeated or out-of-order tags, zero values that should have been omitted,
-// non-minimal varints and trailing bytes are all errors wrapping ErrCorrupt.
+// non-minimal varints, trailing bytes and a version 2 record that holds no
+// field of version 2 (it has a version 1 encoding) are all errors wrapping
+// ErrCorrupt.
 // The returned Certificate aliases data; copy it if data is not retained.
 func decodeRecord(data []byte) (*Entry, error) {
 	if len(data) < recordHeaderSize {
 		return nil, fmt.Errorf("%w: record of %d bytes is shorter than its header", ErrCorrupt, len(data))
 	}
-	if data[0] != recordV1 {
-		return nil, fmt.Errorf("%w: record version %d is not supported (this build reads version %d)", ErrCorrupt, data[0], recordV1)
+	version := data[0]
+	end := tagEnd
+	switch version {
+	case recordV1:
+		end = tagEndV1
+	case recordV2:
+	default:
+		return nil, fmt.Errorf("%w: record version %d is not supported (this build reads versions %d and %d)", ErrCorrupt, version, recordV1, recordV2)
 	}
 	e := &Entry{Kind: Kind(data[1]), Seq: binary.BigEndian.Uint64(data[seqOffset:])}
 	if !e.Kind.valid() {
@@ -268,8 +302,8 @@ func decodeRecord(data []byte) (*Entry, error) {
 	for len(d.b) > 0 && d.err == nil {
 		tag := d.b[0]
 		d.b = d.b[1:]
-		if tag <= last || tag >= tagEnd {
-			return nil, fmt.Errorf("%w: record has tag %d after tag %d", ErrCorrupt, tag, last)
+		if tag <= last || tag >= end {
+			return nil, fmt.Errorf("%w: record version %d has tag %d after tag %d", ErrCorrupt, version, tag, last)
 		}
 		last = tag
 		switch tag {
@@ -319,10 +353,17 @@ func decodeRecord(data []byte) (*Entry, error) {
 			e.Actor = d.string()
 		case tagDetail:
 			e.Detail = d.string()
+		case tagPodName:
+			e.PodName = d.string()
+		case tagPodUID:
+			e.PodUID = d.string()
 		}
 	}
 	if d.err != nil {
 		return nil, fmt.Errorf("%w: record field %d: %v", ErrCorrupt, last, d.err)
+	}
+	if version == recordV2 && last < tagEndV1 {
+		return nil, fmt.Errorf("%w: record version 2 holds no field of version 2 (its canonical encoding is version 1)", ErrCorrupt)
 	}
 	return e, nil
 }
@@ -461,6 +502,8 @@ func (e *Entry) validate() error {
 		{"Action", e.Action, maxShortField, false},
 		{"Actor", e.Actor, maxShortField, false},
 		{"Detail", e.Detail, maxLongField, false},
+		{"PodName", e.PodName, maxShortField, false},
+		{"PodUID", e.PodUID, maxShortField, false},
 	} {
 		if len(f.v) > f.max {
 			return bad("%s is %d bytes, more than %d", f.name, len(f.v), f.max)

@@ -15,14 +15,36 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata/")
 
+// withPod adds the fields of record version 2 to an entry.
+func withPod(e *Entry) *Entry {
+	e.PodName = "web-7d9f8b-x2x4z"
+	e.PodUID = "2d0f4f1e-0b1c-4f5e-8f7c-6a8d2e9c1b0a"
+	return e
+}
+
 func TestRecordRoundTrip(t *testing.T) {
-	for _, kind := range []Kind{KindIssuance, KindDenial, KindAdmin} {
-		t.Run(kind.String(), func(t *testing.T) {
-			e := testEntry(3, kind)
+	for _, tc := range []struct {
+		name    string
+		entry   *Entry
+		version byte
+	}{
+		{"issuance", testEntry(3, KindIssuance), recordV1},
+		{"denial", testEntry(3, KindDenial), recordV1},
+		{"admin", testEntry(3, KindAdmin), recordV1},
+		{"issuance with pod", withPod(testEntry(3, KindIssuance)), recordV2},
+		{"denial with pod", withPod(testEntry(3, KindDenial)), recordV2},
+		{"issuance with pod uid only", func() *Entry { e := testEntry(3, KindIssuance); e.PodUID = "u"; return e }(), recordV2},
+		{"issuance with pod name only", func() *Entry { e := testEntry(3, KindIssuance); e.PodName = "p"; return e }(), recordV2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tc.entry
 			e.Seq = 42
 			b, err := e.MarshalBinary()
 			if err != nil {
 				t.Fatal(err)
+			}
+			if b[0] != tc.version {
+				t.Fatalf("record version %d, want %d", b[0], tc.version)
 			}
 			var got Entry
 			if err := got.UnmarshalBinary(b); err != nil {
@@ -40,8 +62,15 @@ func TestRecordRoundTrip(t *testing.T) {
 }
 
 // The record format is hashed into signed checkpoints: it must never
-// change. The golden file pins the version 1 encoding.
+// change. The golden files pin the version 1 encoding (entries without pod
+// fields, which version 2 left byte for byte as they were) and the version
+// 2 encoding.
 func TestRecordGolden(t *testing.T) {
+	t.Run("v1", func(t *testing.T) { checkRecordGolden(t, "record_v1.golden", func(e *Entry) *Entry { return e }) })
+	t.Run("v2", func(t *testing.T) { checkRecordGolden(t, "record_v2.golden", withPod) })
+}
+
+func checkRecordGolden(t *testing.T, name string, edit func(*Entry) *Entry) {
 	var sb strings.Builder
 	for _, kind := range []Kind{KindIssuance, KindDenial, KindAdmin} {
 		e := testEntry(5, kind)
@@ -50,13 +79,13 @@ func TestRecordGolden(t *testing.T) {
 		}
 		e.Seq = 1234567
 		e.Time = time.Unix(0, 0).UTC() // present, and zero nanoseconds
-		b, err := e.MarshalBinary()
+		b, err := edit(e).MarshalBinary()
 		if err != nil {
 			t.Fatal(err)
 		}
 		sb.WriteString(kind.String() + " " + hex.EncodeToString(b) + "\n")
 	}
-	path := filepath.Join("testdata", "record_v1.golden")
+	path := filepath.Join("testdata", name)
 	if *update {
 		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
 			t.Fatal(err)
@@ -85,7 +114,10 @@ func TestDecodeRejectsNonCanonical(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"short header", good[:5]},
-		{"unknown version", append([]byte{2}, good[1:]...)},
+		{"unknown version", append([]byte{3}, good[1:]...)},
+		{"version 1 with a version 2 tag", rec([]byte{tagPodName, 1, 'p'})},
+		{"version 2 without a version 2 tag", append([]byte{recordV2}, good[1:]...)},
+		{"version 2 with an unknown tag", append(append([]byte{recordV2}, good[1:]...), tagPodName, 1, 'p', tagEnd, 0)},
 		{"unknown kind", append([]byte{recordV1, 9}, good[2:]...)},
 		{"unknown tag", rec([]byte{tagEnd, 0})},
 		{"repeated tag", rec([]byte{tagTier, 1, 'a', tagTier, 1, 'b'})},
@@ -115,8 +147,13 @@ func FuzzDecodeRecord(f *testing.F) {
 			f.Fatal(err)
 		}
 		f.Add(b)
+		if b, err = withPod(testEntry(9, kind)).MarshalBinary(); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
 	}
 	f.Add([]byte{recordV1, 1, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{recordV2, 1, 0, 0, 0, 0, 0, 0, 0, 0, tagPodUID, 1, 'u'})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := decodeRecord(data)
 		if err != nil {
