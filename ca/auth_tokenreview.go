@@ -16,6 +16,12 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
 )
 
 // Defaults for a TokenReviewAuthenticator running in a pod.
@@ -23,13 +29,31 @@ const (
 	DefaultReviewerTokenFile  = "/var/run/secrets/kubernetes.io/serviceaccount/token" //nolint:gosec // a path, not a credential
 	DefaultClusterCAFile      = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 	DefaultTokenReviewTimeout = 5 * time.Second
+	// DefaultTokenReviewCacheSize bounds the number of cached reviews when
+	// TokenReviewOptions.CacheSize is zero.
+	DefaultTokenReviewCacheSize = 10000
 )
 
 // tokenReviewPath is where the Kubernetes API creates TokenReviews.
 const tokenReviewPath = "/apis/authentication.k8s.io/v1/tokenreviews"
 
-// TokenReviewOptions configure a TokenReviewAuthenticator.
+// The user's extra fields in which the API reports the pod a token is bound
+// to.
+const (
+	extraPodName = "authentication.kubernetes.io/pod-name"
+	extraPodUID  = "authentication.kubernetes.io/pod-uid"
+)
+
+// TokenReviewOptions configure a TokenReviewAuthenticator. Reviews go either
+// through Client or, when Client is nil, through a plain HTTPS client built
+// from APIServer, TokenFile and CAFile.
 type TokenReviewOptions struct {
+	// Client, when set, sends the reviews through this Kubernetes client
+	// (client-go): its credentials, TLS settings and client-side rate limit
+	// (rest.Config QPS and Burst) apply. APIServer, TokenFile and CAFile
+	// must then be empty. Its identity needs create on tokenreviews (the
+	// system:auth-delegator cluster role).
+	Client kubernetes.Interface
 	// APIServer is the Kubernetes API's base URL, e.g.
 	// https://kubernetes.default.svc. Empty means the in-cluster address from
 	// KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT.
@@ -52,23 +76,43 @@ type TokenReviewOptions struct {
 	// Clusters lists the accepted clusterid values. Empty means
 	// [DefaultCluster].
 	Clusters []string
+	// CacheTTL is how long an accepted token is trusted without asking the
+	// API again, never beyond the token's own expiry. Refusals and errors
+	// are not cached. Zero disables the cache. A token revoked (its pod
+	// deleted) keeps working for up to CacheTTL here, plus the API
+	// server's own cache of successful authentications (10s).
+	CacheTTL time.Duration
+	// CacheSize bounds the number of cached reviews. Zero means
+	// DefaultTokenReviewCacheSize.
+	CacheSize int
+	// Metrics, when set, counts cache hits and misses.
+	Metrics *Metrics
 }
 
 // TokenReviewAuthenticator asks the Kubernetes API, with a TokenReview, whether
 // a bearer token is valid and whose it is. Unlike offline JWT checks this sees
-// revocation: a token whose pod was deleted stops working at once.
+// revocation: a token whose pod was deleted stops working, once the caches
+// described at TokenReviewOptions.CacheTTL have expired.
 type TokenReviewAuthenticator struct {
-	url         string
-	client      *http.Client
-	reviewer    *tokenFile
+	// review sends one TokenReview: through client-go or plain HTTPS.
+	review func(ctx context.Context, token string) (*tokenReviewStatus, error)
+
+	kube     kubernetes.Interface // the client-go path
+	url      string               // the HTTPS path
+	client   *http.Client
+	reviewer *tokenFile
+
 	audiences   []string
 	timeout     time.Duration
 	trustDomain string
 	clusters    []string
+	cache       *reviewCache // nil when disabled
+	metrics     *Metrics
 }
 
 // NewTokenReviewAuthenticator checks opts, reads the CA bundle and the
-// reviewer token once to fail early, and returns the authenticator.
+// reviewer token once to fail early (without Client), and returns the
+// authenticator.
 func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthenticator, error) {
 	if err := validTrustDomain(opts.TrustDomain); err != nil {
 		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
@@ -81,16 +125,61 @@ func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthentic
 	if err != nil {
 		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
 	}
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = DefaultTokenReviewTimeout
+	}
+	if timeout < 0 {
+		return nil, fmt.Errorf("tokenreview authenticator: timeout %s is negative", timeout)
+	}
+	if opts.CacheTTL < 0 {
+		return nil, fmt.Errorf("tokenreview authenticator: cache ttl %s is negative", opts.CacheTTL)
+	}
+	if opts.CacheSize < 0 {
+		return nil, fmt.Errorf("tokenreview authenticator: cache size %d is negative", opts.CacheSize)
+	}
+	a := &TokenReviewAuthenticator{
+		audiences:   audiences,
+		timeout:     timeout,
+		trustDomain: opts.TrustDomain,
+		clusters:    clusters,
+		metrics:     opts.Metrics,
+	}
+	if opts.CacheTTL > 0 {
+		size := opts.CacheSize
+		if size == 0 {
+			size = DefaultTokenReviewCacheSize
+		}
+		a.cache = newReviewCache(opts.CacheTTL, size, time.Now)
+	}
+	if opts.Client != nil {
+		if opts.APIServer != "" || opts.TokenFile != "" || opts.CAFile != "" {
+			return nil, errors.New("tokenreview authenticator: api server, token file and ca file come from the kubernetes client when one is given; leave them empty")
+		}
+		a.kube = opts.Client
+		a.review = a.clientReview
+		return a, nil
+	}
+	if err := a.setupHTTP(opts, timeout); err != nil {
+		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
+	}
+	a.review = a.httpReview
+	return a, nil
+}
+
+// setupHTTP builds the plain HTTPS path from APIServer, TokenFile and
+// CAFile.
+func (a *TokenReviewAuthenticator) setupHTTP(opts TokenReviewOptions, timeout time.Duration) error {
 	base := opts.APIServer
 	if base == "" {
 		host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
 		if host == "" || port == "" {
-			return nil, errors.New("tokenreview authenticator: no api server given and KUBERNETES_SERVICE_HOST/PORT are unset (not running in a pod?)")
+			return errors.New("no api server given and KUBERNETES_SERVICE_HOST/PORT are unset (not running in a pod?)")
 		}
 		base = "https://" + net.JoinHostPort(host, port)
 	}
 	if err := requireHTTPS(base); err != nil {
-		return nil, fmt.Errorf("tokenreview authenticator: api server: %w", err)
+		return fmt.Errorf("api server: %w", err)
 	}
 	caFile := opts.CAFile
 	if caFile == "" {
@@ -98,11 +187,11 @@ func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthentic
 	}
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("tokenreview authenticator: cluster ca: %w", err)
+		return fmt.Errorf("cluster ca: %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("tokenreview authenticator: cluster ca %s holds no pem certificates", caFile)
+		return fmt.Errorf("cluster ca %s holds no pem certificates", caFile)
 	}
 	tokenPath := opts.TokenFile
 	if tokenPath == "" {
@@ -110,14 +199,7 @@ func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthentic
 	}
 	reviewer := &tokenFile{path: tokenPath}
 	if _, err := reviewer.get(false); err != nil {
-		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
-	}
-	timeout := opts.Timeout
-	if timeout == 0 {
-		timeout = DefaultTokenReviewTimeout
-	}
-	if timeout < 0 {
-		return nil, fmt.Errorf("tokenreview authenticator: timeout %s is negative", timeout)
+		return err
 	}
 	transport := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
@@ -128,15 +210,10 @@ func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthentic
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return &TokenReviewAuthenticator{
-		url:         strings.TrimSuffix(base, "/") + tokenReviewPath,
-		client:      &http.Client{Transport: transport, Timeout: timeout},
-		reviewer:    reviewer,
-		audiences:   audiences,
-		timeout:     timeout,
-		trustDomain: opts.TrustDomain,
-		clusters:    clusters,
-	}, nil
+	a.url = strings.TrimSuffix(base, "/") + tokenReviewPath
+	a.client = &http.Client{Transport: transport, Timeout: timeout}
+	a.reviewer = reviewer
+	return nil
 }
 
 // tokenReview is the authentication.k8s.io/v1 TokenReview object, reduced to
@@ -178,8 +255,10 @@ const serviceAccountsGroup = "system:serviceaccounts"
 
 // Authenticate implements Authenticator. A token the API refuses wraps
 // ErrUnauthenticated; an API that cannot be reached, times out or answers
-// 429/5xx wraps ErrUnavailable; an API that refuses this CA's own token
-// (401/403) is a configuration fault and wraps neither.
+// 429/5xx wraps ErrUnavailable; an API that refuses this CA's own
+// credentials (401/403) is a configuration fault and wraps neither. An
+// accepted token is cached (see TokenReviewOptions.CacheTTL); the cluster
+// is checked on every request, cached or not.
 func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Credentials) (*Caller, error) {
 	cluster, err := checkCluster(cred.ClusterID, a.clusters)
 	if err != nil {
@@ -188,10 +267,43 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Creden
 	if err := checkTokenSize(cred.Token); err != nil {
 		return nil, err
 	}
+	var key reviewKey
+	if a.cache != nil {
+		key = reviewKeyOf(cred.Token)
+		if id, ok := a.cache.get(key); ok {
+			a.metrics.observeTokenReviewCache(true)
+			return id.caller(a.trustDomain, cluster), nil
+		}
+		a.metrics.observeTokenReviewCache(false)
+	}
 	status, err := a.review(ctx, cred.Token)
 	if err != nil {
 		return nil, err
 	}
+	id, err := a.check(status)
+	if err != nil {
+		return nil, err
+	}
+	if a.cache != nil {
+		a.cache.put(key, id, tokenExpiry(cred.Token))
+	}
+	return id.caller(a.trustDomain, cluster), nil
+}
+
+// reviewedIdentity is what an accepted review established about a token.
+type reviewedIdentity struct {
+	namespace, serviceAccount, user string
+	podName, podUID                 string
+}
+
+func (id *reviewedIdentity) caller(trustDomain, cluster string) *Caller {
+	c := newCaller(trustDomain, id.namespace, id.serviceAccount, cluster, AuthTokenReview, id.user)
+	c.PodName, c.PodUID = id.podName, id.podUID
+	return c
+}
+
+// check interprets a review's answer.
+func (a *TokenReviewAuthenticator) check(status *tokenReviewStatus) (*reviewedIdentity, error) {
 	if !status.Authenticated {
 		if status.Error != "" {
 			return nil, fmt.Errorf("%w: kubernetes rejected the token: %s", ErrUnauthenticated, clip(status.Error))
@@ -212,13 +324,101 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Creden
 	if !slices.Contains(status.User.Groups, serviceAccountsGroup) {
 		return nil, fmt.Errorf("%w: token user %s is not in the %s group", ErrUnauthenticated, quote(user), serviceAccountsGroup)
 	}
-	return newCaller(a.trustDomain, ns, sa, cluster, AuthTokenReview, user), nil
+	podName, err := extraValue(status.User.Extra, extraPodName, validPodName)
+	if err != nil {
+		return nil, err
+	}
+	podUID, err := extraValue(status.User.Extra, extraPodUID, validPodUID)
+	if err != nil {
+		return nil, err
+	}
+	return &reviewedIdentity{namespace: ns, serviceAccount: sa, user: user, podName: podName, podUID: podUID}, nil
 }
 
-// review creates one TokenReview and returns its status. If the API refuses
-// the reviewer token and the token file has changed since it was read, it
-// tries once more with the new token.
-func (a *TokenReviewAuthenticator) review(ctx context.Context, token string) (*tokenReviewStatus, error) {
+// extraValue returns the single value of a user's extra field, or "" when
+// the field is absent. Several values, or one that valid refuses, are a
+// malformed answer and refuse the token.
+func extraValue(extra map[string][]string, key string, valid func(string) bool) (string, error) {
+	vs, ok := extra[key]
+	if !ok {
+		return "", nil
+	}
+	if len(vs) != 1 || !valid(vs[0]) {
+		return "", fmt.Errorf("%w: kubernetes reported a malformed %s: %s", ErrUnauthenticated, key, clip(vs))
+	}
+	return vs[0], nil
+}
+
+// validPodName accepts a Kubernetes object name (a DNS-1123 subdomain).
+func validPodName(s string) bool { return len(validation.IsDNS1123Subdomain(s)) == 0 }
+
+// validPodUID accepts a Kubernetes UID: a UUID, or at least something of its
+// alphabet and size.
+func validPodUID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// clientReview creates one TokenReview through client-go.
+func (a *TokenReviewAuthenticator) clientReview(ctx context.Context, token string) (*tokenReviewStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	tr, err := a.kube.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.audiences},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, kubeReviewError(err)
+	}
+	st := tr.Status
+	out := &tokenReviewStatus{
+		Authenticated: st.Authenticated,
+		Audiences:     st.Audiences,
+		Error:         st.Error,
+		User:          userInfo{Username: st.User.Username, UID: st.User.UID, Groups: st.User.Groups},
+	}
+	if len(st.User.Extra) > 0 {
+		out.User.Extra = make(map[string][]string, len(st.User.Extra))
+		for k, v := range st.User.Extra {
+			out.User.Extra[k] = v
+		}
+	}
+	return out, nil
+}
+
+// kubeReviewError classifies a client-go error the way post classifies an
+// HTTP answer.
+func kubeReviewError(err error) error {
+	var se apierrors.APIStatus
+	if !errors.As(err, &se) {
+		// No answer: connection refused, timeout, the caller's context, the
+		// client's own rate limiter.
+		return fmt.Errorf("%w: tokenreview: kubernetes api: %w", ErrUnavailable, err)
+	}
+	st := se.Status()
+	code := int(st.Code)
+	switch {
+	case code == http.StatusUnauthorized:
+		return fmt.Errorf("tokenreview: kubernetes api refused this ca's credentials (%d): %s", code, st.Message)
+	case code == http.StatusForbidden:
+		return fmt.Errorf("tokenreview: this ca may not create tokenreviews; grant its service account system:auth-delegator (%d): %s", code, st.Message)
+	case code == http.StatusTooManyRequests || code >= 500:
+		return fmt.Errorf("%w: tokenreview: kubernetes api answered %d: %s", ErrUnavailable, code, st.Message)
+	default:
+		return fmt.Errorf("tokenreview: kubernetes api answered %d: %s", code, st.Message)
+	}
+}
+
+// httpReview creates one TokenReview over plain HTTPS and returns its
+// status. If the API refuses the reviewer token and the token file has
+// changed since it was read, it tries once more with the new token.
+func (a *TokenReviewAuthenticator) httpReview(ctx context.Context, token string) (*tokenReviewStatus, error) {
 	body, err := json.Marshal(tokenReview{
 		APIVersion: "authentication.k8s.io/v1",
 		Kind:       "TokenReview",

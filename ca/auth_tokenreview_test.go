@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	fakeclientset "k8s.io/client-go/kubernetes/fake"
 )
 
 // fakeUser is what the fake API server knows about a workload token.
@@ -257,7 +259,8 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 			name:  "service account token",
 			token: "sleep-token",
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: DefaultCluster,
-				Method: AuthTokenReview, Subject: "system:serviceaccount:default:sleep"},
+				Method: AuthTokenReview, Subject: "system:serviceaccount:default:sleep",
+				PodName: "sleep-7d9f8b-x2x4z", PodUID: "2d0f4f1e-0b1c-4f5e-8f7c-6a8d2e9c1b0a"},
 			wantRequests: 1,
 		},
 		{
@@ -300,6 +303,26 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"}}}
 			},
 			wantErr: ErrUnauthenticated, wantSubstr: "authenticated the token but reported an error: webhook degraded",
+			wantRequests: 1,
+		},
+		{
+			name: "malformed pod name", token: "sleep-token",
+			setup: func(f *fakeAPIServer) {
+				f.answer = &tokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
+					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"},
+						Extra: map[string][]string{"authentication.kubernetes.io/pod-name": {"Not_A/Name"}}}}
+			},
+			wantErr: ErrUnauthenticated, wantSubstr: "kubernetes reported a malformed authentication.kubernetes.io/pod-name",
+			wantRequests: 1,
+		},
+		{
+			name: "two pod uids", token: "sleep-token",
+			setup: func(f *fakeAPIServer) {
+				f.answer = &tokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
+					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"},
+						Extra: map[string][]string{"authentication.kubernetes.io/pod-uid": {"a", "b"}}}}
+			},
+			wantErr: ErrUnauthenticated, wantSubstr: "kubernetes reported a malformed authentication.kubernetes.io/pod-uid",
 			wantRequests: 1,
 		},
 		{
@@ -472,6 +495,9 @@ func TestNewTokenReviewAuthenticatorOptions(t *testing.T) {
 		{"empty token file", func(o *TokenReviewOptions) { o.TokenFile = emptyFile }, "is empty"},
 		{"bad trust domain", func(o *TokenReviewOptions) { o.TrustDomain = "" }, "trust domain is empty"},
 		{"negative timeout", func(o *TokenReviewOptions) { o.Timeout = -time.Second }, "timeout -1s is negative"},
+		{"negative cache ttl", func(o *TokenReviewOptions) { o.CacheTTL = -time.Second }, "cache ttl -1s is negative"},
+		{"negative cache size", func(o *TokenReviewOptions) { o.CacheSize = -1 }, "cache size -1 is negative"},
+		{"client and api server", func(o *TokenReviewOptions) { o.Client = fakeclientset.NewClientset() }, "come from the kubernetes client"},
 	}
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	for _, tc := range tests {

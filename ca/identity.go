@@ -28,4 +28,10 @@ type Caller struct {
 	// Subject is the credential's own subject: the token's "sub" claim, or
 	// the client certificate's serial number in hex.
 	Subject string
+	// PodName and PodUID name the pod the caller's token is bound to, as the
+	// Kubernetes TokenReview API reported it (the user's extra fields
+	// authentication.kubernetes.io/pod-name and pod-uid). Empty for other
+	// methods and for tokens bound to no pod.
+	PodName string
+	PodUID  string
 }

@@ -37,6 +37,8 @@ func (r LogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 		CallerSubject:     c.Subject,
 		ClusterID:         c.ClusterID,
 		Certificate:       is.Cert.Raw,
+		PodName:           c.PodName,
+		PodUID:            c.PodUID,
 	})
 	return err
 }
@@ -47,6 +49,7 @@ func (r LogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
 	if c := d.Caller; c != nil {
 		e.SPIFFEID, e.Namespace, e.ServiceAccount = c.SPIFFEID, c.Namespace, c.ServiceAccount
 		e.CallerID, e.AuthMethod, e.CallerSubject, e.ClusterID = c.SPIFFEID, string(c.Method), c.Subject, c.ClusterID
+		e.PodName, e.PodUID = c.PodName, c.PodUID
 	}
 	_, err := r.Log.Append(ctx, e)
 	return err

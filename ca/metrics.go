@@ -19,6 +19,7 @@ const (
 	MetricCertNotAfter      = "transitca_certificate_not_after_timestamp_seconds"
 	MetricDrillLast         = "transitca_drill_last_timestamp_seconds"
 	MetricDrillSuccess      = "transitca_drill_last_success"
+	MetricTokenReviewCache  = "transitca_tokenreview_cache_total"
 )
 
 // Metrics are the service's Prometheus metrics.
@@ -33,6 +34,8 @@ type Metrics struct {
 	vault             *prometheus.HistogramVec
 	drillLast         prometheus.Gauge
 	drillSuccess      prometheus.Gauge
+	// tokenReviewCache counts TokenReview cache lookups by result.
+	tokenReviewCache *prometheus.CounterVec
 }
 
 // NewMetrics registers the service's metrics with reg. certs names the CA's
@@ -74,8 +77,16 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 			Name: MetricDrillSuccess,
 			Help: "1 if the last rotation drill passed every step, 0 if a step failed or no drill ran.",
 		}),
+		tokenReviewCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricTokenReviewCache,
+			Help: "Lookups of the Kubernetes TokenReview cache, by result (hit: no review sent; miss: a review sent).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault, m.drillLast, m.drillSuccess)
+	for _, r := range []string{"hit", "miss"} {
+		m.tokenReviewCache.WithLabelValues(r) // export zeros before the first lookup
+	}
+	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault, m.drillLast, m.drillSuccess,
+		m.tokenReviewCache)
 	for name, get := range certs {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        MetricCertExpiry,
@@ -108,6 +119,19 @@ func (m *Metrics) ObserveVault(op string, took time.Duration, err error) {
 		outcome = "error"
 	}
 	m.vault.WithLabelValues(op, outcome).Observe(took.Seconds())
+}
+
+// observeTokenReviewCache counts one TokenReview cache lookup. A nil
+// Metrics counts nothing.
+func (m *Metrics) observeTokenReviewCache(hit bool) {
+	if m == nil {
+		return
+	}
+	result := "miss"
+	if hit {
+		result = "hit"
+	}
+	m.tokenReviewCache.WithLabelValues(result).Inc()
 }
 
 // observeDrill exports the last drill's start time and result.

@@ -1357,7 +1357,11 @@ type Entry struct {
 	Actor             string                 `protobuf:"bytes,24,opt,name=actor,proto3" json:"actor,omitempty"`
 	Detail            string                 `protobuf:"bytes,25,opt,name=detail,proto3" json:"detail,omitempty"`
 	// leaf_data is the exact record bytes hashed into the Merkle tree.
-	LeafData      []byte `protobuf:"bytes,26,opt,name=leaf_data,json=leafData,proto3" json:"leaf_data,omitempty"`
+	LeafData []byte `protobuf:"bytes,26,opt,name=leaf_data,json=leafData,proto3" json:"leaf_data,omitempty"`
+	// pod_name and pod_uid name the pod the caller's token was bound to, as
+	// the Kubernetes TokenReview API reported it (record version 2).
+	PodName       string `protobuf:"bytes,27,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodUid        string `protobuf:"bytes,28,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1572,6 +1576,20 @@ func (x *Entry) GetLeafData() []byte {
 		return x.LeafData
 	}
 	return nil
+}
+
+func (x *Entry) GetPodName() string {
+	if x != nil {
+		return x.PodName
+	}
+	return ""
+}
+
+func (x *Entry) GetPodUid() string {
+	if x != nil {
+		return x.PodUid
+	}
+	return ""
 }
 
 // QueryLogRequest filters the log; empty fields do not filter.
@@ -2526,7 +2544,7 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x16\n" +
 	"\x06passed\x18\x02 \x01(\bR\x06passed\x12\x12\n" +
 	"\x04root\x18\x03 \x01(\bR\x04root\x123\n" +
-	"\x05steps\x18\x04 \x03(\v2\x1d.transitca.admin.v1.DrillStepR\x05steps\"\xb3\a\n" +
+	"\x05steps\x18\x04 \x03(\v2\x1d.transitca.admin.v1.DrillStepR\x05steps\"\xe7\a\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.transitca.admin.v1.KindR\x04kind\x12.\n" +
@@ -2558,7 +2576,9 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\x06action\x18\x17 \x01(\tR\x06action\x12\x14\n" +
 	"\x05actor\x18\x18 \x01(\tR\x05actor\x12\x16\n" +
 	"\x06detail\x18\x19 \x01(\tR\x06detail\x12\x1b\n" +
-	"\tleaf_data\x18\x1a \x01(\fR\bleafData\"\xda\x03\n" +
+	"\tleaf_data\x18\x1a \x01(\fR\bleafData\x12\x19\n" +
+	"\bpod_name\x18\x1b \x01(\tR\apodName\x12\x17\n" +
+	"\apod_uid\x18\x1c \x01(\tR\x06podUid\"\xda\x03\n" +
 	"\x0fQueryLogRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1c\n" +
