@@ -217,7 +217,18 @@ type TokenReview struct {
 	APIServer string `yaml:"api_server"`
 	CAFile    string `yaml:"ca_file"`
 	TokenFile string `yaml:"token_file"`
+	// CacheTTL is how long an accepted token is trusted without a new
+	// review (never beyond the token's expiry); 0 disables the cache. It
+	// adds to the revocation delay: a deleted pod's token keeps working for
+	// up to CacheTTL plus kube-apiserver's own 10s cache.
+	CacheTTL Duration `yaml:"cache_ttl"`
+	// CacheSize bounds the number of cached reviews.
+	CacheSize int `yaml:"cache_size"`
 }
+
+// MaxTokenReviewCacheTTL bounds auth.tokenreview.cache_ttl: the point of
+// TokenReview is to see revocation.
+const MaxTokenReviewCacheTTL = time.Minute
 
 // CSR limits what a certificate request may be.
 type CSR struct {
@@ -315,6 +326,8 @@ func Default() *Config {
 				APIServer: "https://kubernetes.default.svc",
 				CAFile:    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
 				TokenFile: "/var/run/secrets/kubernetes.io/serviceaccount/token",
+				CacheTTL:  Duration(10 * time.Second),
+				CacheSize: 10000,
 			},
 			ClientCertificates: true,
 		},
@@ -520,6 +533,12 @@ func (c *Config) validateServing() []error {
 	}
 	if c.Auth.TokenReview.Enabled && c.Auth.TokenReview.APIServer == "" {
 		bad("auth.tokenreview.api_server: must be set")
+	}
+	if ttl := c.Auth.TokenReview.CacheTTL; ttl < 0 || ttl > Duration(MaxTokenReviewCacheTTL) {
+		bad("auth.tokenreview.cache_ttl: %v is not between 0 (no cache) and %v", ttl, MaxTokenReviewCacheTTL)
+	}
+	if c.Auth.TokenReview.CacheSize < 1 {
+		bad("auth.tokenreview.cache_size: must be at least 1")
 	}
 	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev {
 		bad("auth: no way to authenticate callers: configure jwt, tokenreview or client_certificates")

@@ -23,7 +23,7 @@ const (
 // buildAuthenticator assembles the configured ways to authenticate. In dev
 // mode with no token verification configured, it trusts tokens minted by
 // "ca token" and returns a hint that says so.
-func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issuer.Authority, keys issuer.Keys) (ca.Authenticator, string, error) {
+func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issuer.Authority, keys issuer.Keys, metrics *ca.Metrics) (ca.Authenticator, string, error) {
 	var token, cert ca.Authenticator
 	var hint string
 	a := cfg.Auth
@@ -32,6 +32,7 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 		tr, err := ca.NewTokenReviewAuthenticator(ca.TokenReviewOptions{
 			APIServer: a.TokenReview.APIServer, TokenFile: a.TokenReview.TokenFile, CAFile: a.TokenReview.CAFile,
 			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: a.Clusters,
+			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
 		})
 		if err != nil {
 			return nil, "", fmt.Errorf("tokenreview authenticator: %w", err)

@@ -218,7 +218,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	if d.backend.Transit != nil {
 		d.backend.Transit.SetObserver(metrics.ObserveVault)
 	}
-	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys)
+	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics)
 	if err != nil {
 		return err
 	}
