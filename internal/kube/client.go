@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"k8s.io/client-go/kubernetes"
@@ -48,8 +49,12 @@ func NewClient(kubeconfig, userAgent string) (*Client, error) {
 		err error
 	)
 	if kubeconfig != "" {
-		cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-			&clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig}, &clientcmd.ConfigOverrides{})
+		// One file, or a list of them as in $KUBECONFIG.
+		rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig}
+		if list := filepath.SplitList(kubeconfig); len(list) > 1 {
+			rules = &clientcmd.ClientConfigLoadingRules{Precedence: list}
+		}
+		cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
 		if cfg, err = cc.ClientConfig(); err != nil {
 			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 		}
@@ -83,4 +88,9 @@ func NewClient(kubeconfig, userAgent string) (*Client, error) {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return &Client{Config: cfg, Clientset: cs, Namespace: ns}, nil
+}
+
+// Host is the API server the client talks to.
+func (c *Client) Host() string {
+	return c.Config.Host
 }
