@@ -107,9 +107,11 @@ func (c *BundleController) Run(ctx context.Context) {
 	case <-c.changed:
 	default:
 	}
-	nsFactory := informers.NewSharedInformerFactoryWithOptions(c.client, c.resync,
+	// No informer resync: the ticker below reconciles every namespace
+	// each resync period from the listers.
+	nsFactory := informers.NewSharedInformerFactoryWithOptions(c.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = c.selector.String() }))
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.client, c.resync,
+	cmFactory := informers.NewSharedInformerFactoryWithOptions(c.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", RootCertConfigMap).String()
 		}))
