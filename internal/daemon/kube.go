@@ -13,9 +13,15 @@ import (
 	"github.com/transitca/transitca/internal/kube"
 )
 
-// MetricKubernetesLeader is 1 while this replica holds the Lease and does
-// the cluster writes, else 0.
-const MetricKubernetesLeader = "transitca_kubernetes_leader"
+// Metrics of the Kubernetes side.
+const (
+	// MetricKubernetesLeader is 1 while this replica holds the Lease and
+	// does the cluster writes, else 0.
+	MetricKubernetesLeader = "transitca_kubernetes_leader"
+	// MetricTrustBundleWrites counts the istio-ca-root-cert ConfigMaps
+	// this replica created or updated.
+	MetricTrustBundleWrites = "transitca_kubernetes_trust_bundle_writes_total"
+)
 
 // kubeSide is the daemon's Kubernetes work: nil when the Kubernetes
 // features are off.
@@ -59,6 +65,9 @@ func (d *Daemon) openKube(_ context.Context) error {
 			return fmt.Errorf("kubernetes: %w", err)
 		}
 		k.runners = append(k.runners, k.bundle)
+		d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: MetricTrustBundleWrites,
+			Help: "istio-ca-root-cert ConfigMaps this replica created or updated."},
+			func() float64 { return float64(k.bundle.Writes()) }))
 	}
 	leading := prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricKubernetesLeader,
 		Help: "1 while this replica holds the leader Lease and writes to the cluster."})

@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,6 +95,19 @@ func TestDaemonWritesTrustBundleConfigMaps(t *testing.T) {
 		return holdsRootFile()
 	})
 	t.Logf("ConfigMaps updated %v after PrepareRoot", time.Since(start).Round(time.Millisecond))
+
+	// The metrics say this replica leads and wrote.
+	resp, err := http.Get("http://" + d.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{MetricKubernetesLeader + " 1", MetricTrustBundleWrites + " 4"} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 
 	// On shutdown the daemon releases the Lease for the next replica.
 	d.stop(t)
