@@ -21,9 +21,8 @@ require (
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2
+	k8s.io/klog/v2 v2.140.0
 )
-
-require k8s.io/klog/v2 v2.140.0
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
