@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/daemon"
@@ -18,6 +19,7 @@ type serveFlags struct {
 	adminListen   string
 	jwks          string
 	jwtIssuer     string
+	kubeconfig    string
 	checkConfig   bool
 }
 
@@ -31,6 +33,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.adminListen, "admin-listen", "", "admin API listen address (overrides admin.listen)")
 	fs.StringVar(&f.jwks, "jwks", "", "JWKS file that verifies service-account tokens (overrides auth.jwt.jwks_file)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "required token issuer (overrides auth.jwt.issuer)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file for the Kubernetes API outside a pod (overrides kubernetes.kubeconfig; default $KUBECONFIG)")
 	fs.BoolVar(&f.checkConfig, "check-config", false, "load and validate the configuration, then exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: ca serve [flags]")
@@ -61,6 +64,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		if f.jwtIssuer != "" {
 			c.Auth.JWT.Issuer = f.jwtIssuer
+		}
+		switch {
+		case f.kubeconfig != "":
+			c.Kubernetes.Kubeconfig = f.kubeconfig
+		case c.Kubernetes.Kubeconfig == "":
+			c.Kubernetes.Kubeconfig = os.Getenv("KUBECONFIG")
 		}
 	})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/transitca/transitca/issuer"
 )
@@ -47,6 +48,58 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Rotation governs root rotation and drills.
 	Rotation Rotation `yaml:"rotation"`
+	// Kubernetes turns on what the daemon writes to the cluster: the
+	// istio-ca-root-cert ConfigMaps, under leader election.
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+}
+
+// Kubernetes is the daemon's access to the Kubernetes API.
+type Kubernetes struct {
+	// Enabled turns the Kubernetes features on or off. Unset means auto:
+	// on when the daemon runs in a pod (the in-cluster configuration) or
+	// a kubeconfig is given.
+	Enabled *bool `yaml:"enabled"`
+	// Kubeconfig is a kubeconfig file used instead of the in-cluster
+	// configuration ("ca serve --kubeconfig", or $KUBECONFIG).
+	Kubeconfig string `yaml:"kubeconfig"`
+	// TrustBundle distributes the root bundle as the istio-ca-root-cert
+	// ConfigMap.
+	TrustBundle TrustBundle `yaml:"trust_bundle"`
+	// LeaderElection picks the one replica that writes.
+	LeaderElection LeaderElection `yaml:"leader_election"`
+}
+
+// TrustBundle is the istio-ca-root-cert ConfigMap writer.
+type TrustBundle struct {
+	// Enabled writes the ConfigMaps (when the Kubernetes features are on).
+	Enabled bool `yaml:"enabled"`
+	// NamespaceSelector is a label selector ("istio-injection=enabled",
+	// "env in (prod,staging)"); the ConfigMap goes to every namespace it
+	// matches. Empty matches every namespace.
+	NamespaceSelector string `yaml:"namespace_selector"`
+	// Resync is how often every namespace is checked even when nothing
+	// was seen to change; it also bounds how late a bundle change the
+	// daemon was not told about reaches the cluster.
+	Resync Duration `yaml:"resync"`
+}
+
+// LeaderElection configures the Lease that elects the writing replica.
+// Every replica serves certificates; only the leader writes to the
+// cluster.
+type LeaderElection struct {
+	// Namespace holds the Lease; empty means the daemon's own namespace
+	// (the pod's, or the kubeconfig context's), else istio-system.
+	Namespace string `yaml:"namespace"`
+	// LeaseName is the Lease's name.
+	LeaseName string `yaml:"lease_name"`
+	// LeaseDuration is how long followers wait before taking over from a
+	// leader that stopped renewing.
+	LeaseDuration Duration `yaml:"lease_duration"`
+	// RenewDeadline is how long the leader keeps trying to renew before it
+	// stops writing.
+	RenewDeadline Duration `yaml:"renew_deadline"`
+	// RetryPeriod is how often candidates try to acquire or renew.
+	RetryPeriod Duration `yaml:"retry_period"`
 }
 
 // Rotation governs the staged root rotation and the rehearsal drills.
@@ -338,6 +391,15 @@ func Default() *Config {
 			CheckpointInterval: Duration(30 * time.Second),
 		},
 		Admin: Admin{Listen: "127.0.0.1:15015"},
+		Kubernetes: Kubernetes{
+			TrustBundle: TrustBundle{Enabled: true, Resync: Duration(time.Minute)},
+			LeaderElection: LeaderElection{
+				LeaseName:     "transitca",
+				LeaseDuration: Duration(15 * time.Second),
+				RenewDeadline: Duration(10 * time.Second),
+				RetryPeriod:   Duration(2 * time.Second),
+			},
+		},
 		Limits: Limits{
 			DenialsPerPeerPerSecond: 5,
 			DenialBurst:             20,
@@ -478,6 +540,7 @@ func (c *Config) Validate() error {
 		bad("ca.intermediate_ttl: %v must be shorter than ca.root_ttl %v", c.CA.IntermediateTTL, c.CA.RootTTL)
 	}
 	errs = append(errs, c.validateServing()...)
+	errs = append(errs, c.validateKubernetes()...)
 	if err := c.IssuancePolicy().Validate(); err != nil {
 		bad("tiers/policy: %v", err)
 	}
@@ -593,6 +656,47 @@ func (c *Config) validateServing() []error {
 		bad("limits.denial_peers: %d is outside 1 to 1000000", p)
 	}
 	return errs
+}
+
+func (c *Config) validateKubernetes() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	k := c.Kubernetes
+	if _, err := labels.Parse(k.TrustBundle.NamespaceSelector); err != nil {
+		bad("kubernetes.trust_bundle.namespace_selector: %v", err)
+	}
+	if k.TrustBundle.Resync < Duration(time.Second) {
+		bad("kubernetes.trust_bundle.resync: %v is shorter than a second", k.TrustBundle.Resync)
+	}
+	le := k.LeaderElection
+	if le.LeaseName == "" {
+		bad("kubernetes.leader_election.lease_name: must be set")
+	}
+	if le.RetryPeriod <= 0 {
+		bad("kubernetes.leader_election.retry_period: must be positive")
+	}
+	// client-go's own rules: a leader gives up before its lease ends, and
+	// retries several times before it gives up.
+	if float64(le.RenewDeadline) <= leaderelectionJitter*float64(le.RetryPeriod) {
+		bad("kubernetes.leader_election.renew_deadline: %v must be longer than %.1f × retry_period %v", le.RenewDeadline, leaderelectionJitter, le.RetryPeriod)
+	}
+	if le.LeaseDuration <= le.RenewDeadline {
+		bad("kubernetes.leader_election.lease_duration: %v must be longer than renew_deadline %v", le.LeaseDuration, le.RenewDeadline)
+	}
+	return errs
+}
+
+// leaderelectionJitter is client-go leaderelection.JitterFactor.
+const leaderelectionJitter = 1.2
+
+// KubernetesEnabled reports whether the Kubernetes features are on: as
+// kubernetes.enabled says, or, when it is unset, when a kubeconfig is
+// given or the daemon runs in a pod.
+func (c *Config) KubernetesEnabled(inCluster bool) bool {
+	if e := c.Kubernetes.Enabled; e != nil {
+		return *e
+	}
+	return c.Kubernetes.Kubeconfig != "" || inCluster
 }
 
 // ValidTrustDomain checks a SPIFFE trust domain name: lowercase letters,

@@ -126,3 +126,72 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestKubernetesSettings(t *testing.T) {
+	c, err := load(t, `
+kubernetes:
+  kubeconfig: /etc/transitca/kubeconfig
+  trust_bundle:
+    namespace_selector: "istio-injection=enabled"
+  leader_election:
+    namespace: mesh-ca
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	le := c.Kubernetes.LeaderElection
+	if le.Namespace != "mesh-ca" || le.LeaseName != "transitca" || le.LeaseDuration != Duration(15*time.Second) || !c.Kubernetes.TrustBundle.Enabled {
+		t.Fatalf("kubernetes settings over defaults: %+v", c.Kubernetes)
+	}
+
+	on, off := true, false
+	cases := []struct {
+		name       string
+		enabled    *bool
+		kubeconfig string
+		inCluster  bool
+		want       bool
+	}{
+		{"auto, outside a pod", nil, "", false, false},
+		{"auto, in a pod", nil, "", true, true},
+		{"auto, kubeconfig", nil, "kc", false, true},
+		{"off, in a pod", &off, "", true, false},
+		{"off, kubeconfig", &off, "kc", false, false},
+		{"on", &on, "", false, true},
+	}
+	for _, tc := range cases {
+		c := Default()
+		c.Kubernetes.Enabled, c.Kubernetes.Kubeconfig = tc.enabled, tc.kubeconfig
+		if got := c.KubernetesEnabled(tc.inCluster); got != tc.want {
+			t.Errorf("%s: enabled %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestKubernetesRejects(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"bad selector", "kubernetes:\n  trust_bundle: {namespace_selector: \"a in (\"}\n", "kubernetes.trust_bundle.namespace_selector"},
+		{"resync too short", "kubernetes:\n  trust_bundle: {resync: 10ms}\n", "kubernetes.trust_bundle.resync"},
+		{"no lease name", "kubernetes:\n  leader_election: {lease_name: \"\"}\n", "kubernetes.leader_election.lease_name"},
+		{"renew after lease ends", "kubernetes:\n  leader_election: {lease_duration: 5s, renew_deadline: 10s}\n", "kubernetes.leader_election.lease_duration"},
+		{"renew deadline too short", "kubernetes:\n  leader_election: {renew_deadline: 2s, retry_period: 2s}\n", "kubernetes.leader_election.renew_deadline"},
+		{"unknown key", "kubernetes:\n  enable: true\n", "field enable not found"},
+		{"enabled not a bool", "kubernetes:\n  enabled: auto\n", "cannot unmarshal"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(t, tc.yaml)
+			if err == nil {
+				err = c.Validate()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -71,6 +71,7 @@ type Daemon struct {
 	serving   atomic.Pointer[ca.ServingCert]
 	devHint   string
 	rootFile  string
+	kube      *kubeSide // nil when the Kubernetes features are off
 
 	grpcSrv    *grpc.Server
 	health     *health.Server
@@ -123,6 +124,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err 
 		return nil, err
 	}
 	if err := d.buildServers(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.openKube(ctx); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -284,12 +288,14 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 	return o
 }
 
-// hierarchyChanged brings the root bundle file and the serving
-// certificate up to date after a rotation step, at once.
+// hierarchyChanged brings the root bundle file, the trust bundle
+// ConfigMaps and the serving certificate up to date after a rotation step,
+// at once.
 func (d *Daemon) hierarchyChanged(ctx context.Context) {
 	if err := writeRoots(d.rootFile, d.authority.Roots()); err != nil {
 		d.log.ErrorContext(ctx, "write root bundle", slog.Any("error", err))
 	}
+	d.bundleChanged()
 	if sc := d.serving.Load(); sc != nil {
 		if err := sc.RenewIfDue(ctx); err != nil {
 			d.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
@@ -407,7 +413,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if s := d.backend.Session; s != nil {
 		background(func() { s.Run(ctx) })
 	}
-	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log) })
+	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log, d.bundleChanged) })
+	background(func() { d.runKube(ctx) })
 	background(func() { d.watchLog(ctx) })
 	if every := time.Duration(d.cfg.Rotation.DrillInterval); every > 0 && d.adminSvc != nil {
 		background(func() { d.drillEvery(ctx, every) })

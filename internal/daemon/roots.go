@@ -13,15 +13,23 @@ import (
 
 // writeRoots writes the trust bundle as PEM.
 func writeRoots(path string, roots []*x509.Certificate) error {
+	return atomicfile.Write(path, rootsPEM(roots), 0o644)
+}
+
+// rootsPEM is the trust bundle as concatenated PEM: the content of
+// root-cert.pem and of the istio-ca-root-cert ConfigMaps.
+func rootsPEM(roots []*x509.Certificate) []byte {
 	var data []byte
 	for _, r := range roots {
 		data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
 	}
-	return atomicfile.Write(path, data, 0o644)
+	return data
 }
 
-// watchRoots rewrites the root bundle file when the trust bundle changes.
-func watchRoots(ctx context.Context, a *issuer.Authority, path string, every time.Duration, log *slog.Logger) {
+// watchRoots rewrites the root bundle file when the trust bundle changes
+// (for instance when another replica rotated the root), then calls
+// changed.
+func watchRoots(ctx context.Context, a *issuer.Authority, path string, every time.Duration, log *slog.Logger, changed func()) {
 	last := bundleKey(a.Roots())
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -38,6 +46,7 @@ func watchRoots(ctx context.Context, a *issuer.Authority, path string, every tim
 				continue
 			}
 			last = k
+			changed()
 		}
 	}
 }
