@@ -47,6 +47,15 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Rotation governs root rotation and drills.
 	Rotation Rotation `yaml:"rotation"`
+	// Kubernetes is what transitca does in the cluster it serves.
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+}
+
+// Kubernetes is what transitca does in the cluster it serves.
+type Kubernetes struct {
+	// Istiod is istiod's serving certificate (the istiod-tls Secret); see
+	// istiod.go.
+	Istiod Istiod `yaml:"istiod"`
 }
 
 // Rotation governs the staged root rotation and the rehearsal drills.
@@ -325,6 +334,9 @@ func Default() *Config {
 			CheckpointInterval: Duration(30 * time.Second),
 		},
 		Admin: Admin{Listen: "127.0.0.1:15015"},
+		Kubernetes: Kubernetes{
+			Istiod: defaultIstiod(),
+		},
 		Limits: Limits{
 			DenialsPerPeerPerSecond: 5,
 			DenialBurst:             20,
@@ -465,6 +477,7 @@ func (c *Config) Validate() error {
 		bad("ca.intermediate_ttl: %v must be shorter than ca.root_ttl %v", c.CA.IntermediateTTL, c.CA.RootTTL)
 	}
 	errs = append(errs, c.validateServing()...)
+	errs = append(errs, c.validateIstiod()...)
 	if err := c.IssuancePolicy().Validate(); err != nil {
 		bad("tiers/policy: %v", err)
 	}
