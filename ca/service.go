@@ -292,8 +292,65 @@ func (s *Service) IssueProbe(ctx context.Context, spiffeID string, pub crypto.Pu
 	})
 }
 
+// IstiodTier is the tier recorded for istiod's serving certificates.
+const IstiodTier = "istiod"
+
+// IstiodRequest is istiod's serving certificate, which transitca writes to
+// the istiod-tls Secret when istiod runs with ENABLE_CA_SERVER=false.
+type IstiodRequest struct {
+	// SPIFFEID is istiod's identity,
+	// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+	SPIFFEID string
+	// DNSNames are the names istiod is reached by: istiod.<ns>.svc, one
+	// istiod-<revision>.<ns>.svc per revision, and any extra names.
+	DNSNames []string
+	// PublicKey is the key transitca generated for istiod.
+	PublicKey crypto.PublicKey
+	// TTL is the lifetime asked for; the privileged tier's max_ttl caps it.
+	TTL time.Duration
+}
+
+// IssueIstiod issues istiod's serving certificate through the later stages
+// of the pipeline, on the CA's own account, with the service's clock: the
+// lifetime (r.TTL capped by the privileged tier, or by the tier the policy
+// gives istiod's identity when no tier is named privileged) → the issuer's
+// leaf template (the SPIFFE ID and the DNS names, serverAuth and
+// clientAuth) → sign → verify the chain against the roots → record
+// (durably, tier istiod, method self, under istiod's namespace and service
+// account) → answer. It returns the roots the chain was checked against,
+// the bundle istiod's clients trust. If recording fails, no certificate is
+// returned.
+func (s *Service) IssueIstiod(ctx context.Context, r IstiodRequest) (*issuer.Issued, []*x509.Certificate, error) {
+	_, ns, sa, err := ParseSPIFFEID(r.SPIFFEID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: istiod identity: %w", ErrInvalidRequest, err)
+	}
+	if len(r.DNSNames) == 0 {
+		return nil, nil, fmt.Errorf("%w: istiod certificate needs at least one DNS name", ErrInvalidRequest)
+	}
+	for _, n := range r.DNSNames {
+		if !validServiceAccount(n) { // a DNS subdomain, as a Service's name is
+			return nil, nil, fmt.Errorf("%w: istiod DNS name %s is not a lowercase DNS name", ErrInvalidRequest, quote(n))
+		}
+	}
+	id, err := url.Parse(r.SPIFFEID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: istiod identity: %w", ErrInvalidRequest, err)
+	}
+	tier, ok := s.policy.Tiers[issuer.TierPrivileged]
+	if !ok {
+		tier = s.policy.Decide(r.SPIFFEID, ns, sa).Tier
+	}
+	granted := tier.Grant(r.TTL)
+	return s.issueSelf(ctx, r.SPIFFEID, IstiodTier, r.TTL, workloadUsages, r.PublicKey, func(now time.Time) (*x509.Certificate, error) {
+		return issuer.LeafTemplate(issuer.LeafRequest{SPIFFEID: id, DNSNames: r.DNSNames, PublicKey: r.PublicKey, Now: now, TTL: granted})
+	})
+}
+
 // issueSelf runs template → sign → verify the chain → record for a
-// certificate the CA issues on its own account.
+// certificate the CA issues on its own account. A workload identity
+// (spiffe://…/ns/<ns>/sa/<sa>) is recorded with its namespace and service
+// account, so that the log's namespace index finds it.
 func (s *Service) issueSelf(ctx context.Context, id, tier string, ttl time.Duration, usages []x509.ExtKeyUsage, pub crypto.PublicKey,
 	template func(now time.Time) (*x509.Certificate, error)) (*issuer.Issued, []*x509.Certificate, error) {
 	now := s.now()
@@ -309,8 +366,12 @@ func (s *Service) issueSelf(ctx context.Context, id, tier string, ttl time.Durat
 	if err := s.verifyChain(issued, roots, id, usages, now); err != nil {
 		return nil, nil, err
 	}
+	caller := &Caller{SPIFFEID: id, Method: AuthSelf}
+	if _, ns, sa, err := ParseSPIFFEID(id); err == nil {
+		caller.Namespace, caller.ServiceAccount = ns, sa
+	}
 	err = s.recorder.RecordIssuance(ctx, &Issuance{
-		Time: now, Caller: &Caller{SPIFFEID: id, Method: AuthSelf}, Tier: tier,
+		Time: now, Caller: caller, Tier: tier,
 		RequestedTTL: ttl, GrantedTTL: issued.Cert.NotAfter.Sub(issued.Cert.NotBefore),
 		Cert: issued.Cert, Issuer: issued.Issuer, RootKeyVersion: issued.RootKeyVersion,
 	})

@@ -67,6 +67,9 @@ type Kubernetes struct {
 	TrustBundle TrustBundle `yaml:"trust_bundle"`
 	// LeaderElection picks the one replica that writes.
 	LeaderElection LeaderElection `yaml:"leader_election"`
+	// Istiod is istiod's serving certificate (the istiod-tls Secret); see
+	// istiod.go.
+	Istiod Istiod `yaml:"istiod"`
 }
 
 // TrustBundle is the istio-ca-root-cert ConfigMap writer.
@@ -399,6 +402,7 @@ func Default() *Config {
 				RenewDeadline: Duration(10 * time.Second),
 				RetryPeriod:   Duration(2 * time.Second),
 			},
+			Istiod: defaultIstiod(),
 		},
 		Limits: Limits{
 			DenialsPerPeerPerSecond: 5,
@@ -541,6 +545,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateServing()...)
 	errs = append(errs, c.validateKubernetes()...)
+	errs = append(errs, c.validateIstiod()...)
 	if err := c.IssuancePolicy().Validate(); err != nil {
 		bad("tiers/policy: %v", err)
 	}
