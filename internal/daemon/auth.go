@@ -10,7 +10,10 @@ import (
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/kube"
 	"github.com/transitca/transitca/issuer"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // Dev-mode token issuing: a local key in the dev key store signs tokens
@@ -20,20 +23,38 @@ const (
 	devTokenIssuer = "transitca-dev"
 )
 
+// reviewQPS is the sustained rate of TokenReviews the daemon may send
+// through its Kubernetes client.
+const reviewQPS = 200
+
 // buildAuthenticator assembles the configured ways to authenticate. In dev
 // mode with no token verification configured, it trusts tokens minted by
 // "ca token" and returns a hint that says so.
-func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issuer.Authority, keys issuer.Keys, metrics *ca.Metrics) (ca.Authenticator, string, error) {
+func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issuer.Authority, keys issuer.Keys, metrics *ca.Metrics, kc *kube.Client) (ca.Authenticator, string, error) {
 	var token, cert ca.Authenticator
 	var hint string
 	a := cfg.Auth
 	switch {
 	case a.TokenReview.Enabled:
-		tr, err := ca.NewTokenReviewAuthenticator(ca.TokenReviewOptions{
-			APIServer: a.TokenReview.APIServer, TokenFile: a.TokenReview.TokenFile, CAFile: a.TokenReview.CAFile,
+		opts := ca.TokenReviewOptions{
 			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: a.Clusters,
 			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
-		})
+		}
+		if kc != nil {
+			// The Kubernetes client the cluster writers use, with a rate
+			// limit of its own: a restart storm's reviews must not queue
+			// behind client-go's default of 5 requests/s.
+			rc := rest.CopyConfig(kc.Config)
+			rc.QPS, rc.Burst = reviewQPS, 2*reviewQPS
+			cs, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return nil, "", fmt.Errorf("tokenreview client: %w", err)
+			}
+			opts.Client = cs
+		} else {
+			opts.APIServer, opts.TokenFile, opts.CAFile = a.TokenReview.APIServer, a.TokenReview.TokenFile, a.TokenReview.CAFile
+		}
+		tr, err := ca.NewTokenReviewAuthenticator(opts)
 		if err != nil {
 			return nil, "", fmt.Errorf("tokenreview authenticator: %w", err)
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/kube"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 )
@@ -71,7 +72,8 @@ type Daemon struct {
 	serving   atomic.Pointer[ca.ServingCert]
 	devHint   string
 	rootFile  string
-	kube      *kubeSide // nil when the Kubernetes features are off
+	kube      *kubeSide    // nil when the Kubernetes features are off
+	kubeAPI   *kube.Client // nil when the Kubernetes features are off
 
 	grpcSrv    *grpc.Server
 	health     *health.Server
@@ -121,6 +123,9 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (_ *Daemon, err 
 		return nil, err
 	}
 	if err := d.openAuthority(ctx); err != nil {
+		return nil, err
+	}
+	if err := d.connectKube(); err != nil {
 		return nil, err
 	}
 	if err := d.buildServers(ctx); err != nil {
@@ -222,7 +227,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	if d.backend.Transit != nil {
 		d.backend.Transit.SetObserver(metrics.ObserveVault)
 	}
-	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics)
+	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics, d.kubeAPI)
 	if err != nil {
 		return err
 	}

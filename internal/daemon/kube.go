@@ -37,19 +37,31 @@ type kubeSide struct {
 	runners []kube.Runner
 }
 
-// openKube connects to the Kubernetes API when the Kubernetes features are
-// on (kubernetes.enabled, or a kubeconfig, or running in a pod) and builds
-// the leader-only writers. Nothing talks to the API server until Run.
-func (d *Daemon) openKube(_ context.Context) error {
-	cfg := d.cfg.Kubernetes
+// connectKube makes the Kubernetes client when the Kubernetes features are
+// on (kubernetes.enabled, or a kubeconfig, or running in a pod). The
+// TokenReview authenticator and the cluster writers share it.
+func (d *Daemon) connectKube() error {
 	if !d.cfg.KubernetesEnabled(kube.InCluster()) {
 		return nil
 	}
 	// client-go logs through klog; send it to the daemon's logger.
 	klog.SetSlogLogger(d.log)
-	client, err := kube.NewClient(cfg.Kubeconfig, "transitca/"+d.opts.Version)
+	client, err := kube.NewClient(d.cfg.Kubernetes.Kubeconfig, "transitca/"+d.opts.Version)
 	if err != nil {
 		return fmt.Errorf("kubernetes: %w", err)
+	}
+	d.kubeAPI = client
+	return nil
+}
+
+// openKube connects to the Kubernetes API when the Kubernetes features are
+// on (kubernetes.enabled, or a kubeconfig, or running in a pod) and builds
+// the leader-only writers. Nothing talks to the API server until Run.
+func (d *Daemon) openKube(_ context.Context) error {
+	cfg := d.cfg.Kubernetes
+	client := d.kubeAPI
+	if client == nil {
+		return nil
 	}
 	k := &kubeSide{client: client}
 	if cfg.TrustBundle.Enabled {
@@ -68,6 +80,13 @@ func (d *Daemon) openKube(_ context.Context) error {
 		d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: MetricTrustBundleWrites,
 			Help: "istio-ca-root-cert ConfigMaps this replica created or updated."},
 			func() float64 { return float64(k.bundle.Writes()) }))
+	}
+	istiod, err := d.istiodRunner(client.Clientset)
+	if err != nil {
+		return fmt.Errorf("kubernetes: %w", err)
+	}
+	if istiod != nil {
+		k.runners = append(k.runners, kube.RunnerFunc(istiod))
 	}
 	leading := prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricKubernetesLeader,
 		Help: "1 while this replica holds the leader Lease and writes to the cluster."})

@@ -9,11 +9,14 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -79,21 +82,25 @@ func newIstiodEnv(t *testing.T) *istiodEnv {
 	return e
 }
 
-// writerClient is a client as the service account transitca, bound to the
-// Role the README gives: the one Secret by name, and create.
+// writerClient is a client as the service account transitca, bound in
+// the test's namespace to the Secret rules of the shipped Role
+// (deploy/rbac/role.yaml): the one Secret by name, and create.
 func (e *istiodEnv) writerClient(t *testing.T) kubernetes.Interface {
 	t.Helper()
 	ctx := t.Context()
 	e.kube.ServiceAccount(t, "transitca")
+	shipped := shippedRole(t)
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "transitca-istiod-tls"}}
+	for _, r := range shipped.Rules {
+		if slices.Contains(r.Resources, "secrets") {
+			role.Rules = append(role.Rules, r)
+		}
+	}
+	if len(role.Rules) == 0 {
+		t.Fatal("deploy/rbac/role.yaml grants nothing on secrets")
+	}
 	rbac := e.kube.Client.RbacV1()
-	if _, err := rbac.Roles(e.kube.Namespace).Create(ctx, &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "transitca-istiod-tls"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{IstiodSecretName},
-				Verbs: []string{"get", "list", "watch", "update", "delete"}},
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
-		},
-	}, metav1.CreateOptions{}); err != nil {
+	if _, err := rbac.Roles(e.kube.Namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rbac.RoleBindings(e.kube.Namespace).Create(ctx, &rbacv1.RoleBinding{
@@ -108,6 +115,20 @@ func (e *istiodEnv) writerClient(t *testing.T) kubernetes.Interface {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// shippedRole reads deploy/rbac/role.yaml.
+func shippedRole(t *testing.T) *rbacv1.Role {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "rbac", "role.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.Role
+	if err := sigsyaml.UnmarshalStrict(data, &role); err != nil {
+		t.Fatalf("deploy/rbac/role.yaml: %v", err)
+	}
+	return &role
 }
 
 func (e *istiodEnv) spiffeID() string {
