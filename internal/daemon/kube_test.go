@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,12 +13,19 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/transitca/transitca/internal/kube"
 	"github.com/transitca/transitca/internal/kubetest"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
+	"github.com/transitca/transitca/store"
 )
 
 // A dev daemon pointed at a cluster by a kubeconfig, running as the
@@ -79,6 +88,26 @@ func TestDaemonWritesTrustBundleConfigMaps(t *testing.T) {
 		t.Fatalf("lease %v has no holder", lease.Spec)
 	}
 
+	// The leader also keeps istiod's serving certificate in istiod-tls:
+	// valid for istiod.istio-system.svc against the bundle it carries.
+	waitFor(t, 20*time.Second, func() error {
+		sec, err := env.Client.CoreV1().Secrets("istio-system").Get(t.Context(), kube.IstiodSecretName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if _, err := tls.X509KeyPair(sec.Data[kube.TLSCertKey], sec.Data[kube.TLSKeyKey]); err != nil {
+			return err
+		}
+		chain, roots := parsePEM(t, string(sec.Data[kube.TLSCertKey])), x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(sec.Data[kube.CACertKey]) || len(chain) < 2 {
+			return fmt.Errorf("istiod-tls holds %d certificates and ca.crt %d bytes", len(chain), len(sec.Data[kube.CACertKey]))
+		}
+		inter := x509.NewCertPool()
+		inter.AddCert(chain[1])
+		_, err = chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: "istiod.istio-system.svc"})
+		return err
+	})
+
 	// Prepare a new root: the bundle now holds two roots, and the
 	// ConfigMaps follow within seconds, long before the resync.
 	before, _ := os.ReadFile(d.RootFile())
@@ -135,5 +164,58 @@ func waitFor(t *testing.T, limit time.Duration, check func() error) {
 			t.Fatalf("after %v: %v", limit, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// With auth.tokenreview on, the daemon checks workloads' projected tokens
+// with the real API server through its Kubernetes client, as the transitca
+// service account under the shipped RBAC: a pod-bound token is accepted
+// and the pod is recorded; a token for another audience is refused.
+func TestDaemonTokenReviewThroughTheCluster(t *testing.T) {
+	srv, err := kubetest.Start()
+	if err != nil {
+		t.Fatalf("kubetest: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	env := kubetest.NewOn(t, srv)
+	var rbac []string
+	for _, f := range []string{"serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"} {
+		rbac = append(rbac, filepath.Join("..", "..", "deploy", "rbac", f+".yaml"))
+	}
+	env.Apply(t, rbac...)
+	system := &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
+	env.ServiceAccount(t, "web")
+	pod := env.Pod(t, "web-0", "web", "node-a")
+
+	cfg := devConfig(t, t.TempDir())
+	cfg.Kubernetes.Kubeconfig = system.ServiceAccountKubeconfig(t, "transitca")
+	cfg.Auth.TokenReview.Enabled = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, cfg)
+
+	tok := env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{"istio-ca"}, Pod: pod})
+	w := d.requestWithToken(t, env.Namespace, "web", tok)
+	serial := store.SerialHex(w.chain[0].SerialNumber)
+	entries, _, err := d.Log().Query(t.Context(), store.Query{Serial: serial})
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("log entry for %s: %v %v", serial, entries, err)
+	}
+	e := entries[0]
+	if e.AuthMethod != "kubernetes-tokenreview" || e.PodName != "web-0" || e.PodUID != string(pod.UID) || e.Namespace != env.Namespace {
+		t.Fatalf("log entry: method %s pod %s/%s namespace %s", e.AuthMethod, e.PodName, e.PodUID, e.Namespace)
+	}
+
+	other := env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{"vault"}, Pod: pod})
+	conn, err := grpc.NewClient(d.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: d.rootPool(t), ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+other)
+	_, err = pb.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: "x"})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("token for another audience: %v, want Unauthenticated", err)
 	}
 }

@@ -59,8 +59,7 @@ func (w *workload) verifies(bundle []*x509.Certificate) error {
 // dev token.
 func (r *running) request(t *testing.T, ns, sa string) *workload {
 	t.Helper()
-	ctx := context.Background()
-	minter, err := DevMinter(ctx, r.backend.Keys)
+	minter, err := DevMinter(context.Background(), r.backend.Keys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +67,14 @@ func (r *running) request(t *testing.T, ns, sa string) *workload {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r.requestWithToken(t, ns, sa, tok)
+}
+
+// requestWithToken gets a certificate for ns/sa with a bearer token, as
+// istio-agent does.
+func (r *running) requestWithToken(t *testing.T, ns, sa, tok string) *workload {
+	t.Helper()
+	ctx := context.Background()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
