@@ -1,0 +1,84 @@
+{{/* The name of every object: "transitca" unless fullnameOverride. */}}
+{{- define "transitca.fullname" -}}
+{{- .Values.fullnameOverride | default "transitca" -}}
+{{- end -}}
+
+{{- define "transitca.selectorLabels" -}}
+app.kubernetes.io/name: transitca
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "transitca.labels" -}}
+{{ include "transitca.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The port of a "host:port" listen address. */}}
+{{- define "transitca.port" -}}
+{{- splitList ":" . | last -}}
+{{- end -}}
+
+{{/* The namespace of the leader-election Lease: the daemon's default is its own. */}}
+{{- define "transitca.leaseNamespace" -}}
+{{- (((.Values.config.kubernetes | default dict).leader_election | default dict).namespace) | default .Release.Namespace -}}
+{{- end -}}
+
+{{- define "transitca.leaseName" -}}
+{{- (((.Values.config.kubernetes | default dict).leader_election | default dict).lease_name) | default "transitca" -}}
+{{- end -}}
+
+{{/* The namespace of istiod and its istiod-tls Secret. */}}
+{{- define "transitca.istiodNamespace" -}}
+{{- (((.Values.config.kubernetes | default dict).istiod | default dict).namespace) | default "istio-system" -}}
+{{- end -}}
+
+{{/* The configuration file: the config values, with server.tls.dns_names naming the Service and,
+for Vault's Kubernetes auth, vault.auth.token_file the projected token when unset. */}}
+{{- define "transitca.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $server := $cfg.server | default dict -}}
+{{- $tls := $server.tls | default dict -}}
+{{- if not (hasKey $tls "dns_names") -}}
+{{- $_ := set $tls "dns_names" (list (printf "%s.%s.svc" (include "transitca.fullname" .) .Release.Namespace) "localhost") -}}
+{{- end -}}
+{{- $_ := set $server "tls" $tls -}}
+{{- $vault := $cfg.vault | default dict -}}
+{{- $auth := $vault.auth | default dict -}}
+{{- if and (eq ($auth.method | default "token") "kubernetes") (not $auth.token_file) -}}
+{{- $_ := set $auth "token_file" "/var/run/secrets/vault/token" -}}
+{{- $_ := set $vault "auth" $auth -}}
+{{- $_ := set $cfg "vault" $vault -}}
+{{- end -}}
+{{- $_ := set $cfg "server" $server -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{- define "transitca.vaultKubernetesAuth" -}}
+{{- $auth := ((.Values.config.vault | default dict).auth | default dict) -}}
+{{- if eq ($auth.method | default "token") "kubernetes" }}true{{ end -}}
+{{- end -}}
+
+{{/* The Role rules of deploy/rbac/role.yaml, by the namespace they apply in. */}}
+{{- define "transitca.leaseRules" }}
+  # Leader election: the one Lease by name; create cannot be limited by name.
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    resourceNames: [{{ include "transitca.leaseName" . | quote }}]
+    verbs: ["get", "update"]
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["create"]
+{{- end }}
+{{- define "transitca.istiodRules" }}
+  # istiod's serving certificate: the one Secret by name (delete only to
+  # replace one of the wrong type); create to make it the first time.
+  - apiGroups: [""]
+    resources: ["secrets"]
+    resourceNames: ["istiod-tls"]
+    verbs: ["get", "list", "watch", "update", "delete"]
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["create"]
+{{- end }}
