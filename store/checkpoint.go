@@ -331,6 +331,7 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 	}
 	l.cpSigned = signed
 	l.cpSize.Store(size)
+	l.cpTime.Store(time.Now().UnixNano())
 	l.publishLocked()
 	return bytes.Clone(signed), nil
 }

@@ -123,6 +123,7 @@ type Log struct {
 	witnessPrev  []byte
 	witnessKnown bool
 	cpSize       atomic.Uint64
+	cpTime       atomic.Int64 // Unix nanoseconds: the last checkpoint stored, or Open
 	cpKick       chan struct{}
 	cpStop       chan struct{}
 	cpDone       chan struct{}
@@ -318,6 +319,7 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 		cpStop:        make(chan struct{}),
 		cpDone:        make(chan struct{}),
 	}
+	l.cpTime.Store(time.Now().UnixNano())
 	err := func() (err error) {
 		defer recoverCorrupt(path, &err)
 		return db.View(func(tx *bolt.Tx) error {
@@ -374,13 +376,17 @@ type Stats struct {
 	Commits        uint64 // bbolt commits of entries since Open
 	CheckpointSize uint64 // size of the latest stored checkpoint
 	Failed         bool   // a commit failed; Append returns ErrFailed
+	// CheckpointTime is when this Log last stored a checkpoint, or when it
+	// was opened if it has stored none since.
+	CheckpointTime time.Time
 }
 
 // Stats returns the log's counters.
 func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return Stats{Size: l.tree.End(), Commits: l.commits, CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil}
+	return Stats{Size: l.tree.End(), Commits: l.commits, CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil,
+		CheckpointTime: time.Unix(0, l.cpTime.Load())}
 }
 
 // Failed returns a channel that is closed when a commit fails. From then

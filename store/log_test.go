@@ -345,3 +345,27 @@ func TestWriteToBackup(t *testing.T) {
 		t.Fatalf("backup verifies to size %d root %x, log has %d %x", res.Size, res.Root, size, root)
 	}
 }
+
+// Stats tells how far the latest checkpoint lags the log and since when,
+// which is what an alert on a stale checkpoint reads.
+func TestStatsCheckpointTime(t *testing.T) {
+	ctx := context.Background()
+	opened := time.Now()
+	l := openTest(t, filepath.Join(t.TempDir(), "log.db"),
+		Options{Signer: testSigner(t), CheckpointEvery: 1 << 20, CheckpointInterval: time.Hour})
+	st := l.Stats()
+	if st.CheckpointTime.Before(opened.Add(-time.Second)) || st.CheckpointTime.After(time.Now()) {
+		t.Fatalf("CheckpointTime of a new log = %v, want its opening (%v)", st.CheckpointTime, opened)
+	}
+	fillLog(t, l, 3)
+	if st := l.Stats(); st.Size != 3 || st.CheckpointSize != 0 {
+		t.Fatalf("after 3 appends: Size %d CheckpointSize %d, want 3 and 0", st.Size, st.CheckpointSize)
+	}
+	before := time.Now()
+	if _, err := l.WriteCheckpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.CheckpointSize != 3 || st.CheckpointTime.Before(before) {
+		t.Fatalf("after WriteCheckpoint: CheckpointSize %d at %v, want 3 at or after %v", st.CheckpointSize, st.CheckpointTime, before)
+	}
+}

@@ -214,6 +214,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	cfg, a := d.cfg, d.authority
 	d.reg = prometheus.NewRegistry()
 	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerLogMetrics(d.reg, d.ilog)
 	metrics := ca.NewMetrics(d.reg, map[string]func() *x509.Certificate{
 		"root":         a.Root,
 		"intermediate": func() *x509.Certificate { return a.Intermediate().Cert },

@@ -204,4 +204,7 @@ func TestLogFailureTurnsHealthNotServing(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, "issuance log") {
 		t.Fatalf("/healthz after the log failed: %d %q, want 503 naming the issuance log", code, body)
 	}
+	if got := metricValue(t, d, MetricLogFailed); got != 1 {
+		t.Fatalf("%s after the log failed = %v, want 1", MetricLogFailed, got)
+	}
 }
