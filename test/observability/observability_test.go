@@ -1,6 +1,7 @@
 package observability
 
 import (
+	"bytes"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -254,5 +255,21 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		if !slices.ContainsFunc([]string{base, base + "_bucket", base + "_count", base + "_sum"}, func(s string) bool { return onDashboard[s] }) {
 			t.Errorf("the daemon exports %s but no dashboard panel shows it", n)
 		}
+	}
+}
+
+// The Helm chart ships the same alert rules (a chart cannot include files
+// from outside its directory, so it holds a copy).
+func TestChartShipsTheseAlerts(t *testing.T) {
+	want, err := os.ReadFile(filepath.Join("..", "..", "deploy", "observability", "alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join("..", "..", "deploy", "charts", "transitca", "files", "alerts.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("deploy/charts/transitca/files/alerts.yaml differs from deploy/observability/alerts.yaml: copy it again")
 	}
 }
