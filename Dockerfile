@@ -1,3 +1,5 @@
+# syntax=docker/dockerfile:1
+
 # transitca: the ca binary on distroless, as uid 65532, with a read-only
 # root file system. The only writable path it needs is the data directory
 # /var/lib/transitca (the issuance log and root-cert.pem): mount a volume
