@@ -4,12 +4,24 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build test test-e2e vault kube lint bench fmt vet generate generate-check
+.PHONY: all build release image test test-e2e vault kube lint bench fmt vet generate generate-check
 
 all: build
 
 build:
 	$(GO) build -o bin/ca ./cmd/ca
+
+# The release binary and the container image, built with the flags of
+# scripts/build-release.sh (static, stripped, version and commit stamped).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+IMAGE ?= transitca
+
+release:
+	VERSION=$(VERSION) COMMIT=$(COMMIT) ./scripts/build-release.sh bin/ca
+
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) -t $(IMAGE):$(VERSION) .
 
 # The Vault server the tests start, built once per machine and pinned version.
 vault:
