@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/transitca/transitca/internal/kubetest"
 	"github.com/transitca/transitca/store"
@@ -236,4 +238,45 @@ func TestReportRollout(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The PeerAuthentication manifests of docs/rollout.md: mesh-wide
+// PERMISSIVE and STRICT share one name in the root namespace, so the last
+// step replaces the first; the namespace template is STRICT for NAMESPACE.
+func TestMeshManifests(t *testing.T) {
+	type peerAuthentication struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+		Metadata   struct {
+			Name      string `json:"name"`
+			Namespace string `json:"namespace"`
+		} `json:"metadata"`
+		Spec struct {
+			MTLS struct {
+				Mode string `json:"mode"`
+			} `json:"mtls"`
+		} `json:"spec"`
+	}
+	for _, tc := range []struct {
+		file, namespace, mode string
+	}{
+		{"peerauthentication-permissive.yaml", "istio-system", "PERMISSIVE"},
+		{"peerauthentication-strict-namespace.yaml", "NAMESPACE", "STRICT"},
+		{"peerauthentication-strict-mesh.yaml", "istio-system", "STRICT"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "mesh", tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pa peerAuthentication
+			if err := yaml.UnmarshalStrict(b, &pa); err != nil {
+				t.Fatal(err)
+			}
+			if pa.APIVersion != "security.istio.io/v1" || pa.Kind != "PeerAuthentication" || pa.Metadata.Name != "default" ||
+				pa.Metadata.Namespace != tc.namespace || pa.Spec.MTLS.Mode != tc.mode {
+				t.Errorf("got %+v, want PeerAuthentication default in %s, mode %s", pa, tc.namespace, tc.mode)
+			}
+		})
+	}
 }
