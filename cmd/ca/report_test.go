@@ -20,9 +20,8 @@ import (
 	"github.com/transitca/transitca/store"
 )
 
-// rolloutLog writes a log whose issuance entries are the live windows
-// given, [notBefore, notAfter) relative to now, per namespace and service
-// account, and one denial.
+// rolloutLog writes a log with an issuance entry for each certificate,
+// valid from now+from to now+to, and a denial for one service account.
 func rolloutLog(t *testing.T, now time.Time, certs []rolloutCert, denied [2]string) string {
 	t.Helper()
 	db := filepath.Join(t.TempDir(), "issuance.db")
