@@ -26,6 +26,7 @@ func commands() []command {
 		{"token", "mint a dev-mode service-account token (DEV-ONLY)", runToken},
 		{"log", "query, export, verify and prove the issuance log", runLog},
 		{"admin", "rotate the CA's keys and rehearse it on a running daemon", runAdmin},
+		{"report", "reports for operators: which namespaces are ready for STRICT mTLS", runReport},
 		{"version", "print the version", runVersion},
 	}
 }
