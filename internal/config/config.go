@@ -132,7 +132,7 @@ type Rotation struct {
 type RotationSchedule struct {
 	PrepareAt  float64 `yaml:"prepare_at"`
 	ActivateAt float64 `yaml:"activate_at"`
-	// CheckEvery is how often the schedule looks; 1h when zero.
+	// CheckEvery is how often the schedule looks.
 	CheckEvery Duration `yaml:"check_every"`
 }
 
@@ -404,6 +404,7 @@ func Default() *Config {
 			},
 			Istiod: defaultIstiod(),
 		},
+		Rotation: Rotation{Schedule: RotationSchedule{CheckEvery: Duration(time.Hour)}},
 		Limits: Limits{
 			DenialsPerPeerPerSecond: 5,
 			DenialBurst:             20,
