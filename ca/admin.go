@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -68,10 +69,24 @@ type AdminAudit interface {
 // admin API call.
 const AdminCallAction = "admin-call"
 
-// audit records one admin call. A call whose record cannot be written
-// fails with the recording error, so that no action goes unrecorded
-// unnoticed.
-func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method string, req any, callErr error) error {
+// finish records one admin call and turns its error into the status the
+// caller gets. The status is made once, so that the outcome recorded in
+// the log (an Internal error's reference included) is the one the caller
+// sees. A call whose record cannot be written fails with the recording
+// error, so that no action goes unrecorded unnoticed.
+func (a *AdminAuthorizer) finish(ctx context.Context, caller *Caller, method string, req any, callErr error) error {
+	var st *status.Status
+	if callErr != nil {
+		st = adminStatusOf(ctx, a.Logger, callErr)
+	}
+	if err := a.audit(ctx, caller, method, req, st); err != nil && st == nil {
+		st = adminStatusOf(ctx, a.Logger, err)
+	}
+	return st.Err()
+}
+
+// audit records one admin call with its outcome st (nil: ok).
+func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method string, req any, st *status.Status) error {
 	if a.Audit == nil {
 		return nil
 	}
@@ -89,8 +104,7 @@ func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method stri
 		}
 	}
 	outcome := "ok"
-	if callErr != nil {
-		st := adminStatusOf(ctx, a.Logger, callErr)
+	if st != nil {
 		outcome = st.Code().String() + ": " + st.Message()
 	}
 	detail = boundMessage(detail + " outcome=" + outcome)
@@ -102,10 +116,6 @@ func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method stri
 }
 
 func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller, error) {
-	return a.check(ctx, method)
-}
-
-func (a *AdminAuthorizer) check(ctx context.Context, method string) (*Caller, error) {
 	cred, err := CredentialsFromContext(ctx)
 	if err != nil {
 		return nil, err
@@ -138,11 +148,8 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 			if err == nil {
 				resp, err = h(WithAdminCaller(ctx, caller), req)
 			}
-			if aerr := authz.audit(ctx, caller, info.FullMethod, req, err); aerr != nil && err == nil {
-				err = aerr
-			}
-			if err != nil {
-				return nil, adminStatusOf(ctx, authz.Logger, err).Err()
+			if err := authz.finish(ctx, caller, info.FullMethod, req, err); err != nil {
+				return nil, err
 			}
 			return resp, nil
 		}),
@@ -152,13 +159,7 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 			if err == nil {
 				err = h(srv, &callerStream{ServerStream: ss, ctx: WithAdminCaller(ctx, caller)})
 			}
-			if aerr := authz.audit(ctx, caller, info.FullMethod, nil, err); aerr != nil && err == nil {
-				err = aerr
-			}
-			if err != nil {
-				return adminStatusOf(ctx, authz.Logger, err).Err()
-			}
-			return nil
+			return authz.finish(ctx, caller, info.FullMethod, nil, err)
 		}),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
