@@ -28,12 +28,7 @@ func newAdminFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *adminFlags)
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	af := &adminFlags{}
-	fs.StringVar(&af.conn.addr, "addr", "127.0.0.1:15015", "admin API address of the running daemon")
-	fs.StringVar(&af.conn.cert, "cert", "", "client certificate chain (PEM) carrying an admin SPIFFE ID")
-	fs.StringVar(&af.conn.key, "key", "", "client private key (PEM)")
-	fs.StringVar(&af.conn.rootCert, "root-cert", "", "root bundle that verifies the daemon (PEM)")
-	fs.StringVar(&af.conn.serverName, "server-name", "", "name to verify in the daemon's certificate (default: the host of --addr)")
-	fs.DurationVar(&af.conn.timeout, "timeout", 5*time.Minute, "time limit")
+	af.conn.registerConn(fs)
 	fs.StringVar(&af.output, "o", "text", "output: text or json")
 	return fs, af
 }

@@ -105,13 +105,19 @@ type logFlags struct {
 }
 
 func (f *logFlags) register(fs *flag.FlagSet) {
+	f.registerConn(fs)
+	fs.StringVar(&f.db, "db", "", "read a log file directly (a stopped daemon's, or a backup) instead of --addr")
+	fs.StringVar(&f.verifierKey, "verifier-key", "", "checkpoint verifier key, or a file holding it (<data_dir>/log-verifier.vkey)")
+}
+
+// registerConn registers the flags that reach a running daemon's admin
+// API ("ca log" and "ca admin" share them).
+func (f *logFlags) registerConn(fs *flag.FlagSet) {
 	fs.StringVar(&f.addr, "addr", "127.0.0.1:15015", "admin API address of a running daemon")
 	fs.StringVar(&f.cert, "cert", "", "client certificate chain (PEM) carrying an admin SPIFFE ID")
 	fs.StringVar(&f.key, "key", "", "client private key (PEM)")
 	fs.StringVar(&f.rootCert, "root-cert", "", "root bundle that verifies the daemon (PEM)")
 	fs.StringVar(&f.serverName, "server-name", "", "name to verify in the daemon's certificate (default: the host of --addr)")
-	fs.StringVar(&f.db, "db", "", "read a log file directly (a stopped daemon's, or a backup) instead of --addr")
-	fs.StringVar(&f.verifierKey, "verifier-key", "", "checkpoint verifier key, or a file holding it (<data_dir>/log-verifier.vkey)")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Minute, "time limit")
 }
 
