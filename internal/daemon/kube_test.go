@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,18 +32,7 @@ import (
 // istio-ca-root-cert ConfigMaps with the bytes of root-cert.pem, and
 // rewrites them as soon as a root rotation step changes the bundle.
 func TestDaemonWritesTrustBundleConfigMaps(t *testing.T) {
-	srv, err := kubetest.Start()
-	if err != nil {
-		t.Fatalf("kubetest: %v", err)
-	}
-	t.Cleanup(srv.Stop)
-	env := kubetest.NewOn(t, srv)
-	var rbac []string
-	for _, f := range []string{"serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"} {
-		rbac = append(rbac, filepath.Join("..", "..", "deploy", "rbac", f+".yaml"))
-	}
-	env.Apply(t, rbac...)
-	system := &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
+	env, system := rbacCluster(t)
 	selected := map[string]string{"istio-injection": "enabled"}
 	var nss []string
 	for range 2 {
@@ -172,18 +160,7 @@ func waitFor(t *testing.T, limit time.Duration, check func() error) {
 // service account under the shipped RBAC: a pod-bound token is accepted
 // and the pod is recorded; a token for another audience is refused.
 func TestDaemonTokenReviewThroughTheCluster(t *testing.T) {
-	srv, err := kubetest.Start()
-	if err != nil {
-		t.Fatalf("kubetest: %v", err)
-	}
-	t.Cleanup(srv.Stop)
-	env := kubetest.NewOn(t, srv)
-	var rbac []string
-	for _, f := range []string{"serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"} {
-		rbac = append(rbac, filepath.Join("..", "..", "deploy", "rbac", f+".yaml"))
-	}
-	env.Apply(t, rbac...)
-	system := &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
+	env, system := rbacCluster(t)
 	env.ServiceAccount(t, "web")
 	pod := env.Pod(t, "web-0", "web", "node-a")
 
@@ -218,4 +195,19 @@ func TestDaemonTokenReviewThroughTheCluster(t *testing.T) {
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("token for another audience: %v, want Unauthenticated", err)
 	}
+}
+
+// rbacCluster starts an API server of the test's own with the shipped RBAC
+// applied; it returns an env on a fresh namespace and one on istio-system,
+// where transitca's service account lives.
+func rbacCluster(t *testing.T) (env, system *kubetest.Env) {
+	t.Helper()
+	srv, err := kubetest.Start()
+	if err != nil {
+		t.Fatalf("kubetest: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	env = kubetest.NewOn(t, srv)
+	env.Apply(t, kubetest.RBACManifests()...)
+	return env, &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,15 +24,6 @@ import (
 
 func TestMain(m *testing.M) { kubetest.Main(m) }
 
-// rbacFiles are the shipped manifests the tests run under.
-var rbacFiles = func() []string {
-	var out []string
-	for _, f := range []string{"serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"} {
-		out = append(out, filepath.Join("..", "..", "deploy", "rbac", f+".yaml"))
-	}
-	return out
-}()
-
 // cluster is a test's view of the API server: the admin, and transitca's
 // service account under exactly the shipped RBAC manifests.
 type cluster struct {
@@ -47,7 +37,7 @@ type cluster struct {
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	env := kubetest.New(t)
-	env.Apply(t, rbacFiles...)
+	env.Apply(t, kubetest.RBACManifests()...)
 	system := &kubetest.Env{Server: env.Server, Client: env.Client, Namespace: "istio-system"}
 	cs, err := kubernetes.NewForConfig(system.ServiceAccountConfig(t, "transitca"))
 	if err != nil {

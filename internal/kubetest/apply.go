@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	goruntime "runtime"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -82,4 +84,20 @@ func (e *Env) create(ctx context.Context, obj runtime.Object) error {
 		return fmt.Errorf("kind %T is not supported", obj)
 	}
 	return err
+}
+
+// RBACManifests are the files of the shipped least-privilege RBAC
+// (deploy/rbac in this repository), in the order to apply them, so that
+// tests run the daemon under exactly what ships.
+func RBACManifests() []string {
+	_, here, _, ok := goruntime.Caller(0)
+	if !ok {
+		panic("kubetest: cannot locate the repository")
+	}
+	dir := filepath.Join(filepath.Dir(here), "..", "..", "deploy", "rbac")
+	var out []string
+	for _, f := range []string{"serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"} {
+		out = append(out, filepath.Join(dir, f+".yaml"))
+	}
+	return out
 }

@@ -77,11 +77,7 @@ func scrapeDaemon(t *testing.T) map[string]bool {
 	}
 	t.Cleanup(srv.Stop)
 	env := kubetest.NewOn(t, srv)
-	var rbac []string
-	for _, f := range []string{"serviceaccount", "clusterrole", "clusterrolebinding", "role", "rolebinding"} {
-		rbac = append(rbac, filepath.Join("..", "..", "deploy", "rbac", f+".yaml"))
-	}
-	env.Apply(t, rbac...)
+	env.Apply(t, kubetest.RBACManifests()...)
 	system := &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
 
 	cfg, err := config.Load("")
