@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"io"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -247,7 +248,7 @@ func TestRotationThroughTheAdminAPI(t *testing.T) {
 	if revoked == "" || revoked == first.GetCurrent().GetFingerprint() {
 		t.Fatalf("revoke: %v", first)
 	}
-	var listed []string
+	var listed, listedSerials []string
 	for {
 		m, err := stream.Recv()
 		if err == io.EOF {
@@ -257,6 +258,7 @@ func TestRotationThroughTheAdminAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 		listed = append(listed, m.GetAffected().GetSpiffeId())
+		listedSerials = append(listedSerials, m.GetAffected().GetSerials()...)
 	}
 	if !contains(listed, "spiffe://cluster.local/ns/shop/sa/cart") || !contains(listed, "spiffe://cluster.local/ns/transitca/sa/admin") {
 		t.Fatalf("affected workloads %v", listed)
@@ -268,11 +270,18 @@ func TestRotationThroughTheAdminAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := map[string]bool{}
+	var logSerials []string
 	for _, e := range entries {
 		ids[e.SPIFFEID] = true
+		logSerials = append(logSerials, e.Serial)
 	}
 	if len(ids) != len(listed) {
 		t.Fatalf("log holds %d workloads under the revoked intermediate, the answer listed %d", len(ids), len(listed))
+	}
+	slices.Sort(logSerials)
+	slices.Sort(listedSerials)
+	if !slices.Equal(logSerials, listedSerials) {
+		t.Fatalf("serials under the revoked intermediate: log %v, answer %v", logSerials, listedSerials)
 	}
 	if fp := issuerFingerprint(d.request(t, "shop", "cart")); fp == revoked {
 		t.Fatal("the revoked intermediate still signs")
