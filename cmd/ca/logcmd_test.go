@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/transitca/transitca/internal/daemon"
 	"github.com/transitca/transitca/store"
+	"github.com/transitca/transitca/store/storetest"
 )
 
 const testLogOrigin = "transitca.test/log"
@@ -183,34 +183,9 @@ func TestLogBackupVerifiesCopy(t *testing.T) {
 	}
 }
 
-// damageNewerMeta flips a bit in the newer of the two bbolt meta pages of
-// a copy of db (bbolt layout: a 16-byte page header, then magic, version,
-// page size, flags, root bucket (16 bytes), freelist, pgid, txid,
-// checksum) and returns the copy, the page and the newer txid.
-func damageNewerMeta(t *testing.T, db string) (string, int, uint64) {
-	t.Helper()
-	b, err := os.ReadFile(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	le := binary.LittleEndian
-	pageSize := int(le.Uint32(b[16+8:]))
-	tx0, tx1 := le.Uint64(b[16+48:]), le.Uint64(b[pageSize+16+48:])
-	page, txid := 0, tx0
-	if tx1 > tx0 {
-		page, txid = 1, tx1
-	}
-	b[page*pageSize+16+48] ^= 0x40
-	out := filepath.Join(t.TempDir(), "rolled-back.db")
-	if err := os.WriteFile(out, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return out, page, txid
-}
-
 func TestLogVerifyDamagedMeta(t *testing.T) {
 	db, vkey := writeTestLog(t, 20)
-	damaged, page, txid := damageNewerMeta(t, db)
+	damaged, page, txid := storetest.DamageNewerMeta(t, db)
 	out, errs, code := runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
 	for _, want := range []string{damaged, fmt.Sprintf("meta page %d", page), fmt.Sprintf("transaction %d", txid),
 		fmt.Sprintf("ca log accept-damage --db %s --confirm-txid %d", damaged, txid)} {

@@ -18,6 +18,7 @@ import (
 	"github.com/transitca/transitca/internal/vaulttest"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
+	"github.com/transitca/transitca/store/storetest"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -211,7 +212,7 @@ func TestOpenLogRefusesDamagedMeta(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	damaged, page, txid := damageNewerMeta(t, cfg.LogPath())
+	damaged, page, txid := storetest.DamageNewerMeta(t, cfg.LogPath())
 	if err := os.Rename(damaged, cfg.LogPath()); err != nil {
 		t.Fatal(err)
 	}
