@@ -274,8 +274,12 @@ func (s *Service) IssueServing(ctx context.Context, r issuer.ServingRequest) (*i
 	return issued, err
 }
 
-// DrillTier is the tier recorded for a drill's probe certificates.
-const DrillTier = "drill"
+// DrillTier is the tier recorded for a drill's probe certificates, which
+// live DrillProbeTTL.
+const (
+	DrillTier     = "drill"
+	DrillProbeTTL = time.Hour
+)
 
 // IssueProbe issues a workload certificate for spiffeID and pub the way
 // CreateCertificate does after authentication (the issuer's leaf template

@@ -7,7 +7,9 @@ set -euo pipefail
 
 # command:package pairs
 needed=(
-	openssl:openssl # the quickstart's local part (cmd/ca TestQuickstartLocalPart)
+	openssl:openssl   # the quickstart's local part (cmd/ca TestQuickstartLocalPart)
+	jq:jq             # the evidence report's recomputing commands (cmd/ca TestReportEvidence)
+	chromium:chromium # the evidence report rendered headless (cmd/ca TestReportEvidenceRendersInChromium)
 )
 
 missing=()

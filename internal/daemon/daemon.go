@@ -200,12 +200,26 @@ func (d *Daemon) openAuthority(ctx context.Context) error {
 		return fmt.Errorf("ca hierarchy: %w", err)
 	}
 	d.authority = a
-	detail := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d",
-		d.opts.Version, a.Describe(), a.Mode(), issuer.Fingerprint(a.Root()), a.RootKeyVersion())
+	detail := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d %s",
+		d.opts.Version, a.Describe(), a.Mode(), issuer.Fingerprint(a.Root()), a.RootKeyVersion(), ca.TierPolicyDetail(tierMaxTTLs(d.cfg)))
 	if err := d.recorder.RecordAdmin(ctx, "start", "transitca", detail); err != nil {
 		return fmt.Errorf("record start: %w", err)
 	}
 	return nil
+}
+
+// tierMaxTTLs is the longest lifetime each tier may grant, the daemon's
+// own serving certificate, istiod's and the drills' probes included.
+func tierMaxTTLs(cfg *config.Config) map[string]time.Duration {
+	ttl := map[string]time.Duration{
+		ca.ServingTier: cfg.Server.TLS.CertTTL.Std(),
+		ca.IstiodTier:  cfg.Kubernetes.Istiod.CertTTL.Std(),
+		ca.DrillTier:   ca.DrillProbeTTL,
+	}
+	for name, t := range cfg.Tiers {
+		ttl[name] = t.MaxTTL.Std()
+	}
+	return ttl
 }
 
 // buildServers makes the metrics, the certificate service, the serving
