@@ -34,7 +34,8 @@ type Service struct {
 	policy    *issuer.Policy
 	csr       CSRPolicy
 	recorder  Recorder
-	denials   *denialLimiter // nil without DenialLimits
+	nodes     *NodeAuthorizer // nil: impersonation is refused
+	denials   *denialLimiter  // nil without DenialLimits
 	metrics   *Metrics
 	log       *slog.Logger
 	now       func() time.Time
@@ -58,6 +59,9 @@ type ServiceOptions struct {
 	CSR           CSRPolicy
 	Recorder      Recorder
 	Metrics       *Metrics
+	// Nodes authorizes node agents (ztunnel) to ask for the identities of
+	// pods on their node. Nil refuses every ImpersonatedIdentity.
+	Nodes *NodeAuthorizer
 	// DenialLimits bound the log entries one peer's denials write; the
 	// zero value records every denial individually. With limits, Close
 	// MUST be called after the server stops and before the recorder's log
@@ -84,7 +88,7 @@ func NewService(o ServiceOptions) (*Service, error) {
 	}
 	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
-		recorder: o.Recorder, metrics: o.Metrics, log: o.Logger, now: o.Now,
+		recorder: o.Recorder, nodes: o.Nodes, metrics: o.Metrics, log: o.Logger, now: o.Now,
 	}
 	if l.enabled() {
 		s.denials = newDenialLimiter(o.Recorder, l, o.Metrics, o.Logger, o.Now)
@@ -152,6 +156,9 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	caller, err := s.auth.Authenticate(ctx, cred)
 	if err != nil {
 		return nil, "", nil, stage("auth", err)
+	}
+	if caller, err = s.impersonate(ctx, req, caller); err != nil {
+		return caller, "", nil, stage("impersonate", err)
 	}
 	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
 		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
