@@ -163,7 +163,7 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
 		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
 	}
-	decision := s.policy.Decide(caller.SPIFFEID, caller.Namespace, caller.ServiceAccount)
+	decision := s.policy.Decide(caller.SPIFFEID, caller.Namespace, caller.ServiceAccount, caller.ClusterID)
 	tier := decision.Tier.Name
 	csrPolicy := s.csr
 	csrPolicy.AllowedDNSNames = decision.DNSNames
@@ -346,7 +346,7 @@ func (s *Service) IssueIstiod(ctx context.Context, r IstiodRequest) (*issuer.Iss
 	}
 	tier, ok := s.policy.Tiers[issuer.TierPrivileged]
 	if !ok {
-		tier = s.policy.Decide(r.SPIFFEID, ns, sa).Tier
+		tier = s.policy.Decide(r.SPIFFEID, ns, sa, "").Tier
 	}
 	granted := tier.Grant(r.TTL)
 	return s.issueSelf(ctx, r.SPIFFEID, IstiodTier, r.TTL, workloadUsages, r.PublicKey, func(now time.Time) (*x509.Certificate, error) {
