@@ -39,7 +39,7 @@ type Config struct {
 	// pods (see clusters.go). Empty means the clusters of auth.clusters,
 	// all checked by auth.jwt or auth.tokenreview.
 	Clusters []Cluster `yaml:"clusters"`
-	CSR         CSR    `yaml:"csr"`
+	CSR      CSR       `yaml:"csr"`
 	// Tiers are the certificate lifetime classes, by name.
 	Tiers map[string]Tier `yaml:"tiers"`
 	// DefaultTier is the tier of an identity no policy rule matches.
