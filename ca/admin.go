@@ -198,6 +198,7 @@ func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogReques
 		SPIFFEID:  req.GetSpiffeId(),
 		Namespace: req.GetNamespace(),
 		Issuer:    req.GetIssuer(),
+		Cluster:   req.GetCluster(),
 		Newest:    req.GetNewestFirst(),
 		Limit:     int(req.GetLimit()),
 		PageToken: req.GetPageToken(),

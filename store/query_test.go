@@ -62,6 +62,9 @@ func TestQuery(t *testing.T) {
 		{"expiring before", Query{ExpiringBefore: at(100)}, byNotAfter},
 		{"valid at, expiring before", Query{ValidAt: at(200), ExpiringBefore: at(203)}, byNotAfter},
 		{"no match", Query{SPIFFEID: "spiffe://cluster.local/ns/none/sa/none"}, bySeq},
+		{"cluster issuances", Query{Cluster: "Kubernetes", Kind: kind(KindIssuance)}, bySeq},
+		{"cluster in a time range", Query{Cluster: "Kubernetes", From: at(50), To: at(450)}, byTime},
+		{"other cluster", Query{Cluster: "east"}, bySeq},
 	} {
 		for _, newest := range []bool{false, true} {
 			for _, limit := range []int{0, 1, 7, 10000} {
@@ -217,5 +220,39 @@ func TestQueryScanBudget(t *testing.T) {
 	}
 	if calls < 30 || empty == 0 {
 		t.Fatalf("%d calls, %d empty pages: the scan budget was not applied", calls, empty)
+	}
+}
+
+// A cluster query returns the entries of that cluster only, whatever kind,
+// and its page tokens continue no other query.
+func TestQueryCluster(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, filepath.Join(t.TempDir(), "log.db"), Options{NoSync: true})
+	clusters := []string{"east", "west", ""}
+	for i := range 30 {
+		e := testEntry(i, kindOf(i))
+		e.ClusterID = clusters[i%3]
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _, err := l.Query(ctx, Query{Cluster: "west", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 10 {
+		t.Fatalf("%d entries of cluster west, want 10", len(got))
+	}
+	for _, e := range got {
+		if e.ClusterID != "west" {
+			t.Fatalf("entry %d of cluster %q in a query for west", e.Seq, e.ClusterID)
+		}
+	}
+	_, next, err := l.Query(ctx, Query{Cluster: "west", Limit: 2})
+	if err != nil || next == "" {
+		t.Fatalf("first page: token %q, %v", next, err)
+	}
+	if _, _, err := l.Query(ctx, Query{Cluster: "east", Limit: 2, PageToken: next}); !errors.Is(err, ErrInvalidQuery) {
+		t.Fatalf("west's page token on a query for east: %v, want ErrInvalidQuery", err)
 	}
 }

@@ -1608,8 +1608,11 @@ type QueryLogRequest struct {
 	NewestFirst    bool                   `protobuf:"varint,10,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
 	Limit          int32                  `protobuf:"varint,11,opt,name=limit,proto3" json:"limit,omitempty"`
 	PageToken      string                 `protobuf:"bytes,12,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// cluster selects the entries whose caller presented this cluster ID
+	// (the clusterid header), exactly.
+	Cluster       string `protobuf:"bytes,13,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *QueryLogRequest) Reset() {
@@ -1722,6 +1725,13 @@ func (x *QueryLogRequest) GetLimit() int32 {
 func (x *QueryLogRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *QueryLogRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
 	}
 	return ""
 }
@@ -2578,7 +2588,7 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\x06detail\x18\x19 \x01(\tR\x06detail\x12\x1b\n" +
 	"\tleaf_data\x18\x1a \x01(\fR\bleafData\x12\x19\n" +
 	"\bpod_name\x18\x1b \x01(\tR\apodName\x12\x17\n" +
-	"\apod_uid\x18\x1c \x01(\tR\x06podUid\"\xda\x03\n" +
+	"\apod_uid\x18\x1c \x01(\tR\x06podUid\"\xf4\x03\n" +
 	"\x0fQueryLogRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1c\n" +
@@ -2593,7 +2603,8 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	" \x01(\bR\vnewestFirst\x12\x14\n" +
 	"\x05limit\x18\v \x01(\x05R\x05limit\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\f \x01(\tR\tpageToken\"o\n" +
+	"page_token\x18\f \x01(\tR\tpageToken\x12\x18\n" +
+	"\acluster\x18\r \x01(\tR\acluster\"o\n" +
 	"\x10QueryLogResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.transitca.admin.v1.EntryR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"F\n" +
