@@ -47,6 +47,7 @@ type denialKey struct {
 	code     codes.Code
 	class    string
 	spiffeID string
+	callerID string // differs from spiffeID for an impersonation
 }
 
 // denialCount is the aggregate of denials of one key.
@@ -119,7 +120,7 @@ func (l *denialLimiter) record(ctx context.Context, d *Denial, peerAddr, class s
 	}
 	k := denialKey{peer: peerAddr, code: d.Code, class: class}
 	if d.Caller != nil {
-		k.spiffeID = d.Caller.SPIFFEID
+		k.spiffeID, k.callerID = d.Caller.SPIFFEID, d.Caller.CallerID()
 	}
 	if _, ok := l.peers[peerAddr]; !ok {
 		k.peer = otherPeers

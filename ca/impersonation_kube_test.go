@@ -121,8 +121,8 @@ func TestImpersonationKube(t *testing.T) {
 	switch {
 	case e.Kind != store.KindIssuance || e.SPIFFEID != webID || e.Namespace != env.Namespace || e.ServiceAccount != "web":
 		t.Fatalf("entry: %v for %s (%s/%s), want an issuance for %s", e.Kind, e.SPIFFEID, e.Namespace, e.ServiceAccount, webID)
-	case e.CallerID != ztID || e.PodName != zt.Name || e.PodUID != string(zt.UID):
-		t.Fatalf("entry names caller %s, pod %s (%s); want %s, pod %s (%s)", e.CallerID, e.PodName, e.PodUID, ztID, zt.Name, zt.UID)
+	case e.CallerID != ztID || e.PodName != zt.Name || e.PodUID != string(zt.UID) || e.CallerNode != "node-a":
+		t.Fatalf("entry names caller %s, pod %s (%s) on %q; want %s, pod %s (%s) on node-a", e.CallerID, e.PodName, e.PodUID, e.CallerNode, ztID, zt.Name, zt.UID)
 	case e.Tier != issuer.TierPrivileged:
 		t.Fatalf("entry tier %q, want web's tier %q, not ztunnel's", e.Tier, issuer.TierPrivileged)
 	}

@@ -39,6 +39,7 @@ func (r LogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 		Certificate:       is.Cert.Raw,
 		PodName:           c.PodName,
 		PodUID:            c.PodUID,
+		CallerNode:        c.Node,
 	})
 	return err
 }
@@ -49,7 +50,7 @@ func (r LogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
 	if c := d.Caller; c != nil {
 		e.SPIFFEID, e.Namespace, e.ServiceAccount = c.SPIFFEID, c.Namespace, c.ServiceAccount
 		e.CallerID, e.AuthMethod, e.CallerSubject, e.ClusterID = c.CallerID(), string(c.Method), c.Subject, c.ClusterID
-		e.PodName, e.PodUID = c.PodName, c.PodUID
+		e.PodName, e.PodUID, e.CallerNode = c.PodName, c.PodUID, c.Node
 	}
 	_, err := r.Log.Append(ctx, e)
 	return err

@@ -387,6 +387,7 @@ type exportEntry struct {
 	ClusterID         string `json:"cluster_id,omitempty"`
 	PodName           string `json:"pod_name,omitempty"`
 	PodUID            string `json:"pod_uid,omitempty"`
+	CallerNode        string `json:"caller_node,omitempty"`
 	Code              string `json:"code,omitempty"`
 	Reason            string `json:"reason,omitempty"`
 	Action            string `json:"action,omitempty"`
@@ -416,7 +417,7 @@ func toExport(p *adminv1.Entry, withPEM bool) exportEntry {
 		RequestedTTL: dur(e.RequestedTTL), GrantedTTL: dur(e.GrantedTTL), NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
 		IssuerFingerprint: e.IssuerFingerprint, IssuerKeyVersion: int64(e.IssuerKeyVersion), RootKeyVersion: int64(e.RootKeyVersion),
 		CallerID: e.CallerID, AuthMethod: e.AuthMethod, CallerSubject: e.CallerSubject, ClusterID: e.ClusterID,
-		PodName: e.PodName, PodUID: e.PodUID,
+		PodName: e.PodName, PodUID: e.PodUID, CallerNode: e.CallerNode,
 		Code: e.Code, Reason: e.Reason, Action: e.Action, Actor: e.Actor, Detail: e.Detail,
 	}
 	if len(e.Certificate) > 0 {
