@@ -6,6 +6,7 @@ import (
 	"crypto/x509/pkix"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,18 +130,18 @@ func TestImpersonationKube(t *testing.T) {
 
 	cases := []struct {
 		name, token, identity, caller string
-		csrFor                        string
+		csrFor, msg                   string
 	}{
-		{"identity with no pod on the caller's node", ztToken, dbID, ztID, dbID},
-		{"caller not a trusted node account", rogueToken, webID, spiffe(env.Namespace, "rogue"), webID},
-		{"CSR names another identity", ztToken, webID, ztID, dbID},
-		{"identity in another trust domain", ztToken, "spiffe://other.example/ns/" + env.Namespace + "/sa/web", ztID, webID},
+		{"identity with no pod on the caller's node", ztToken, dbID, ztID, dbID, "no pod of service account " + env.Namespace + "/db runs on its node \"node-a\""},
+		{"caller not a trusted node account", rogueToken, webID, spiffe(env.Namespace, "rogue"), webID, "is not a trusted node account"},
+		{"CSR names another identity", ztToken, webID, ztID, dbID, "but " + ztID + " asked for " + webID},
+		{"identity in another trust domain", ztToken, "spiffe://other.example/ns/" + env.Namespace + "/sa/web", ztID, webID, "outside its trust domain"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := s.impersonating(tc.token, tc.identity, csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(tc.csrFor)}))
-			if status.Code(err) != codes.PermissionDenied {
-				t.Fatalf("got %v, want PermissionDenied", err)
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), tc.msg) {
+				t.Fatalf("got %v, want PermissionDenied saying %q", err, tc.msg)
 			}
 			e := lastEntry(t, s.log)
 			if e.Kind != store.KindDenial || e.SPIFFEID != tc.identity || e.CallerID != tc.caller {

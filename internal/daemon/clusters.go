@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -152,7 +151,7 @@ func buildNodeAuthorizer(cfg *config.Config, clients map[string]*kube.Client) (*
 	}
 	na, err := ca.NewNodeAuthorizer(cfg.Auth.TrustedNodeAccounts, pods)
 	if err != nil {
-		return nil, nil, errors.Join(errors.New("auth.trusted_node_accounts"), err)
+		return nil, nil, fmt.Errorf("auth.trusted_node_accounts: %w", err)
 	}
 	return na, indexes, nil
 }
