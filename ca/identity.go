@@ -30,8 +30,9 @@ type Caller struct {
 	Subject string
 	// PodName and PodUID name the pod the caller's token is bound to, as the
 	// Kubernetes TokenReview API reported it (the user's extra fields
-	// authentication.kubernetes.io/pod-name and pod-uid). Empty for other
-	// methods and for tokens bound to no pod.
+	// authentication.kubernetes.io/pod-name and pod-uid) or, for a token
+	// checked offline, its kubernetes.io pod claim. Empty for client
+	// certificates and for tokens bound to no pod.
 	PodName string
 	PodUID  string
 	// Impersonator is the SPIFFE ID of the node agent (ztunnel) that

@@ -101,8 +101,9 @@ type Entry struct {
 	Detail string
 
 	// Caller fields added in record version 2: the pod the caller's token
-	// was bound to, as the Kubernetes TokenReview API reported it (empty
-	// for other ways of authenticating and for tokens bound to no pod).
+	// was bound to, as the Kubernetes TokenReview API or the token's own
+	// claims reported it (empty for client certificates and for tokens
+	// bound to no pod).
 	PodName string
 	PodUID  string
 
