@@ -45,3 +45,21 @@ func (c *ClusterAuthenticator) Authenticate(ctx context.Context, cred Credential
 	}
 	return c.byID[id].Authenticate(ctx, cred)
 }
+
+// claimedCluster returns the cluster ID a request's clusterid header names
+// (DefaultCluster when it names none) if it is one of the clusters served,
+// else "": what the denial of an unauthenticated caller records.
+func (s *Service) claimedCluster(ctx context.Context) string {
+	cred, err := CredentialsFromContext(ctx)
+	if err != nil {
+		return ""
+	}
+	id := cred.ClusterID
+	if id == "" {
+		id = DefaultCluster
+	}
+	if slices.Contains(s.clusters, id) {
+		return id
+	}
+	return ""
+}

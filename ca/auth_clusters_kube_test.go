@@ -6,9 +6,13 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/kubetest"
+	"github.com/transitca/transitca/store"
 )
 
 // jwksOf fetches the API server's service account token keys, as
@@ -88,5 +92,21 @@ func TestClusterAuthenticatorKube(t *testing.T) {
 				t.Fatalf("caller %+v, want web-0 of %s in cluster %s", c, tc.wantNS, tc.cluster)
 			}
 		})
+	}
+}
+
+// A refused token still leaves the cluster it claimed in its denial, when
+// that cluster is served: the security team finds one cluster's token
+// presented as another's with ca log query --cluster. An ID no cluster has
+// is not recorded (the caller chose it).
+func TestDenialRecordsClaimedCluster(t *testing.T) {
+	s := newLoggedService(t, func(o *ca.ServiceOptions) { o.Clusters = []string{"east", "west"} })
+	for _, tc := range []struct{ claimed, want string }{{"west", "west"}, {"south", ""}} {
+		if err := s.call("192.0.2.30", metadata.Pairs("authorization", "Bearer x.y.z", "clusterid", tc.claimed), "csr"); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("bad token as %s: %v, want Unauthenticated", tc.claimed, err)
+		}
+		if e := lastEntry(t, s.log); e.Kind != store.KindDenial || e.ClusterID != tc.want || e.CallerID != "" {
+			t.Fatalf("denial of a bad token claiming %s: %v, cluster %q, caller %q; want cluster %q and no caller", tc.claimed, e.Kind, e.ClusterID, e.CallerID, tc.want)
+		}
 	}
 }

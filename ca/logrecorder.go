@@ -46,7 +46,7 @@ func (r LogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 
 // RecordDenial appends a denial entry.
 func (r LogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
-	e := &store.Entry{Kind: store.KindDenial, Time: d.Time, Code: d.Code.String(), Reason: d.Reason, Detail: d.Detail}
+	e := &store.Entry{Kind: store.KindDenial, Time: d.Time, Code: d.Code.String(), Reason: d.Reason, Detail: d.Detail, ClusterID: d.ClusterID}
 	if c := d.Caller; c != nil {
 		e.SPIFFEID, e.Namespace, e.ServiceAccount = c.SPIFFEID, c.Namespace, c.ServiceAccount
 		e.CallerID, e.AuthMethod, e.CallerSubject, e.ClusterID = c.CallerID(), string(c.Method), c.Subject, c.ClusterID

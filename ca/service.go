@@ -35,6 +35,7 @@ type Service struct {
 	csr       CSRPolicy
 	recorder  Recorder
 	nodes     *NodeAuthorizer // nil: impersonation is refused
+	clusters  []string        // served cluster IDs, recorded with unauthenticated denials
 	denials   *denialLimiter  // nil without DenialLimits
 	metrics   *Metrics
 	log       *slog.Logger
@@ -62,6 +63,10 @@ type ServiceOptions struct {
 	// Nodes authorizes node agents (ztunnel) to ask for the identities of
 	// pods on their node. Nil refuses every ImpersonatedIdentity.
 	Nodes *NodeAuthorizer
+	// Clusters are the cluster IDs served. The denial of a caller that
+	// could not be authenticated records the cluster it claimed when it is
+	// one of these.
+	Clusters []string
 	// DenialLimits bound the log entries one peer's denials write; the
 	// zero value records every denial individually. With limits, Close
 	// MUST be called after the server stops and before the recorder's log
@@ -88,7 +93,7 @@ func NewService(o ServiceOptions) (*Service, error) {
 	}
 	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
-		recorder: o.Recorder, nodes: o.Nodes, metrics: o.Metrics, log: o.Logger, now: o.Now,
+		recorder: o.Recorder, nodes: o.Nodes, clusters: o.Clusters, metrics: o.Metrics, log: o.Logger, now: o.Now,
 	}
 	if l.enabled() {
 		s.denials = newDenialLimiter(o.Recorder, l, o.Metrics, o.Logger, o.Now)
@@ -125,7 +130,11 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 		s.metrics.rejections.WithLabelValues(class).Inc()
 		s.metrics.requests.WithLabelValues(tier, outcome).Inc()
 		s.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
-		if rerr := s.recordDenial(ctx, &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: boundMessage(err.Error())}, class); rerr != nil {
+		d := &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: boundMessage(err.Error())}
+		if caller == nil {
+			d.ClusterID = s.claimedCluster(ctx)
+		}
+		if rerr := s.recordDenial(ctx, d, class); rerr != nil {
 			s.log.ErrorContext(ctx, "record denial", slog.Any("error", rerr))
 		}
 		return nil, st.Err()

@@ -111,7 +111,7 @@ func TestDaemonSeveralClusters(t *testing.T) {
 		{"west's token as west", westWeb, "west", westID, false, codes.OK},
 		{"east's token as west", eastWeb, "west", eastID, false, codes.Unauthenticated},
 		{"west's token as east", westWeb, "east", westID, false, codes.Unauthenticated},
-		{"east's token without a clusterid", eastWeb, "", eastID, false, codes.Unauthenticated},
+		{"east's token without a clusterid (Kubernetes is not served)", eastWeb, "", eastID, false, codes.Unauthenticated},
 		{"west's ztunnel for web on its node", westZtunnel, "west", westID, true, codes.OK},
 		{"west's ztunnel presented as east", westZtunnel, "east", westID, true, codes.Unauthenticated},
 	}
@@ -131,6 +131,10 @@ func TestDaemonSeveralClusters(t *testing.T) {
 				t.Fatalf("got %v, want %s", err, tc.code)
 			}
 			if tc.code != codes.OK {
+				// The denial names the cluster claimed (none here).
+				if e.Kind != store.KindDenial || e.ClusterID != tc.cluster {
+					t.Fatalf("entry %v of cluster %q, want a denial of cluster %q", e.Kind, e.ClusterID, tc.cluster)
+				}
 				return
 			}
 			if e.Kind != store.KindIssuance || e.SPIFFEID != tc.id || e.ClusterID != tc.cluster {

@@ -251,6 +251,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		Recorder:      d.recorder,
 		Metrics:       metrics,
 		Nodes:         nodes,
+		Clusters:      cfg.ClusterIDs(),
 		Logger:        d.log,
 		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
 			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
