@@ -16,6 +16,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	josejson "github.com/go-jose/go-jose/v4/json"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/transitca/transitca/internal/spiffeid"
 )
 
 // DefaultAudience is the audience istio-agent requests for its token.
@@ -71,7 +72,7 @@ func NewJWTAuthenticator(opts JWTOptions) (*JWTAuthenticator, error) {
 	if opts.Issuer == "" {
 		return nil, errors.New("jwt authenticator: issuer is empty")
 	}
-	if err := validTrustDomain(opts.TrustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(opts.TrustDomain); err != nil {
 		return nil, fmt.Errorf("jwt authenticator: %w", err)
 	}
 	clusters, err := clustersOrDefault(opts.Clusters)
@@ -417,9 +418,9 @@ func serviceAccountFromClaims(kube *kubernetesClaims, sub string) (ns, sa string
 		return "", "", fmt.Errorf("%w: token kubernetes.io claim names no namespace", ErrUnauthenticated)
 	case sa == "":
 		return "", "", fmt.Errorf("%w: token kubernetes.io claim names no service account", ErrUnauthenticated)
-	case !validNamespace(ns):
+	case !spiffeid.ValidNamespace(ns):
 		return "", "", fmt.Errorf("%w: token names the invalid namespace %s", ErrUnauthenticated, quote(ns))
-	case !validServiceAccount(sa):
+	case !spiffeid.ValidServiceAccount(sa):
 		return "", "", fmt.Errorf("%w: token names the invalid service account %s", ErrUnauthenticated, quote(sa))
 	}
 	return ns, sa, nil

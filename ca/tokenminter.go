@@ -12,6 +12,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/transitca/transitca/internal/spiffeid"
 )
 
 // TokenMinter issues tokens shaped like projected Kubernetes service-account
@@ -89,7 +90,7 @@ type mintedNameUID struct {
 // Mint returns a token for service account sa in namespace ns, for the
 // given audiences, valid for ttl from now.
 func (m *TokenMinter) Mint(ns, sa string, audiences []string, ttl time.Duration) (string, error) {
-	if !validNamespace(ns) || !validServiceAccount(sa) {
+	if !spiffeid.ValidNamespace(ns) || !spiffeid.ValidServiceAccount(sa) {
 		return "", fmt.Errorf("mint token: %q/%q is not a valid namespace and service account", ns, sa)
 	}
 	if ttl <= 0 {

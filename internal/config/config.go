@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -158,7 +159,7 @@ func (c *Config) DrillIdentity() string {
 	if c.Rotation.DrillIdentity != "" {
 		return c.Rotation.DrillIdentity
 	}
-	return "spiffe://" + c.TrustDomain + "/ns/transitca/sa/drill"
+	return spiffeid.Workload(c.TrustDomain, "transitca", "drill")
 }
 
 // Limits bound what callers can make the CA write. Denials within the
@@ -220,7 +221,7 @@ func (c *Config) LogOrigin() string {
 // DevAdminIdentity is the admin identity a dev CA accepts when none is
 // configured.
 func (c *Config) DevAdminIdentity() string {
-	return "spiffe://" + c.TrustDomain + "/ns/transitca/sa/admin"
+	return spiffeid.Workload(c.TrustDomain, "transitca", "admin")
 }
 
 // Server is the gRPC and metrics listeners and the TLS they serve.
@@ -510,7 +511,7 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		bad("data_dir: must be set")
 	}
-	if err := ValidTrustDomain(c.TrustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(c.TrustDomain); err != nil {
 		bad("trust_domain: %v", err)
 	}
 	if !c.Dev {
@@ -716,23 +717,6 @@ func (c *Config) KubernetesEnabled(inCluster bool) bool {
 		return *e
 	}
 	return c.Kubernetes.Kubeconfig != "" || inCluster
-}
-
-// ValidTrustDomain checks a SPIFFE trust domain name: lowercase letters,
-// digits, dots, dashes and underscores.
-func ValidTrustDomain(td string) error {
-	if td == "" {
-		return errors.New("must be set")
-	}
-	if len(td) > 255 {
-		return errors.New("longer than 255 characters")
-	}
-	for _, r := range td {
-		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != '_' {
-			return fmt.Errorf("%q: only lowercase letters, digits, '.', '-' and '_' are allowed", td)
-		}
-	}
-	return nil
 }
 
 // VaultAuth returns the issuer's view of the Vault auth settings.

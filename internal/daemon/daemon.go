@@ -26,6 +26,7 @@ import (
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/kube"
+	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 )
@@ -343,7 +344,7 @@ func (d *Daemon) issueServingCert(ctx context.Context) error {
 	for _, s := range cfg.Server.TLS.IPAddresses {
 		ips = append(ips, net.ParseIP(s))
 	}
-	selfID := "spiffe://" + cfg.TrustDomain + "/transitca/serving"
+	selfID := spiffeid.New(cfg.TrustDomain, "transitca", "serving")
 	sc, err := ca.NewServingCert(ctx, d.svc, ca.ServingCertOptions{
 		DNSNames: cfg.Server.TLS.DNSNames, IPAddresses: ips, TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: d.log,
 		SPIFFEID: selfID,
