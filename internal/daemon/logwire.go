@@ -17,9 +17,12 @@ import (
 
 // checkpointKeys returns the checkpoint signer (the latest version of the
 // log key), a verifier for every version of it (so that checkpoints signed
-// before a rotation still verify), and the current verifier key text.
+// before a rotation still verify), and the current verifier key text. The
+// note key is named after the log without its shard (LogKeyName): every
+// replica signs with the same Transit key, and one verifier key checks the
+// checkpoints of every shard.
 func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (*store.NoteSigner, note.Verifiers, string, error) {
-	name, origin := cfg.Log.CheckpointKey, cfg.LogOrigin()
+	name, origin := cfg.Log.CheckpointKey, cfg.LogKeyName()
 	latest, err := keys.Signer(ctx, name, 0)
 	if errors.Is(err, issuer.ErrKeyNotFound) {
 		return nil, nil, "", fmt.Errorf("%w: checkpoint key %s does not exist; run \"ca init\"", issuer.ErrNotInitialized, name)
@@ -59,8 +62,9 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 }
 
 // logWitness returns where the latest checkpoint is kept outside the log:
-// Vault KV (check-and-set) with Vault, a file in the data directory in dev
-// mode.
+// Vault KV (check-and-set) with Vault, under the log's origin, which names
+// the shard, so that replicas sharing a Vault each keep their own; a file
+// in the data directory in dev mode.
 func logWitness(cfg *config.Config, b *Backend) store.Witness {
 	if b.Session == nil {
 		return store.NewFileWitness(filepath.Join(cfg.DataDir, WitnessFileName))
@@ -92,7 +96,7 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 	if errors.Is(err, store.ErrRolledBack) {
 		where := "the witness file " + filepath.Join(cfg.DataDir, WitnessFileName)
 		if w, ok := logWitness(cfg, b).(*issuer.VaultWitness); ok {
-			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.origin settings)"
+			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.shard names)"
 		}
 		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log: the last checkpoint it published is kept in %s; restore the log file that extends it, or, to start a new log deliberately, remove that checkpoint after review", err, where)
 	}
