@@ -153,3 +153,19 @@ func TestLogShardsMerge(t *testing.T) {
 		}
 	}
 }
+
+// dns:///NAME:PORT stands for every address NAME resolves to, each
+// verified under NAME; other addresses are taken as they are.
+func TestLogShardTargets(t *testing.T) {
+	f := &logFlags{addrs: []string{"10.0.0.7:15015", "dns:///localhost:15015"}}
+	ts, err := f.targets(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ts) < 2 || ts[0] != (target{addr: "10.0.0.7:15015"}) || !slices.Contains(ts[1:], target{addr: "127.0.0.1:15015", serverName: "localhost"}) {
+		t.Fatalf("targets: %+v", ts)
+	}
+	if _, err := (&logFlags{addrs: []string{"dns:///localhost"}}).targets(context.Background()); err == nil || !strings.Contains(err.Error(), "dns:///localhost") {
+		t.Fatalf("a name without a port: %v", err)
+	}
+}
