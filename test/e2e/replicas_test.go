@@ -24,6 +24,7 @@ import (
 	"istio.io/istio/security/pkg/pki/util"
 
 	"github.com/transitca/transitca/internal/vaulttest"
+	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 )
 
 // replicaSet is several "ca serve" processes that share one Vault, each
@@ -392,4 +393,138 @@ func TestReplicasUnderLoadWithAKill(t *testing.T) {
 		t.Fatalf("query for %s: entries from %d shards, want 3", id, len(shards))
 	}
 	t.Logf("query for %s: %d entries from %d shards, %d received", id, len(es), len(shards), len(l.byID[id]))
+}
+
+// eventually waits up to 15s for cond to hold on every replica but the
+// one named by skip (-1: none).
+func (rs *replicaSet) eventually(t *testing.T, what string, skip int, cond func(st *adminv1.StatusResponse) bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for i := range rs.replicas {
+		if i == skip {
+			continue
+		}
+		for {
+			st := rs.op(i).status(t)
+			if cond(st) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d: %s not seen within 15s; status: %v", i, what, st)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+}
+
+// requestFrom gets a certificate for load/probe from replica i itself.
+func (rs *replicaSet) requestFrom(t *testing.T, i int) *answer {
+	t.Helper()
+	s := rs.replicas[i]
+	c, err := citadel.NewCitadelClient(&security.Options{
+		CAEndpoint: s.Addr, CAEndpointSAN: "localhost", ClusterID: "Kubernetes",
+		CredFetcher: plugin.CreateTokenPlugin(s.tokenFile(t, "load", "probe")),
+	}, &citadel.TLSOptions{RootCert: s.RootFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	csr, _, err := util.GenCSR(util.CertOptions{Host: spiffeID("load", "probe"), ECSigAlg: util.EcdsaSigAlg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := c.CSRSign(csr, 3600)
+	if err != nil {
+		t.Fatalf("replica %d: %v", i, err)
+	}
+	certs := parsePEMChain(t, chain[:2])
+	a := &answer{leaf: certs[0], inter: certs[1], bundle: parsePEMChain(t, chain[2:])}
+	if err := a.verify(a.bundle); err != nil {
+		t.Fatalf("replica %d: %v", i, err)
+	}
+	return a
+}
+
+func preparedRoots(st *adminv1.StatusResponse) int {
+	n := 0
+	for _, r := range st.GetRoots() {
+		if r.GetRole() == adminv1.RootRole_ROOT_ROLE_PREPARED {
+			n++
+		}
+	}
+	return n
+}
+
+// A rotation step taken through one replica's admin API is followed by
+// the others (rotation.state_poll_interval: 1s): a prepared root enters
+// every replica's bundle, an activated root moves every replica's
+// issuance under it. In Vault mode the replicas share the intermediate, so
+// one replica's rotate-intermediate is every replica's; in memory mode each
+// has its own, all under the one root.
+func TestReplicasFollowEachOthersRotation(t *testing.T) {
+	for _, mode := range []string{"vault", "memory"} {
+		t.Run(mode, func(t *testing.T) {
+			rs := startReplicas(t, 3, mode)
+			first := make([]string, 3)
+			for i := range rs.replicas {
+				first[i] = rs.op(i).status(t).GetIntermediate().GetFingerprint()
+			}
+			shared := first[0] == first[1] && first[1] == first[2]
+			if mode == "vault" && !shared {
+				t.Fatalf("vault mode: intermediates %v, want one shared", first)
+			}
+			if mode == "memory" && (first[0] == first[1] || first[1] == first[2] || first[0] == first[2]) {
+				t.Fatalf("memory mode: intermediates %v, want one each", first)
+			}
+			root := rs.requestFrom(t, 0).bundle[0]
+			for i := range rs.replicas {
+				if a := rs.requestFrom(t, i); len(a.bundle) != 1 || a.inter.CheckSignatureFrom(root) != nil {
+					t.Fatalf("replica %d: intermediate not under the one root", i)
+				}
+			}
+
+			if _, err := rs.op(1).admin(t, "root", "prepare", "--reason", "replicas"); err != nil {
+				t.Fatal(err)
+			}
+			rs.eventually(t, "the root prepared on replica 1", 1, func(st *adminv1.StatusResponse) bool { return preparedRoots(st) == 1 })
+			if a := rs.requestFrom(t, 2); len(a.bundle) != 2 {
+				t.Fatalf("replica 2 answers a bundle of %d roots after replica 1 prepared one", len(a.bundle))
+			}
+
+			rot := &adminv1.RotateIntermediateResponse{}
+			rs.op(0).adminJSON(t, rot, "rotate-intermediate", "--reason", "replicas")
+			cur := rot.GetCurrent().GetFingerprint()
+			if mode == "vault" {
+				rs.eventually(t, "the intermediate rotated on replica 0", 0, func(st *adminv1.StatusResponse) bool {
+					return st.GetIntermediate().GetFingerprint() == cur
+				})
+				if a := rs.requestFrom(t, 2); fingerprint(a.inter) != cur {
+					t.Fatal("replica 2 still signs with the intermediate replica 0 rotated away")
+				}
+			} else {
+				for i := 1; i < 3; i++ {
+					if got := rs.op(i).status(t).GetIntermediate().GetFingerprint(); got != first[i] {
+						t.Fatalf("memory mode: replica %d changed its own intermediate when replica 0 rotated", i)
+					}
+				}
+			}
+
+			if _, err := rs.op(2).admin(t, "root", "activate", "--force", "--reason", "replicas"); err != nil {
+				t.Fatal(err)
+			}
+			rs.eventually(t, "the root activated on replica 2", 2, func(st *adminv1.StatusResponse) bool {
+				return st.GetIntermediate().GetRootKeyVersion() == 2 && preparedRoots(st) == 0
+			})
+			inter2 := rs.requestFrom(t, 2).inter
+			for i := range rs.replicas {
+				a := rs.requestFrom(t, i)
+				if len(a.bundle) != 2 || a.inter.CheckSignatureFrom(root) == nil {
+					t.Fatalf("replica %d after activate: bundle of %d, intermediate still under the old root", i, len(a.bundle))
+				}
+				if shared := fingerprint(a.inter) == fingerprint(inter2); i != 2 && shared != (mode == "vault") {
+					t.Fatalf("replica %d after activate: intermediate shared with replica 2 = %v in %s mode", i, shared, mode)
+				}
+			}
+		})
+	}
 }
