@@ -440,7 +440,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		slog.String("intermediate_mode", string(d.authority.Mode())),
 		slog.String("root_bundle", d.rootFile),
 		slog.String("log", d.ilog.Path()),
-		slog.String("log_origin", d.cfg.LogOrigin()),
+		slog.String("log_origin", d.ilog.Origin()),
 		slog.Uint64("log_size", d.ilog.Size()),
 		slog.String("trust_domain", d.cfg.TrustDomain))
 

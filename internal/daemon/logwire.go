@@ -65,11 +65,31 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 // Vault KV (check-and-set) with Vault, under the log's origin, which names
 // the shard, so that replicas sharing a Vault each keep their own; a file
 // in the data directory in dev mode.
-func logWitness(cfg *config.Config, b *Backend) store.Witness {
+func logWitness(cfg *config.Config, b *Backend, origin string) store.Witness {
 	if b.Session == nil {
 		return store.NewFileWitness(filepath.Join(cfg.DataDir, WitnessFileName))
 	}
-	return issuer.NewVaultWitness(b.Session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.LogOrigin(), cfg.Vault.Timeout.Std())
+	return issuer.NewVaultWitness(b.Session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, origin, cfg.Vault.Timeout.Std())
+}
+
+// logOrigin returns the origin this replica's log is opened with:
+// cfg.LogOrigin(), except for a log file that predates shards (its
+// checkpoints carry the unsharded origin, LogKeyName): a replica given a
+// shard name, such as the one pod of a release upgraded to a sharded
+// chart, keeps appending to that log under its origin and witness, while
+// new replicas start shards of their own.
+func logOrigin(ctx context.Context, cfg *config.Config, log *slog.Logger) string {
+	origin := cfg.LogOrigin()
+	if origin == cfg.LogKeyName() {
+		return origin
+	}
+	have, err := store.FileOrigin(cfg.LogPath())
+	if err != nil || have != cfg.LogKeyName() {
+		return origin // Open reports what is wrong with the file
+	}
+	log.WarnContext(ctx, "this issuance log predates log shards: it keeps its origin, and no other replica may run without a shard name",
+		slog.String("log", cfg.LogPath()), slog.String("origin", have), slog.String("shard", cfg.LogShard()))
+	return have
 }
 
 // openLog opens the issuance log for appending, checking it against its
@@ -80,13 +100,14 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 	if err != nil {
 		return nil, "", err
 	}
+	origin := logOrigin(ctx, cfg, log)
 	l, err := store.Open(cfg.LogPath(), store.Options{
 		Signer:             signer,
 		Verifiers:          verifiers,
-		Origin:             cfg.LogOrigin(),
+		Origin:             origin,
 		CheckpointEvery:    cfg.Log.CheckpointEvery,
 		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
-		Witness:            logWitness(cfg, b),
+		Witness:            logWitness(cfg, b, origin),
 		Logger:             log,
 		NoSync:             noSync,
 	})
@@ -95,7 +116,7 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 	}
 	if errors.Is(err, store.ErrRolledBack) {
 		where := "the witness file " + filepath.Join(cfg.DataDir, WitnessFileName)
-		if w, ok := logWitness(cfg, b).(*issuer.VaultWitness); ok {
+		if w, ok := logWitness(cfg, b, origin).(*issuer.VaultWitness); ok {
 			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.shard names)"
 		}
 		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log: the last checkpoint it published is kept in %s; restore the log file that extends it, or, to start a new log deliberately, remove that checkpoint after review", err, where)

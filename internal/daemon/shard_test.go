@@ -99,3 +99,59 @@ func TestShardsShareAVaultWithoutClashing(t *testing.T) {
 		t.Fatalf("refused as a rollback, want an origin mismatch: %v", err)
 	}
 }
+
+// A log that predates shards keeps its origin and its witness when its
+// replica is given a shard name (a release upgraded to the sharded chart),
+// and goes on growing; a new file under that shard name is a new shard.
+func TestShardAdoptsALogThatPredatesShards(t *testing.T) {
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	dir := t.TempDir()
+	appendTo := func(shard string) string {
+		t.Helper()
+		cfg, err := config.Load(writeConfig(t, env, "log:\n  shard: \""+shard+"\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.DataDir = dir
+		b, err := OpenBackend(ctx, cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+			t.Fatal(err)
+		}
+		l, _, err := openLog(ctx, cfg, b, log, false)
+		if err != nil {
+			t.Fatalf("shard %q: %v", shard, err)
+		}
+		if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+			t.Fatal(err)
+		}
+		origin := l.Origin()
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return origin
+	}
+	if got := appendTo(""); got != "transitca/cluster.local" {
+		t.Fatalf("unsharded origin %q", got)
+	}
+	if got := appendTo("transitca-0"); got != "transitca/cluster.local" {
+		t.Fatalf("a log that predates shards opened as shard transitca-0 has origin %q, want its own", got)
+	}
+	sec, err := env.Client.KVv2(env.KV).Get(ctx, "transitca/log-checkpoint/transitca/cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text, _ := sec.Data["checkpoint"].(string); !strings.Contains(text, "\n2\n") {
+		t.Fatalf("the witness of the adopted log holds %q, want its checkpoint of size 2", text)
+	}
+	dir = t.TempDir()
+	if got := appendTo("transitca-0"); got != "transitca/cluster.local/transitca-0" {
+		t.Fatalf("a new log as shard transitca-0 has origin %q", got)
+	}
+}
