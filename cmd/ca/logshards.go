@@ -52,9 +52,14 @@ const dnsScheme = "dns:///"
 // verify in its certificate.
 type target struct{ addr, serverName string }
 
+// lookupHost resolves a host name; tests replace it.
+var lookupHost = net.DefaultResolver.LookupHost
+
 // targets returns the daemons the --addr flags name, with each
 // dns:///NAME:PORT resolved to all its addresses (sorted, so that the
-// shards keep their order from one run to the next).
+// shards keep their order from one run to the next). A plain NAME:PORT
+// that resolves to several addresses beyond loopback is refused: gRPC
+// would read one of them, and so one replica's shard of the log.
 func (f *logFlags) targets(ctx context.Context) ([]target, error) {
 	addrs := f.addrs
 	if len(addrs) == 0 {
@@ -63,15 +68,18 @@ func (f *logFlags) targets(ctx context.Context) ([]target, error) {
 	var out []target
 	for _, a := range addrs {
 		name, ok := strings.CutPrefix(a, dnsScheme)
-		if !ok {
-			out = append(out, target{addr: a, serverName: f.serverName})
-			continue
-		}
 		host, port, err := net.SplitHostPort(name)
 		if err != nil {
 			return nil, fmt.Errorf("--addr %q: %w", a, err)
 		}
-		ips, err := net.DefaultResolver.LookupHost(ctx, host)
+		if !ok {
+			if n := remoteAddrs(ctx, host); n > 1 {
+				return nil, fmt.Errorf("--addr %q: %s has %d addresses, each perhaps a replica with its own log: read them all with --addr %s%s, or name one", a, host, n, dnsScheme, a)
+			}
+			out = append(out, target{addr: a, serverName: f.serverName})
+			continue
+		}
+		ips, err := lookupHost(ctx, host)
 		if err != nil {
 			return nil, fmt.Errorf("--addr %q: %w", a, err)
 		}
@@ -85,6 +93,26 @@ func (f *logFlags) targets(ctx context.Context) ([]target, error) {
 		}
 	}
 	return out, nil
+}
+
+// remoteAddrs returns how many addresses beyond loopback host resolves
+// to: 0 for an IP address or a name that does not resolve (dialing it
+// says what is wrong).
+func remoteAddrs(ctx context.Context, host string) int {
+	if net.ParseIP(host) != nil {
+		return 0
+	}
+	ips, err := lookupHost(ctx, host)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, ip := range ips {
+		if p := net.ParseIP(ip); p != nil && !p.IsLoopback() {
+			n++
+		}
+	}
+	return n
 }
 
 // single fails when several logs are named to a command that reads one.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -167,5 +168,24 @@ func TestLogShardTargets(t *testing.T) {
 	}
 	if _, err := (&logFlags{addrs: []string{"dns:///localhost"}}).targets(context.Background()); err == nil || !strings.Contains(err.Error(), "dns:///localhost") {
 		t.Fatalf("a name without a port: %v", err)
+	}
+
+	// A headless Service's name given as a plain address would read one
+	// replica's shard: refused, naming the fix.
+	lookupHost = func(_ context.Context, host string) ([]string, error) {
+		if host == "transitca-headless.istio-system.svc" {
+			return []string{"10.0.0.12", "10.0.0.11"}, nil
+		}
+		return net.DefaultResolver.LookupHost(context.Background(), host)
+	}
+	t.Cleanup(func() { lookupHost = net.DefaultResolver.LookupHost })
+	_, err = (&logFlags{addrs: []string{"transitca-headless.istio-system.svc:15015"}}).targets(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "--addr dns:///transitca-headless.istio-system.svc:15015") {
+		t.Fatalf("a name with several addresses: %v", err)
+	}
+	ts, err = (&logFlags{addrs: []string{"dns:///transitca-headless.istio-system.svc:15015"}}).targets(context.Background())
+	want := []target{{"10.0.0.11:15015", "transitca-headless.istio-system.svc"}, {"10.0.0.12:15015", "transitca-headless.istio-system.svc"}}
+	if err != nil || !slices.Equal(ts, want) {
+		t.Fatalf("targets: %+v, %v; want %+v", ts, err, want)
 	}
 }
