@@ -189,3 +189,30 @@ func TestLogShardTargets(t *testing.T) {
 		t.Fatalf("targets: %+v, %v; want %+v", ts, err, want)
 	}
 }
+
+// The rollout report counts the live certificates of every replica's
+// shard: a service account whose certificates all came from one replica
+// is not reported as holding none.
+func TestReportRolloutReadsEveryShard(t *testing.T) {
+	t.Setenv("KUBECONFIG", "")
+	now := time.Now()
+	a := rolloutLog(t, now, []rolloutCert{{"shop", "web", -time.Hour, time.Hour}}, [2]string{"shop", "x"})
+	b := rolloutLog(t, now, []rolloutCert{{"shop", "api", -time.Hour, time.Hour}, {"shop", "web", -time.Hour, 2 * time.Hour}}, [2]string{"shop", "x"})
+	out, errs, code := runCA(t, "report", "rollout", "--db", a, "--db", b, "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var r rolloutReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	live := map[string]int{}
+	for _, n := range r.Namespaces {
+		for _, sa := range n.ServiceAccounts {
+			live[n.Namespace+"/"+sa.Name] = sa.LiveCertificates
+		}
+	}
+	if live["shop/web"] != 2 || live["shop/api"] != 1 {
+		t.Fatalf("live certificates %v, want shop/web 2 (one per shard) and shop/api 1", live)
+	}
+}

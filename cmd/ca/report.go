@@ -100,7 +100,7 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "no API server (--kubeconfig, $KUBECONFIG or in-cluster): listing certificates only, pods not checked")
 	}
 
-	api, ctx, done, err := lf.connect(ctx)
+	shards, ctx, done, err := lf.connectShards(ctx)
 	if err != nil {
 		return err
 	}
@@ -114,7 +114,7 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return accounts[k]
 	}
-	if err := liveCertificates(ctx, api, *namespace, when, func(p *adminv1.Entry) {
+	if err := liveCertificates(ctx, shards, *namespace, when, func(p *adminv1.Entry) {
 		a := account(p.GetNamespace(), p.GetServiceAccount())
 		a.LiveCertificates++
 		if na := p.GetNotAfter().AsTime().UTC().Format(time.RFC3339); na > a.LatestNotAfter {
@@ -141,30 +141,27 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return nil
 }
 
-// liveCertificates calls f with every issuance entry of the log, in the
-// namespace when one is given, whose certificate is valid at t.
-func liveCertificates(ctx context.Context, api logAPI, namespace string, t time.Time, f func(*adminv1.Entry)) error {
-	req := &adminv1.QueryLogRequest{
+// liveCertificates calls f with every issuance entry of the logs (one per
+// replica), in the namespace when one is given, whose certificate is valid
+// at t.
+func liveCertificates(ctx context.Context, shards []shard, namespace string, t time.Time, f func(*adminv1.Entry)) error {
+	m, err := newMergedQuery(shards, &adminv1.QueryLogRequest{
 		Namespace: namespace, Kind: adminv1.Kind_KIND_ISSUANCE,
 		ValidAt: timestamppb.New(t), Limit: 10000,
+	}, "")
+	if err != nil {
+		return err
 	}
 	for {
-		resp, err := api.QueryLog(ctx, req)
-		if err != nil {
+		e, _, err := m.Next(ctx)
+		if err != nil || e == nil {
 			return err
 		}
-		for _, e := range resp.GetEntries() {
-			// An identity outside Kubernetes has no service account to
-			// match a pod with.
-			if e.GetNamespace() == "" || e.GetServiceAccount() == "" {
-				continue
-			}
+		// An identity outside Kubernetes has no service account to match
+		// a pod with.
+		if e.GetNamespace() != "" && e.GetServiceAccount() != "" {
 			f(e)
 		}
-		if resp.GetNextPageToken() == "" {
-			return nil
-		}
-		req.PageToken = resp.GetNextPageToken()
 	}
 }
 
