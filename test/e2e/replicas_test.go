@@ -96,6 +96,7 @@ type frontProxy struct {
 	backends []string
 	next     atomic.Uint64
 	conns    []atomic.Int64 // connections relayed per backend
+	open     []atomic.Int64 // connections open now per backend
 }
 
 func startFront(t *testing.T, backends []string) *frontProxy {
@@ -104,7 +105,7 @@ func startFront(t *testing.T, backends []string) *frontProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &frontProxy{ln: ln, backends: backends, conns: make([]atomic.Int64, len(backends))}
+	p := &frontProxy{ln: ln, backends: backends, conns: make([]atomic.Int64, len(backends)), open: make([]atomic.Int64, len(backends))}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -131,6 +132,8 @@ func (p *frontProxy) relay(c net.Conn) {
 		}
 		defer bc.Close()
 		p.conns[n].Add(1)
+		p.open[n].Add(1)
+		defer p.open[n].Add(-1)
 		done := make(chan struct{}, 2)
 		go func() { _, _ = io.Copy(bc, c); done <- struct{}{} }()
 		go func() { _, _ = io.Copy(c, bc); done <- struct{}{} }()
@@ -297,11 +300,15 @@ func TestReplicasUnderLoadWithAKill(t *testing.T) {
 	l.waitFor(t, 200)
 
 	victim := rs.replicas[1]
+	openAtKill := rs.front.open[1].Load()
 	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-victim.done
 	killedAt := l.completed.Load()
+	if openAtKill == 0 {
+		t.Fatal("no client was connected to the replica when it was killed")
+	}
 	l.waitFor(t, 150) // served by the two others
 	victim.start(t)
 	l.waitFor(t, 200)
@@ -316,8 +323,8 @@ func TestReplicasUnderLoadWithAKill(t *testing.T) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	t.Logf("%d certificates received in %v (killed after %d), connections per replica %d/%d/%d; failures the agent retries: %v; others: %d",
-		len(l.received), took.Round(time.Millisecond), killedAt, rs.front.conns[0].Load(), rs.front.conns[1].Load(), rs.front.conns[2].Load(), l.retried, len(l.fatal))
+	t.Logf("%d certificates received in %v (killed after %d, %d connections open to it), connections per replica %d/%d/%d; failures the agent retries: %v; others: %d",
+		len(l.received), took.Round(time.Millisecond), killedAt, openAtKill, rs.front.conns[0].Load(), rs.front.conns[1].Load(), rs.front.conns[2].Load(), l.retried, len(l.fatal))
 	if len(l.fatal) > 0 {
 		t.Fatalf("%d requests failed in a way istio-agent does not retry, first: %.2000q", len(l.fatal), l.fatal[:min(5, len(l.fatal))])
 	}
