@@ -47,9 +47,10 @@ var (
 	// shutdownTimeout bounds the graceful stop of the gRPC server; requests
 	// still running then are cut off (istio-agent retries Unavailable).
 	shutdownTimeout = 10 * time.Second
-	// rootsEvery is how often the root bundle file is compared with the
-	// trust bundle.
-	rootsEvery = 30 * time.Second
+	// hierarchyEvery is how often the trust bundle and the issuing
+	// intermediate are checked for a change another replica made (which
+	// the authority adopts every rotation.state_poll_interval).
+	hierarchyEvery = time.Second
 	// servingEvery is how often the serving certificate is checked for
 	// renewal.
 	servingEvery = time.Minute
@@ -298,15 +299,24 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 // ConfigMaps and the serving certificate up to date after a rotation step,
 // at once.
 func (d *Daemon) hierarchyChanged(ctx context.Context) {
+	if err := d.refreshHierarchy(ctx); err != nil {
+		d.log.ErrorContext(ctx, "after a change of the CA hierarchy", slog.Any("error", err))
+	}
+}
+
+// refreshHierarchy is hierarchyChanged, returning what failed.
+func (d *Daemon) refreshHierarchy(ctx context.Context) error {
+	var errs []error
 	if err := writeRoots(d.rootFile, d.authority.Roots()); err != nil {
-		d.log.ErrorContext(ctx, "write root bundle", slog.Any("error", err))
+		errs = append(errs, fmt.Errorf("write root bundle: %w", err))
 	}
 	d.bundleChanged()
 	if sc := d.serving.Load(); sc != nil {
 		if err := sc.RenewIfDue(ctx); err != nil {
-			d.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
+			errs = append(errs, fmt.Errorf("renew serving certificate: %w", err))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // issueServingCert issues the TLS serving certificate from the CA's own
@@ -419,7 +429,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if s := d.backend.Session; s != nil {
 		background(func() { s.Run(ctx) })
 	}
-	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log, d.bundleChanged) })
+	background(func() { watchHierarchy(ctx, d.authority, hierarchyEvery, d.refreshHierarchy) })
 	background(func() { d.runKube(ctx) })
 	background(func() { d.watchLog(ctx) })
 	if every := time.Duration(d.cfg.Rotation.DrillInterval); every > 0 && d.adminSvc != nil {

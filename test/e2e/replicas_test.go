@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -445,7 +447,7 @@ func (rs *replicaSet) requestFrom(t *testing.T, i int) *answer {
 		t.Fatalf("replica %d: %v", i, err)
 	}
 	certs := parsePEMChain(t, chain[:2])
-	a := &answer{leaf: certs[0], inter: certs[1], bundle: parsePEMChain(t, chain[2:])}
+	a := &answer{leaf: certs[0], inter: certs[1], bundle: parsePEMChain(t, chain[2:]), bundlePEM: chain[2]}
 	if err := a.verify(a.bundle); err != nil {
 		t.Fatalf("replica %d: %v", i, err)
 	}
@@ -532,6 +534,42 @@ func TestReplicasFollowEachOthersRotation(t *testing.T) {
 					t.Fatalf("replica %d after activate: intermediate shared with replica 2 = %v in %s mode", i, shared, mode)
 				}
 			}
+
+			// Retired through replica 0: every replica's root file holds the
+			// new root alone, and every replica serves a certificate that
+			// verifies with it, as an agent that starts now trusts it.
+			if _, err := rs.op(0).admin(t, "root", "retire", "--force", "--reason", "replicas"); err != nil {
+				t.Fatal(err)
+			}
+			newRootPEM := rs.requestFrom(t, 0).bundlePEM
+			deadline := time.Now().Add(15 * time.Second)
+			for i, s := range rs.replicas {
+				for {
+					err := dialTrusting(s.Addr, newRootPEM)
+					if err == nil && readFile(t, s.RootFile) == newRootPEM {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("replica %d, 15s after the old root was retired on replica 0: root file current %v, serving certificate: %v",
+							i, readFile(t, s.RootFile) == newRootPEM, err)
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}
 		})
 	}
+}
+
+// dialTrusting makes one TLS connection to addr trusting the roots of
+// pemText alone, as an agent holding that bundle does.
+func dialTrusting(addr, pemText string) error {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(pemText)) {
+		return fmt.Errorf("no certificate in %q", pemText)
+	}
+	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return err
+	}
+	return conn.Close()
 }
