@@ -57,7 +57,8 @@ var lookupHost = net.DefaultResolver.LookupHost
 
 // targets returns the daemons the --addr flags name, with each
 // dns:///NAME:PORT resolved to all its addresses (sorted, so that the
-// shards keep their order from one run to the next). A plain NAME:PORT
+// shards keep their order from one run to the next), each address once.
+// A plain NAME:PORT
 // that resolves to several addresses beyond loopback is refused: gRPC
 // would read one of them, and so one replica's shard of the log.
 func (f *logFlags) targets(ctx context.Context) ([]target, error) {
@@ -92,7 +93,13 @@ func (f *logFlags) targets(ctx context.Context) ([]target, error) {
 			out = append(out, target{addr: net.JoinHostPort(ip, port), serverName: sn})
 		}
 	}
-	return out, nil
+	// The same address named twice is one log.
+	seen := map[string]bool{}
+	return slices.DeleteFunc(out, func(t target) bool {
+		dup := seen[t.addr]
+		seen[t.addr] = true
+		return dup
+	}), nil
 }
 
 // remoteAddrs returns how many addresses beyond loopback host resolves

@@ -158,7 +158,7 @@ func TestLogShardsMerge(t *testing.T) {
 // dns:///NAME:PORT stands for every address NAME resolves to, each
 // verified under NAME; other addresses are taken as they are.
 func TestLogShardTargets(t *testing.T) {
-	f := &logFlags{addrs: []string{"10.0.0.7:15015", "dns:///localhost:15015"}}
+	f := &logFlags{addrs: []string{"10.0.0.7:15015", "dns:///localhost:15015", "10.0.0.7:15015"}}
 	ts, err := f.targets(context.Background())
 	if err != nil {
 		t.Fatal(err)

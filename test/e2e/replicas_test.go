@@ -573,3 +573,36 @@ func dialTrusting(addr, pemText string) error {
 	}
 	return conn.Close()
 }
+
+// Each replica refuses to retire a root only for the certificates its own
+// log holds. Given every replica's --addr, "ca admin root retire" searches
+// every replica's log first: certificates one replica issued under the old
+// root stop a retirement asked of another.
+func TestRetireChecksEveryReplicasLog(t *testing.T) {
+	rs := startReplicas(t, 2, "vault")
+	rs.requestFrom(t, 0) // replica 0 issues a workload certificate under root v1
+	op1 := rs.op(1)
+	if _, err := op1.admin(t, "root", "prepare", "--reason", "replicas"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op1.admin(t, "root", "activate", "--force", "--reason", "replicas"); err != nil {
+		t.Fatal(err)
+	}
+	rs.eventually(t, "the activation", 1, func(st *adminv1.StatusResponse) bool { return st.GetIntermediate().GetRootKeyVersion() == 2 })
+	both := []string{"--addr", rs.admin[1], "--addr", rs.admin[0]}
+	_, err := op1.admin(t, append([]string{"root", "retire"}, both...)...)
+	if err == nil || !strings.Contains(err.Error(), "unexpired certificates in the replicas' logs chain only to root version 1") ||
+		!strings.Contains(err.Error(), " in "+rs.admin[0]) {
+		t.Fatalf("retire through replica 1, with both replicas named: %v, want a refusal naming replica 0's log", err)
+	}
+	if st := op1.status(t); len(st.GetRoots()) != 2 {
+		t.Fatalf("the refused retirement changed the bundle: %v", st.GetRoots())
+	}
+	out, err := op1.admin(t, append([]string{"root", "retire", "--force", "--reason", "replicas"}, both...)...)
+	if err != nil || !strings.Contains(out, "root v1 removed from the trust bundle") {
+		t.Fatalf("forced retire with both replicas named: %v\n%s", err, out)
+	}
+	// The operator's certificate chained to the retired root.
+	requestCert(t, rs.replicas[0], "security", "auditor", rs.opDir)
+	rs.eventually(t, "the retirement", -1, func(st *adminv1.StatusResponse) bool { return len(st.GetRoots()) == 1 })
+}
