@@ -58,9 +58,8 @@ var lookupHost = net.DefaultResolver.LookupHost
 // targets returns the daemons the --addr flags name, with each
 // dns:///NAME:PORT resolved to all its addresses (sorted, so that the
 // shards keep their order from one run to the next), each address once.
-// A plain NAME:PORT
-// that resolves to several addresses beyond loopback is refused: gRPC
-// would read one of them, and so one replica's shard of the log.
+// A plain NAME:PORT that resolves to several addresses beyond loopback is
+// refused: gRPC would read one of them, and so one replica's shard.
 func (f *logFlags) targets(ctx context.Context) ([]target, error) {
 	addrs := f.addrs
 	if len(addrs) == 0 {
@@ -103,7 +102,8 @@ func (f *logFlags) targets(ctx context.Context) ([]target, error) {
 }
 
 // remoteAddrs returns how many addresses beyond loopback host resolves
-// to: 0 for an IP address or a name that does not resolve (dialing it
+// to, in the IP family with more of them (a dual-stack Service has one of
+// each): 0 for an IP address or a name that does not resolve (dialing it
 // says what is wrong).
 func remoteAddrs(ctx context.Context, host string) int {
 	if net.ParseIP(host) != nil {
@@ -113,13 +113,17 @@ func remoteAddrs(ctx context.Context, host string) int {
 	if err != nil {
 		return 0
 	}
-	n := 0
+	v4, v6 := 0, 0
 	for _, ip := range ips {
-		if p := net.ParseIP(ip); p != nil && !p.IsLoopback() {
-			n++
+		switch p := net.ParseIP(ip); {
+		case p == nil || p.IsLoopback():
+		case p.To4() != nil:
+			v4++
+		default:
+			v6++
 		}
 	}
-	return n
+	return max(v4, v6)
 }
 
 // single fails when several logs are named to a command that reads one.

@@ -173,8 +173,11 @@ func TestLogShardTargets(t *testing.T) {
 	// A headless Service's name given as a plain address would read one
 	// replica's shard: refused, naming the fix.
 	lookupHost = func(_ context.Context, host string) ([]string, error) {
-		if host == "transitca-headless.istio-system.svc" {
+		switch host {
+		case "transitca-headless.istio-system.svc":
 			return []string{"10.0.0.12", "10.0.0.11"}, nil
+		case "transitca.istio-system.svc": // a dual-stack ClusterIP
+			return []string{"10.96.0.10", "fd00::10"}, nil
 		}
 		return net.DefaultResolver.LookupHost(context.Background(), host)
 	}
@@ -182,6 +185,9 @@ func TestLogShardTargets(t *testing.T) {
 	_, err = (&logFlags{addrs: []string{"transitca-headless.istio-system.svc:15015"}}).targets(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "--addr dns:///transitca-headless.istio-system.svc:15015") {
 		t.Fatalf("a name with several addresses: %v", err)
+	}
+	if _, err := (&logFlags{addrs: []string{"transitca.istio-system.svc:15015"}}).targets(context.Background()); err != nil {
+		t.Fatalf("a dual-stack Service name: %v", err)
 	}
 	ts, err = (&logFlags{addrs: []string{"dns:///transitca-headless.istio-system.svc:15015"}}).targets(context.Background())
 	want := []target{{"10.0.0.11:15015", "transitca-headless.istio-system.svc"}, {"10.0.0.12:15015", "transitca-headless.istio-system.svc"}}
