@@ -52,6 +52,9 @@ func TestEachPodHasItsOwnShard(t *testing.T) {
 				t.Fatalf("log.shard %q, origin %q: want each pod's log named after the pod", cfg.Log.Shard, cfg.LogOrigin())
 			}
 
+			if want := "transitca-headless." + ns + ".svc"; !slices.Contains(cfg.Server.TLS.DNSNames, want) {
+				t.Errorf("server.tls.dns_names = %v, want %s, the name ca log --addr dns:///… verifies", cfg.Server.TLS.DNSNames, want)
+			}
 			var headless corev1.Service
 			fromUnstructured(t, r.find(t, "Service", ns, "transitca-headless"), &headless)
 			admin := slices.IndexFunc(headless.Spec.Ports, func(p corev1.ServicePort) bool { return p.TargetPort.String() == "admin" })

@@ -34,7 +34,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- (((.Values.config.kubernetes | default dict).istiod | default dict).namespace) | default "istio-system" -}}
 {{- end -}}
 
-{{/* The configuration file: the config values, with server.tls.dns_names naming the Service,
+{{/* The configuration file: the config values, with server.tls.dns_names naming the Services,
 for Vault's Kubernetes auth vault.auth.token_file the projected token when unset, and
 log.shard auto (each pod's log named after the pod) when unset. */}}
 {{- define "transitca.config" -}}
@@ -42,7 +42,7 @@ log.shard auto (each pod's log named after the pod) when unset. */}}
 {{- $server := $cfg.server | default dict -}}
 {{- $tls := $server.tls | default dict -}}
 {{- if not (hasKey $tls "dns_names") -}}
-{{- $_ := set $tls "dns_names" (list (printf "%s.%s.svc" (include "transitca.fullname" .) .Release.Namespace) "localhost") -}}
+{{- $_ := set $tls "dns_names" (list (printf "%s.%s.svc" (include "transitca.fullname" .) .Release.Namespace) (printf "%s-headless.%s.svc" (include "transitca.fullname" .) .Release.Namespace) "localhost") -}}
 {{- end -}}
 {{- $_ := set $server "tls" $tls -}}
 {{- $vault := $cfg.vault | default dict -}}
