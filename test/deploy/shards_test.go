@@ -67,6 +67,9 @@ func TestEachPodHasItsOwnShard(t *testing.T) {
 			}) {
 				t.Fatalf("no container port admin for admin.listen %q: %v", cfg.Admin.Listen, c.Ports)
 			}
+			if want := "ca log query --addr dns:///transitca-headless." + ns + ".svc:15015"; exposed && !strings.Contains(r.notes, want) {
+				t.Errorf("the notes do not say how to read every shard (%q):\n%s", want, r.notes)
+			}
 		})
 	}
 }
