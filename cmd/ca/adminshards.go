@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,9 +12,11 @@ import (
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 )
 
-// Each replica refuses "root retire" only for the unexpired certificates
-// its own log holds. Given every replica's --addr, "ca admin root retire"
-// runs the step on the first and, before it, searches every replica's log.
+// Each replica answers "root retire" and "revoke-intermediate" from its own
+// log. Given every replica's --addr, "ca admin root retire" and
+// "revoke-intermediate" run the step on the first and search every
+// replica's log: for the certificates under the root before retiring it,
+// for those the intermediate signed after revoking it.
 
 // several reports whether the flags name several daemons.
 func (f *logFlags) several() bool { return f.single() != nil }
@@ -95,4 +98,50 @@ func (f *adminFlags) checkRetireShards(ctx context.Context, c adminv1.AdminServi
 	}
 	return fmt.Errorf("%d unexpired certificates in the replicas' logs chain only to root version %d (%s); the last expires at %s; retire after that, or force with a reason",
 		n, version, strings.Join(where, ", "), last.UTC().Format(time.RFC3339))
+}
+
+// signedByInShards returns the unexpired certificates the intermediate
+// with fingerprint fp signed, in every replica's log, grouped by workload
+// as the daemon groups them, and their number.
+func (f *adminFlags) signedByInShards(ctx context.Context, fp string) ([]*adminv1.AffectedWorkload, int, error) {
+	shards, ctx, done, err := f.conn.connectShards(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer done()
+	m, err := newMergedQuery(shards, &adminv1.QueryLogRequest{
+		Kind: adminv1.Kind_KIND_ISSUANCE, Issuer: fp, ValidAt: timestamppb.Now(), Limit: 1000,
+	}, "")
+	if err != nil {
+		return nil, 0, err
+	}
+	byID := map[string]*adminv1.AffectedWorkload{}
+	var ids []string
+	n := 0
+	for {
+		e, _, err := m.Next(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		if e == nil {
+			break
+		}
+		g := byID[e.GetSpiffeId()]
+		if g == nil {
+			g = &adminv1.AffectedWorkload{Namespace: e.GetNamespace(), ServiceAccount: e.GetServiceAccount(), SpiffeId: e.GetSpiffeId()}
+			byID[e.GetSpiffeId()] = g
+			ids = append(ids, e.GetSpiffeId())
+		}
+		g.Serials = append(g.Serials, e.GetSerial())
+		if g.LastNotAfter == nil || e.GetNotAfter().AsTime().After(g.LastNotAfter.AsTime()) {
+			g.LastNotAfter = e.GetNotAfter()
+		}
+		n++
+	}
+	slices.Sort(ids)
+	groups := make([]*adminv1.AffectedWorkload, 0, len(ids))
+	for _, id := range ids {
+		groups = append(groups, byID[id])
+	}
+	return groups, n, nil
 }

@@ -606,3 +606,34 @@ func TestRetireChecksEveryReplicasLog(t *testing.T) {
 	requestCert(t, rs.replicas[0], "security", "auditor", rs.opDir)
 	rs.eventually(t, "the retirement", -1, func(st *adminv1.StatusResponse) bool { return len(st.GetRoots()) == 1 })
 }
+
+// In Vault mode the replicas share the intermediate, so what it signed is
+// in every replica's log. Given every replica's --addr, "ca admin
+// revoke-intermediate" lists the certificates it signed from all of them.
+func TestRevokeListsEveryReplicasCertificates(t *testing.T) {
+	rs := startReplicas(t, 2, "vault")
+	probe := rs.requestFrom(t, 0) // in replica 0's log only
+	out, err := rs.op(1).admin(t, "revoke-intermediate", "--reason", "replicas", "--addr", rs.admin[1], "--addr", rs.admin[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var g struct {
+			SPIFFEID string   `json:"spiffe_id"`
+			Serials  []string `json:"serials"`
+		}
+		if err := json.Unmarshal([]byte(line), &g); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if g.SPIFFEID == spiffeID("load", "probe") {
+			listed = g.Serials
+		}
+	}
+	if !slices.Contains(listed, probe.leaf.SerialNumber.Text(16)) {
+		t.Fatalf("revoke-intermediate through replica 1 does not list the certificate replica 0 issued (%s):\n%s", probe.leaf.SerialNumber.Text(16), out)
+	}
+	rs.eventually(t, "the revocation", -1, func(st *adminv1.StatusResponse) bool {
+		return slices.Contains(st.GetCompromisedIntermediates(), fingerprint(probe.inter)) && st.GetIntermediate().GetFingerprint() != fingerprint(probe.inter)
+	})
+}
