@@ -114,14 +114,18 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return accounts[k]
 	}
-	if err := liveCertificates(ctx, shards, *namespace, when, func(p *adminv1.Entry) {
-		a := account(p.GetNamespace(), p.GetServiceAccount())
-		a.LiveCertificates++
-		if na := p.GetNotAfter().AsTime().UTC().Format(time.RFC3339); na > a.LatestNotAfter {
-			a.LatestNotAfter = na
+	// Every replica's log: a certificate is in the shard of the replica
+	// that issued it.
+	for _, sh := range shards {
+		if err := liveCertificates(ctx, sh.api, *namespace, when, func(p *adminv1.Entry) {
+			a := account(p.GetNamespace(), p.GetServiceAccount())
+			a.LiveCertificates++
+			if na := p.GetNotAfter().AsTime().UTC().Format(time.RFC3339); na > a.LatestNotAfter {
+				a.LatestNotAfter = na
+			}
+		}); err != nil {
+			return fmt.Errorf("issuance log %s: %w", sh.name, err)
 		}
-	}); err != nil {
-		return fmt.Errorf("issuance log: %w", err)
 	}
 	if pods != nil {
 		if err := runningPods(ctx, pods, *namespace, func(p *corev1.Pod) {
@@ -141,27 +145,30 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return nil
 }
 
-// liveCertificates calls f with every issuance entry of the logs (one per
-// replica), in the namespace when one is given, whose certificate is valid
-// at t.
-func liveCertificates(ctx context.Context, shards []shard, namespace string, t time.Time, f func(*adminv1.Entry)) error {
-	m, err := newMergedQuery(shards, &adminv1.QueryLogRequest{
+// liveCertificates calls f with every issuance entry of the log, in the
+// namespace when one is given, whose certificate is valid at t.
+func liveCertificates(ctx context.Context, api logAPI, namespace string, t time.Time, f func(*adminv1.Entry)) error {
+	req := &adminv1.QueryLogRequest{
 		Namespace: namespace, Kind: adminv1.Kind_KIND_ISSUANCE,
 		ValidAt: timestamppb.New(t), Limit: 10000,
-	}, "")
-	if err != nil {
-		return err
 	}
 	for {
-		e, _, err := m.Next(ctx)
-		if err != nil || e == nil {
+		resp, err := api.QueryLog(ctx, req)
+		if err != nil {
 			return err
 		}
-		// An identity outside Kubernetes has no service account to match
-		// a pod with.
-		if e.GetNamespace() != "" && e.GetServiceAccount() != "" {
+		for _, e := range resp.GetEntries() {
+			// An identity outside Kubernetes has no service account to
+			// match a pod with.
+			if e.GetNamespace() == "" || e.GetServiceAccount() == "" {
+				continue
+			}
 			f(e)
 		}
+		if resp.GetNextPageToken() == "" {
+			return nil
+		}
+		req.PageToken = resp.GetNextPageToken()
 	}
 }
 
