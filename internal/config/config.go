@@ -128,6 +128,10 @@ type Rotation struct {
 	DrillIdentity string `yaml:"drill_identity"`
 	// Schedule prepares and activates roots automatically.
 	Schedule RotationSchedule `yaml:"schedule"`
+	// StatePollInterval is how often a replica reads the rotation state
+	// shared in Vault, and so how soon it follows a step another replica
+	// took (a new bundle, root or intermediate; a revoked intermediate).
+	StatePollInterval Duration `yaml:"state_poll_interval"`
 }
 
 // RotationSchedule prepares a new root when the active root has
@@ -187,8 +191,13 @@ type Log struct {
 	// ("ca init" creates it).
 	CheckpointKey string `yaml:"checkpoint_key"`
 	// Origin is the log's name, the first line of every checkpoint;
-	// "transitca/<trust_domain>" when empty.
-	Origin             string   `yaml:"origin"`
+	// "transitca/<trust_domain>" when empty. With Shard set, each
+	// replica's log is named "<origin>/<shard>" (see shard.go).
+	Origin string `yaml:"origin"`
+	// Shard names this replica's log among the replicas that share a
+	// Vault: "" for a single replica, ShardAuto for $POD_NAME, else the
+	// host name.
+	Shard              string   `yaml:"shard"`
 	CheckpointEvery    int      `yaml:"checkpoint_every"`
 	CheckpointInterval Duration `yaml:"checkpoint_interval"`
 }
@@ -210,8 +219,10 @@ func (c *Config) LogPath() string {
 	return filepath.Join(c.DataDir, "issuance.db")
 }
 
-// LogOrigin returns the log's origin line.
-func (c *Config) LogOrigin() string {
+// LogKeyName returns the name of the checkpoint signing key: the log
+// origin without the shard, so that one verifier key checks every
+// replica's checkpoints.
+func (c *Config) LogKeyName() string {
 	if c.Log.Origin != "" {
 		return c.Log.Origin
 	}
@@ -417,7 +428,10 @@ func Default() *Config {
 			},
 			Istiod: defaultIstiod(),
 		},
-		Rotation: Rotation{Schedule: RotationSchedule{CheckEvery: Duration(time.Hour)}},
+		Rotation: Rotation{
+			Schedule:          RotationSchedule{CheckEvery: Duration(time.Hour)},
+			StatePollInterval: Duration(issuer.DefaultStatePollInterval),
+		},
 		Limits: Limits{
 			DenialsPerPeerPerSecond: 5,
 			DenialBurst:             20,
@@ -635,9 +649,10 @@ func (c *Config) validateServing() []error {
 	if c.Log.CheckpointInterval < Duration(time.Second) {
 		bad("log.checkpoint_interval: %v is shorter than a second", c.Log.CheckpointInterval)
 	}
-	if strings.ContainsAny(c.LogOrigin(), " \t\n+") {
-		bad("log.origin: %q must not contain spaces or '+'", c.LogOrigin())
+	if strings.ContainsAny(c.LogKeyName(), " \t\n+") {
+		bad("log.origin: %q must not contain spaces or '+'", c.LogKeyName())
 	}
+	errs = append(errs, c.validateReplicas()...)
 	for _, id := range c.Admin.Identities {
 		if !strings.HasPrefix(id, "spiffe://") {
 			bad("admin.identities: %q is not a SPIFFE ID", id)
@@ -743,6 +758,7 @@ func (c *Config) IssuerOptions() issuer.Options {
 		Organization:        c.CA.Organization,
 		RootTTL:             time.Duration(c.CA.RootTTL),
 		IntermediateTTL:     time.Duration(c.CA.IntermediateTTL),
+		StatePollInterval:   time.Duration(c.Rotation.StatePollInterval),
 		Dev:                 c.Dev,
 	}
 }

@@ -48,9 +48,10 @@ var (
 	// shutdownTimeout bounds the graceful stop of the gRPC server; requests
 	// still running then are cut off (istio-agent retries Unavailable).
 	shutdownTimeout = 10 * time.Second
-	// rootsEvery is how often the root bundle file is compared with the
-	// trust bundle.
-	rootsEvery = 30 * time.Second
+	// hierarchyEvery is how often the trust bundle and the issuing
+	// intermediate are checked for a change another replica made (which
+	// the authority adopts every rotation.state_poll_interval).
+	hierarchyEvery = time.Second
 	// servingEvery is how often the serving certificate is checked for
 	// renewal.
 	servingEvery = time.Minute
@@ -325,15 +326,24 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 // ConfigMaps and the serving certificate up to date after a rotation step,
 // at once.
 func (d *Daemon) hierarchyChanged(ctx context.Context) {
+	if err := d.refreshHierarchy(ctx); err != nil {
+		d.log.ErrorContext(ctx, "after a change of the CA hierarchy", slog.Any("error", err))
+	}
+}
+
+// refreshHierarchy is hierarchyChanged, returning what failed.
+func (d *Daemon) refreshHierarchy(ctx context.Context) error {
+	var errs []error
 	if err := writeRoots(d.rootFile, d.authority.Roots()); err != nil {
-		d.log.ErrorContext(ctx, "write root bundle", slog.Any("error", err))
+		errs = append(errs, fmt.Errorf("write root bundle: %w", err))
 	}
 	d.bundleChanged()
 	if sc := d.serving.Load(); sc != nil {
 		if err := sc.RenewIfDue(ctx); err != nil {
-			d.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
+			errs = append(errs, fmt.Errorf("renew serving certificate: %w", err))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // issueServingCert issues the TLS serving certificate from the CA's own
@@ -446,7 +456,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if s := d.backend.Session; s != nil {
 		background(func() { s.Run(ctx) })
 	}
-	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log, d.bundleChanged) })
+	background(func() { watchHierarchy(ctx, d.authority, hierarchyEvery, d.refreshHierarchy) })
 	background(func() { d.runKube(ctx) })
 	runPods(ctx, d.pods, background)
 	background(func() { d.watchLog(ctx) })
@@ -468,6 +478,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		slog.String("intermediate_mode", string(d.authority.Mode())),
 		slog.String("root_bundle", d.rootFile),
 		slog.String("log", d.ilog.Path()),
+		slog.String("log_origin", d.ilog.Origin()),
 		slog.Uint64("log_size", d.ilog.Size()),
 		slog.String("trust_domain", d.cfg.TrustDomain))
 

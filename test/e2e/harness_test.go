@@ -79,9 +79,11 @@ type caServer struct {
 	Config   string
 	Minter   *ca.TokenMinter
 	Env      *vaulttest.Env
-	cmd      *exec.Cmd
-	out      *lockedBuffer
-	done     chan struct{}
+	// ServeArgs are added to "ca serve --config <Config>".
+	ServeArgs []string
+	cmd       *exec.Cmd
+	out       *lockedBuffer
+	done      chan struct{}
 }
 
 const tokenIssuer = "https://kubernetes.default.svc.cluster.local"
@@ -118,6 +120,13 @@ type caOptions struct {
 	Extra string
 	// ServingCertTTL is server.tls.cert_ttl; 24h when zero.
 	ServingCertTTL time.Duration
+	// Minter and JWKSFile, when set, are the token minter and the JWKS
+	// file that verifies its tokens: replicas share them. A new pair
+	// when nil.
+	Minter   *ca.TokenMinter
+	JWKSFile string
+	// ServeArgs are added to "ca serve" (caServer.ServeArgs).
+	ServeArgs []string
 }
 
 // startCAWith initializes a CA in env and starts "ca serve" with o.
@@ -129,21 +138,9 @@ func startCAWith(t *testing.T, env *vaulttest.Env, o caOptions) *caServer {
 		servingTTL = 24 * time.Hour
 	}
 	dir := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minter, err := ca.NewTokenMinter(key, "sa-key-1", tokenIssuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := json.Marshal(minter.JWKS())
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwksFile := filepath.Join(dir, "jwks.json")
-	if err := os.WriteFile(jwksFile, jwks, 0o600); err != nil {
-		t.Fatal(err)
+	minter, jwksFile := o.Minter, o.JWKSFile
+	if minter == nil {
+		minter, jwksFile = newMinter(t, dir)
 	}
 	addr := freeAddr(t)
 	cfgFile := filepath.Join(dir, "transitca.yaml")
@@ -170,13 +167,36 @@ auth:
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env}
+	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env, ServeArgs: o.ServeArgs}
 	s.RootFile = filepath.Join(s.DataDir, "root-cert.pem")
 	if out, err := s.command("init", "--config", cfgFile).CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
 	s.start(t)
 	return s
+}
+
+// newMinter returns a token minter and the JWKS file, in dir, that
+// verifies its tokens.
+func newMinter(t *testing.T, dir string) (*ca.TokenMinter, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minter, err := ca.NewTokenMinter(key, "sa-key-1", tokenIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := json.Marshal(minter.JWKS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwksFile := filepath.Join(dir, "jwks.json")
+	if err := os.WriteFile(jwksFile, jwks, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return minter, jwksFile
 }
 
 func (s *caServer) command(args ...string) *exec.Cmd {
@@ -192,7 +212,7 @@ func (s *caServer) start(t *testing.T) {
 	t.Helper()
 	s.out = &lockedBuffer{}
 	s.done = make(chan struct{})
-	cmd := s.command("serve", "--config", s.Config)
+	cmd := s.command(append([]string{"serve", "--config", s.Config}, s.ServeArgs...)...)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
