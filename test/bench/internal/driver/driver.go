@@ -154,7 +154,14 @@ func (e *env) setup(ctx context.Context) error {
 		e.meta["transitca"] = gitDescribe()
 		bin := filepath.Join(e.dir, "ca")
 		e.logf("building the ca binary")
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/transitca/transitca/cmd/ca")
+		// Built in the daemon's own module (found through this module's
+		// replace directive), with its go.mod and go.sum, as a user builds it.
+		root, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/transitca/transitca").Output()
+		if err != nil {
+			return fmt.Errorf("find the transitca module: %w", err)
+		}
+		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ca")
+		build.Dir = strings.TrimSpace(string(root))
 		build.Stdout, build.Stderr = e.cfg.Log, e.cfg.Log
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("build ca: %w", err)
