@@ -37,7 +37,8 @@ type evidenceReport struct {
 	Events   []evidenceEvent   `json:"events"`
 	Drills   evidenceDrills    `json:"drills"`
 	Live     []*liveNamespace  `json:"live_at_to"`
-	Log      evidenceLog       `json:"log"`
+	// Logs are the logs the figures come from: one per replica (shard).
+	Logs     []*evidenceLog    `json:"logs"`
 	Commands []evidenceCommand `json:"commands"`
 }
 
@@ -119,9 +120,11 @@ type liveNamespace struct {
 	ServiceAccounts map[string]int `json:"service_accounts"`
 }
 
-// evidenceLog is what proves the log the figures come from: its
+// evidenceLog is what proves a log the figures come from: its
 // verification and the signed checkpoint that covers the period.
 type evidenceLog struct {
+	// Shard is the address or file the log was read from.
+	Shard          string `json:"shard"`
 	Verified       bool   `json:"verified"`
 	VerifyError    string `json:"verify_error,omitempty"`
 	Entries        uint64 `json:"entries"`
@@ -196,17 +199,17 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}
 
-	api, ctx, done, err := lf.connect(ctx)
+	shards, ctx, done, err := lf.connectShards(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err := buildEvidence(ctx, api, start, end, fallback)
+	r, err := buildEvidence(ctx, shards, start, end, fallback)
 	if err != nil {
 		return err
 	}
-	r.Source = lf.describe()
-	r.Commands = evidenceCommands(r, lf)
+	r.Source = lf.describe(shards)
+	r.Commands = evidenceCommands(r, lf, shards)
 
 	w := stdout
 	if *outFile != "" {
@@ -234,12 +237,20 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
-// describe names where the log was read, for the report's header.
-func (f *logFlags) describe() string {
-	if f.db != "" {
-		return "log file " + f.db
+// describe names where the logs were read, for the report's header.
+func (f *logFlags) describe(shards []shard) string {
+	names := make([]string, len(shards))
+	for i, s := range shards {
+		names[i] = s.name
 	}
-	return "admin API at " + f.addr
+	what := "admin API"
+	if len(f.dbs) > 0 {
+		what = "log file"
+	}
+	if len(shards) > 1 {
+		what += "s"
+	}
+	return what + " " + strings.Join(names, ", ")
 }
 
 // eachEntry calls fn with every entry that req selects, page by page: the
@@ -280,8 +291,9 @@ func (p tierPolicies) at(t time.Time, fallback map[string]time.Duration) map[str
 	return p[i-1].maxTTL
 }
 
-// buildEvidence computes the report's figures for [start, end).
-func buildEvidence(ctx context.Context, api logAPI, start, end time.Time, fallback map[string]time.Duration) (*evidenceReport, error) {
+// buildEvidence computes the report's figures for [start, end) over every
+// shard.
+func buildEvidence(ctx context.Context, shards []shard, start, end time.Time, fallback map[string]time.Duration) (*evidenceReport, error) {
 	r := &evidenceReport{
 		From: start.Format(time.RFC3339), To: end.Format(time.RFC3339),
 		GeneratedAt: time.Now().UTC().Format(time.RFC3339),
@@ -291,10 +303,47 @@ func buildEvidence(ctx context.Context, api logAPI, start, end time.Time, fallba
 		Denials: evidenceDenials{ByReason: map[string]int{}},
 		Events:  []evidenceEvent{},
 		Live:    []*liveNamespace{},
-		Log:     evidenceLog{LastSeqInPeriod: -1},
 	}
+	f := &evidenceFold{r: r, buckets: newBuckets(start, end), validity: map[string]*tierValidity{}, maxTTLs: map[string]map[time.Duration]bool{}}
+	live := map[string]*liveNamespace{}
+	for _, s := range shards {
+		lg := &evidenceLog{Shard: s.name, LastSeqInPeriod: -1}
+		r.Logs = append(r.Logs, lg)
+		policies, err := startPolicies(ctx, s.api, end)
+		if err != nil {
+			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
+		}
+		err = eachEntry(ctx, s.api, &adminv1.QueryLogRequest{From: timestamppb.New(start), To: timestamppb.New(end)}, func(e *adminv1.Entry) {
+			lg.LastSeqInPeriod = max(lg.LastSeqInPeriod, int64(e.GetSeq()))
+			f.add(e, policies.at(e.GetTime().AsTime(), fallback))
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
+		}
+		if err := liveAt(ctx, s.api, end, live); err != nil {
+			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
+		}
+		logProof(ctx, s.api, lg)
+	}
+	slices.SortFunc(r.Events, func(a, b evidenceEvent) int { return cmp.Or(strings.Compare(a.Time, b.Time), cmp.Compare(a.Seq, b.Seq)) })
+	r.Issued.Bucket, r.Issued.ByBucket = f.buckets.unit, f.buckets.list
+	for _, tier := range slices.Sorted(maps.Keys(f.validity)) {
+		v := f.validity[tier]
+		for _, d := range slices.Sorted(maps.Keys(f.maxTTLs[tier])) {
+			v.MaxTTL = append(v.MaxTTL, d.String())
+		}
+		v.Longest = (time.Duration(v.LongestSeconds) * time.Second).String()
+		r.Validity = append(r.Validity, v)
+	}
+	for _, ns := range slices.Sorted(maps.Keys(live)) {
+		r.Live = append(r.Live, live[ns])
+	}
+	return r, nil
+}
 
-	// The tier policy of every start up to the end of the period.
+// startPolicies reads the tier policy of every start entry of a log up to
+// end.
+func startPolicies(ctx context.Context, api logAPI, end time.Time) (tierPolicies, error) {
 	var policies tierPolicies
 	err := eachEntry(ctx, api, &adminv1.QueryLogRequest{Kind: adminv1.Kind_KIND_ADMIN, To: timestamppb.New(end)}, func(e *adminv1.Entry) {
 		if e.GetAction() != "start" {
@@ -304,73 +353,56 @@ func buildEvidence(ctx context.Context, api logAPI, start, end time.Time, fallba
 			policies = append(policies, tierPolicy{e.GetTime().AsTime(), p})
 		}
 	})
-	if err != nil {
-		return nil, fmt.Errorf("issuance log: %w", err)
-	}
 	slices.SortStableFunc(policies, func(a, b tierPolicy) int { return a.at.Compare(b.at) })
+	return policies, err
+}
 
-	buckets := newBuckets(start, end)
-	validity := map[string]*tierValidity{}
-	maxTTLs := map[string]map[time.Duration]bool{}
-	err = eachEntry(ctx, api, &adminv1.QueryLogRequest{From: timestamppb.New(start), To: timestamppb.New(end)}, func(e *adminv1.Entry) {
-		r.Log.LastSeqInPeriod = max(r.Log.LastSeqInPeriod, int64(e.GetSeq()))
-		switch e.GetKind() {
-		case adminv1.Kind_KIND_ISSUANCE:
-			r.Issued.Total++
-			r.Issued.ByTier[e.GetTier()]++
-			r.Issued.ByNamespace[e.GetNamespace()]++
-			r.Issued.ByCluster[e.GetClusterId()]++
-			buckets.add(e.GetTime().AsTime(), e.GetTier())
-			v := validity[e.GetTier()]
-			if v == nil {
-				v = &tierValidity{Tier: e.GetTier(), Over: []overCertificate{}, MaxTTL: []string{}}
-				validity[e.GetTier()] = v
-				maxTTLs[e.GetTier()] = map[time.Duration]bool{}
-			}
-			checkValidity(v, e, policies.at(e.GetTime().AsTime(), fallback), maxTTLs[e.GetTier()])
-		case adminv1.Kind_KIND_DENIAL:
-			reason, n := denialClass(e)
-			r.Denials.Total += n
-			r.Denials.ByReason[reason] += n
-		case adminv1.Kind_KIND_ADMIN:
-			if !eventActions.MatchString(e.GetAction()) {
-				return
-			}
-			r.Events = append(r.Events, evidenceEvent{
-				Seq: e.GetSeq(), Time: e.GetTime().AsTime().UTC().Format(time.RFC3339Nano),
-				Action: e.GetAction(), Actor: e.GetActor(), Detail: e.GetDetail(),
-			})
-			if e.GetAction() == "drill" {
-				r.Drills.Total++
-				if strings.HasPrefix(e.GetDetail(), "passed=true") {
-					r.Drills.Passed++
-				} else {
-					r.Drills.Failed++
-				}
+// evidenceFold adds up the entries of the period into the report.
+type evidenceFold struct {
+	r        *evidenceReport
+	buckets  *buckets
+	validity map[string]*tierValidity
+	maxTTLs  map[string]map[time.Duration]bool
+}
+
+// add counts one entry of the period, an issuance against policy.
+func (f *evidenceFold) add(e *adminv1.Entry, policy map[string]time.Duration) {
+	r := f.r
+	switch e.GetKind() {
+	case adminv1.Kind_KIND_ISSUANCE:
+		r.Issued.Total++
+		r.Issued.ByTier[e.GetTier()]++
+		r.Issued.ByNamespace[e.GetNamespace()]++
+		r.Issued.ByCluster[e.GetClusterId()]++
+		f.buckets.add(e.GetTime().AsTime(), e.GetTier())
+		v := f.validity[e.GetTier()]
+		if v == nil {
+			v = &tierValidity{Tier: e.GetTier(), Over: []overCertificate{}, MaxTTL: []string{}}
+			f.validity[e.GetTier()] = v
+			f.maxTTLs[e.GetTier()] = map[time.Duration]bool{}
+		}
+		checkValidity(v, e, policy, f.maxTTLs[e.GetTier()])
+	case adminv1.Kind_KIND_DENIAL:
+		reason, n := denialClass(e)
+		r.Denials.Total += n
+		r.Denials.ByReason[reason] += n
+	case adminv1.Kind_KIND_ADMIN:
+		if !eventActions.MatchString(e.GetAction()) {
+			return
+		}
+		r.Events = append(r.Events, evidenceEvent{
+			Seq: e.GetSeq(), Time: e.GetTime().AsTime().UTC().Format(time.RFC3339Nano),
+			Action: e.GetAction(), Actor: e.GetActor(), Detail: e.GetDetail(),
+		})
+		if e.GetAction() == "drill" {
+			r.Drills.Total++
+			if strings.HasPrefix(e.GetDetail(), "passed=true") {
+				r.Drills.Passed++
+			} else {
+				r.Drills.Failed++
 			}
 		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("issuance log: %w", err)
 	}
-	slices.SortFunc(r.Events, func(a, b evidenceEvent) int {
-		return cmp.Or(strings.Compare(a.Time, b.Time), cmp.Compare(a.Seq, b.Seq))
-	})
-	r.Issued.Bucket, r.Issued.ByBucket = buckets.unit, buckets.list
-	for _, tier := range slices.Sorted(maps.Keys(validity)) {
-		v := validity[tier]
-		for _, d := range slices.Sorted(maps.Keys(maxTTLs[tier])) {
-			v.MaxTTL = append(v.MaxTTL, d.String())
-		}
-		v.Longest = (time.Duration(v.LongestSeconds) * time.Second).String()
-		r.Validity = append(r.Validity, v)
-	}
-
-	if err := liveAt(ctx, api, end, r); err != nil {
-		return nil, fmt.Errorf("issuance log: %w", err)
-	}
-	logProof(ctx, api, r)
-	return r, nil
 }
 
 // checkValidity counts e into its tier's validity figures, against the
@@ -414,46 +446,41 @@ func denialClass(e *adminv1.Entry) (string, int) {
 	return reason, n
 }
 
-// liveAt fills r.Live: per namespace, the service accounts holding a
-// certificate issued before end and valid at end.
-func liveAt(ctx context.Context, api logAPI, end time.Time, r *evidenceReport) error {
-	byNS := map[string]*liveNamespace{}
-	err := liveCertificates(ctx, api, "", end, func(e *adminv1.Entry) {
+// liveAt adds to live, per namespace, the service accounts holding a
+// certificate of the log issued before end and valid at end.
+func liveAt(ctx context.Context, api logAPI, end time.Time, live map[string]*liveNamespace) error {
+	return liveCertificates(ctx, api, "", end, func(e *adminv1.Entry) {
 		if !e.GetTime().AsTime().Before(end) {
 			return // issued after the period, though back-dated into it
 		}
-		n := byNS[e.GetNamespace()]
+		n := live[e.GetNamespace()]
 		if n == nil {
 			n = &liveNamespace{Namespace: e.GetNamespace(), ServiceAccounts: map[string]int{}}
-			byNS[e.GetNamespace()] = n
+			live[e.GetNamespace()] = n
 		}
 		n.ServiceAccounts[e.GetServiceAccount()]++
 	})
-	for _, ns := range slices.Sorted(maps.Keys(byNS)) {
-		r.Live = append(r.Live, byNS[ns])
-	}
-	return err
 }
 
-// logProof fills r.Log: the log verified end to end, and the latest signed
+// logProof fills lg: the log verified end to end, and the latest signed
 // checkpoint, which must cover the period's last entry. Failures are
 // reported in the report, not hidden.
-func logProof(ctx context.Context, api logAPI, r *evidenceReport) {
+func logProof(ctx context.Context, api logAPI, lg *evidenceLog) {
 	if v, err := api.VerifyLog(ctx, &adminv1.VerifyLogRequest{}); err != nil {
-		r.Log.VerifyError = err.Error()
+		lg.VerifyError = err.Error()
 	} else {
-		r.Log.Verified, r.Log.Entries, r.Log.Root = true, v.GetTreeSize(), fmt.Sprintf("%x", v.GetRootHash())
+		lg.Verified, lg.Entries, lg.Root = true, v.GetTreeSize(), fmt.Sprintf("%x", v.GetRootHash())
 	}
 	cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
 	if err != nil {
-		r.Log.CheckpointError = err.Error()
+		lg.CheckpointError = err.Error()
 		return
 	}
-	r.Log.Checkpoint, r.Log.VerifierKey = string(cp.GetCheckpoint()), cp.GetVerifierKey()
-	if lines := strings.SplitN(r.Log.Checkpoint, "\n", 3); len(lines) >= 2 {
-		r.Log.CheckpointSize, _ = strconv.ParseUint(lines[1], 10, 64)
+	lg.Checkpoint, lg.VerifierKey = string(cp.GetCheckpoint()), cp.GetVerifierKey()
+	if lines := strings.SplitN(lg.Checkpoint, "\n", 3); len(lines) >= 2 {
+		lg.CheckpointSize, _ = strconv.ParseUint(lines[1], 10, 64)
 	}
-	r.Log.CoversPeriod = int64(r.Log.CheckpointSize) > r.Log.LastSeqInPeriod
+	lg.CoversPeriod = int64(lg.CheckpointSize) > lg.LastSeqInPeriod
 }
 
 // buckets counts issuances per day (per month for long periods), every

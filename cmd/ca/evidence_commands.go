@@ -17,7 +17,7 @@ const (
 	checkLongest     = "validity (tier → longest_seconds)"
 	checkOver        = "validity (every over[].serial)"
 	checkDenials     = "denials.by_reason"
-	checkEvents      = "events ([time, action] in log order)"
+	checkEvents      = "events ([time, action], sorted)"
 	checkDrills      = "drills (total, passed)"
 	checkLive        = "live_at_to (namespace → service account → certificates)"
 )
@@ -28,8 +28,8 @@ const (
 const jqPrelude = `def t: sub("\\.[0-9]+Z$"; "Z") | fromdate; def inperiod: (.time | t) as $s | $s >= %d and $s < %d; `
 
 // evidenceCommands are the exact commands that recompute the report from a
-// backup of the log, with nothing but the ca binary and jq.
-func evidenceCommands(r *evidenceReport, lf *logFlags) []evidenceCommand {
+// backup of each log, with nothing but the ca binary and jq.
+func evidenceCommands(r *evidenceReport, lf *logFlags, shards []shard) []evidenceCommand {
 	start, _ := time.Parse(time.RFC3339, r.From)
 	end, _ := time.Parse(time.RFC3339, r.To)
 	pre := fmt.Sprintf(jqPrelude, start.Unix(), end.Unix())
@@ -46,27 +46,28 @@ func evidenceCommands(r *evidenceReport, lf *logFlags) []evidenceCommand {
 	}
 
 	var cmds []evidenceCommand
-	if lf.db != "" {
-		cmds = append(cmds, evidenceCommand{What: "Copy the log the report was made from", Command: "cp " + shellQuote(lf.db) + " issuance.db"})
-	} else {
-		conn := []string{"--addr", lf.addr, "--cert", lf.cert, "--key", lf.key, "--root-cert", lf.rootCert}
-		if lf.serverName != "" {
-			conn = append(conn, "--server-name", lf.serverName)
+	var dbs []string
+	for i, s := range shards {
+		db, vkey, cp, of := "issuance.db", "log-verifier.vkey", "report.checkpoint", ""
+		if len(shards) > 1 {
+			db, vkey, cp, of = fmt.Sprintf("issuance-%d.db", i), fmt.Sprintf("log-verifier-%d.vkey", i), fmt.Sprintf("report-%d.checkpoint", i), " of "+s.name
 		}
-		for i := range conn {
-			conn[i] = shellQuote(conn[i])
+		dbs = append(dbs, "--db", db)
+		if len(lf.dbs) > 0 {
+			cmds = append(cmds, evidenceCommand{What: "Copy the log the report was made from", Command: "cp " + shellQuote(s.name) + " " + db})
+		} else {
+			cmds = append(cmds, evidenceCommand{What: "Take a verified backup of the log" + of, Command: "ca log backup " + connFlags(lf, s) + " --out " + db})
 		}
-		cmds = append(cmds, evidenceCommand{What: "Take a verified backup of the log", Command: "ca log backup " + strings.Join(conn, " ") + " --out issuance.db"})
-	}
-	if r.Log.VerifierKey != "" {
-		cmds = append(cmds,
-			evidenceCommand{What: "Save the verifier key (also in the daemon's data directory, log-verifier.vkey)", Command: "printf '%s\\n' " + shellQuote(r.Log.VerifierKey) + " > log-verifier.vkey"},
-			evidenceCommand{What: "Save the checkpoint this report shows", Command: "printf '%s' " + shellQuote(r.Log.Checkpoint) + " > report.checkpoint"},
-			evidenceCommand{What: "Verify the whole log, and that it extends that checkpoint", Command: "ca log verify --db issuance.db --verifier-key log-verifier.vkey --since report.checkpoint"},
-		)
+		if lg := r.Logs[i]; lg.VerifierKey != "" {
+			cmds = append(cmds,
+				evidenceCommand{What: "Save the verifier key" + of + " (also in the daemon's data directory, log-verifier.vkey)", Command: "printf '%s\\n' " + shellQuote(lg.VerifierKey) + " > " + vkey},
+				evidenceCommand{What: "Save the checkpoint this report shows" + of, Command: "printf '%s' " + shellQuote(lg.Checkpoint) + " > " + cp},
+				evidenceCommand{What: "Verify the whole log" + of + ", and that it extends that checkpoint", Command: "ca log verify --db " + db + " --verifier-key " + vkey + " --since " + cp},
+			)
+		}
 	}
 	cmds = append(cmds,
-		evidenceCommand{What: "Export every entry as JSON lines", Command: "ca log export --db issuance.db --out issuance.jsonl"},
+		evidenceCommand{What: "Export every entry as JSON lines", Command: "ca log export " + strings.Join(dbs, " ") + " --out issuance.jsonl"},
 		jq("Certificates issued in the period, by tier", checkByTier, count(".tier")),
 		jq("… by namespace", checkByNamespace, count(`(.namespace // "")`)),
 		jq("… by cluster", checkByCluster, count(`(.cluster_id // "")`)),
@@ -74,11 +75,23 @@ func evidenceCommands(r *evidenceReport, lf *logFlags) []evidenceCommand {
 		jq("Longest validity granted per tier, in seconds", checkLongest, issued+` | group_by(.tier) | map({key: .[0].tier, value: (map((.not_after | t) - (.not_before | t)) | max)}) | from_entries`),
 		jq("Certificates over their tier's maximum lifetime", checkOver, issued+` | map(select(`+overCondition(r)+`)) | map(.serial)`),
 		jq("Denied requests by reason", checkDenials, `[.[] | select(.kind=="denial" and inperiod)] | map({c: ((.detail // "" | capture("class=(?<c>[^ ]+)") | .c) // .code), n: ((.detail // "" | capture("count=(?<n>[0-9]+)") | .n | tonumber) // 1)}) | group_by(.c) | map({key: .[0].c, value: (map(.n) | add)}) | from_entries`),
-		jq("Rotations, intermediate changes and drills", checkEvents, `[.[] | select(.kind=="admin" and inperiod and (.action | test("^(root-|intermediate-|drill$)")))] | sort_by(.seq) | map([.time, .action])`),
+		jq("Rotations, intermediate changes and drills", checkEvents, `[.[] | select(.kind=="admin" and inperiod and (.action | test("^(root-|intermediate-|drill$)")))] | map([.time, .action]) | sort`),
 		jq("Drills run and passed", checkDrills, `[.[] | select(.kind=="admin" and inperiod and .action=="drill")] | {total: length, passed: (map(select(.detail | startswith("passed=true"))) | length)}`),
 		jq("Service accounts holding a live certificate at the end of the period", checkLive, fmt.Sprintf(`[.[] | select(.kind=="issuance" and .namespace and .service_account and (.time | t) < %d and (.not_before | t) <= %d and (.not_after | t) >= %d)] | group_by(.namespace) | map({key: .[0].namespace, value: (group_by(.service_account) | map({key: .[0].service_account, value: length}) | from_entries)}) | from_entries`, end.Unix(), end.Unix(), end.Unix())),
 	)
 	return cmds
+}
+
+// connFlags are the flags that reach the daemon of shard s.
+func connFlags(lf *logFlags, s shard) string {
+	conn := []string{"--addr", s.name, "--cert", lf.cert, "--key", lf.key, "--root-cert", lf.rootCert}
+	if s.serverName != "" {
+		conn = append(conn, "--server-name", s.serverName)
+	}
+	for i := range conn {
+		conn[i] = shellQuote(conn[i])
+	}
+	return strings.Join(conn, " ")
 }
 
 // overCondition is the jq condition that a certificate exceeds its tier's

@@ -29,11 +29,18 @@ func writeEvidenceHTML(w io.Writer, r *evidenceReport) error {
 		over += len(v.Over)
 		unchecked += v.Unchecked
 	}
+	verified, entries := len(r.Logs) > 0, uint64(0)
+	for _, lg := range r.Logs {
+		verified = verified && lg.Verified && lg.CoversPeriod
+		entries += lg.Entries
+	}
 	return evidenceTemplate.Execute(w, struct {
 		*evidenceReport
 		Chart           template.HTML
 		Over, Unchecked int
-	}{r, chart, over, unchecked})
+		Verified        bool
+		Entries         uint64
+	}{r, chart, over, unchecked, verified, entries})
 }
 
 // issuanceChart draws the issuances per bucket, stacked by tier, as an
@@ -153,7 +160,7 @@ Every figure below is computed from the issuance log; the last section gives the
 <div class="card"><b id="denials-total">{{.Denials.Total}}</b>requests denied</div>
 <div class="card"><b id="events-total">{{len .Events}}</b>rotations, intermediate changes, drills</div>
 <div class="card"><b id="drills-passed" class="{{if or .Drills.Failed (not .Drills.Total)}}bad{{else}}ok{{end}}">{{.Drills.Passed}}/{{.Drills.Total}}</b>drills passed</div>
-<div class="card"><b id="log-verified" class="{{if .Log.Verified}}ok{{else}}bad{{end}}">{{if .Log.Verified}}verified{{else}}NOT verified{{end}}</b>issuance log, {{.Log.Entries}} entries</div>
+<div class="card"><b id="log-verified" class="{{if .Verified}}ok{{else}}bad{{end}}">{{if .Verified}}verified{{else}}NOT verified{{end}}</b>{{len .Logs}} issuance log{{if gt (len .Logs) 1}}s{{end}}, {{.Entries}} entries</div>
 </div>
 
 <h2>Certificates issued</h2>
@@ -194,15 +201,16 @@ Every figure below is computed from the issuance log; the last section gives the
 {{range .Live}}<tr><td>{{none .Namespace}}</td><td>{{range $sa, $n := .ServiceAccounts}}{{$sa}} ({{$n}}) {{end}}</td></tr>
 {{end}}</table>
 
-<h2>The log behind these figures</h2>
-{{if .Log.Verified}}<p class="ok">The log verified end to end: {{.Log.Entries}} entries, every entry re-hashed into the Merkle tree of root <code>{{.Log.Root}}</code>, every stored checkpoint's signature and root checked.</p>
-{{else}}<p class="bad">The log did NOT verify: {{.Log.VerifyError}}</p>{{end}}
-{{if .Log.Checkpoint}}<p>The latest signed checkpoint covers the first {{.Log.CheckpointSize}} entries{{if .Log.CoversPeriod}}, <span class="ok">including every entry of the period</span>{{else}}, <span class="bad">not every entry of the period (the last is number {{.Log.LastSeqInPeriod}})</span>{{end}}:</p>
-<pre id="checkpoint">{{.Log.Checkpoint}}</pre>
+<h2>The logs behind these figures</h2>
+{{range .Logs}}<h3>{{.Shard}}</h3>
+{{if .Verified}}<p class="ok">The log verified end to end: {{.Entries}} entries, every entry re-hashed into the Merkle tree of root <code>{{.Root}}</code>, every stored checkpoint's signature and root checked.</p>
+{{else}}<p class="bad">The log did NOT verify: {{.VerifyError}}</p>{{end}}
+{{if .Checkpoint}}<p>The latest signed checkpoint covers the first {{.CheckpointSize}} entries{{if .CoversPeriod}}, <span class="ok">including every entry of the period</span>{{else}}, <span class="bad">not every entry of the period (the last is number {{.LastSeqInPeriod}})</span>{{end}}:</p>
+<pre class="checkpoint">{{.Checkpoint}}</pre>
 <p>Verifier key (Ed25519; the private key never leaves Vault Transit):</p>
-<pre id="verifier-key">{{.Log.VerifierKey}}</pre>
-{{else}}<p class="bad">No signed checkpoint: {{.Log.CheckpointError}}</p>{{end}}
-
+<pre class="verifier-key">{{.VerifierKey}}</pre>
+{{else}}<p class="bad">No signed checkpoint: {{.CheckpointError}}</p>{{end}}
+{{end}}
 <h2>Re-check every figure yourself</h2>
 <p>With the <code>ca</code> binary built from source and <code>jq</code>, in an empty directory. Each jq command prints the figure named.</p>
 {{range .Commands}}<p>{{.What}}{{if .Check}} <small>(<code>{{.Check}}</code>)</small>{{end}}:</p>

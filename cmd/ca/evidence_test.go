@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"image/png"
 	"log/slog"
@@ -15,8 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/daemon"
+	"github.com/transitca/transitca/internal/vaulttest"
 )
 
 // asCA makes the test binary run as the ca command when it is started
@@ -39,22 +44,9 @@ func caOnPath(t *testing.T) []string {
 	return append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"), asCAEnv+"=1")
 }
 
-// evidenceDaemon is a dev daemon with a log that has issuances in two
-// tiers, denials, an intermediate rotation and a drill, and the admin
-// connection flags that reach it.
-func evidenceDaemon(t *testing.T) (admin []string, dataDir string) {
+// startTestDaemon runs a daemon with cfg until the test ends.
+func startTestDaemon(t *testing.T, cfg *config.Config) *daemon.Daemon {
 	t.Helper()
-	dataDir = t.TempDir()
-	cfg, err := config.Load("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Dev, cfg.DataDir = true, dataDir
-	cfg.Server.Listen, cfg.Server.MetricsListen, cfg.Admin.Listen = "127.0.0.1:0", "", "127.0.0.1:0"
-	cfg.Kubernetes.Enabled = new(bool)
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler), Version: "test"})
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +63,27 @@ func evidenceDaemon(t *testing.T) (admin []string, dataDir string) {
 			t.Errorf("Close: %v", err)
 		}
 	})
+
+	return d
+}
+
+// evidenceDaemon is a dev daemon with a log that has issuances in two
+// tiers, denials, an intermediate rotation and a drill, and the admin
+// connection flags that reach it.
+func evidenceDaemon(t *testing.T) (admin []string, dataDir string) {
+	t.Helper()
+	dataDir = t.TempDir()
+	cfg, err := config.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Dev, cfg.DataDir = true, dataDir
+	cfg.Server.Listen, cfg.Server.MetricsListen, cfg.Admin.Listen = "127.0.0.1:0", "", "127.0.0.1:0"
+	cfg.Kubernetes.Enabled = new(bool)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := startTestDaemon(t, cfg)
 
 	request := func(ns, sa string, extra ...string) (string, int) {
 		t.Helper()
@@ -170,8 +183,8 @@ func TestReportEvidence(t *testing.T) {
 	if r.Drills.Total < 1 || r.Drills.Passed != r.Drills.Total {
 		t.Errorf("drills %+v; want every drill passed", r.Drills)
 	}
-	if !r.Log.Verified || !r.Log.CoversPeriod || r.Log.VerifierKey == "" {
-		t.Errorf("log %+v; want verified, with a checkpoint covering the period", r.Log)
+	if len(r.Logs) != 1 || !r.Logs[0].Verified || !r.Logs[0].CoversPeriod || r.Logs[0].VerifierKey == "" {
+		t.Errorf("logs %+v; want one, verified, with a checkpoint covering the period", r.Logs)
 	}
 
 	// The same report from a backup (--db) has the same figures.
@@ -189,14 +202,21 @@ func TestReportEvidence(t *testing.T) {
 		t.Fatal(err)
 	}
 	figures := func(r evidenceReport) string {
-		r.Source, r.GeneratedAt, r.Commands, r.Log = "", "", nil, evidenceLog{}
+		r.Source, r.GeneratedAt, r.Commands, r.Logs = "", "", nil, nil
 		return canonicalJSON(t, r)
 	}
 	if a, b := figures(r), figures(fromBackup); a != b {
 		t.Errorf("the report from the admin API and from a backup differ:\n%s\n%s", a, b)
 	}
 
-	// Every command, as printed, in an empty directory.
+	runEvidenceCommands(t, &r)
+}
+
+// runEvidenceCommands runs every command of the report, as printed, in an
+// empty directory, and checks that each recomputing command's output equals
+// the report's figure, and that every figure has one.
+func runEvidenceCommands(t *testing.T, r *evidenceReport) {
+	t.Helper()
 	dir := t.TempDir()
 	env := caOnPath(t)
 	checked := map[string]bool{}
@@ -211,7 +231,7 @@ func TestReportEvidence(t *testing.T) {
 		if c.Check == "" {
 			continue
 		}
-		want := evidenceFigure(t, &r, c.Check)
+		want := evidenceFigure(t, r, c.Check)
 		var got any
 		if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 			t.Fatalf("%s: output is not JSON: %v\n%s", c.What, err, stdout.String())
@@ -264,12 +284,11 @@ func evidenceFigure(t *testing.T, r *evidenceReport, check string) any {
 	case checkDenials:
 		return r.Denials.ByReason
 	case checkEvents:
-		events := slices.Clone(r.Events)
-		slices.SortFunc(events, func(a, b evidenceEvent) int { return int(a.Seq) - int(b.Seq) })
 		pairs := [][]string{}
-		for _, e := range events {
+		for _, e := range r.Events {
 			pairs = append(pairs, []string{e.Time, e.Action})
 		}
+		slices.SortFunc(pairs, func(a, b []string) int { return slices.Compare(a, b) })
 		return pairs
 	case checkDrills:
 		return map[string]int{"total": r.Drills.Total, "passed": r.Drills.Passed}
@@ -386,4 +405,97 @@ func TestReportEvidenceRendersInChromium(t *testing.T) {
 		b, _ := os.ReadFile(shot)
 		_ = os.WriteFile(out, b, 0o644)
 	}
+}
+
+// Replicas each keep a shard: the report reads every shard named by a
+// repeated --addr, adds their figures up, shows each shard's checkpoint, and
+// its commands back up and verify each shard and recompute the same
+// figures from their merged export.
+func TestReportEvidenceAcrossShards(t *testing.T) {
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minter, err := ca.NewTokenMinter(key, "test-1", "https://issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := json.Marshal(minter.JWKS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwksFile := filepath.Join(t.TempDir(), "jwks.json")
+	writeFile(t, jwksFile, string(jwks))
+	extra := `server: {listen: "127.0.0.1:0", metrics_listen: ""}
+admin: {listen: "127.0.0.1:0", identities: [spiffe://cluster.local/ns/transitca/sa/admin]}
+auth: {jwt: {issuer: https://issuer.test, jwks_file: ` + jwksFile + `}}
+kubernetes: {enabled: false}
+`
+	if out, errs, code := runCA(t, "init", "--config", writeConfig(t, env, extra)); code != 0 {
+		t.Fatalf("ca init: %s%s", out, errs)
+	}
+	start := time.Now().Add(-time.Minute)
+	var addrs []string
+	var root, adminDir string
+	for i, shard := range []string{"transitca-0", "transitca-1"} {
+		cfg, err := config.Load(writeConfig(t, env, extra+"log: {shard: "+shard+"}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		d := startTestDaemon(t, cfg)
+		addrs, root = append(addrs, d.AdminAddr()), d.RootFile()
+		for _, sa := range []string{"web", "api"}[:i+1] {
+			tok, err := minter.Mint("shop", sa, []string{"istio-ca"}, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tf := filepath.Join(t.TempDir(), "token")
+			writeFile(t, tf, tok)
+			out := t.TempDir()
+			if o, errs, code := runCA(t, "request", "--addr", d.Addr(), "--token-file", tf, "--root-cert", root, "--server-name", "localhost", "--out", out); code != 0 {
+				t.Fatalf("ca request: %s%s", o, errs)
+			}
+			if adminDir == "" {
+				tok, _ := minter.Mint("transitca", "admin", []string{"istio-ca"}, time.Hour)
+				writeFile(t, tf, tok)
+				adminDir = t.TempDir()
+				if o, errs, code := runCA(t, "request", "--addr", d.Addr(), "--token-file", tf, "--root-cert", root, "--server-name", "localhost", "--out", adminDir); code != 0 {
+					t.Fatalf("ca request for the admin: %s%s", o, errs)
+				}
+			}
+		}
+	}
+	args := []string{"report", "evidence", "--from", start.Format(time.RFC3339), "--to", time.Now().Add(time.Minute).Format(time.RFC3339), "-o", "json",
+		"--cert", filepath.Join(adminDir, "cert-chain.pem"), "--key", filepath.Join(adminDir, "key.pem"), "--root-cert", root, "--server-name", "localhost"}
+	for _, a := range addrs {
+		args = append(args, "--addr", a)
+	}
+	out, errs, code := runCA(t, args...)
+	if code != 0 {
+		t.Fatalf("ca report evidence over two shards exited %d: %s", code, errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	// shop: web on the first shard; web and api on the second.
+	if r.Issued.ByNamespace["shop"] != 3 || len(r.Logs) != 2 {
+		t.Fatalf("issued by namespace %v from %d logs; want 3 in shop from 2", r.Issued.ByNamespace, len(r.Logs))
+	}
+	for _, lg := range r.Logs {
+		if !lg.Verified || !lg.CoversPeriod || !strings.Contains(lg.Checkpoint, "/transitca-") {
+			t.Errorf("shard %s: %+v; want verified, covered by its own shard's checkpoint", lg.Shard, lg)
+		}
+	}
+	i := slices.IndexFunc(r.Live, func(n *liveNamespace) bool { return n.Namespace == "shop" })
+	if i < 0 || r.Live[i].ServiceAccounts["web"] != 2 || r.Live[i].ServiceAccounts["api"] != 1 {
+		t.Errorf("live at the end: shop is missing or not web twice (one from each shard) and api once: %s", canonicalJSON(t, r.Live))
+	}
+	runEvidenceCommands(t, &r)
 }

@@ -136,8 +136,9 @@ func (f *logFlags) single() error {
 
 // shard is one replica's log.
 type shard struct {
-	name string // the address or file it was read from
-	api  logAPI
+	name       string // the address or file it was read from
+	serverName string // for an address: the name to verify in the daemon's certificate ("" is the host of name)
+	api        logAPI
 }
 
 // connectShards opens every log the flags name and bounds the work on them
@@ -154,11 +155,11 @@ func (f *logFlags) connectShards(ctx context.Context) ([]shard, context.Context,
 			c()
 		}
 	}
-	add := func(name string, api logAPI, closer func(), err error) error {
+	add := func(name, serverName string, api logAPI, closer func(), err error) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		shards = append(shards, shard{name: name, api: api})
+		shards = append(shards, shard{name: name, serverName: serverName, api: api})
 		closers = append(closers, closer)
 		return nil
 	}
@@ -166,7 +167,7 @@ func (f *logFlags) connectShards(ctx context.Context) ([]shard, context.Context,
 	if len(f.dbs) > 0 {
 		for _, db := range f.dbs {
 			api, closer, oerr := f.openDB(db, f.witnessFor(db))
-			if err = add(db, api, closer, oerr); err != nil {
+			if err = add(db, "", api, closer, oerr); err != nil {
 				break
 			}
 		}
@@ -175,7 +176,7 @@ func (f *logFlags) connectShards(ctx context.Context) ([]shard, context.Context,
 		if ts, err = f.targets(ctx); err == nil {
 			for _, t := range ts {
 				api, closer, oerr := f.openRemote(t)
-				if err = add(t.addr, api, closer, oerr); err != nil {
+				if err = add(t.addr, t.serverName, api, closer, oerr); err != nil {
 					break
 				}
 			}
