@@ -31,12 +31,12 @@ type evidenceReport struct {
 	GeneratedAt string `json:"generated_at"`
 	Source      string `json:"source"`
 
-	Issued   evidenceIssued    `json:"issued"`
-	Validity []*tierValidity   `json:"validity"`
-	Denials  evidenceDenials   `json:"denials"`
-	Events   []evidenceEvent   `json:"events"`
-	Drills   evidenceDrills    `json:"drills"`
-	Live     []*liveNamespace  `json:"live_at_to"`
+	Issued   evidenceIssued   `json:"issued"`
+	Validity []*tierValidity  `json:"validity"`
+	Denials  evidenceDenials  `json:"denials"`
+	Events   []evidenceEvent  `json:"events"`
+	Drills   evidenceDrills   `json:"drills"`
+	Live     []*liveNamespace `json:"live_at_to"`
 	// Logs are the logs the figures come from: one per replica (shard).
 	Logs     []*evidenceLog    `json:"logs"`
 	Commands []evidenceCommand `json:"commands"`
@@ -325,7 +325,9 @@ func buildEvidence(ctx context.Context, shards []shard, start, end time.Time, fa
 		}
 		logProof(ctx, s.api, lg)
 	}
-	slices.SortFunc(r.Events, func(a, b evidenceEvent) int { return cmp.Or(strings.Compare(a.Time, b.Time), cmp.Compare(a.Seq, b.Seq)) })
+	slices.SortFunc(r.Events, func(a, b evidenceEvent) int {
+		return cmp.Or(strings.Compare(a.Time, b.Time), cmp.Compare(a.Seq, b.Seq))
+	})
 	r.Issued.Bucket, r.Issued.ByBucket = f.buckets.unit, f.buckets.list
 	for _, tier := range slices.Sorted(maps.Keys(f.validity)) {
 		v := f.validity[tier]
