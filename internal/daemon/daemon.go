@@ -53,6 +53,9 @@ var (
 	// servingEvery is how often the serving certificate is checked for
 	// renewal.
 	servingEvery = time.Minute
+	// logRecoverInterval is the first wait before a failed issuance log
+	// tries to take appends again (store.Options.RecoverInterval).
+	logRecoverInterval = 2 * time.Second
 )
 
 // Daemon is a wired certificate authority: listeners bound, log open,
@@ -507,18 +510,39 @@ func (d *Daemon) Close() error {
 
 // watchLog turns the daemon NOT_SERVING the moment the issuance log stops
 // accepting appends: every issuance would fail, so Kubernetes must stop
-// routing to this replica, and the operator is told why.
+// routing to this replica, and the operator is told why. When the log has
+// recovered by itself (the disk takes writes again), the daemon serves
+// again.
 func (d *Daemon) watchLog(ctx context.Context) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-d.ilog.Failed():
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.ilog.Failed():
+		}
+		why := fmt.Sprintf("issuance log failed, no certificate can be recorded: %v; check the disk of %s: the daemon serves again by itself once the log takes writes", d.ilog.Err(), d.ilog.Path())
+		d.notReady.Store(&why)
+		d.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
+		d.log.ErrorContext(ctx, "NOT_SERVING: "+why)
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.ilog.Recovered():
+		}
+		d.notReady.Store(nil)
+		d.setServing(healthpb.HealthCheckResponse_SERVING)
+		d.log.InfoContext(ctx, "SERVING: the issuance log takes appends again", slog.Uint64("log_size", d.ilog.Size()))
 	}
-	why := fmt.Sprintf("issuance log failed, no certificate can be recorded: %v; check the disk of %s, then restart", d.ilog.Err(), d.ilog.Path())
-	d.notReady.Store(&why)
-	d.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	d.health.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	d.log.ErrorContext(ctx, "NOT_SERVING: "+why)
+}
+
+// setServing sets the health of the server and of the certificate
+// service, unless the daemon is shutting down.
+func (d *Daemon) setServing(s healthpb.HealthCheckResponse_ServingStatus) {
+	if s == healthpb.HealthCheckResponse_SERVING && !d.ready.Load() {
+		return
+	}
+	d.health.SetServingStatus("", s)
+	d.health.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, s)
 }
 
 // drillEvery runs an intermediate drill on a schedule. A failed drill is
