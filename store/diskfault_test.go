@@ -169,3 +169,44 @@ func TestReadOnlyFileStopsAppendsAndRecovers(t *testing.T) {
 		t.Fatalf("Verify after recovery: %v", err)
 	}
 }
+
+// fsync fails for real: the log's ext2 file system sits on a loop
+// device whose image is on a tmpfs that the test fills, so the page cache
+// takes the writes and the writeback fails. Appends stop; once the disk
+// heals, the log rewrites its file from what it reads (the page cache may
+// hold pages the disk lost), re-checks it and takes appends again.
+func TestFsyncFailureStopsAppendsAndRecovers(t *testing.T) {
+	disk := faultfs.NewFailingDisk(t, 16<<20, 128<<20)
+	path := filepath.Join(disk.Dir, "log.db")
+	l := openTest(t, path, Options{Signer: testSigner(t), RecoverInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	fillLog(t, l, 10)
+	free := faultfs.Fill(t, disk.Backing)
+
+	acked, err := appendUntilFailed(t, l)
+	// The block layer reports the failed writeback as EIO or, for a loop
+	// device out of space, ENOSPC; either way from fsync, not a write.
+	if !errors.Is(err, ErrFailed) || writeRefused(err) || !(errors.Is(err, syscall.EIO) || errors.Is(err, syscall.ENOSPC)) {
+		t.Fatalf("appending while writeback fails: %v, want ErrFailed from a failed fsync", err)
+	}
+	t.Logf("commit failed: %v", err)
+	time.Sleep(200 * time.Millisecond)
+	if l.Err() == nil {
+		t.Fatal("the log accepts appends again while fsync still fails")
+	}
+	checkAcknowledged(t, l, acked)
+
+	free()
+	waitRecovered(t, l)
+	if _, err := l.Append(context.Background(), testEntry(2000000, KindIssuance)); err != nil {
+		t.Fatalf("Append after the disk healed: %v", err)
+	}
+	checkAcknowledged(t, l, acked)
+	if _, err := l.Verify(context.Background(), nil); err != nil {
+		t.Fatalf("Verify after recovery: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close after recovery: %v", err)
+	}
+	checkAcknowledged(t, openTest(t, path, Options{Signer: testSigner(t)}), acked)
+	t.Logf("%d entries acknowledged before fsync failed", len(acked)+10)
+}

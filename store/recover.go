@@ -162,6 +162,11 @@ func (l *Log) tryRecover() error {
 // tree and commits the recovery entry; it leaves l.db set on success only.
 // The caller holds dbMu exclusively.
 func (l *Log) reopen(ack uint64, ackRoot []byte, cause error) (*compact.Range, error) {
+	if !writeRefused(cause) {
+		if err := rewriteFile(l.path, &l.opts); err != nil {
+			return nil, fmt.Errorf("rewrite the file after a failed commit: %w", err)
+		}
+	}
 	db, err := openBolt(l.path, &l.opts, false)
 	if err != nil {
 		return nil, err
@@ -217,6 +222,60 @@ func extendsAcknowledged(db *bolt.DB, stored *compact.Range, ack uint64, ackRoot
 		}
 		return nil
 	})
+}
+
+// writeRefused reports whether a commit failed because a write or a
+// resize of the file was refused (no space, a read-only or immutable
+// file): then nothing of it reached the page cache but whole pages that
+// the next fsync writes. After any other failure, notably a failed fsync,
+// the page cache may hold pages the disk does not (Linux marks them clean
+// after a failed writeback), so the file must be rewritten.
+func writeRefused(cause error) bool {
+	var pe *os.PathError
+	return errors.As(cause, &pe) && (pe.Op == "write" || pe.Op == "truncate")
+}
+
+// rewriteFile replaces the file with a copy of its committed state, read
+// through the page cache (bbolt's consistent snapshot, Tx.WriteTo), written
+// to a new file, fsynced, and renamed over it: after a failed fsync this is
+// the only way to make what the log reads durable again. It needs as much
+// free space as the file takes.
+func rewriteFile(path string, opts *Options) (err error) {
+	ro, err := openBolt(path, opts, true)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".rewrite"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		_ = ro.Close()
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
+	}()
+	err = ro.View(func(tx *bolt.Tx) error {
+		_, err := tx.WriteTo(f)
+		return err
+	})
+	if cerr := ro.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
 }
 
 // probeWritable is a cheap check, before the file is reopened and

@@ -119,3 +119,32 @@ func run(tb testing.TB, name string, args ...string) {
 			name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 }
+
+// FailingDisk is an ext2 file system (no journal, errors=continue) on a
+// loop device whose image lives, sparse, on a tmpfs smaller than the file
+// system. Filling the tmpfs (Fill on Backing) makes the loop device's
+// writes fail: writes to Dir still succeed into the page cache, but fsync
+// returns EIO, as on a failing disk. Freeing the tmpfs heals it.
+type FailingDisk struct {
+	Dir     string // the ext2 file system
+	Backing string // the tmpfs that holds its image
+}
+
+// NewFailingDisk makes a FailingDisk: an fsSize ext2 file system on a
+// backingSize tmpfs. Both are unmounted when the test ends.
+func NewFailingDisk(tb testing.TB, backingSize, fsSize int64) *FailingDisk {
+	tb.Helper()
+	back := Tmpfs(tb, backingSize)
+	img, dir := filepath.Join(back, "ext2.img"), filepath.Join(tb.TempDir(), "ext2")
+	mkdir(tb, dir)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Truncate(img, fsSize); err != nil {
+		tb.Fatal(err)
+	}
+	run(tb, "mkfs.ext2", "-q", "-F", img)
+	run(tb, "mount", "-o", "loop,errors=continue", img, dir)
+	tb.Cleanup(func() { unmount(tb, dir) })
+	return &FailingDisk{Dir: dir, Backing: back}
+}
