@@ -83,14 +83,18 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 }
 
 // MetricsHandler serves /metrics from gather and a /healthz that answers
-// 200 while ready() reports true, and 503 with ready's reason otherwise.
+// 200 while ready() reports true (with ready's detail, if any, on a second
+// line: a degraded daemon), and 503 with ready's reason otherwise.
 func MetricsHandler(gather prometheus.Gatherer, ready func() (bool, string)) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		ok, why := ready()
 		if ok {
-			_, _ = w.Write([]byte("ok\n"))
+			if why != "" {
+				why += "\n"
+			}
+			_, _ = w.Write([]byte("ok\n" + why))
 			return
 		}
 		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)

@@ -87,8 +87,10 @@ type Daemon struct {
 	adminLis   net.Listener
 	metricsLis net.Listener
 
-	ready    atomic.Bool
-	notReady atomic.Pointer[string] // why the daemon stopped serving, if it did
+	ready     atomic.Bool
+	notReady  atomic.Pointer[string] // why the daemon stopped serving, if it did
+	vaultDown atomic.Pointer[string] // why the daemon is degraded, if Vault cannot be used
+	vaultUp   prometheus.Gauge       // nil without Vault
 
 	closeOnce sync.Once
 	closeErr  error
@@ -231,6 +233,9 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	if d.backend.Transit != nil {
 		d.backend.Transit.SetObserver(metrics.ObserveVault)
 	}
+	if d.backend.Session != nil {
+		d.registerVaultMetrics()
+	}
 	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics, d.kubeAPI)
 	if err != nil {
 		return err
@@ -339,13 +344,17 @@ func (d *Daemon) minTLS() uint16 {
 	return tls.VersionTLS13
 }
 
-// readiness reports whether the daemon serves, and if not, why.
+// readiness reports whether the daemon serves, and if not, why; while it
+// serves degraded, it says so.
 func (d *Daemon) readiness() (bool, string) {
 	if why := d.notReady.Load(); why != nil {
 		return false, *why
 	}
 	if !d.ready.Load() {
 		return false, "not serving"
+	}
+	if why := d.vaultDown.Load(); why != nil {
+		return true, *why
 	}
 	return true, ""
 }
@@ -421,6 +430,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	background(func() { d.serving.Load().Run(ctx, servingEvery) })
 	if s := d.backend.Session; s != nil {
 		background(func() { s.Run(ctx) })
+		background(func() { d.watchVault(ctx) })
 	}
 	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log, d.bundleChanged) })
 	background(func() { d.runKube(ctx) })

@@ -79,7 +79,12 @@ type caServer struct {
 	Config   string
 	Minter   *ca.TokenMinter
 	Env      *vaulttest.Env
-	cmd      *exec.Cmd
+	// VaultAddr, when set, is the Vault address the CA is given instead
+	// of Env's (a proxy in front of it).
+	VaultAddr string
+	// MetricsAddr is server.metrics_listen; "" when off.
+	MetricsAddr string
+	cmd         *exec.Cmd
 	out      *lockedBuffer
 	done     chan struct{}
 }
@@ -118,6 +123,11 @@ type caOptions struct {
 	Extra string
 	// ServingCertTTL is server.tls.cert_ttl; 24h when zero.
 	ServingCertTTL time.Duration
+	// VaultAddr, when set, is given to the CA as VAULT_ADDR instead of
+	// env's address.
+	VaultAddr string
+	// Metrics turns server.metrics_listen on, at a free address.
+	Metrics bool
 }
 
 // startCAWith initializes a CA in env and starts "ca serve" with o.
@@ -146,6 +156,10 @@ func startCAWith(t *testing.T, env *vaulttest.Env, o caOptions) *caServer {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
+	metricsAddr := ""
+	if o.Metrics {
+		metricsAddr = freeAddr(t)
+	}
 	cfgFile := filepath.Join(dir, "transitca.yaml")
 	cfg := fmt.Sprintf(`data_dir: %s
 trust_domain: cluster.local
@@ -153,11 +167,12 @@ vault:
   transit_mount: %s
   kv_mount: %s
   timeout: 3s
+  check_interval: 1s
 ca:
   intermediate_mode: %s
 server:
   listen: %s
-  metrics_listen: ""
+  metrics_listen: %q
   tls:
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
@@ -166,11 +181,12 @@ auth:
   jwt:
     issuer: %s
     jwks_file: %s
-%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, servingTTL, tokenIssuer, jwksFile, extraConfig)
+%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, metricsAddr, servingTTL, tokenIssuer, jwksFile, extraConfig)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env}
+	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env,
+		VaultAddr: o.VaultAddr, MetricsAddr: metricsAddr}
 	s.RootFile = filepath.Join(s.DataDir, "root-cert.pem")
 	if out, err := s.command("init", "--config", cfgFile).CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
@@ -182,7 +198,11 @@ auth:
 func (s *caServer) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(caBinary, args...)
 	if s.Env != nil {
-		cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Env.Server.Addr, "VAULT_TOKEN="+s.Env.Server.RootToken)
+		addr := s.Env.Server.Addr
+		if s.VaultAddr != "" {
+			addr = s.VaultAddr
+		}
+		cmd.Env = append(os.Environ(), "VAULT_ADDR="+addr, "VAULT_TOKEN="+s.Env.Server.RootToken)
 	}
 	return cmd
 }
