@@ -85,8 +85,8 @@ type caServer struct {
 	// MetricsAddr is server.metrics_listen; "" when off.
 	MetricsAddr string
 	cmd         *exec.Cmd
-	out      *lockedBuffer
-	done     chan struct{}
+	out         *lockedBuffer
+	done        chan struct{}
 }
 
 const tokenIssuer = "https://kubernetes.default.svc.cluster.local"
