@@ -19,8 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
@@ -41,12 +39,17 @@ type Options struct {
 	NoSync bool
 }
 
+// logCloseTimeout is the part of server.shutdown_timeout kept for
+// closing the issuance log: a third, at most 5s (signing its final
+// checkpoint may need Vault; without an answer it is written at the next
+// start).
+func logCloseTimeout(cfg *config.Config) time.Duration {
+	return min(cfg.Server.ShutdownTimeout.Std()/3, 5*time.Second)
+}
+
 // Timings of the background work. Variables so that tests can shorten
 // them.
 var (
-	// shutdownTimeout bounds the graceful stop of the gRPC server; requests
-	// still running then are cut off (istio-agent retries Unavailable).
-	shutdownTimeout = 10 * time.Second
 	// rootsEvery is how often the root bundle file is compared with the
 	// trust bundle.
 	rootsEvery = 30 * time.Second
@@ -344,21 +347,6 @@ func (d *Daemon) minTLS() uint16 {
 	return tls.VersionTLS13
 }
 
-// readiness reports whether the daemon serves, and if not, why; while it
-// serves degraded, it says so.
-func (d *Daemon) readiness() (bool, string) {
-	if why := d.notReady.Load(); why != nil {
-		return false, *why
-	}
-	if !d.ready.Load() {
-		return false, "not serving"
-	}
-	if why := d.vaultDown.Load(); why != nil {
-		return true, *why
-	}
-	return true, ""
-}
-
 // Addr is the address the certificate service listens on.
 func (d *Daemon) Addr() string { return d.lis.Addr().String() }
 
@@ -392,9 +380,10 @@ func (d *Daemon) Authority() *issuer.Authority { return d.authority }
 func (d *Daemon) DevHint() string { return d.devHint }
 
 // Run serves until ctx ends or a server fails, then stops gracefully:
-// health turns NOT_SERVING, requests in flight finish (for at most
-// shutdownTimeout) and the listeners close. It does not close the log;
-// Close does.
+// health turns NOT_SERVING, the listeners stop accepting, requests in
+// flight finish and the listeners close, leaving Close enough of
+// server.shutdown_timeout to flush and close the log (logCloseTimeout).
+// It does not close the log; Close does.
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -461,28 +450,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
-	d.shutdown()
+	d.shutdown(time.Now().Add(d.cfg.Server.ShutdownTimeout.Std() - logCloseTimeout(d.cfg)))
 	return err
 }
 
-// shutdown stops serving: NOT_SERVING first, then a graceful stop bounded
-// by shutdownTimeout.
-func (d *Daemon) shutdown() {
-	d.log.Info("shutting down")
+// shutdown stops serving: NOT_SERVING first, then a graceful stop (no new
+// connections or requests; those in flight finish) until deadline, when
+// the requests still running are cut off: their callers get Unavailable,
+// which istio-agent retries, and a certificate is handed out only if it
+// was recorded.
+func (d *Daemon) shutdown(deadline time.Time) {
+	start := time.Now()
+	d.log.Info("shutting down", slog.Duration("grace", time.Until(deadline).Round(time.Millisecond)))
 	d.ready.Store(false)
 	d.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { d.grpcSrv.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(max(time.Until(deadline), 0))
+	defer t.Stop()
 	select {
 	case <-stopped:
-	case <-time.After(shutdownTimeout):
+		d.log.Info("requests in flight finished", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
+	case <-t.C:
+		d.log.Warn("requests still in flight at the shutdown deadline are cut off")
 		d.grpcSrv.Stop()
 	}
 	if d.adminSrv != nil {
 		d.adminSrv.Stop()
 	}
 	if d.metricsSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = d.metricsSrv.Shutdown(sctx)
 	}
@@ -516,43 +513,6 @@ func (d *Daemon) Close() error {
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
-}
-
-// watchLog turns the daemon NOT_SERVING the moment the issuance log stops
-// accepting appends: every issuance would fail, so Kubernetes must stop
-// routing to this replica, and the operator is told why. When the log has
-// recovered by itself (the disk takes writes again), the daemon serves
-// again.
-func (d *Daemon) watchLog(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.ilog.Failed():
-		}
-		why := fmt.Sprintf("issuance log failed, no certificate can be recorded: %v; check the disk of %s: the daemon serves again by itself once the log takes writes", d.ilog.Err(), d.ilog.Path())
-		d.notReady.Store(&why)
-		d.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
-		d.log.ErrorContext(ctx, "NOT_SERVING: "+why)
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.ilog.Recovered():
-		}
-		d.notReady.Store(nil)
-		d.setServing(healthpb.HealthCheckResponse_SERVING)
-		d.log.InfoContext(ctx, "SERVING: the issuance log takes appends again", slog.Uint64("log_size", d.ilog.Size()))
-	}
-}
-
-// setServing sets the health of the server and of the certificate
-// service, unless the daemon is shutting down.
-func (d *Daemon) setServing(s healthpb.HealthCheckResponse_ServingStatus) {
-	if s == healthpb.HealthCheckResponse_SERVING && !d.ready.Load() {
-		return
-	}
-	d.health.SetServingStatus("", s)
-	d.health.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, s)
 }
 
 // drillEvery runs an intermediate drill on a schedule. A failed drill is
