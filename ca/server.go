@@ -31,6 +31,10 @@ const MaxRequestBytes = 16 << 10
 // so well-behaved clients refuse to send such a request in the first place.
 const MaxHeaderListBytes = 16 << 10
 
+// MaxStreamsPerConnection bounds the requests one connection may have
+// open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+const MaxStreamsPerConnection = 64
+
 // Connection limits, the same on the certificate service and the admin API:
 // a connection must finish its TLS handshake and HTTP/2 preface within
 // HandshakeTimeout, and one with no stream open for IdleTimeout is closed.
@@ -63,6 +67,9 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
+		// Agents send one request at a time: more streams on one
+		// connection are a flood.
+		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(svc.csr.maxBytes() + MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
@@ -71,6 +78,10 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.ReadBufferSize(4 << 10),
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
+	}
+	if svc.inFlight > 0 {
+		refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
+		opts = append(opts, grpc.ChainUnaryInterceptor(inFlightLimit(svc.inFlight, refused.Inc)))
 	}
 	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	pb.RegisterIstioCertificateServiceServer(s, svc)

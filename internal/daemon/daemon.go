@@ -254,6 +254,9 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		Logger:        d.log,
 		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
 			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
+		IdentityLimits: ca.IdentityLimits{PerSecond: cfg.Limits.IdentityRequestsPerSecond, Burst: cfg.Limits.IdentityBurst,
+			MaxIdentities: cfg.Limits.Identities},
+		MaxInFlight: cfg.Limits.MaxInFlight,
 	})
 	if err != nil {
 		return fmt.Errorf("certificate service: %w", err)
