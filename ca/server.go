@@ -32,8 +32,15 @@ const MaxRequestBytes = 16 << 10
 const MaxHeaderListBytes = 16 << 10
 
 // MaxStreamsPerConnection bounds the requests one connection may have
-// open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
-const MaxStreamsPerConnection = 64
+// open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); istio-agent
+// sends one at a time.
+const MaxStreamsPerConnection = 16
+
+// RequestTimeout bounds a certificate request from the arrival of its
+// headers, the reading of its message included: a client that trickles
+// its request does not hold a place among ServiceOptions.MaxInFlight for
+// longer.
+const RequestTimeout = 30 * time.Second
 
 // Connection limits, the same on the certificate service and the admin API:
 // a connection must finish its TLS handshake and HTTP/2 preface within
@@ -79,10 +86,8 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
 	}
-	if svc.inFlight > 0 {
-		refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
-		opts = append(opts, grpc.ChainUnaryInterceptor(inFlightLimit(svc.inFlight, refused.Inc)))
-	}
+	refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
+	opts = append(opts, grpc.InTapHandle(admit(svc.inFlight, refused.Inc)))
 	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	pb.RegisterIstioCertificateServiceServer(s, svc)
 	hs := health.NewServer()
