@@ -17,10 +17,14 @@ var ErrTokenRefused = errors.New("vault refuses the token (revoked or expired)")
 // unsealed, and accepts the session's token. A refused token makes Run log
 // in again at once (Check returns ErrTokenRefused meanwhile); with token
 // auth, which cannot get a new token, Run logs why and keeps trying the
-// configured one. Errors that a retry may cure wrap ErrUnavailable.
+// configured one. Errors that a retry may cure wrap ErrUnavailable. Without
+// a deadline on ctx, Check gives Vault DefaultVaultTimeout.
 func (s *VaultSession) Check(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, DefaultVaultTimeout)
-	defer cancel()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultVaultTimeout)
+		defer cancel()
+	}
 	h, err := s.Client.Sys().HealthWithContext(ctx)
 	if err != nil {
 		return vaultErr("health of", s.Client.Address(), 0, err)

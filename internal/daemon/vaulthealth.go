@@ -34,7 +34,9 @@ func (d *Daemon) watchVault(ctx context.Context) {
 	t := time.NewTicker(d.cfg.Vault.CheckInterval.Std())
 	defer t.Stop()
 	for {
-		err := s.Check(ctx)
+		cctx, cancel := context.WithTimeout(ctx, d.cfg.Vault.Timeout.Std())
+		err := s.Check(cctx)
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
