@@ -4,7 +4,7 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build release image test test-e2e soak fuzz vault kube lint bench fmt vet generate generate-check
+.PHONY: all build release image test test-e2e test-deps soak fuzz vault kube lint bench fmt vet generate generate-check
 
 all: build
 
@@ -31,7 +31,11 @@ vault:
 kube:
 	./scripts/build-kube.sh
 
-test: vault kube generate-check
+# Programs the tests run that come from Debian packages (openssl).
+test-deps:
+	./scripts/install-test-deps.sh
+
+test: test-deps vault kube generate-check
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
 	cd test/e2e && $(GO) vet ./... && $(GO) test $(GOTEST_FLAGS) ./...

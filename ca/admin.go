@@ -198,6 +198,7 @@ func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogReques
 		SPIFFEID:  req.GetSpiffeId(),
 		Namespace: req.GetNamespace(),
 		Issuer:    req.GetIssuer(),
+		Cluster:   req.GetCluster(),
 		Newest:    req.GetNewestFirst(),
 		Limit:     int(req.GetLimit()),
 		PageToken: req.GetPageToken(),
@@ -428,7 +429,7 @@ func EntryToProto(e *store.Entry, leaf []byte) *adminv1.Entry {
 		IssuerFingerprint: e.IssuerFingerprint, IssuerKeyVersion: int64(e.IssuerKeyVersion), RootKeyVersion: int64(e.RootKeyVersion),
 		CallerId: e.CallerID, AuthMethod: e.AuthMethod, CallerSubject: e.CallerSubject, ClusterId: e.ClusterID,
 		Certificate: e.Certificate, Code: e.Code, Reason: e.Reason, Action: e.Action, Actor: e.Actor, Detail: e.Detail,
-		LeafData: leaf, PodName: e.PodName, PodUid: e.PodUID,
+		LeafData: leaf, PodName: e.PodName, PodUid: e.PodUID, CallerNode: e.CallerNode,
 	}
 }
 
@@ -442,7 +443,7 @@ func EntryFromProto(p *adminv1.Entry) *store.Entry {
 		IssuerFingerprint: p.GetIssuerFingerprint(), IssuerKeyVersion: int(p.GetIssuerKeyVersion()), RootKeyVersion: int(p.GetRootKeyVersion()),
 		CallerID: p.GetCallerId(), AuthMethod: p.GetAuthMethod(), CallerSubject: p.GetCallerSubject(), ClusterID: p.GetClusterId(),
 		Certificate: p.GetCertificate(), Code: p.GetCode(), Reason: p.GetReason(), Action: p.GetAction(), Actor: p.GetActor(), Detail: p.GetDetail(),
-		PodName: p.GetPodName(), PodUID: p.GetPodUid(),
+		PodName: p.GetPodName(), PodUID: p.GetPodUid(), CallerNode: p.GetCallerNode(),
 	}
 }
 

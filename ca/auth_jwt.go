@@ -209,7 +209,11 @@ func (a *JWTAuthenticator) Authenticate(ctx context.Context, cred Credentials) (
 	if subject == "" {
 		subject = serviceAccountPrefix + ns + ":" + sa
 	}
-	return newCaller(a.trustDomain, ns, sa, cluster, AuthJWT, subject), nil
+	c := newCaller(a.trustDomain, ns, sa, cluster, AuthJWT, subject)
+	if c.PodName, c.PodUID, err = podFromClaims(&kube); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // verifySignature checks the token's form, algorithm and signature and

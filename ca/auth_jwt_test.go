@@ -190,7 +190,7 @@ func TestJWTAuthenticator(t *testing.T) {
 			},
 			cluster: "east",
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: "east",
-				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep"},
+				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep", PodName: "sleep-7d9f8b-x2x4z", PodUID: "2d0f4f1e-0b1c-4f5e-8f7c-6a8d2e9c1b0a"},
 		},
 		{
 			name: "audience among several, dotted service account",
@@ -210,7 +210,7 @@ func TestJWTAuthenticator(t *testing.T) {
 				return sign(t, e.rsaKey, jose.RS256, "", claims())
 			},
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: DefaultCluster,
-				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep"},
+				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep", PodName: "sleep-7d9f8b-x2x4z", PodUID: "2d0f4f1e-0b1c-4f5e-8f7c-6a8d2e9c1b0a"},
 		},
 		{
 			name: "expired within leeway",
@@ -218,7 +218,7 @@ func TestJWTAuthenticator(t *testing.T) {
 				return sign(t, e.rsaKey, jose.RS256, "rsa-1", with(func(c map[string]any) { c["exp"] = testNow.Add(-20 * time.Second).Unix() }))
 			},
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: DefaultCluster,
-				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep"},
+				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep", PodName: "sleep-7d9f8b-x2x4z", PodUID: "2d0f4f1e-0b1c-4f5e-8f7c-6a8d2e9c1b0a"},
 		},
 		{
 			name: "subject fills a missing service account name when the namespace agrees",
@@ -229,6 +229,15 @@ func TestJWTAuthenticator(t *testing.T) {
 			},
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: DefaultCluster,
 				Method: AuthJWT, Subject: "system:serviceaccount:default:sleep"},
+		},
+		{
+			name: "malformed pod claim",
+			token: func(t *testing.T) string {
+				return sign(t, e.rsaKey, jose.RS256, "rsa-1", with(func(c map[string]any) {
+					c["kubernetes.io"].(map[string]any)["pod"] = map[string]any{"name": "Web_0", "uid": "x"}
+				}))
+			},
+			wantErr: ErrUnauthenticated, wantSubstr: `pod claim is malformed: name "Web_0"`,
 		},
 		{
 			name: "expired",

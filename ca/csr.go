@@ -358,6 +358,9 @@ func checkSANs(der []byte, caller *Caller, allowedDNS []string) error {
 	}
 	for _, u := range uris {
 		if u != caller.SPIFFEID {
+			if caller.Impersonator != "" {
+				return fmt.Errorf("%w: csr asks for the uri %s, but %s asked for %s", ErrPermissionDenied, quote(u), caller.Impersonator, caller.SPIFFEID)
+			}
 			return fmt.Errorf("%w: csr asks for the uri %s, but the caller is %s", ErrPermissionDenied, quote(u), caller.SPIFFEID)
 		}
 	}

@@ -47,6 +47,8 @@ type denialKey struct {
 	code     codes.Code
 	class    string
 	spiffeID string
+	callerID string // differs from spiffeID for an impersonation
+	cluster  string // claimed by an unauthenticated caller
 }
 
 // denialCount is the aggregate of denials of one key.
@@ -118,9 +120,9 @@ func (l *denialLimiter) record(ctx context.Context, d *Denial, peerAddr, class s
 		l.mu.Unlock()
 		return l.rec.RecordDenial(ctx, d)
 	}
-	k := denialKey{peer: peerAddr, code: d.Code, class: class}
+	k := denialKey{peer: peerAddr, code: d.Code, class: class, cluster: d.ClusterID}
 	if d.Caller != nil {
-		k.spiffeID = d.Caller.SPIFFEID
+		k.spiffeID, k.callerID = d.Caller.SPIFFEID, d.Caller.CallerID()
 	}
 	if !l.peers.tracked(peerAddr) {
 		k.peer = otherPeers
@@ -156,7 +158,7 @@ func (l *denialLimiter) flush(ctx context.Context) error {
 	var errs []error
 	for k, c := range pending {
 		d := &Denial{
-			Time: c.last, Caller: c.caller, Code: k.code,
+			Time: c.last, Caller: c.caller, ClusterID: k.cluster, Code: k.code,
 			Reason: boundMessage(fmt.Sprintf("%d denials (%s) from %s between %s and %s, beyond the rate of %g per second per peer; the first said: %s",
 				c.n, k.class, k.peer, c.first.UTC().Format(time.RFC3339Nano), c.last.UTC().Format(time.RFC3339Nano),
 				l.limits.PerPeerPerSecond, c.reason)),

@@ -30,8 +30,25 @@ type Caller struct {
 	Subject string
 	// PodName and PodUID name the pod the caller's token is bound to, as the
 	// Kubernetes TokenReview API reported it (the user's extra fields
-	// authentication.kubernetes.io/pod-name and pod-uid). Empty for other
-	// methods and for tokens bound to no pod.
+	// authentication.kubernetes.io/pod-name and pod-uid) or, for a token
+	// checked offline, its kubernetes.io pod claim. Empty for client
+	// certificates and for tokens bound to no pod.
 	PodName string
 	PodUID  string
+	// Impersonator is the SPIFFE ID of the node agent (ztunnel) that
+	// authenticated and asked for this identity with ImpersonatedIdentity;
+	// empty when the caller asked for its own. Method, Subject, ClusterID,
+	// PodName and PodUID then describe the node agent's credential, and
+	// Node is the node its pod runs on.
+	Impersonator string
+	Node         string
+}
+
+// CallerID is the identity that authenticated: the impersonator when there
+// is one, else the SPIFFE ID.
+func (c *Caller) CallerID() string {
+	if c.Impersonator != "" {
+		return c.Impersonator
+	}
+	return c.SPIFFEID
 }

@@ -26,7 +26,7 @@ func TestIssueIstiod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const id = "spiffe://cluster.local/ns/istio-system/sa/istiod-service-account"
+	const id = "spiffe://cluster.local/ns/istio-system/sa/istiod"
 	names := []string{"istiod.istio-system.svc", "istiod-canary.istio-system.svc"}
 	is, roots, err := svc.IssueIstiod(context.Background(), ca.IstiodRequest{
 		SPIFFEID: id, DNSNames: names, PublicKey: key.Public(), TTL: 30 * 24 * time.Hour,
@@ -53,7 +53,7 @@ func TestIssueIstiod(t *testing.T) {
 	}
 	r := rec.issuances[0]
 	if r.Cert != leaf || r.Tier != ca.IstiodTier || r.Caller.Method != ca.AuthSelf || r.Caller.SPIFFEID != id ||
-		r.Caller.Namespace != "istio-system" || r.Caller.ServiceAccount != "istiod-service-account" ||
+		r.Caller.Namespace != "istio-system" || r.Caller.ServiceAccount != "istiod" ||
 		r.RequestedTTL != 30*24*time.Hour || r.GrantedTTL != 7*24*time.Hour {
 		t.Errorf("recorded %+v (caller %+v)", r, r.Caller)
 	}

@@ -32,24 +32,25 @@ func (r LogRecorder) RecordIssuance(ctx context.Context, is *Issuance) error {
 		IssuerFingerprint: is.Issuer.Fingerprint,
 		IssuerKeyVersion:  is.Issuer.KeyVersion,
 		RootKeyVersion:    is.RootKeyVersion,
-		CallerID:          c.SPIFFEID,
+		CallerID:          c.CallerID(),
 		AuthMethod:        string(c.Method),
 		CallerSubject:     c.Subject,
 		ClusterID:         c.ClusterID,
 		Certificate:       is.Cert.Raw,
 		PodName:           c.PodName,
 		PodUID:            c.PodUID,
+		CallerNode:        c.Node,
 	})
 	return err
 }
 
 // RecordDenial appends a denial entry.
 func (r LogRecorder) RecordDenial(ctx context.Context, d *Denial) error {
-	e := &store.Entry{Kind: store.KindDenial, Time: d.Time, Code: d.Code.String(), Reason: d.Reason, Detail: d.Detail}
+	e := &store.Entry{Kind: store.KindDenial, Time: d.Time, Code: d.Code.String(), Reason: d.Reason, Detail: d.Detail, ClusterID: d.ClusterID}
 	if c := d.Caller; c != nil {
 		e.SPIFFEID, e.Namespace, e.ServiceAccount = c.SPIFFEID, c.Namespace, c.ServiceAccount
-		e.CallerID, e.AuthMethod, e.CallerSubject, e.ClusterID = c.SPIFFEID, string(c.Method), c.Subject, c.ClusterID
-		e.PodName, e.PodUID = c.PodName, c.PodUID
+		e.CallerID, e.AuthMethod, e.CallerSubject, e.ClusterID = c.CallerID(), string(c.Method), c.Subject, c.ClusterID
+		e.PodName, e.PodUID, e.CallerNode = c.PodName, c.PodUID, c.Node
 	}
 	_, err := r.Log.Append(ctx, e)
 	return err

@@ -28,6 +28,9 @@ type Denial struct {
 	Time time.Time
 	// Caller is nil when the caller could not be authenticated.
 	Caller *Caller
+	// ClusterID is, for a caller that could not be authenticated, the
+	// served cluster its clusterid header named; empty otherwise.
+	ClusterID string
 	Code   codes.Code
 	Reason string
 	// Detail is machine-readable: "peer=<addr> class=<kind>" for one

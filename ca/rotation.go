@@ -502,7 +502,7 @@ func (d *drill) issueProbe(ctx context.Context) (*probe, error) {
 	if err != nil {
 		return nil, err
 	}
-	is, roots, err := d.r.Service.IssueProbe(ctx, d.r.DrillIdentity, key.Public(), time.Hour)
+	is, roots, err := d.r.Service.IssueProbe(ctx, d.r.DrillIdentity, key.Public(), DrillProbeTTL)
 	if err != nil {
 		return nil, err
 	}

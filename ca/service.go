@@ -34,6 +34,8 @@ type Service struct {
 	policy    *issuer.Policy
 	csr       CSRPolicy
 	recorder  Recorder
+	nodes     *NodeAuthorizer  // nil: impersonation is refused
+	clusters  []string         // served cluster IDs, recorded with unauthenticated denials
 	denials   *denialLimiter   // nil without DenialLimits
 	rate      *identityLimiter // nil without IdentityLimits
 	inFlight  int              // MaxInFlight
@@ -60,6 +62,13 @@ type ServiceOptions struct {
 	CSR           CSRPolicy
 	Recorder      Recorder
 	Metrics       *Metrics
+	// Nodes authorizes node agents (ztunnel) to ask for the identities of
+	// pods on their node. Nil refuses every ImpersonatedIdentity.
+	Nodes *NodeAuthorizer
+	// Clusters are the cluster IDs served. The denial of a caller that
+	// could not be authenticated records the cluster it claimed when it is
+	// one of these.
+	Clusters []string
 	// DenialLimits bound the log entries one peer's denials write; the
 	// zero value records every denial individually. With limits, Close
 	// MUST be called after the server stops and before the recorder's log
@@ -98,7 +107,8 @@ func NewService(o ServiceOptions) (*Service, error) {
 	}
 	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
-		recorder: o.Recorder, metrics: o.Metrics, log: o.Logger, now: o.Now, inFlight: max(o.MaxInFlight, 0),
+		recorder: o.Recorder, nodes: o.Nodes, clusters: o.Clusters, metrics: o.Metrics, log: o.Logger, now: o.Now,
+		inFlight: max(o.MaxInFlight, 0),
 	}
 	if il.enabled() {
 		s.rate = newIdentityLimiter(il)
@@ -138,7 +148,11 @@ func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificat
 		s.metrics.rejections.WithLabelValues(class).Inc()
 		s.metrics.requests.WithLabelValues(tier, outcome).Inc()
 		s.metrics.latency.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
-		if rerr := s.recordDenial(ctx, &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: boundMessage(err.Error())}, class); rerr != nil {
+		d := &Denial{Time: start, Caller: caller, Code: st.Code(), Reason: boundMessage(err.Error())}
+		if caller == nil {
+			d.ClusterID = s.claimedCluster(ctx)
+		}
+		if rerr := s.recordDenial(ctx, d, class); rerr != nil {
 			s.log.ErrorContext(ctx, "record denial", slog.Any("error", rerr))
 		}
 		return nil, st.Err()
@@ -170,13 +184,18 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	if err != nil {
 		return nil, "", nil, stage("auth", err)
 	}
+	if caller, err = s.impersonate(ctx, req, caller); err != nil {
+		return caller, "", nil, stage("impersonate", err)
+	}
+	// Per identity the certificate is for: a node proxy asking for many
+	// workloads is limited per workload.
 	if s.rate != nil && !s.rate.allow(caller.SPIFFEID, s.now()) {
 		return caller, "", nil, stage("rate", fmt.Errorf("%w: %s asks more often than its limit; retry later", ErrRateLimited, quote(caller.SPIFFEID)))
 	}
 	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
 		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
 	}
-	decision := s.policy.Decide(caller.SPIFFEID, caller.Namespace, caller.ServiceAccount)
+	decision := s.policy.Decide(caller.SPIFFEID, caller.Namespace, caller.ServiceAccount, caller.ClusterID)
 	tier := decision.Tier.Name
 	csrPolicy := s.csr
 	csrPolicy.AllowedDNSNames = decision.DNSNames
@@ -294,8 +313,12 @@ func (s *Service) IssueServing(ctx context.Context, r issuer.ServingRequest) (*i
 	return issued, err
 }
 
-// DrillTier is the tier recorded for a drill's probe certificates.
-const DrillTier = "drill"
+// DrillTier is the tier recorded for a drill's probe certificates, which
+// live DrillProbeTTL.
+const (
+	DrillTier     = "drill"
+	DrillProbeTTL = time.Hour
+)
 
 // IssueProbe issues a workload certificate for spiffeID and pub the way
 // CreateCertificate does after authentication (the issuer's leaf template
@@ -359,7 +382,7 @@ func (s *Service) IssueIstiod(ctx context.Context, r IstiodRequest) (*issuer.Iss
 	}
 	tier, ok := s.policy.Tiers[issuer.TierPrivileged]
 	if !ok {
-		tier = s.policy.Decide(r.SPIFFEID, ns, sa).Tier
+		tier = s.policy.Decide(r.SPIFFEID, ns, sa, "").Tier
 	}
 	granted := tier.Grant(r.TTL)
 	return s.issueSelf(ctx, r.SPIFFEID, IstiodTier, r.TTL, workloadUsages, r.PublicKey, func(now time.Time) (*x509.Certificate, error) {

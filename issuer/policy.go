@@ -35,14 +35,18 @@ type Rule struct {
 	Namespaces      []string
 	ServiceAccounts []string
 	SPIFFEIDs       []string
+	// Clusters are the cluster IDs (the clusterid a caller presented) the
+	// rule applies to. The CA's own certificates have no cluster: a rule
+	// that lists clusters never matches them.
+	Clusters []string
 	// DNSNames lists the DNS SANs that matching identities may ask for
 	// (for example istiod's serving certificate). Patterns are compared
 	// literally: a CSR may carry "*.example" only if "*.example" is listed.
 	DNSNames []string
 }
 
-func (r *Rule) matches(spiffeID, ns, sa string) bool {
-	return anyMatch(r.Namespaces, ns) && anyMatch(r.ServiceAccounts, sa) && anyMatch(r.SPIFFEIDs, spiffeID)
+func (r *Rule) matches(spiffeID, ns, sa, cluster string) bool {
+	return anyMatch(r.Namespaces, ns) && anyMatch(r.ServiceAccounts, sa) && anyMatch(r.SPIFFEIDs, spiffeID) && anyMatch(r.Clusters, cluster)
 }
 
 func anyMatch(patterns []string, s string) bool {
@@ -107,7 +111,7 @@ func (p *Policy) Validate() error {
 		if _, ok := p.Tiers[r.Tier]; !ok {
 			errs = append(errs, fmt.Errorf("rule %d: tier %q is not defined", i, r.Tier))
 		}
-		for _, list := range [][]string{r.Namespaces, r.ServiceAccounts, r.SPIFFEIDs} {
+		for _, list := range [][]string{r.Namespaces, r.ServiceAccounts, r.SPIFFEIDs, r.Clusters} {
 			for _, pat := range list {
 				if _, err := path.Match(pat, ""); err != nil {
 					errs = append(errs, fmt.Errorf("rule %d: bad pattern %q", i, pat))
@@ -130,11 +134,12 @@ type Decision struct {
 	DNSNames []string
 }
 
-// Decide returns the tier and permissions for an identity.
-func (p *Policy) Decide(spiffeID, namespace, serviceAccount string) Decision {
+// Decide returns the tier and permissions for an identity of a cluster
+// (empty for the CA's own certificates).
+func (p *Policy) Decide(spiffeID, namespace, serviceAccount, cluster string) Decision {
 	for i := range p.Rules {
 		r := &p.Rules[i]
-		if r.matches(spiffeID, namespace, serviceAccount) {
+		if r.matches(spiffeID, namespace, serviceAccount, cluster) {
 			return Decision{Tier: p.Tiers[r.Tier], DNSNames: r.DNSNames}
 		}
 	}

@@ -109,14 +109,14 @@
 // panic into an error wrapping ErrCorrupt that names the file: a damaged
 // file MUST NOT crash a command or the daemon.
 //
-// # Record encoding (versions 1 and 2)
+// # Record encoding (versions 1, 2 and 3)
 //
 // Records use a small hand-rolled binary encoding rather than JSON or
 // protobuf: the bytes are hashed into the tree, so they must be canonical
 // (one entry, one encoding), compact and stable forever, and protobuf and
 // encoding/json make no canonicality promise. A record is:
 //
-//	byte 0      record version (1 or 2)
+//	byte 0      record version (1, 2 or 3)
 //	byte 1      kind (1 issuance, 2 denial, 3 admin)
 //	bytes 2-9   sequence number, uint64 big-endian
 //	then fields in strictly increasing tag order, each a tag byte and a
@@ -133,20 +133,23 @@
 // 18 Certificate, 19 Code, 20 Reason, 21 Action, 22 Actor, 23 Detail.
 //
 // Version 2 has every tag of version 1 plus 24 PodName and 25 PodUID (the
-// pod a Kubernetes TokenReview bound the caller's token to). An entry MUST
-// be written in the lowest version that holds its fields: version 1 when
-// PodName and PodUID are empty, version 2 otherwise. A version 1 record
-// with tag 24 or more, and a version 2 record without one, are corrupt, so
+// pod a Kubernetes TokenReview bound the caller's token to). Version 3 has
+// every tag of version 2 plus 26 CallerNode (the node of the pod of a node
+// agent that asked for another identity, ambient mode). An entry MUST be
+// written in the lowest version that holds its fields: version 3 when
+// CallerNode is set, else version 2 when PodName or PodUID is, else
+// version 1. A record with a tag of a later version than its own, and a
+// version 2 or 3 record without a tag of its version, are corrupt, so
 // that each entry still has exactly one encoding, and every record written
-// before version 2 existed keeps its bytes and its hash.
+// before a version existed keeps its bytes and its hash.
 //
 // The decoder is strict (no unknown, repeated or out-of-order tags, no
 // zero values, minimal varints), so decoding and re-encoding a record gives
 // back the same bytes. To evolve the format, add a record version: records
 // already written are never rewritten (their hashes are in signed
 // checkpoints), so a newer build keeps decoding every older version, and an
-// older build refuses a newer one (a build that reads only version 1
-// refuses a version 2 record as an unsupported version, rather than
+// older build refuses a newer one (a build that reads only versions 1
+// and 2 refuses a version 3 record as an unsupported version, rather than
 // misreading it). A change of bucket layout bumps the schema version in
 // the meta bucket.
 //

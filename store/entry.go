@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/big"
 	"math/bits"
 	"strings"
 	"time"
@@ -102,24 +101,32 @@ type Entry struct {
 	Detail string
 
 	// Caller fields added in record version 2: the pod the caller's token
-	// was bound to, as the Kubernetes TokenReview API reported it (empty
-	// for other ways of authenticating and for tokens bound to no pod).
+	// was bound to, as the Kubernetes TokenReview API or the token's own
+	// claims reported it (empty for client certificates and for tokens
+	// bound to no pod).
 	PodName string
 	PodUID  string
+
+	// Caller field added in record version 3: for a node agent (ztunnel)
+	// that asked for another identity, the node its pod runs on.
+	CallerNode string
 }
 
 // Record format versions (see doc.go for the full description). Version 2
-// is version 1 plus the tags from tagPodName on; an entry is written in the
-// lowest version that can hold its fields.
+// is version 1 plus the tags from tagPodName on, version 3 is version 2
+// plus tagCallerNode; an entry is written in the lowest version that can
+// hold its fields.
 const (
 	recordV1         = 1
 	recordV2         = 2
+	recordV3         = 3
 	recordHeaderSize = 10 // version, kind, seq (8 bytes big-endian)
 	seqOffset        = 2
 )
 
 // Field tags, in the order they must appear. Tags below tagPodName are
-// those of record version 1; version 2 adds tagPodName and tagPodUID.
+// those of record version 1; version 2 adds tagPodName and tagPodUID;
+// version 3 adds tagCallerNode.
 const (
 	tagTime byte = 1 + iota
 	tagSerial
@@ -146,14 +153,22 @@ const (
 	tagDetail
 	tagPodName // record version 2 on
 	tagPodUID
-	tagEnd // one past the last tag
+	tagCallerNode // record version 3 on
+	tagEnd        // one past the last tag
 )
 
-// tagEndV1 is one past the last tag of record version 1.
-const tagEndV1 = tagPodName
+// tagEndV1 and tagEndV2 are one past the last tag of record versions 1
+// and 2.
+const (
+	tagEndV1 = tagPodName
+	tagEndV2 = tagCallerNode
+)
 
 // recordVersion returns the lowest record version that holds e's fields.
 func (e *Entry) recordVersion() byte {
+	if e.CallerNode != "" {
+		return recordV3
+	}
 	if e.PodName != "" || e.PodUID != "" {
 		return recordV2
 	}
@@ -168,9 +183,8 @@ const (
 	maxSerialHexLen = 64
 )
 
-// MarshalBinary returns the entry's canonical record bytes, including e.Seq:
-// record version 1 when the entry has no field of version 2, else version
-// 2. These bytes are the Merkle leaf data: the
+// MarshalBinary returns the entry's canonical record bytes, including e.Seq,
+// in the lowest record version that holds its fields. These bytes are the Merkle leaf data: the
 // leaf hash is SHA-256(0x00 || bytes). The entry must be valid.
 func (e *Entry) MarshalBinary() ([]byte, error) {
 	if err := e.validate(); err != nil {
@@ -194,7 +208,7 @@ func (e *Entry) UnmarshalBinary(data []byte) error {
 
 func (e *Entry) encodedSizeHint() int {
 	return 128 + len(e.SPIFFEID) + len(e.Namespace) + len(e.ServiceAccount) + len(e.Serial) +
-		len(e.CallerID) + len(e.CallerSubject) + len(e.Certificate) + len(e.Reason) + len(e.Detail) + len(e.PodName) + len(e.PodUID)
+		len(e.CallerID) + len(e.CallerSubject) + len(e.Certificate) + len(e.Reason) + len(e.Detail) + len(e.PodName) + len(e.PodUID) + len(e.CallerNode)
 }
 
 // appendRecord encodes e (already validated) after dst.
@@ -231,6 +245,7 @@ func appendRecord(dst []byte, e *Entry) []byte {
 	dst = appendString(dst, tagDetail, e.Detail)
 	dst = appendString(dst, tagPodName, e.PodName)
 	dst = appendString(dst, tagPodUID, e.PodUID)
+	dst = appendString(dst, tagCallerNode, e.CallerNode)
 	return dst
 }
 
@@ -276,9 +291,9 @@ func recordSeq(rec []byte) (uint64, bool) {
 
 // decodeRecord decodes a record strictly: unknown versions, unknown or
 // repeated or out-of-order tags, zero values that should have been omitted,
-// non-minimal varints, trailing bytes and a version 2 record that holds no
-// field of version 2 (it has a version 1 encoding) are all errors wrapping
-// ErrCorrupt.
+// non-minimal varints, trailing bytes and a record that holds no field of
+// its version (it has an encoding in a lower version) are all errors
+// wrapping ErrCorrupt.
 // The returned Certificate aliases data; copy it if data is not retained.
 func decodeRecord(data []byte) (*Entry, error) {
 	if len(data) < recordHeaderSize {
@@ -290,8 +305,10 @@ func decodeRecord(data []byte) (*Entry, error) {
 	case recordV1:
 		end = tagEndV1
 	case recordV2:
+		end = tagEndV2
+	case recordV3:
 	default:
-		return nil, fmt.Errorf("%w: record version %d is not supported (this build reads versions %d and %d)", ErrCorrupt, version, recordV1, recordV2)
+		return nil, fmt.Errorf("%w: record version %d is not supported (this build reads versions %d to %d)", ErrCorrupt, version, recordV1, recordV3)
 	}
 	e := &Entry{Kind: Kind(data[1]), Seq: binary.BigEndian.Uint64(data[seqOffset:])}
 	if !e.Kind.valid() {
@@ -357,13 +374,15 @@ func decodeRecord(data []byte) (*Entry, error) {
 			e.PodName = d.string()
 		case tagPodUID:
 			e.PodUID = d.string()
+		case tagCallerNode:
+			e.CallerNode = d.string()
 		}
 	}
 	if d.err != nil {
 		return nil, fmt.Errorf("%w: record field %d: %v", ErrCorrupt, last, d.err)
 	}
-	if version == recordV2 && last < tagEndV1 {
-		return nil, fmt.Errorf("%w: record version 2 holds no field of version 2 (its canonical encoding is version 1)", ErrCorrupt)
+	if version == recordV2 && last < tagEndV1 || version == recordV3 && last < tagEndV2 {
+		return nil, fmt.Errorf("%w: record version %d holds no field of version %d (its canonical encoding is an older version)", ErrCorrupt, version, version)
 	}
 	return e, nil
 }
@@ -504,6 +523,7 @@ func (e *Entry) validate() error {
 		{"Detail", e.Detail, maxLongField, false},
 		{"PodName", e.PodName, maxShortField, false},
 		{"PodUID", e.PodUID, maxShortField, false},
+		{"CallerNode", e.CallerNode, maxShortField, false},
 	} {
 		if len(f.v) > f.max {
 			return bad("%s is %d bytes, more than %d", f.name, len(f.v), f.max)
@@ -554,35 +574,4 @@ func (e *Entry) validate() error {
 		}
 	}
 	return nil
-}
-
-func isLowerHex(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// SerialHex is how the log writes a serial number: lowercase hex without
-// leading zeros.
-func SerialHex(n *big.Int) string { return n.Text(16) }
-
-// NormalizeSerial turns a serial as people paste it (upper case, colons,
-// leading zeros, a 0x prefix) into the log's form.
-func NormalizeSerial(s string) string {
-	s = strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), ":", ""))
-	s = strings.TrimPrefix(s, "0x")
-	if t := strings.TrimLeft(s, "0"); t != "" {
-		return t
-	}
-	if s != "" {
-		return "0"
-	}
-	return s
 }

@@ -22,6 +22,13 @@ func withPod(e *Entry) *Entry {
 	return e
 }
 
+// withNode adds the field of record version 3 to an entry: the node of an
+// impersonating caller's pod.
+func withNode(e *Entry) *Entry {
+	e.CallerNode = "node-a.example"
+	return e
+}
+
 func TestRecordRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -35,6 +42,9 @@ func TestRecordRoundTrip(t *testing.T) {
 		{"denial with pod", withPod(testEntry(3, KindDenial)), recordV2},
 		{"issuance with pod uid only", func() *Entry { e := testEntry(3, KindIssuance); e.PodUID = "u"; return e }(), recordV2},
 		{"issuance with pod name only", func() *Entry { e := testEntry(3, KindIssuance); e.PodName = "p"; return e }(), recordV2},
+		{"issuance with pod and node", withNode(withPod(testEntry(3, KindIssuance))), recordV3},
+		{"denial with pod and node", withNode(withPod(testEntry(3, KindDenial))), recordV3},
+		{"issuance with node only", withNode(testEntry(3, KindIssuance)), recordV3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := tc.entry
@@ -63,11 +73,15 @@ func TestRecordRoundTrip(t *testing.T) {
 
 // The record format is hashed into signed checkpoints: it must never
 // change. The golden files pin the version 1 encoding (entries without pod
-// fields, which version 2 left byte for byte as they were) and the version
-// 2 encoding.
+// fields, which versions 2 and 3 left byte for byte as they were), the
+// version 2 encoding (which version 3 left as it was) and the version 3
+// encoding.
 func TestRecordGolden(t *testing.T) {
 	t.Run("v1", func(t *testing.T) { checkRecordGolden(t, "record_v1.golden", func(e *Entry) *Entry { return e }) })
 	t.Run("v2", func(t *testing.T) { checkRecordGolden(t, "record_v2.golden", withPod) })
+	t.Run("v3", func(t *testing.T) {
+		checkRecordGolden(t, "record_v3.golden", func(e *Entry) *Entry { return withNode(withPod(e)) })
+	})
 }
 
 func checkRecordGolden(t *testing.T, name string, edit func(*Entry) *Entry) {
@@ -114,10 +128,13 @@ func TestDecodeRejectsNonCanonical(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"short header", good[:5]},
-		{"unknown version", append([]byte{3}, good[1:]...)},
+		{"unknown version", append([]byte{4}, good[1:]...)},
 		{"version 1 with a version 2 tag", rec([]byte{tagPodName, 1, 'p'})},
 		{"version 2 without a version 2 tag", append([]byte{recordV2}, good[1:]...)},
 		{"version 2 with an unknown tag", append(append([]byte{recordV2}, good[1:]...), tagPodName, 1, 'p', tagEnd, 0)},
+		{"version 2 with a version 3 tag", append(append([]byte{recordV2}, good[1:]...), tagPodName, 1, 'p', tagCallerNode, 1, 'n')},
+		{"version 3 without a version 3 tag", append(append([]byte{recordV3}, good[1:]...), tagPodName, 1, 'p')},
+		{"version 3 with an unknown tag", append(append([]byte{recordV3}, good[1:]...), tagCallerNode, 1, 'n', tagEnd, 0)},
 		{"unknown kind", append([]byte{recordV1, 9}, good[2:]...)},
 		{"unknown tag", rec([]byte{tagEnd, 0})},
 		{"repeated tag", rec([]byte{tagTier, 1, 'a', tagTier, 1, 'b'})},
@@ -154,6 +171,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	}
 	f.Add([]byte{recordV1, 1, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{recordV2, 1, 0, 0, 0, 0, 0, 0, 0, 0, tagPodUID, 1, 'u'})
+	f.Add([]byte{recordV3, 1, 0, 0, 0, 0, 0, 0, 0, 0, tagCallerNode, 1, 'n'})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := decodeRecord(data)
 		if err != nil {

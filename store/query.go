@@ -30,6 +30,9 @@ type Query struct {
 	// Issuer is the hex SHA-256 of the issuing CA certificate.
 	Issuer string
 	Kind   *Kind
+	// Cluster is the cluster ID the entry's caller presented (an exact
+	// match); it filters, no index serves it.
+	Cluster string
 	// From (inclusive) and To (exclusive) bound Entry.Time; zero means
 	// unbounded.
 	From, To time.Time
@@ -286,6 +289,7 @@ func (q *Query) match(e *Entry) bool {
 		q.Namespace != "" && e.Namespace != q.Namespace,
 		q.Issuer != "" && e.IssuerFingerprint != q.Issuer,
 		q.Kind != nil && e.Kind != *q.Kind,
+		q.Cluster != "" && e.ClusterID != q.Cluster,
 		!q.From.IsZero() && e.Time.Before(q.From),
 		!q.To.IsZero() && !e.Time.Before(q.To):
 		return false
@@ -326,6 +330,10 @@ func (q *Query) fingerprint() []byte {
 	tm(q.To)
 	tm(q.ValidAt)
 	tm(q.ExpiringBefore)
+	if q.Cluster != "" { // after the fields older tokens were made of
+		h.Write([]byte{2})
+		str(q.Cluster)
+	}
 	if q.Newest {
 		h.Write([]byte{1})
 	} else {

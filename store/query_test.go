@@ -219,3 +219,64 @@ func TestQueryScanBudget(t *testing.T) {
 		t.Fatalf("%d calls, %d empty pages: the scan budget was not applied", calls, empty)
 	}
 }
+
+// A cluster query returns the entries of that cluster only, whatever kind,
+// and its page tokens continue no other query.
+func TestQueryCluster(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, filepath.Join(t.TempDir(), "log.db"), Options{NoSync: true})
+	clusters := []string{"east", "west", ""}
+	for i := range 30 {
+		e := testEntry(i, kindOf(i))
+		e.ClusterID = clusters[i%3]
+		if _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _, err := l.Query(ctx, Query{Cluster: "west", Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 10 {
+		t.Fatalf("%d entries of cluster west, want 10", len(got))
+	}
+	for _, e := range got {
+		if e.ClusterID != "west" {
+			t.Fatalf("entry %d of cluster %q in a query for west", e.Seq, e.ClusterID)
+		}
+	}
+	var paged []*Entry
+	q := Query{Cluster: "west", Kind: func(k Kind) *Kind { return &k }(KindIssuance), Newest: true, Limit: 2}
+	for {
+		page, next, err := l.Query(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paged = append(paged, page...)
+		if next == "" {
+			break
+		}
+		q.PageToken = next
+	}
+	for i, e := range paged {
+		if e.ClusterID != "west" || e.Kind != KindIssuance || i > 0 && e.Seq >= paged[i-1].Seq {
+			t.Fatalf("paged query for west's issuances, newest first: entry %d is %v of %q after %d", e.Seq, e.Kind, e.ClusterID, paged[max(i-1, 0)].Seq)
+		}
+	}
+	issuances := 0
+	for _, e := range got {
+		if e.Kind == KindIssuance {
+			issuances++
+		}
+	}
+	if len(paged) != issuances || issuances < 3 {
+		t.Fatalf("paged query for west's issuances: %d entries, want the %d of the full query (at least 3)", len(paged), issuances)
+	}
+	_, next, err := l.Query(ctx, Query{Cluster: "west", Limit: 2})
+	if err != nil || next == "" {
+		t.Fatalf("first page: token %q, %v", next, err)
+	}
+	if _, _, err := l.Query(ctx, Query{Cluster: "east", Limit: 2, PageToken: next}); !errors.Is(err, ErrInvalidQuery) {
+		t.Fatalf("west's page token on a query for east: %v, want ErrInvalidQuery", err)
+	}
+}

@@ -33,3 +33,22 @@ func TestExportPod(t *testing.T) {
 		t.Errorf("export of an entry without a pod: %s", b)
 	}
 }
+
+// An impersonation's entry (record version 3) names the caller's node
+// under caller_node, beside the caller and the identity asked for.
+func TestExportCallerNode(t *testing.T) {
+	e := &store.Entry{
+		Seq: 8, Kind: store.KindDenial, Time: time.Unix(1800000000, 0), Code: "PermissionDenied", Reason: "r",
+		SPIFFEID: "spiffe://cluster.local/ns/shop/sa/db", CallerID: "spiffe://cluster.local/ns/istio-system/sa/ztunnel",
+		PodName: "ztunnel-x", PodUID: "u-1", CallerNode: "node-a",
+	}
+	b, err := json.Marshal(toExport(ca.EntryToProto(e, nil), false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"caller_node":"node-a"`, `"caller_id":"spiffe://cluster.local/ns/istio-system/sa/ztunnel"`, `"spiffe_id":"spiffe://cluster.local/ns/shop/sa/db"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("export %s lacks %s", b, want)
+		}
+	}
+}

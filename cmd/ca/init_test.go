@@ -15,7 +15,13 @@ import (
 	"github.com/transitca/transitca/internal/vaulttest"
 )
 
-func TestMain(m *testing.M) { vaulttest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(asCAEnv) == "1" {
+		// Started as "ca" by a command a test runs as printed (caOnPath).
+		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+	}
+	vaulttest.Main(m)
+}
 
 func writeConfig(t *testing.T, env *vaulttest.Env, extra string) string {
 	t.Helper()

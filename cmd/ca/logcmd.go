@@ -299,6 +299,7 @@ func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Write
 // queryFlags are the filters of query and export.
 type queryFlags struct {
 	serial, spiffeID, namespace, issuer, kind string
+	cluster                                   string
 	from, to, validAt, expiringBefore         string
 	newest                                    bool
 	limit                                     int
@@ -310,6 +311,7 @@ func (q *queryFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&q.namespace, "namespace", "", "Kubernetes namespace")
 	fs.StringVar(&q.issuer, "issuer", "", "issuing CA certificate SHA-256 (hex): every certificate it signed")
 	fs.StringVar(&q.kind, "kind", "", "issuance, denial or admin")
+	fs.StringVar(&q.cluster, "cluster", "", "cluster ID the caller presented (clusterid)")
 	fs.StringVar(&q.from, "from", "", "entries at or after this time (RFC 3339)")
 	fs.StringVar(&q.to, "to", "", "entries before this time (RFC 3339)")
 	fs.StringVar(&q.validAt, "valid-at", "", "certificates valid at this time (RFC 3339, or \"now\")")
@@ -339,7 +341,7 @@ func (q *queryFlags) request() (*adminv1.QueryLogRequest, error) {
 		return nil, fmt.Errorf("--limit %d: want 1 to 10000", q.limit)
 	}
 	req := &adminv1.QueryLogRequest{
-		Serial: q.serial, SpiffeId: q.spiffeID, Namespace: q.namespace, Issuer: q.issuer,
+		Serial: q.serial, SpiffeId: q.spiffeID, Namespace: q.namespace, Issuer: q.issuer, Cluster: q.cluster,
 		NewestFirst: q.newest, Limit: int32(q.limit),
 	}
 	if q.kind != "" {
@@ -385,6 +387,7 @@ type exportEntry struct {
 	ClusterID         string `json:"cluster_id,omitempty"`
 	PodName           string `json:"pod_name,omitempty"`
 	PodUID            string `json:"pod_uid,omitempty"`
+	CallerNode        string `json:"caller_node,omitempty"`
 	Code              string `json:"code,omitempty"`
 	Reason            string `json:"reason,omitempty"`
 	Action            string `json:"action,omitempty"`
@@ -414,7 +417,7 @@ func toExport(p *adminv1.Entry, withPEM bool) exportEntry {
 		RequestedTTL: dur(e.RequestedTTL), GrantedTTL: dur(e.GrantedTTL), NotBefore: ts(e.NotBefore), NotAfter: ts(e.NotAfter),
 		IssuerFingerprint: e.IssuerFingerprint, IssuerKeyVersion: int64(e.IssuerKeyVersion), RootKeyVersion: int64(e.RootKeyVersion),
 		CallerID: e.CallerID, AuthMethod: e.AuthMethod, CallerSubject: e.CallerSubject, ClusterID: e.ClusterID,
-		PodName: e.PodName, PodUID: e.PodUID,
+		PodName: e.PodName, PodUID: e.PodUID, CallerNode: e.CallerNode,
 		Code: e.Code, Reason: e.Reason, Action: e.Action, Actor: e.Actor, Detail: e.Detail,
 	}
 	if len(e.Certificate) > 0 {

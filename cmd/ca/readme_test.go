@@ -15,20 +15,27 @@ import (
 // of README.md that contains marker.
 func readmeBlock(t *testing.T, marker string) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	return docBlock(t, "README.md", marker)
+}
+
+// docBlock returns the lines of the first ```sh block after the line of
+// the repository's Markdown file doc that contains marker.
+func docBlock(t *testing.T, doc, marker string) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", doc))
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := string(b)
 	i := strings.Index(text, marker)
 	if i < 0 {
-		t.Fatalf("README.md has no %q", marker)
+		t.Fatalf("%s has no %q", doc, marker)
 	}
 	text = text[i:]
 	start := strings.Index(text, "```sh\n")
 	end := strings.Index(text[start+6:], "```")
 	if start < 0 || end < 0 {
-		t.Fatalf("README.md has no sh block after %q", marker)
+		t.Fatalf("%s has no sh block after %q", doc, marker)
 	}
 	return strings.Split(strings.TrimSpace(text[start+6:start+6+end]), "\n")
 }

@@ -24,12 +24,16 @@ import (
 
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
-		"rollout": reportRollout,
+		"rollout":  reportRollout,
+		"evidence": reportEvidence,
 	}
 	if len(args) == 0 || subs[args[0]] == nil {
-		fmt.Fprintln(stderr, "usage: ca report rollout [flags]")
+		fmt.Fprintln(stderr, "usage: ca report rollout|evidence [flags]")
 		fmt.Fprintln(stderr, "\nrollout: per namespace, the service accounts that hold a live certificate and")
 		fmt.Fprintln(stderr, "those that run pods without one: the list to check before a namespace goes STRICT.")
+		fmt.Fprintln(stderr, "\nevidence --from T1 [--to T2]: for an auditor, what was issued in the period, against")
+		fmt.Fprintln(stderr, "the tiers' policy; denials; rotations and drills; the checkpoint and the commands that")
+		fmt.Fprintln(stderr, "recompute every figure from a backup of the log (HTML, or -o json).")
 		if len(args) == 0 {
 			return errUsage
 		}

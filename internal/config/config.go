@@ -35,7 +35,11 @@ type Config struct {
 	CA          CA     `yaml:"ca"`
 	Server      Server `yaml:"server"`
 	Auth        Auth   `yaml:"auth"`
-	CSR         CSR    `yaml:"csr"`
+	// Clusters lists each cluster served with its own token verifier and
+	// pods (see clusters.go). Empty means the clusters of auth.clusters,
+	// all checked by auth.jwt or auth.tokenreview.
+	Clusters []Cluster `yaml:"clusters"`
+	CSR      CSR       `yaml:"csr"`
 	// Tiers are the certificate lifetime classes, by name.
 	Tiers map[string]Tier `yaml:"tiers"`
 	// DefaultTier is the tier of an identity no policy rule matches.
@@ -269,6 +273,11 @@ type Auth struct {
 	// ClientCertificates accepts client certificates that chain to
 	// transitca's roots and carry one SPIFFE ID.
 	ClientCertificates bool `yaml:"client_certificates"`
+	// TrustedNodeAccounts are the service accounts ("<namespace>/<name>",
+	// Istio's CA_TRUSTED_NODE_ACCOUNTS) of node agents (ztunnel) that may
+	// ask for the identity of a pod on their node (ambient mode). Empty
+	// turns impersonation off.
+	TrustedNodeAccounts []string `yaml:"trusted_node_accounts"`
 }
 
 // JWT is offline token verification.
@@ -322,6 +331,9 @@ type Rule struct {
 	ServiceAccounts []string `yaml:"service_accounts"`
 	SPIFFEIDs       []string `yaml:"spiffe_ids"`
 	DNSNames        []string `yaml:"dns_names"`
+	// Clusters are cluster ID patterns: the rule applies only to callers
+	// of these clusters.
+	Clusters []string `yaml:"clusters"`
 }
 
 // Vault says how to reach Vault and where the CA's keys and certificates
@@ -467,7 +479,7 @@ func (c *Config) IssuancePolicy() *issuer.Policy {
 	for _, r := range c.Policy {
 		p.Rules = append(p.Rules, issuer.Rule{
 			Tier: r.Tier, Namespaces: r.Namespaces, ServiceAccounts: r.ServiceAccounts,
-			SPIFFEIDs: r.SPIFFEIDs, DNSNames: r.DNSNames,
+			SPIFFEIDs: r.SPIFFEIDs, DNSNames: r.DNSNames, Clusters: r.Clusters,
 		})
 	}
 	return p
@@ -571,6 +583,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateServing()...)
 	errs = append(errs, c.validateKubernetes()...)
 	errs = append(errs, c.validateIstiod()...)
+	errs = append(errs, c.validateClusters()...)
 	if err := c.IssuancePolicy().Validate(); err != nil {
 		bad("tiers/policy: %v", err)
 	}
@@ -613,7 +626,7 @@ func (c *Config) validateServing() []error {
 		bad("auth.audiences: must list at least one audience")
 	}
 	jwt := c.Auth.JWT.Issuer != "" || c.Auth.JWT.JWKSFile != "" || c.Auth.JWT.Discovery
-	if jwt && c.Auth.TokenReview.Enabled {
+	if jwt && c.Auth.TokenReview.Enabled && len(c.Clusters) == 0 {
 		bad("auth: configure either jwt or tokenreview for bearer tokens, not both")
 	}
 	if jwt {
@@ -633,7 +646,7 @@ func (c *Config) validateServing() []error {
 	if c.Auth.TokenReview.CacheSize < 1 {
 		bad("auth.tokenreview.cache_size: must be at least 1")
 	}
-	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev {
+	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev && len(c.Clusters) == 0 {
 		bad("auth: no way to authenticate callers: configure jwt, tokenreview or client_certificates")
 	}
 	if c.Log.CheckpointKey == "" {

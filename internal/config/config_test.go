@@ -26,10 +26,10 @@ func TestDefaultsAreValid(t *testing.T) {
 		t.Fatalf("defaults do not validate: %v", err)
 	}
 	p := c.IssuancePolicy()
-	if got := p.Decide("spiffe://cluster.local/ns/shop/sa/web", "shop", "web").Tier; got.Name != "service" || got.MaxTTL != 30*24*time.Hour {
+	if got := p.Decide("spiffe://cluster.local/ns/shop/sa/web", "shop", "web", "Kubernetes").Tier; got.Name != "service" || got.MaxTTL != 30*24*time.Hour {
 		t.Fatalf("default tier for shop/web: %+v", got)
 	}
-	if got := p.Decide("spiffe://cluster.local/ns/istio-system/sa/istiod", "istio-system", "istiod").Tier; got.Name != "privileged" || got.MaxTTL != 7*24*time.Hour {
+	if got := p.Decide("spiffe://cluster.local/ns/istio-system/sa/istiod", "istio-system", "istiod", "Kubernetes").Tier; got.Name != "privileged" || got.MaxTTL != 7*24*time.Hour {
 		t.Fatalf("default tier for istio-system: %+v", got)
 	}
 }
@@ -54,7 +54,7 @@ ca:
 		t.Fatal(err)
 	}
 	p := c.IssuancePolicy()
-	tier := p.Decide("spiffe://mesh.example/ns/jobs-nightly/sa/x", "jobs-nightly", "x").Tier
+	tier := p.Decide("spiffe://mesh.example/ns/jobs-nightly/sa/x", "jobs-nightly", "x", "Kubernetes").Tier
 	if tier.Name != "batch" || tier.MaxTTL != 36*time.Hour {
 		t.Fatalf("tier %+v", tier)
 	}

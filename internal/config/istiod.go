@@ -21,8 +21,9 @@ type Istiod struct {
 	Namespace string `yaml:"namespace"`
 	// ServiceAccount is istiod's service account, the certificate's
 	// identity spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>.
-	// The default, istiod-service-account, is the name in older Istio
-	// charts; recent charts name it istiod.
+	// The default, istiod, is the name the istiod chart gives it (a
+	// revisioned control plane runs as istiod-<revision>; releases before
+	// 1.10 used istiod-service-account).
 	ServiceAccount string `yaml:"service_account"`
 	// Revisions add istiod-<revision>.<namespace>.svc for each revisioned
 	// control plane; istiod.<namespace>.svc (the default revision) is
@@ -40,7 +41,7 @@ func defaultIstiod() Istiod {
 	return Istiod{
 		Enabled:        true,
 		Namespace:      "istio-system",
-		ServiceAccount: "istiod-service-account",
+		ServiceAccount: "istiod",
 		CertTTL:        Duration(24 * time.Hour),
 	}
 }

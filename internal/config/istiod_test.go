@@ -12,11 +12,11 @@ func TestIstiodDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	i := c.Kubernetes.Istiod
-	if !i.Enabled || i.Namespace != "istio-system" || i.ServiceAccount != "istiod-service-account" ||
+	if !i.Enabled || i.Namespace != "istio-system" || i.ServiceAccount != "istiod" ||
 		i.CertTTL != Duration(24*time.Hour) || len(i.Revisions) != 0 || len(i.ExtraDNSNames) != 0 {
 		t.Fatalf("kubernetes.istiod defaults: %+v", i)
 	}
-	if got := c.IstiodSPIFFEID(); got != "spiffe://cluster.local/ns/istio-system/sa/istiod-service-account" {
+	if got := c.IstiodSPIFFEID(); got != "spiffe://cluster.local/ns/istio-system/sa/istiod" {
 		t.Fatalf("istiod identity %s", got)
 	}
 }

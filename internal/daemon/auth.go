@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"time"
 
@@ -12,8 +11,6 @@ import (
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/kube"
 	"github.com/transitca/transitca/issuer"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 )
 
 // Dev-mode token issuing: a local key in the dev key store signs tokens
@@ -27,28 +24,31 @@ const (
 // through its Kubernetes client.
 const reviewQPS = 200
 
-// buildAuthenticator assembles the configured ways to authenticate. In dev
-// mode with no token verification configured, it trusts tokens minted by
-// "ca token" and returns a hint that says so.
-func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issuer.Authority, keys issuer.Keys, metrics *ca.Metrics, kc *kube.Client) (ca.Authenticator, string, error) {
+// buildAuthenticator assembles the configured ways to authenticate:
+// clusters' own verifiers, or auth.tokenreview or auth.jwt for every ID of
+// auth.clusters. clients are the clusters' Kubernetes clients
+// (clusterClients). In dev mode with no token verification configured, it
+// trusts tokens minted by "ca token" and returns a hint that says so.
+func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issuer.Authority, keys issuer.Keys, metrics *ca.Metrics, kc *kube.Client, clients map[string]*kube.Client) (ca.Authenticator, string, error) {
 	var token, cert ca.Authenticator
 	var hint string
 	a := cfg.Auth
 	switch {
+	case len(cfg.Clusters) > 0:
+		c, err := buildClusterAuthenticator(cfg, clients, metrics)
+		if err != nil {
+			return nil, "", err
+		}
+		token = c
 	case a.TokenReview.Enabled:
 		opts := ca.TokenReviewOptions{
 			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: a.Clusters,
 			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
 		}
 		if kc != nil {
-			// The Kubernetes client the cluster writers use, with a rate
-			// limit of its own: a restart storm's reviews must not queue
-			// behind client-go's default of 5 requests/s.
-			rc := rest.CopyConfig(kc.Config)
-			rc.QPS, rc.Burst = reviewQPS, 2*reviewQPS
-			cs, err := kubernetes.NewForConfig(rc)
+			cs, err := reviewClient(kc)
 			if err != nil {
-				return nil, "", fmt.Errorf("tokenreview client: %w", err)
+				return nil, "", err
 			}
 			opts.Client = cs
 		} else {
@@ -60,22 +60,9 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 		}
 		token = tr
 	case a.JWT.Issuer != "":
-		opts := ca.JWTOptions{
-			Issuer: a.JWT.Issuer, Audiences: a.Audiences, Leeway: time.Duration(a.JWT.Leeway),
-			TrustDomain: cfg.TrustDomain, Clusters: a.Clusters,
-		}
-		if a.JWT.Discovery {
-			opts.KeySource = ca.NewRemoteKeySource(&http.Client{Timeout: 10 * time.Second}, a.JWT.Issuer)
-		} else {
-			set, err := ca.LoadJWKSFile(a.JWT.JWKSFile)
-			if err != nil {
-				return nil, "", fmt.Errorf("auth.jwt.jwks_file: %w", err)
-			}
-			opts.KeySet = set
-		}
-		j, err := ca.NewJWTAuthenticator(opts)
+		j, err := jwtAuthenticator(a.JWT, a.JWT.Leeway, cfg, a.Clusters)
 		if err != nil {
-			return nil, "", fmt.Errorf("jwt authenticator: %w", err)
+			return nil, "", fmt.Errorf("auth.%w", err)
 		}
 		token = j
 	case cfg.Dev:
@@ -98,7 +85,7 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 			cfg.DataDir, cfg.Server.Listen, filepath.Join(cfg.DataDir, "root-cert.pem"))
 	}
 	if a.ClientCertificates {
-		c, err := ca.NewCertAuthenticator(authority.RootPool, cfg.TrustDomain, a.Clusters)
+		c, err := ca.NewCertAuthenticator(authority.RootPool, cfg.TrustDomain, cfg.ClusterIDs())
 		if err != nil {
 			return nil, "", fmt.Errorf("client certificate authenticator: %w", err)
 		}

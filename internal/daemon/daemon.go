@@ -78,8 +78,9 @@ type Daemon struct {
 	serving   atomic.Pointer[ca.ServingCert]
 	devHint   string
 	rootFile  string
-	kube      *kubeSide    // nil when the Kubernetes features are off
-	kubeAPI   *kube.Client // nil when the Kubernetes features are off
+	kube      *kubeSide        // nil when the Kubernetes features are off
+	kubeAPI   *kube.Client     // nil when the Kubernetes features are off
+	pods      []*kube.PodIndex // ambient mode's pod indexes, one per cluster
 
 	grpcSrv    *grpc.Server
 	health     *health.Server
@@ -208,12 +209,26 @@ func (d *Daemon) openAuthority(ctx context.Context) error {
 		return fmt.Errorf("ca hierarchy: %w", err)
 	}
 	d.authority = a
-	detail := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d",
-		d.opts.Version, a.Describe(), a.Mode(), issuer.Fingerprint(a.Root()), a.RootKeyVersion())
+	detail := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d %s",
+		d.opts.Version, a.Describe(), a.Mode(), issuer.Fingerprint(a.Root()), a.RootKeyVersion(), ca.TierPolicyDetail(tierMaxTTLs(d.cfg)))
 	if err := d.recorder.RecordAdmin(ctx, "start", "transitca", detail); err != nil {
 		return fmt.Errorf("record start: %w", err)
 	}
 	return nil
+}
+
+// tierMaxTTLs is the longest lifetime each tier may grant, the daemon's
+// own serving certificate, istiod's and the drills' probes included.
+func tierMaxTTLs(cfg *config.Config) map[string]time.Duration {
+	ttl := map[string]time.Duration{
+		ca.ServingTier: cfg.Server.TLS.CertTTL.Std(),
+		ca.IstiodTier:  cfg.Kubernetes.Istiod.CertTTL.Std(),
+		ca.DrillTier:   ca.DrillProbeTTL,
+	}
+	for name, t := range cfg.Tiers {
+		ttl[name] = t.MaxTTL.Std()
+	}
+	return ttl
 }
 
 // buildServers makes the metrics, the certificate service, the serving
@@ -239,10 +254,19 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	if d.backend.Session != nil {
 		d.registerVaultMetrics()
 	}
-	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics, d.kubeAPI)
+	clients, err := clusterClients(cfg, d.kubeAPI, "transitca/"+d.opts.Version)
 	if err != nil {
 		return err
 	}
+	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics, d.kubeAPI, clients)
+	if err != nil {
+		return err
+	}
+	nodes, pods, err := buildNodeAuthorizer(cfg, clients)
+	if err != nil {
+		return err
+	}
+	d.pods = pods
 	d.devHint = hint
 	svc, err := ca.NewService(ca.ServiceOptions{
 		Authenticator: authn,
@@ -251,6 +275,8 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		CSR:           ca.CSRPolicy{MaxBytes: cfg.CSR.MaxBytes, AllowEd25519: cfg.CSR.AllowEd25519},
 		Recorder:      d.recorder,
 		Metrics:       metrics,
+		Nodes:         nodes,
+		Clusters:      cfg.ClusterIDs(),
 		Logger:        d.log,
 		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
 			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
@@ -280,7 +306,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		d.metricsSrv = &http.Server{Handler: ca.MetricsHandler(d.reg, d.readiness), ReadHeaderTimeout: 10 * time.Second}
 	}
 	if cfg.Admin.Listen != "" {
-		certAuth, err := ca.NewCertAuthenticator(a.RootPool, cfg.TrustDomain, cfg.Auth.Clusters)
+		certAuth, err := ca.NewCertAuthenticator(a.RootPool, cfg.TrustDomain, cfg.ClusterIDs())
 		if err != nil {
 			return fmt.Errorf("admin authenticator: %w", err)
 		}
@@ -426,6 +452,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log, d.bundleChanged) })
 	background(func() { d.runKube(ctx) })
+	runPods(ctx, d.pods, background)
 	background(func() { d.watchLog(ctx) })
 	if every := time.Duration(d.cfg.Rotation.DrillInterval); every > 0 && d.adminSvc != nil {
 		background(func() { d.drillEvery(ctx, every) })

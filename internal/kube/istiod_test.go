@@ -45,7 +45,7 @@ type istiodEnv struct {
 	client kubernetes.Interface
 }
 
-const istiodSA = "istiod-service-account"
+const istiodSA = "istiod"
 
 func newIstiodEnv(t *testing.T) *istiodEnv {
 	t.Helper()

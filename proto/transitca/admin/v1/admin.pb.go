@@ -1360,8 +1360,11 @@ type Entry struct {
 	LeafData []byte `protobuf:"bytes,26,opt,name=leaf_data,json=leafData,proto3" json:"leaf_data,omitempty"`
 	// pod_name and pod_uid name the pod the caller's token was bound to, as
 	// the Kubernetes TokenReview API reported it (record version 2).
-	PodName       string `protobuf:"bytes,27,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
-	PodUid        string `protobuf:"bytes,28,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	PodName string `protobuf:"bytes,27,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
+	PodUid  string `protobuf:"bytes,28,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
+	// caller_node is the node of the pod of a node agent (ztunnel) that
+	// asked for another identity (record version 3).
+	CallerNode    string `protobuf:"bytes,29,opt,name=caller_node,json=callerNode,proto3" json:"caller_node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1592,6 +1595,13 @@ func (x *Entry) GetPodUid() string {
 	return ""
 }
 
+func (x *Entry) GetCallerNode() string {
+	if x != nil {
+		return x.CallerNode
+	}
+	return ""
+}
+
 // QueryLogRequest filters the log; empty fields do not filter.
 type QueryLogRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1608,8 +1618,11 @@ type QueryLogRequest struct {
 	NewestFirst    bool                   `protobuf:"varint,10,opt,name=newest_first,json=newestFirst,proto3" json:"newest_first,omitempty"`
 	Limit          int32                  `protobuf:"varint,11,opt,name=limit,proto3" json:"limit,omitempty"`
 	PageToken      string                 `protobuf:"bytes,12,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// cluster selects the entries whose caller presented this cluster ID
+	// (the clusterid header), exactly.
+	Cluster       string `protobuf:"bytes,13,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *QueryLogRequest) Reset() {
@@ -1722,6 +1735,13 @@ func (x *QueryLogRequest) GetLimit() int32 {
 func (x *QueryLogRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *QueryLogRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
 	}
 	return ""
 }
@@ -2544,7 +2564,7 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\astarted\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12\x16\n" +
 	"\x06passed\x18\x02 \x01(\bR\x06passed\x12\x12\n" +
 	"\x04root\x18\x03 \x01(\bR\x04root\x123\n" +
-	"\x05steps\x18\x04 \x03(\v2\x1d.transitca.admin.v1.DrillStepR\x05steps\"\xe7\a\n" +
+	"\x05steps\x18\x04 \x03(\v2\x1d.transitca.admin.v1.DrillStepR\x05steps\"\x88\b\n" +
 	"\x05Entry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.transitca.admin.v1.KindR\x04kind\x12.\n" +
@@ -2578,7 +2598,9 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\x06detail\x18\x19 \x01(\tR\x06detail\x12\x1b\n" +
 	"\tleaf_data\x18\x1a \x01(\fR\bleafData\x12\x19\n" +
 	"\bpod_name\x18\x1b \x01(\tR\apodName\x12\x17\n" +
-	"\apod_uid\x18\x1c \x01(\tR\x06podUid\"\xda\x03\n" +
+	"\apod_uid\x18\x1c \x01(\tR\x06podUid\x12\x1f\n" +
+	"\vcaller_node\x18\x1d \x01(\tR\n" +
+	"callerNode\"\xf4\x03\n" +
 	"\x0fQueryLogRequest\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1c\n" +
@@ -2593,7 +2615,8 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	" \x01(\bR\vnewestFirst\x12\x14\n" +
 	"\x05limit\x18\v \x01(\x05R\x05limit\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\f \x01(\tR\tpageToken\"o\n" +
+	"page_token\x18\f \x01(\tR\tpageToken\x12\x18\n" +
+	"\acluster\x18\r \x01(\tR\acluster\"o\n" +
 	"\x10QueryLogResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.transitca.admin.v1.EntryR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"F\n" +
