@@ -110,3 +110,48 @@ func TestVaultSealedCheck(t *testing.T) {
 		t.Fatalf("sign after unseal: %v", err)
 	}
 }
+
+// In memory mode a sealed Vault stops the renewal of the intermediate, not
+// issuance: past the intermediate's half-life, leaves are still signed
+// with it (it is valid), renewal keeps failing, and once Vault is unsealed
+// the next retry renews it, without a restart.
+func TestMemoryIntermediateRenewsWhenVaultReturns(t *testing.T) {
+	srv := vaulttest.Own(t)
+	env := vaulttest.NewOn(t, srv)
+	keys := issuer.VaultKeys{Transit: issuer.NewTransit(env.Client, env.Transit, 2*time.Second)}
+	certs := issuer.NewVaultCerts(env.Client, env.KV, "transitca", 2*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Half-life two seconds from now (NotBefore is back-dated by Backdate
+	// inside the lifetime).
+	opts := issuer.Options{IntermediateTTL: 2*issuer.Backdate + 4*time.Second, RenewRetryInterval: 200 * time.Millisecond, Logger: quiet}
+	if _, err := issuer.Init(ctx, keys, certs, opts); err != nil {
+		t.Fatal(err)
+	}
+	a, err := issuer.Open(ctx, keys, certs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := a.Intermediate()
+	srv.Seal(t)
+	go a.Run(ctx)
+	time.Sleep(time.Until(first.RenewAt) + time.Second)
+	if a.Intermediate().Fingerprint != first.Fingerprint {
+		t.Fatal("the intermediate changed while Vault was sealed")
+	}
+	tmpl, pub := leafTemplate(t, time.Minute)
+	if _, err := a.SignLeaf(ctx, tmpl, pub); err != nil {
+		t.Fatalf("signing a leaf past half-life with Vault sealed: %v", err)
+	}
+	srv.Unseal(t)
+	deadline := time.Now().Add(30 * time.Second)
+	for a.Intermediate().Fingerprint == first.Fingerprint {
+		if time.Now().After(deadline) {
+			t.Fatal("the intermediate was not renewed after Vault was unsealed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := a.Intermediate().Cert.CheckSignatureFrom(a.Root()); err != nil {
+		t.Fatalf("renewed intermediate not signed by the root: %v", err)
+	}
+}
