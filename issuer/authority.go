@@ -75,8 +75,8 @@ type Options struct {
 	// RenewRetryInterval is how soon Run tries again after a failed
 	// renewal (Vault unreachable or sealed); 30s when zero.
 	RenewRetryInterval time.Duration
-	Now               func() time.Time
-	Logger            *slog.Logger
+	Now                func() time.Time
+	Logger             *slog.Logger
 }
 
 func (o *Options) defaults() {
