@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -172,7 +173,7 @@ func checkCluster(id string, allowed []string) (string, error) {
 // newCaller builds the Caller for a service account.
 func newCaller(trustDomain, ns, sa, cluster string, method AuthMethod, subject string) *Caller {
 	return &Caller{
-		SPIFFEID:       SPIFFEID(trustDomain, ns, sa),
+		SPIFFEID:       spiffeid.Workload(trustDomain, ns, sa),
 		Namespace:      ns,
 		ServiceAccount: sa,
 		ClusterID:      cluster,
@@ -181,15 +182,6 @@ func newCaller(trustDomain, ns, sa, cluster string, method AuthMethod, subject s
 	}
 }
 
-// SPIFFEID returns spiffe://<trustDomain>/ns/<ns>/sa/<sa>. It does not check
-// its arguments; ParseSPIFFEID does.
-func SPIFFEID(trustDomain, ns, sa string) string {
-	return "spiffe://" + trustDomain + "/ns/" + ns + "/sa/" + sa
-}
-
-// maxSPIFFEIDBytes is the SPIFFE specification's limit on an ID's length.
-const maxSPIFFEIDBytes = 2048
-
 // ParseSPIFFEID splits a workload SPIFFE ID of the Istio form
 // spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>. It is strict:
 // the scheme is exactly "spiffe"; there is no userinfo, port, query, fragment
@@ -197,8 +189,8 @@ const maxSPIFFEIDBytes = 2048
 // '.', '-' and '_'; the namespace is a Kubernetes namespace name (a DNS label)
 // and the service account a Kubernetes object name (a DNS subdomain).
 func ParseSPIFFEID(uri string) (trustDomain, ns, sa string, err error) {
-	if len(uri) > maxSPIFFEIDBytes {
-		return "", "", "", fmt.Errorf("spiffe id is %d bytes, more than the %d allowed", len(uri), maxSPIFFEIDBytes)
+	if len(uri) > spiffeid.MaxBytes {
+		return "", "", "", fmt.Errorf("spiffe id is %d bytes, more than the %d allowed", len(uri), spiffeid.MaxBytes)
 	}
 	rest, ok := strings.CutPrefix(uri, "spiffe://")
 	if !ok {
@@ -219,7 +211,7 @@ func ParseSPIFFEID(uri string) (trustDomain, ns, sa string, err error) {
 	case strings.ContainsRune(trustDomain, ':'):
 		return "", "", "", fmt.Errorf("spiffe id %s has a port", quote(uri))
 	}
-	if err := validTrustDomain(trustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(trustDomain); err != nil {
 		return "", "", "", fmt.Errorf("spiffe id %s: %w", quote(uri), err)
 	}
 	parts := strings.Split(path, "/")
@@ -227,68 +219,13 @@ func ParseSPIFFEID(uri string) (trustDomain, ns, sa string, err error) {
 		return "", "", "", fmt.Errorf("spiffe id %s: path is not /ns/<namespace>/sa/<service-account>", quote(uri))
 	}
 	ns, sa = parts[1], parts[3]
-	if !validNamespace(ns) {
+	if !spiffeid.ValidNamespace(ns) {
 		return "", "", "", fmt.Errorf("spiffe id %s: %s is not a valid namespace name", quote(uri), quote(ns))
 	}
-	if !validServiceAccount(sa) {
+	if !spiffeid.ValidServiceAccount(sa) {
 		return "", "", "", fmt.Errorf("spiffe id %s: %s is not a valid service account name", quote(uri), quote(sa))
 	}
 	return trustDomain, ns, sa, nil
-}
-
-// validTrustDomain checks a SPIFFE trust domain name.
-func validTrustDomain(td string) error {
-	if td == "" {
-		return errors.New("trust domain is empty")
-	}
-	if len(td) > 255 {
-		return fmt.Errorf("trust domain is %d bytes, more than 255", len(td))
-	}
-	for i := 0; i < len(td); i++ {
-		if c := td[i]; !isLowerAlnum(c) && c != '.' && c != '-' && c != '_' {
-			return fmt.Errorf("trust domain %s has the character %q; only lowercase letters, digits, '.', '-' and '_' are allowed", quote(td), c)
-		}
-	}
-	return nil
-}
-
-// validNamespace reports whether s is a valid Kubernetes namespace name: an
-// RFC 1123 DNS label.
-func validNamespace(s string) bool {
-	return validDNSLabel(s)
-}
-
-// validServiceAccount reports whether s is a valid Kubernetes service account
-// name: an RFC 1123 DNS subdomain.
-func validServiceAccount(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if !validDNSLabel(label) {
-			return false
-		}
-	}
-	return true
-}
-
-// validDNSLabel reports whether s matches [a-z0-9]([-a-z0-9]*[a-z0-9])? and is
-// at most 63 bytes.
-func validDNSLabel(s string) bool {
-	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !isLowerAlnum(c) && c != '-' {
-			return false
-		}
-	}
-	return true
-}
-
-// isLowerAlnum reports whether c is a lowercase ASCII letter or a digit.
-func isLowerAlnum(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
 }
 
 // serviceAccountPrefix starts the Kubernetes user name of a service account.
@@ -301,7 +238,7 @@ func parseServiceAccountUser(user string) (ns, sa string, ok bool) {
 		return "", "", false
 	}
 	ns, sa, ok = strings.Cut(rest, ":")
-	if !ok || !validNamespace(ns) || !validServiceAccount(sa) {
+	if !ok || !spiffeid.ValidNamespace(ns) || !spiffeid.ValidServiceAccount(sa) {
 		return "", "", false
 	}
 	return ns, sa, true

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/transitca/transitca/internal/spiffeid"
 )
 
 // CertAuthenticator authenticates a caller by its client certificate, such as
@@ -26,7 +28,7 @@ func NewCertAuthenticator(roots func() *x509.CertPool, trustDomain string, clust
 	if roots == nil {
 		return nil, errors.New("certificate authenticator: no roots")
 	}
-	if err := validTrustDomain(trustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(trustDomain); err != nil {
 		return nil, fmt.Errorf("certificate authenticator: %w", err)
 	}
 	cl, err := clustersOrDefault(clusters)

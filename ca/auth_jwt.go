@@ -2,26 +2,21 @@ package ca
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
-	"os"
+	"reflect"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/cryptosigner"
 	josejson "github.com/go-jose/go-jose/v4/json"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/transitca/transitca/internal/spiffeid"
 )
 
 // DefaultAudience is the audience istio-agent requests for its token.
@@ -29,9 +24,6 @@ const DefaultAudience = "istio-ca"
 
 // DefaultLeeway is the clock skew tolerated on exp, nbf and iat.
 const DefaultLeeway = 30 * time.Second
-
-// maxJSONBytes bounds every JSON document read from the network or a file.
-const maxJSONBytes = 1 << 20
 
 // jwtAlgorithms are the only signature algorithms a token may use: never
 // "none", never an HMAC.
@@ -62,24 +54,6 @@ type JWTOptions struct {
 	Now func() time.Time
 }
 
-// KeySource supplies the public keys that sign tokens. KeySet is called for
-// every token, so an implementation caches. If a source can also fetch new
-// keys on demand it implements Refresh(ctx) error; the authenticator calls
-// it, then KeySet again, when a token names a key id the set lacks.
-type KeySource interface {
-	KeySet(ctx context.Context) (*jose.JSONWebKeySet, error)
-}
-
-// refresher is the optional capability of a KeySource to fetch again.
-type refresher interface {
-	Refresh(ctx context.Context) error
-}
-
-// staticKeys is a KeySource that never changes.
-type staticKeys struct{ set *jose.JSONWebKeySet }
-
-func (s staticKeys) KeySet(context.Context) (*jose.JSONWebKeySet, error) { return s.set, nil }
-
 // JWTAuthenticator verifies Kubernetes service-account tokens offline, against
 // the issuer's public keys, and maps them to SPIFFE identities.
 type JWTAuthenticator struct {
@@ -98,7 +72,7 @@ func NewJWTAuthenticator(opts JWTOptions) (*JWTAuthenticator, error) {
 	if opts.Issuer == "" {
 		return nil, errors.New("jwt authenticator: issuer is empty")
 	}
-	if err := validTrustDomain(opts.TrustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(opts.TrustDomain); err != nil {
 		return nil, fmt.Errorf("jwt authenticator: %w", err)
 	}
 	clusters, err := clustersOrDefault(opts.Clusters)
@@ -165,17 +139,20 @@ type jwtHeader struct {
 // kubernetesClaims is the "kubernetes.io" claim of a projected
 // service-account token.
 type kubernetesClaims struct {
-	Kubernetes *struct {
-		Namespace      string `json:"namespace"`
-		ServiceAccount *struct {
-			Name string `json:"name"`
-			UID  string `json:"uid,omitempty"`
-		} `json:"serviceaccount,omitempty"`
-		Pod *struct {
-			Name string `json:"name"`
-			UID  string `json:"uid,omitempty"`
-		} `json:"pod,omitempty"`
-	} `json:"kubernetes.io,omitempty"`
+	Kubernetes *kubernetesIdentity `json:"kubernetes.io,omitempty"`
+}
+
+// kubernetesIdentity is what the kubernetes.io claim holds.
+type kubernetesIdentity struct {
+	Namespace      string         `json:"namespace"`
+	ServiceAccount *kubernetesRef `json:"serviceaccount,omitempty"`
+	Pod            *kubernetesRef `json:"pod,omitempty"`
+}
+
+// kubernetesRef names a Kubernetes object of the kubernetes.io claim.
+type kubernetesRef struct {
+	Name string `json:"name"`
+	UID  string `json:"uid,omitempty"`
 }
 
 // Authenticate implements Authenticator. Every refusal wraps
@@ -190,18 +167,23 @@ func (a *JWTAuthenticator) Authenticate(ctx context.Context, cred Credentials) (
 	if err != nil {
 		return nil, err
 	}
-	var std jwt.Claims
-	var kube kubernetesClaims
-	if err := josejson.Unmarshal(payload, &std); err != nil {
-		return nil, fmt.Errorf("%w: token claims are malformed: %w", ErrUnauthenticated, err)
+	var claims struct {
+		jwt.Claims
+		kubernetesClaims
 	}
-	if err := josejson.Unmarshal(payload, &kube); err != nil {
-		return nil, fmt.Errorf("%w: token kubernetes.io claim is malformed: %w", ErrUnauthenticated, err)
+	if err := josejson.Unmarshal(payload, &claims); err != nil {
+		what := "token claims are malformed"
+		if te, ok := errors.AsType[*josejson.UnmarshalTypeError](err); ok &&
+			(te.Type == reflect.TypeFor[kubernetesIdentity]() || te.Type == reflect.TypeFor[kubernetesRef]()) {
+			what = "token kubernetes.io claim is malformed"
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnauthenticated, what, err)
 	}
-	if err := a.checkClaims(&std); err != nil {
+	std, kube := &claims.Claims, &claims.kubernetesClaims
+	if err := a.checkClaims(std); err != nil {
 		return nil, err
 	}
-	ns, sa, err := serviceAccountFromClaims(&kube, std.Subject)
+	ns, sa, err := serviceAccountFromClaims(kube, std.Subject)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +192,7 @@ func (a *JWTAuthenticator) Authenticate(ctx context.Context, cred Credentials) (
 		subject = serviceAccountPrefix + ns + ":" + sa
 	}
 	c := newCaller(a.trustDomain, ns, sa, cluster, AuthJWT, subject)
-	if c.PodName, c.PodUID, err = podFromClaims(&kube); err != nil {
+	if c.PodName, c.PodUID, err = podFromClaims(kube); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -370,32 +352,28 @@ func keyFits(k jose.JSONWebKey, alg jose.SignatureAlgorithm) bool {
 	return false
 }
 
-// checkClaims checks iss, exp, nbf, iat and aud of a verified token.
+// checkClaims checks iss, exp, nbf, iat and aud of a verified token with
+// go-jose's validation, exp being required, and says which failed.
 func (a *JWTAuthenticator) checkClaims(c *jwt.Claims) error {
-	if c.Issuer != a.issuer {
-		return fmt.Errorf("%w: token issuer %s is not the trusted issuer %q", ErrUnauthenticated, quote(c.Issuer), a.issuer)
-	}
-	now := a.now()
 	if c.Expiry == nil {
 		return fmt.Errorf("%w: token has no expiry (exp claim)", ErrUnauthenticated)
 	}
-	if exp := c.Expiry.Time(); now.After(exp.Add(a.leeway)) {
-		return fmt.Errorf("%w: token expired at %s", ErrUnauthenticated, exp.UTC().Format(time.RFC3339))
-	}
-	if c.NotBefore != nil {
-		if nbf := c.NotBefore.Time(); now.Add(a.leeway).Before(nbf) {
-			return fmt.Errorf("%w: token is not valid before %s", ErrUnauthenticated, nbf.UTC().Format(time.RFC3339))
-		}
-	}
-	if c.IssuedAt != nil {
-		if iat := c.IssuedAt.Time(); now.Add(a.leeway).Before(iat) {
-			return fmt.Errorf("%w: token was issued in the future, at %s", ErrUnauthenticated, iat.UTC().Format(time.RFC3339))
-		}
-	}
-	if !slices.ContainsFunc(a.audiences, c.Audience.Contains) {
+	err := c.ValidateWithLeeway(jwt.Expected{Issuer: a.issuer, AnyAudience: a.audiences, Time: a.now()}, a.leeway)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jwt.ErrInvalidIssuer):
+		return fmt.Errorf("%w: token issuer %s is not the trusted issuer %q", ErrUnauthenticated, quote(c.Issuer), a.issuer)
+	case errors.Is(err, jwt.ErrInvalidAudience):
 		return fmt.Errorf("%w: token audience %s does not include %s", ErrUnauthenticated, clip([]string(c.Audience)), describeAudiences(a.audiences))
+	case errors.Is(err, jwt.ErrExpired):
+		return fmt.Errorf("%w: token expired at %s", ErrUnauthenticated, c.Expiry.Time().UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrNotValidYet):
+		return fmt.Errorf("%w: token is not valid before %s", ErrUnauthenticated, c.NotBefore.Time().UTC().Format(time.RFC3339))
+	case errors.Is(err, jwt.ErrIssuedInTheFuture):
+		return fmt.Errorf("%w: token was issued in the future, at %s", ErrUnauthenticated, c.IssuedAt.Time().UTC().Format(time.RFC3339))
 	}
-	return nil
+	return fmt.Errorf("%w: token claims: %w", ErrUnauthenticated, err)
 }
 
 // describeAudiences names the wanted audiences for an error message.
@@ -440,348 +418,10 @@ func serviceAccountFromClaims(kube *kubernetesClaims, sub string) (ns, sa string
 		return "", "", fmt.Errorf("%w: token kubernetes.io claim names no namespace", ErrUnauthenticated)
 	case sa == "":
 		return "", "", fmt.Errorf("%w: token kubernetes.io claim names no service account", ErrUnauthenticated)
-	case !validNamespace(ns):
+	case !spiffeid.ValidNamespace(ns):
 		return "", "", fmt.Errorf("%w: token names the invalid namespace %s", ErrUnauthenticated, quote(ns))
-	case !validServiceAccount(sa):
+	case !spiffeid.ValidServiceAccount(sa):
 		return "", "", fmt.Errorf("%w: token names the invalid service account %s", ErrUnauthenticated, quote(sa))
 	}
 	return ns, sa, nil
-}
-
-// publicKeySet checks a key set for verification use: at least one key, no
-// private or symmetric keys, RSA keys of at least 2048 bits.
-func publicKeySet(set *jose.JSONWebKeySet) (*jose.JSONWebKeySet, error) {
-	if set == nil || len(set.Keys) == 0 {
-		return nil, errors.New("key set holds no keys")
-	}
-	out := &jose.JSONWebKeySet{Keys: make([]jose.JSONWebKey, 0, len(set.Keys))}
-	for i, k := range set.Keys {
-		switch key := k.Key.(type) {
-		case []byte:
-			return nil, fmt.Errorf("key %d (kid %q) is a symmetric key; only public keys may verify tokens", i, k.KeyID)
-		case *rsa.PublicKey:
-			if key.N.BitLen() < 2048 {
-				return nil, fmt.Errorf("key %d (kid %q) is RSA-%d; at least 2048 bits are required", i, k.KeyID, key.N.BitLen())
-			}
-		}
-		if !k.IsPublic() {
-			return nil, fmt.Errorf("key %d (kid %q) is a private key; publish only public keys", i, k.KeyID)
-		}
-		out.Keys = append(out.Keys, k)
-	}
-	return out, nil
-}
-
-// LoadJWKSFile reads a JSON Web Key Set, such as the output of
-// `kubectl get --raw /openid/v1/jwks`, from a file.
-func LoadJWKSFile(path string) (*jose.JSONWebKeySet, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("load jwks: %w", err)
-	}
-	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, maxJSONBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("load jwks %s: %w", path, err)
-	}
-	if len(data) > maxJSONBytes {
-		return nil, fmt.Errorf("load jwks %s: file is larger than %d bytes", path, maxJSONBytes)
-	}
-	var set jose.JSONWebKeySet
-	if err := josejson.Unmarshal(data, &set); err != nil {
-		return nil, fmt.Errorf("load jwks %s: %w", path, err)
-	}
-	out, err := publicKeySet(&set)
-	if err != nil {
-		return nil, fmt.Errorf("load jwks %s: %w", path, err)
-	}
-	return out, nil
-}
-
-// DiscoverJWKS finds an issuer's keys by OpenID Connect discovery: it fetches
-// <issuerURL>/.well-known/openid-configuration, checks that the document names
-// exactly issuerURL as its issuer, then fetches its jwks_uri. Both URLs must
-// be https. A network failure, a 429 or a 5xx answer wraps ErrUnavailable. A
-// nil client means one with a 10 second timeout.
-func DiscoverJWKS(ctx context.Context, client *http.Client, issuerURL string) (*jose.JSONWebKeySet, error) {
-	if client == nil {
-		client = &http.Client{Timeout: 10 * time.Second}
-	}
-	if err := requireHTTPS(issuerURL); err != nil {
-		return nil, fmt.Errorf("discover jwks: issuer: %w", err)
-	}
-	var doc struct {
-		Issuer  string `json:"issuer"`
-		JWKSURI string `json:"jwks_uri"`
-	}
-	configURL := strings.TrimSuffix(issuerURL, "/") + "/.well-known/openid-configuration"
-	if err := getJSON(ctx, client, configURL, &doc); err != nil {
-		return nil, fmt.Errorf("discover jwks: %w", err)
-	}
-	if doc.Issuer != issuerURL {
-		return nil, fmt.Errorf("discover jwks: %s names the issuer %q, not %q", configURL, doc.Issuer, issuerURL)
-	}
-	if err := requireHTTPS(doc.JWKSURI); err != nil {
-		return nil, fmt.Errorf("discover jwks: jwks_uri: %w", err)
-	}
-	var set jose.JSONWebKeySet
-	if err := getJSON(ctx, client, doc.JWKSURI, &set); err != nil {
-		return nil, fmt.Errorf("discover jwks: %w", err)
-	}
-	out, err := publicKeySet(&set)
-	if err != nil {
-		return nil, fmt.Errorf("discover jwks: %s: %w", doc.JWKSURI, err)
-	}
-	return out, nil
-}
-
-// requireHTTPS checks that s is an absolute https URL.
-func requireHTTPS(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return err
-	}
-	if u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("%q is not an absolute https url", s)
-	}
-	return nil
-}
-
-// getJSON fetches a JSON document. Failures to reach the server and answers
-// that say "try later" wrap ErrUnavailable.
-func getJSON(ctx context.Context, client *http.Client, u string, dst any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: GET %s: %w", ErrUnavailable, u, err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONBytes+1))
-	if err != nil {
-		return fmt.Errorf("%w: GET %s: reading the answer: %w", ErrUnavailable, u, err)
-	}
-	switch {
-	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		return fmt.Errorf("%w: GET %s: %s", ErrUnavailable, u, resp.Status)
-	case resp.StatusCode != http.StatusOK:
-		return fmt.Errorf("GET %s: %s", u, resp.Status)
-	case len(body) > maxJSONBytes:
-		return fmt.Errorf("GET %s: answer is larger than %d bytes", u, maxJSONBytes)
-	}
-	if err := josejson.Unmarshal(body, dst); err != nil {
-		return fmt.Errorf("GET %s: %w", u, err)
-	}
-	return nil
-}
-
-// RemoteKeySource is a KeySource that finds an issuer's keys by OpenID
-// discovery (DiscoverJWKS). It keeps the keys for MaxAge, then fetches again;
-// while a fetch fails it keeps serving the keys it has. When a token names an
-// unknown key id it fetches again at once, but at most once per MinRefresh.
-// Set MaxAge and MinRefresh, if at all, before the first use.
-type RemoteKeySource struct {
-	// MaxAge is how long fetched keys are served before the next fetch.
-	MaxAge time.Duration
-	// MinRefresh is the least time between two fetches.
-	MinRefresh time.Duration
-
-	client *http.Client
-	issuer string
-	now    func() time.Time
-
-	fetchMu sync.Mutex // held during a fetch
-
-	mu          sync.Mutex // guards the fields below
-	set         *jose.JSONWebKeySet
-	fetched     time.Time // when set was fetched
-	lastAttempt time.Time // when the last fetch started
-	lastErr     error     // how the last fetch failed, nil if it did not
-}
-
-// NewRemoteKeySource returns a source for issuerURL with MaxAge 5 minutes and
-// MinRefresh 10 seconds. It fetches nothing until first asked. A nil client
-// means one with a 10 second timeout.
-func NewRemoteKeySource(client *http.Client, issuerURL string) *RemoteKeySource {
-	return &RemoteKeySource{
-		MaxAge:     5 * time.Minute,
-		MinRefresh: 10 * time.Second,
-		client:     client,
-		issuer:     issuerURL,
-		now:        time.Now,
-	}
-}
-
-// KeySet implements KeySource. It fails only when no keys were ever fetched.
-func (s *RemoteKeySource) KeySet(ctx context.Context) (*jose.JSONWebKeySet, error) {
-	s.mu.Lock()
-	set, fresh := s.set, s.set != nil && s.now().Sub(s.fetched) < s.MaxAge
-	s.mu.Unlock()
-	if fresh {
-		return set, nil
-	}
-	if set != nil {
-		// Stale: refresh unless another request already is; meanwhile the
-		// old keys keep working.
-		if s.fetchMu.TryLock() {
-			_ = s.fetchLocked(ctx)
-			s.fetchMu.Unlock()
-		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.set, nil
-	}
-	s.fetchMu.Lock()
-	defer s.fetchMu.Unlock()
-	if err := s.fetchLocked(ctx); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.set == nil {
-		// A fetch failed within MinRefresh; do not hammer the issuer.
-		return nil, s.lastErr
-	}
-	return s.set, nil
-}
-
-// Refresh fetches the keys again now unless the last fetch started less than
-// MinRefresh ago.
-func (s *RemoteKeySource) Refresh(ctx context.Context) error {
-	s.fetchMu.Lock()
-	defer s.fetchMu.Unlock()
-	return s.fetchLocked(ctx)
-}
-
-// fetchLocked fetches the keys; the caller holds fetchMu. Within MinRefresh
-// of the last attempt it does nothing.
-func (s *RemoteKeySource) fetchLocked(ctx context.Context) error {
-	s.mu.Lock()
-	if !s.lastAttempt.IsZero() && s.now().Sub(s.lastAttempt) < s.MinRefresh {
-		s.mu.Unlock()
-		return nil
-	}
-	s.lastAttempt = s.now()
-	s.mu.Unlock()
-	set, err := DiscoverJWKS(ctx, s.client, s.issuer)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.lastErr = err
-	if err != nil {
-		return err
-	}
-	s.set, s.fetched = set, s.now()
-	return nil
-}
-
-// TokenMinter issues tokens shaped like projected Kubernetes service-account
-// tokens. It serves development mode and tests; production tokens come from
-// the Kubernetes API server.
-type TokenMinter struct {
-	// Now returns the time tokens are stamped with. Nil means time.Now.
-	Now func() time.Time
-
-	signer jose.Signer
-	public jose.JSONWebKey
-	issuer string
-}
-
-// NewTokenMinter returns a minter that signs with signer (RSA of at least
-// 2048 bits: RS256; ECDSA P-256: ES256; ECDSA P-384: ES384) under key id kid,
-// as issuer.
-func NewTokenMinter(signer crypto.Signer, kid, issuer string) (*TokenMinter, error) {
-	var alg jose.SignatureAlgorithm
-	switch pub := signer.Public().(type) {
-	case *rsa.PublicKey:
-		if pub.N.BitLen() < 2048 {
-			return nil, fmt.Errorf("token minter: RSA-%d key is too small; use at least 2048 bits", pub.N.BitLen())
-		}
-		alg = jose.RS256
-	case *ecdsa.PublicKey:
-		switch pub.Curve {
-		case elliptic.P256():
-			alg = jose.ES256
-		case elliptic.P384():
-			alg = jose.ES384
-		default:
-			return nil, fmt.Errorf("token minter: ECDSA %s is not supported; use P-256 or P-384", pub.Curve.Params().Name)
-		}
-	default:
-		return nil, fmt.Errorf("token minter: %T keys are not supported", pub)
-	}
-	if issuer == "" {
-		return nil, errors.New("token minter: issuer is empty")
-	}
-	public := jose.JSONWebKey{Key: signer.Public(), KeyID: kid, Algorithm: string(alg), Use: "sig"}
-	js, err := jose.NewSigner(jose.SigningKey{
-		Algorithm: alg,
-		Key:       kidSigner{OpaqueSigner: cryptosigner.Opaque(signer), public: public},
-	}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("token minter: %w", err)
-	}
-	return &TokenMinter{signer: js, public: public, issuer: issuer}, nil
-}
-
-// kidSigner makes go-jose put the key id in the header it signs.
-type kidSigner struct {
-	jose.OpaqueSigner
-	public jose.JSONWebKey
-}
-
-func (s kidSigner) Public() *jose.JSONWebKey { return &s.public }
-
-// mintedClaims is the payload of a minted token.
-type mintedClaims struct {
-	jwt.Claims
-	Kubernetes mintedKubernetes `json:"kubernetes.io"`
-}
-
-type mintedKubernetes struct {
-	Namespace      string        `json:"namespace"`
-	ServiceAccount mintedNameUID `json:"serviceaccount"`
-}
-
-type mintedNameUID struct {
-	Name string `json:"name"`
-}
-
-// Mint returns a token for service account sa in namespace ns, for the
-// given audiences, valid for ttl from now.
-func (m *TokenMinter) Mint(ns, sa string, audiences []string, ttl time.Duration) (string, error) {
-	if !validNamespace(ns) || !validServiceAccount(sa) {
-		return "", fmt.Errorf("mint token: %q/%q is not a valid namespace and service account", ns, sa)
-	}
-	if ttl <= 0 {
-		return "", fmt.Errorf("mint token: ttl %s is not positive", ttl)
-	}
-	now := time.Now
-	if m.Now != nil {
-		now = m.Now
-	}
-	t := now()
-	claims := mintedClaims{
-		Claims: jwt.Claims{
-			Issuer:    m.issuer,
-			Subject:   serviceAccountPrefix + ns + ":" + sa,
-			Audience:  jwt.Audience(audiences),
-			Expiry:    jwt.NewNumericDate(t.Add(ttl)),
-			NotBefore: jwt.NewNumericDate(t),
-			IssuedAt:  jwt.NewNumericDate(t),
-		},
-		Kubernetes: mintedKubernetes{Namespace: ns, ServiceAccount: mintedNameUID{Name: sa}},
-	}
-	token, err := jwt.Signed(m.signer).Claims(claims).Serialize()
-	if err != nil {
-		return "", fmt.Errorf("mint token: %w", err)
-	}
-	return token, nil
-}
-
-// JWKS returns the public key that verifies minted tokens, as a key set.
-func (m *TokenMinter) JWKS() jose.JSONWebKeySet {
-	return jose.JSONWebKeySet{Keys: []jose.JSONWebKey{m.public}}
 }

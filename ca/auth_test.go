@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -51,7 +52,7 @@ func wrapsSentinel(err error) bool {
 }
 
 func TestSPIFFEID(t *testing.T) {
-	if got := SPIFFEID("cluster.local", "default", "sleep"); got != testID {
+	if got := spiffeid.Workload("cluster.local", "default", "sleep"); got != testID {
 		t.Fatalf("SPIFFEID = %q, want %q", got, testID)
 	}
 }
@@ -105,7 +106,7 @@ func TestParseSPIFFEID(t *testing.T) {
 			if td != tc.td || ns != tc.ns || sa != tc.sa {
 				t.Fatalf("ParseSPIFFEID(%q) = %q, %q, %q; want %q, %q, %q", tc.in, td, ns, sa, tc.td, tc.ns, tc.sa)
 			}
-			if got := SPIFFEID(td, ns, sa); got != tc.in {
+			if got := spiffeid.Workload(td, ns, sa); got != tc.in {
 				t.Fatalf("SPIFFEID round trip = %q, want %q", got, tc.in)
 			}
 		})

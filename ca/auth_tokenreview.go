@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -114,7 +115,7 @@ type TokenReviewAuthenticator struct {
 // reviewer token once to fail early (without Client), and returns the
 // authenticator.
 func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthenticator, error) {
-	if err := validTrustDomain(opts.TrustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(opts.TrustDomain); err != nil {
 		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
 	}
 	clusters, err := clustersOrDefault(opts.Clusters)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
 )
@@ -69,7 +70,7 @@ func NewNodeAuthorizer(trusted []string, clusters map[string]NodePods) (*NodeAut
 // ValidNodeAccount checks a trusted node account: "<namespace>/<service-account>".
 func ValidNodeAccount(s string) error {
 	ns, sa, ok := strings.Cut(s, "/")
-	if !ok || !validNamespace(ns) || !validServiceAccount(sa) {
+	if !ok || !spiffeid.ValidNamespace(ns) || !spiffeid.ValidServiceAccount(sa) {
 		return fmt.Errorf("trusted node account %s is not <namespace>/<service-account>", quote(s))
 	}
 	return nil

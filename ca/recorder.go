@@ -31,8 +31,8 @@ type Denial struct {
 	// ClusterID is, for a caller that could not be authenticated, the
 	// served cluster its clusterid header named; empty otherwise.
 	ClusterID string
-	Code   codes.Code
-	Reason string
+	Code      codes.Code
+	Reason    string
 	// Detail is machine-readable: "peer=<addr> class=<kind>" for one
 	// denial, and "count=<n> first=<t1> last=<t2> peer=<addr> class=<kind>"
 	// for denials counted beyond the per-peer rate (see DenialLimits). A

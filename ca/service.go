@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	pb "istio.io/api/security/v1alpha1"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -372,7 +373,7 @@ func (s *Service) IssueIstiod(ctx context.Context, r IstiodRequest) (*issuer.Iss
 		return nil, nil, fmt.Errorf("%w: istiod certificate needs at least one DNS name", ErrInvalidRequest)
 	}
 	for _, n := range r.DNSNames {
-		if !validServiceAccount(n) { // a DNS subdomain, as a Service's name is
+		if !spiffeid.ValidServiceAccount(n) { // a DNS subdomain, as a Service's name is
 			return nil, nil, fmt.Errorf("%w: istiod DNS name %s is not a lowercase DNS name", ErrInvalidRequest, quote(n))
 		}
 	}

@@ -20,7 +20,8 @@ import (
 // cannot replace it. It implements store.Witness.
 //
 // One secret serves one log: replicas that share a Vault, each with its own
-// log file, need distinct log origins.
+// log file, need distinct log origins, which their shard names give them
+// (log.shard: the origin is "<origin>/<shard>").
 type VaultWitness struct {
 	client  *vault.Client
 	mount   string

@@ -79,6 +79,18 @@
 // witness cannot be read, since the log cannot then be checked. A witness
 // that holds a checkpoint the log does not extend is never overwritten.
 //
+// # Shards
+//
+// Replicas of the daemon each append to their own file, a shard. Two files
+// MUST NOT share an origin: the origin names the log in its checkpoints and
+// keys its checkpoint in the witness, so two shards under one origin would
+// overwrite each other's witness and each would be refused as a rollback of
+// the other. The daemon names a shard "<origin>/<shard>" (its log.shard);
+// the note signer keeps the unsharded name, so one verifier key checks
+// every shard. FileOrigin reads which origin a file holds before it is
+// opened. Nothing is shared between shards: each has its own sequence
+// numbers, tree and checkpoints, and a reader merges them by entry time.
+//
 // Open re-hashes every entry, compares with the stored leaf hashes and
 // recomputes the root for every stored checkpoint before it accepts a file;
 // Verify also checks the indexes and the consistency between checkpoints.

@@ -72,8 +72,8 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}{
 		{"status", "the roots in the bundle, the issuing intermediate, the rotation state, the last drill", adminStatus},
 		{"rotate-intermediate", "replace the issuing intermediate now", adminRotateIntermediate},
-		{"root", "staged root rotation: root prepare | activate [--force --reason R] | retire [--key-version N] [--force --reason R] [--compromised]", adminRoot},
-		{"revoke-intermediate", "mark an intermediate compromised, rotate, and list the workloads it signed for (JSON lines)", adminRevokeIntermediate},
+		{"root", "staged root rotation: root prepare | activate [--force --reason R] | retire [--key-version N] [--force --reason R] [--compromised]; retire with every replica's --addr checks every replica's log", adminRoot},
+		{"revoke-intermediate", "mark an intermediate compromised, rotate, and list the workloads it signed for (JSON lines; with every replica's --addr, from every replica's log)", adminRevokeIntermediate},
 		{"drill", "rehearse rotation on the running daemon and report each step (--root: a full root cycle, staging only)", adminDrill},
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
@@ -185,7 +185,11 @@ func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if force != nil && *force && strings.TrimSpace(*reason) == "" {
 		return errors.New("--force needs --reason: the override is recorded in the log")
 	}
-	c, ctx, done, err := af.client(ctx)
+	client := af.client
+	if step == "retire" && af.conn.several() {
+		client = af.clientFirst // the step runs on the first replica named
+	}
+	c, ctx, done, err := client(ctx)
 	if err != nil {
 		return err
 	}
@@ -211,6 +215,11 @@ func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				resp.GetActive().GetKeyVersion(), resp.GetIntermediate().GetFingerprint())
 		})
 	default:
+		if af.conn.several() && !*force && !*compromised {
+			if err := af.checkRetireShards(ctx, c, *version); err != nil {
+				return err
+			}
+		}
 		resp, err := c.RetireRoot(ctx, &adminv1.RetireRootRequest{KeyVersion: *version, Force: *force, Reason: *reason, Compromised: *compromised})
 		if err != nil {
 			return err
@@ -241,7 +250,11 @@ func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr 
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	c, ctx, done, err := af.client(ctx)
+	client := af.client
+	if af.conn.several() {
+		client = af.clientFirst // the step runs on the first replica named
+	}
+	c, ctx, done, err := client(ctx)
 	if err != nil {
 		return err
 	}
@@ -268,6 +281,11 @@ func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr 
 		}
 		groups = append(groups, m.GetAffected())
 		certs += len(m.GetAffected().GetSerials())
+	}
+	if af.conn.several() {
+		if groups, certs, err = af.signedByInShards(ctx, first.GetRevoked().GetFingerprint()); err != nil {
+			return fmt.Errorf("intermediate revoked, but the replicas' logs could not be searched for what it signed: %w", err)
+		}
 	}
 	fmt.Fprintf(stderr, "%d unexpired certificates of %d workloads were signed by it: restart those workloads\n", certs, len(groups))
 	return writeAffected(stdout, groups)

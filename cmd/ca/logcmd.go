@@ -1,11 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -21,9 +21,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/transitca/transitca/ca"
@@ -99,21 +97,28 @@ type logFlags struct {
 	addr, cert, key, rootCert, serverName string
 	db, verifierKey                       string
 	timeout                               time.Duration
+	// addrs and dbs are every --addr and --db given: several logs, one
+	// per replica, for the commands that read several (logshards.go).
+	addrs, dbs []string
 
-	// witnessFile, with db, is a witness file the log is checked against.
-	witnessFile string
+	// witnessFile, with db, is a witness file the log is checked against;
+	// with witnessNextToLog, each log file is checked against the witness
+	// file next to it, if there is one.
+	witnessFile      string
+	witnessNextToLog bool
 }
 
 func (f *logFlags) register(fs *flag.FlagSet) {
 	f.registerConn(fs)
-	fs.StringVar(&f.db, "db", "", "read a log file directly (a stopped daemon's, or a backup) instead of --addr")
+	fs.Var(repeatable{&f.db, &f.dbs}, "db", "read a log file directly (a stopped daemon's, or a backup) instead of --addr; query, export and verify take several, one per replica")
 	fs.StringVar(&f.verifierKey, "verifier-key", "", "checkpoint verifier key, or a file holding it (<data_dir>/log-verifier.vkey)")
 }
 
 // registerConn registers the flags that reach a running daemon's admin
 // API ("ca log" and "ca admin" share them).
 func (f *logFlags) registerConn(fs *flag.FlagSet) {
-	fs.StringVar(&f.addr, "addr", "127.0.0.1:15015", "admin API address of a running daemon")
+	f.addr = "127.0.0.1:15015"
+	fs.Var(repeatable{&f.addr, &f.addrs}, "addr", "admin API address of a running daemon (default 127.0.0.1:15015); query, export and verify take several, one per replica, and dns:///NAME:PORT for every address of a headless Service")
 	fs.StringVar(&f.cert, "cert", "", "client certificate chain (PEM) carrying an admin SPIFFE ID")
 	fs.StringVar(&f.key, "key", "", "client private key (PEM)")
 	fs.StringVar(&f.rootCert, "root-cert", "", "root bundle that verifies the daemon (PEM)")
@@ -122,23 +127,50 @@ func (f *logFlags) registerConn(fs *flag.FlagSet) {
 }
 
 func (f *logFlags) open() (logAPI, func(), error) {
-	if f.db != "" {
-		vs, err := f.verifiers()
-		if err != nil {
-			return nil, nil, err
-		}
-		opts := store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)}
-		if f.witnessFile != "" {
-			opts.Witness = store.NewFileWitness(f.witnessFile)
-		}
-		l, err := store.Open(f.db, opts)
-		if err != nil {
-			return nil, nil, err
-		}
-		vkey, _ := f.verifierKeyText()
-		return localLog{AdminService: ca.NewAdminService(l, vkey, nil), l: l}, func() { _ = l.Close() }, nil
+	if err := f.single(); err != nil {
+		return nil, nil, err
 	}
-	conn, err := f.dial()
+	if f.db != "" {
+		return f.openDB(f.db, f.witnessFor(f.db))
+	}
+	return f.openRemote(target{addr: f.addr, serverName: f.serverName})
+}
+
+// openDB opens a log file read-only, checked against the witness file
+// witness when it is not "".
+func (f *logFlags) openDB(db, witness string) (logAPI, func(), error) {
+	vs, err := f.verifiers()
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := store.Options{ReadOnly: true, Verifiers: vs, Logger: slog.New(slog.DiscardHandler)}
+	if witness != "" {
+		opts.Witness = store.NewFileWitness(witness)
+	}
+	l, err := store.Open(db, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	vkey, _ := f.verifierKeyText()
+	return localLog{AdminService: ca.NewAdminService(l, vkey, nil), l: l}, func() { _ = l.Close() }, nil
+}
+
+// witnessFor returns the witness file the log file db is checked against:
+// --witness, or with witnessNextToLog the one next to it if present.
+func (f *logFlags) witnessFor(db string) string {
+	if f.witnessFile != "" {
+		return f.witnessFile
+	}
+	if f.witnessNextToLog {
+		if p := filepath.Join(filepath.Dir(db), daemon.WitnessFileName); fileExists(p) {
+			return p
+		}
+	}
+	return ""
+}
+
+func (f *logFlags) openRemote(t target) (logAPI, func(), error) {
+	conn, err := f.dialTarget(t)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -149,6 +181,13 @@ func (f *logFlags) open() (logAPI, func(), error) {
 // certificate of --cert and --key, verifying the daemon against
 // --root-cert.
 func (f *logFlags) dial() (*grpc.ClientConn, error) {
+	if err := f.single(); err != nil {
+		return nil, err
+	}
+	return f.dialTarget(target{addr: f.addr, serverName: f.serverName})
+}
+
+func (f *logFlags) dialTarget(t target) (*grpc.ClientConn, error) {
 	if f.cert == "" || f.key == "" || f.rootCert == "" {
 		return nil, errors.New("to reach a running daemon, --cert, --key and --root-cert are required (or read a file with --db)")
 	}
@@ -164,15 +203,15 @@ func (f *logFlags) dial() (*grpc.ClientConn, error) {
 	if !pool.AppendCertsFromPEM(roots) {
 		return nil, fmt.Errorf("%s holds no PEM certificates", f.rootCert)
 	}
-	name := f.serverName
+	name := t.serverName
 	if name == "" {
-		host, _, err := net.SplitHostPort(f.addr)
+		host, _, err := net.SplitHostPort(t.addr)
 		if err != nil {
-			return nil, fmt.Errorf("--addr %q: %w", f.addr, err)
+			return nil, fmt.Errorf("--addr %q: %w", t.addr, err)
 		}
 		name = host
 	}
-	return grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+	return grpc.NewClient(t.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12,
 	})))
 }
@@ -366,6 +405,9 @@ func (q *queryFlags) request() (*adminv1.QueryLogRequest, error) {
 // exportEntry is the JSON form of an entry, one per line: stable field
 // names a security team can load into its own tools.
 type exportEntry struct {
+	// Shard is the log (replica) the entry is from, when several were
+	// read: the --addr or --db it was read through.
+	Shard             string `json:"shard,omitempty"`
 	Seq               uint64 `json:"seq"`
 	Kind              string `json:"kind"`
 	Time              string `json:"time"`
@@ -443,19 +485,28 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	req.PageToken = *page
-	api, ctx, done, err := lf.connect(ctx)
+	shards, ctx, done, err := lf.connectShards(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	resp, err := api.QueryLog(ctx, req)
+	m, err := newMergedQuery(shards, req, *page)
 	if err != nil {
 		return err
 	}
 	enc := json.NewEncoder(stdout)
-	for _, p := range resp.GetEntries() {
+	for range cmp.Or(qf.limit, 50) {
+		p, from, err := m.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if p == nil {
+			break
+		}
 		x := toExport(p, false)
+		if len(shards) > 1 {
+			x.Shard = from.name
+		}
 		if *asJSON {
 			x.CertificateDER = ""
 			if err := enc.Encode(x); err != nil {
@@ -472,9 +523,16 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		default:
 			what += " tier=" + x.Tier + " until " + x.NotAfter
 		}
+		if x.Shard != "" {
+			fmt.Fprintf(stdout, "%-21s ", x.Shard)
+		}
 		fmt.Fprintf(stdout, "%-8d %-30s %-8s %-34s %s\n", x.Seq, x.Time, x.Kind, x.Serial, what)
 	}
-	if next := resp.GetNextPageToken(); next != "" {
+	next, err := m.PageToken()
+	if err != nil {
+		return err
+	}
+	if next != "" {
 		fmt.Fprintf(stderr, "more: --page-token %s\n", next)
 	}
 	return nil
@@ -525,29 +583,31 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	api, ctx, done, err := lf.connect(ctx)
+	shards, ctx, done, err := lf.connectShards(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
 	n := 0
 	export := func(w io.Writer) error {
+		m, err := newMergedQuery(shards, req, "")
+		if err != nil {
+			return err
+		}
 		enc := json.NewEncoder(w)
 		for {
-			resp, err := api.QueryLog(ctx, req)
-			if err != nil {
+			p, from, err := m.Next(ctx)
+			if err != nil || p == nil {
 				return err
 			}
-			for _, p := range resp.GetEntries() {
-				if err := enc.Encode(toExport(p, *withPEM)); err != nil {
-					return err
-				}
-				n++
+			x := toExport(p, *withPEM)
+			if len(shards) > 1 {
+				x.Shard = from.name
 			}
-			if resp.GetNextPageToken() == "" {
-				return nil
+			if err := enc.Encode(x); err != nil {
+				return err
 			}
-			req.PageToken = resp.GetNextPageToken()
+			n++
 		}
 	}
 	// Stream to the terminal, or into a file that appears only when the
@@ -562,113 +622,6 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stderr, "exported %d entries\n", n)
 	return nil
-}
-
-func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, lf := newLogFlagSet("ca log verify", stderr)
-	since := fs.String("since", "", "also check that the log extends this signed checkpoint kept earlier (a file saved from \"ca log checkpoint\")")
-	fs.StringVar(&lf.witnessFile, "witness", "", "with --db: check the log against this witness file (default: "+daemon.WitnessFileName+" next to the log file, if present)")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if lf.db != "" && lf.witnessFile == "" {
-		if p := filepath.Join(filepath.Dir(lf.db), daemon.WitnessFileName); fileExists(p) {
-			lf.witnessFile = p
-		}
-	}
-	vkey, err := lf.verifierKeyText()
-	if err != nil {
-		return err
-	}
-	api, ctx, done, err := lf.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	start := time.Now()
-	resp, err := api.VerifyLog(ctx, &adminv1.VerifyLogRequest{})
-	if err != nil {
-		return fmt.Errorf("log does not verify: %w", err)
-	}
-	var v note.Verifier
-	var sinceSize uint64
-	if vkey != "" || *since != "" {
-		cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
-		if *since == "" && (errors.Is(err, store.ErrNotFound) || status.Code(err) == codes.NotFound) {
-			fmt.Fprintln(stderr, "note: the log holds no checkpoint yet, so no signature was checked")
-			return printVerified(stdout, resp, start, "", 0, lf.witnessFile)
-		}
-		if err != nil {
-			return err
-		}
-		if vkey == "" {
-			if lf.db != "" {
-				return errors.New("--since needs --verifier-key to check the checkpoint's signature")
-			}
-			vkey = cp.GetVerifierKey()
-			fmt.Fprintln(stderr, "note: verifier key taken from the server; pass --verifier-key to check against a key you trust")
-		}
-		if v, err = note.NewVerifier(vkey); err != nil {
-			return fmt.Errorf("verifier key: %w", err)
-		}
-		// The signature of the latest checkpoint is checked here too, so
-		// that --verifier-key means the same through a daemon.
-		latest, err := store.OpenCheckpoint(cp.GetCheckpoint(), v)
-		if err != nil {
-			return fmt.Errorf("log does not verify: latest checkpoint: %w", err)
-		}
-		if *since != "" {
-			if sinceSize, err = checkSince(ctx, api, v, *since, resp.GetTreeSize(), cp.GetCheckpoint(), latest); err != nil {
-				return fmt.Errorf("log does not verify: %w", err)
-			}
-		}
-	}
-	if lf.db != "" && vkey == "" {
-		fmt.Fprintln(stderr, "note: no --verifier-key given, so checkpoint signatures were not checked")
-	}
-	return printVerified(stdout, resp, start, *since, sinceSize, lf.witnessFile)
-}
-
-func printVerified(stdout io.Writer, resp *adminv1.VerifyLogResponse, start time.Time, since string, sinceSize uint64, witnessFile string) error {
-	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
-		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
-	if since != "" {
-		fmt.Fprintf(stdout, "the log extends the checkpoint of size %d in %s (consistency proof verified)\n", sinceSize, since)
-	}
-	if witnessFile != "" {
-		fmt.Fprintf(stdout, "checked against the witness file %s\n", witnessFile)
-	}
-	return nil
-}
-
-// checkSince checks that the log extends the signed checkpoint kept in
-// file: the tree and its latest checkpoint are no smaller, and a
-// consistency proof from it to the latest checkpoint verifies.
-func checkSince(ctx context.Context, api logAPI, v note.Verifier, file string, treeSize uint64, latestSigned []byte, latest store.Checkpoint) (uint64, error) {
-	old, err := os.ReadFile(file)
-	if err != nil {
-		return 0, err
-	}
-	oldCP, err := store.OpenCheckpoint(old, v)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", file, err)
-	}
-	if oldCP.Size > treeSize {
-		return 0, fmt.Errorf("%w: it has %d entries, but the checkpoint in %s says the log had %d: entries were lost (an older file or backup put back?)",
-			store.ErrRolledBack, treeSize, file, oldCP.Size)
-	}
-	if oldCP.Size > latest.Size {
-		return 0, fmt.Errorf("%w: its latest checkpoint is of size %d, older than the checkpoint of size %d in %s: checkpoints were lost",
-			store.ErrRolledBack, latest.Size, oldCP.Size, file)
-	}
-	cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: oldCP.Size, ToSize: latest.Size})
-	if err != nil {
-		return 0, err
-	}
-	if err := store.VerifyConsistency(old, latestSigned, v, cr.GetProof()); err != nil {
-		return 0, fmt.Errorf("%w: the log does not extend the checkpoint of size %d in %s: %w", store.ErrRolledBack, oldCP.Size, file, err)
-	}
-	return oldCP.Size, nil
 }
 
 func fileExists(p string) bool {

@@ -104,7 +104,7 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "no API server (--kubeconfig, $KUBECONFIG or in-cluster): listing certificates only, pods not checked")
 	}
 
-	api, ctx, done, err := lf.connect(ctx)
+	shards, ctx, done, err := lf.connectShards(ctx)
 	if err != nil {
 		return err
 	}
@@ -118,14 +118,18 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return accounts[k]
 	}
-	if err := liveCertificates(ctx, api, *namespace, when, func(p *adminv1.Entry) {
-		a := account(p.GetNamespace(), p.GetServiceAccount())
-		a.LiveCertificates++
-		if na := p.GetNotAfter().AsTime().UTC().Format(time.RFC3339); na > a.LatestNotAfter {
-			a.LatestNotAfter = na
+	// Every replica's log: a certificate is in the shard of the replica
+	// that issued it.
+	for _, sh := range shards {
+		if err := liveCertificates(ctx, sh.api, *namespace, when, func(p *adminv1.Entry) {
+			a := account(p.GetNamespace(), p.GetServiceAccount())
+			a.LiveCertificates++
+			if na := p.GetNotAfter().AsTime().UTC().Format(time.RFC3339); na > a.LatestNotAfter {
+				a.LatestNotAfter = na
+			}
+		}); err != nil {
+			return fmt.Errorf("issuance log %s: %w", sh.name, err)
 		}
-	}); err != nil {
-		return fmt.Errorf("issuance log: %w", err)
 	}
 	if pods != nil {
 		if err := runningPods(ctx, pods, *namespace, func(p *corev1.Pod) {

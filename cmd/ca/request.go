@@ -30,6 +30,7 @@ import (
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
+	"github.com/transitca/transitca/internal/spiffeid"
 )
 
 func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -76,7 +77,7 @@ func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return fmt.Errorf("derive the identity from the token (or pass --identity): %w", err)
 		}
-		id = ca.SPIFFEID(*trustDomain, ns, sa)
+		id = spiffeid.Workload(*trustDomain, ns, sa)
 	}
 	key, csrPEM, err := newCSR(id, *keyType)
 	if err != nil {

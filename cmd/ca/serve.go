@@ -20,6 +20,7 @@ type serveFlags struct {
 	jwks          string
 	jwtIssuer     string
 	kubeconfig    string
+	shard         string
 	checkConfig   bool
 }
 
@@ -34,6 +35,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&f.jwks, "jwks", "", "JWKS file that verifies service-account tokens (overrides auth.jwt.jwks_file)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "required token issuer (overrides auth.jwt.issuer)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file for the Kubernetes API outside a pod (overrides kubernetes.kubeconfig; default $KUBECONFIG)")
+	fs.StringVar(&f.shard, "shard", "", "this replica's log shard name, or \"auto\" for $POD_NAME, else the host name (overrides log.shard)")
 	fs.BoolVar(&f.checkConfig, "check-config", false, "load and validate the configuration, then exit")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: ca serve [flags]")
@@ -64,6 +66,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		if f.jwtIssuer != "" {
 			c.Auth.JWT.Issuer = f.jwtIssuer
+		}
+		if f.shard != "" {
+			c.Log.Shard = f.shard
 		}
 		switch {
 		case f.kubeconfig != "":

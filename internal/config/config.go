@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -127,6 +128,10 @@ type Rotation struct {
 	DrillIdentity string `yaml:"drill_identity"`
 	// Schedule prepares and activates roots automatically.
 	Schedule RotationSchedule `yaml:"schedule"`
+	// StatePollInterval is how often a replica reads the rotation state
+	// shared in Vault, and so how soon it follows a step another replica
+	// took (a new bundle, root or intermediate; a revoked intermediate).
+	StatePollInterval Duration `yaml:"state_poll_interval"`
 }
 
 // RotationSchedule prepares a new root when the active root has
@@ -158,7 +163,7 @@ func (c *Config) DrillIdentity() string {
 	if c.Rotation.DrillIdentity != "" {
 		return c.Rotation.DrillIdentity
 	}
-	return "spiffe://" + c.TrustDomain + "/ns/transitca/sa/drill"
+	return spiffeid.Workload(c.TrustDomain, "transitca", "drill")
 }
 
 // Limits bound what callers can make the CA write. Denials within the
@@ -199,8 +204,13 @@ type Log struct {
 	// ("ca init" creates it).
 	CheckpointKey string `yaml:"checkpoint_key"`
 	// Origin is the log's name, the first line of every checkpoint;
-	// "transitca/<trust_domain>" when empty.
-	Origin             string   `yaml:"origin"`
+	// "transitca/<trust_domain>" when empty. With Shard set, each
+	// replica's log is named "<origin>/<shard>" (see shard.go).
+	Origin string `yaml:"origin"`
+	// Shard names this replica's log among the replicas that share a
+	// Vault: "" for a single replica, ShardAuto for $POD_NAME, else the
+	// host name.
+	Shard              string   `yaml:"shard"`
 	CheckpointEvery    int      `yaml:"checkpoint_every"`
 	CheckpointInterval Duration `yaml:"checkpoint_interval"`
 }
@@ -222,8 +232,10 @@ func (c *Config) LogPath() string {
 	return filepath.Join(c.DataDir, "issuance.db")
 }
 
-// LogOrigin returns the log's origin line.
-func (c *Config) LogOrigin() string {
+// LogKeyName returns the name of the checkpoint signing key: the log
+// origin without the shard, so that one verifier key checks every
+// replica's checkpoints.
+func (c *Config) LogKeyName() string {
 	if c.Log.Origin != "" {
 		return c.Log.Origin
 	}
@@ -233,7 +245,7 @@ func (c *Config) LogOrigin() string {
 // DevAdminIdentity is the admin identity a dev CA accepts when none is
 // configured.
 func (c *Config) DevAdminIdentity() string {
-	return "spiffe://" + c.TrustDomain + "/ns/transitca/sa/admin"
+	return spiffeid.Workload(c.TrustDomain, "transitca", "admin")
 }
 
 // Server is the gRPC and metrics listeners and the TLS they serve.
@@ -437,7 +449,10 @@ func Default() *Config {
 			},
 			Istiod: defaultIstiod(),
 		},
-		Rotation: Rotation{Schedule: RotationSchedule{CheckEvery: Duration(time.Hour)}},
+		Rotation: Rotation{
+			Schedule:          RotationSchedule{CheckEvery: Duration(time.Hour)},
+			StatePollInterval: Duration(issuer.DefaultStatePollInterval),
+		},
 		Limits: Limits{
 			DenialsPerPeerPerSecond: 5,
 			DenialBurst:             20,
@@ -534,7 +549,7 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		bad("data_dir: must be set")
 	}
-	if err := ValidTrustDomain(c.TrustDomain); err != nil {
+	if err := spiffeid.ValidTrustDomain(c.TrustDomain); err != nil {
 		bad("trust_domain: %v", err)
 	}
 	if !c.Dev {
@@ -658,9 +673,10 @@ func (c *Config) validateServing() []error {
 	if c.Log.CheckpointInterval < Duration(time.Second) {
 		bad("log.checkpoint_interval: %v is shorter than a second", c.Log.CheckpointInterval)
 	}
-	if strings.ContainsAny(c.LogOrigin(), " \t\n+") {
-		bad("log.origin: %q must not contain spaces or '+'", c.LogOrigin())
+	if strings.ContainsAny(c.LogKeyName(), " \t\n+") {
+		bad("log.origin: %q must not contain spaces or '+'", c.LogKeyName())
 	}
+	errs = append(errs, c.validateReplicas()...)
 	for _, id := range c.Admin.Identities {
 		if !strings.HasPrefix(id, "spiffe://") {
 			bad("admin.identities: %q is not a SPIFFE ID", id)
@@ -742,23 +758,6 @@ func (c *Config) KubernetesEnabled(inCluster bool) bool {
 	return c.Kubernetes.Kubeconfig != "" || inCluster
 }
 
-// ValidTrustDomain checks a SPIFFE trust domain name: lowercase letters,
-// digits, dots, dashes and underscores.
-func ValidTrustDomain(td string) error {
-	if td == "" {
-		return errors.New("must be set")
-	}
-	if len(td) > 255 {
-		return errors.New("longer than 255 characters")
-	}
-	for _, r := range td {
-		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '.' && r != '-' && r != '_' {
-			return fmt.Errorf("%q: only lowercase letters, digits, '.', '-' and '_' are allowed", td)
-		}
-	}
-	return nil
-}
-
 // VaultAuth returns the issuer's view of the Vault auth settings.
 func (c *Config) VaultAuth() issuer.VaultAuth {
 	a := c.Vault.Auth
@@ -783,6 +782,7 @@ func (c *Config) IssuerOptions() issuer.Options {
 		Organization:        c.CA.Organization,
 		RootTTL:             time.Duration(c.CA.RootTTL),
 		IntermediateTTL:     time.Duration(c.CA.IntermediateTTL),
+		StatePollInterval:   time.Duration(c.Rotation.StatePollInterval),
 		Dev:                 c.Dev,
 	}
 }

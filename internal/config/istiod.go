@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -49,7 +50,7 @@ func defaultIstiod() Istiod {
 // IstiodSPIFFEID returns istiod's identity.
 func (c *Config) IstiodSPIFFEID() string {
 	i := c.Kubernetes.Istiod
-	return "spiffe://" + c.TrustDomain + "/ns/" + i.Namespace + "/sa/" + i.ServiceAccount
+	return spiffeid.Workload(c.TrustDomain, i.Namespace, i.ServiceAccount)
 }
 
 func (c *Config) validateIstiod() []error {

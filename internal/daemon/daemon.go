@@ -24,6 +24,7 @@ import (
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/kube"
+	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 )
@@ -50,9 +51,10 @@ func logCloseTimeout(cfg *config.Config) time.Duration {
 // Timings of the background work. Variables so that tests can shorten
 // them.
 var (
-	// rootsEvery is how often the root bundle file is compared with the
-	// trust bundle.
-	rootsEvery = 30 * time.Second
+	// hierarchyEvery is how often the trust bundle and the issuing
+	// intermediate are checked for a change another replica made (which
+	// the authority adopts every rotation.state_poll_interval).
+	hierarchyEvery = time.Second
 	// servingEvery is how often the serving certificate is checked for
 	// renewal.
 	servingEvery = time.Minute
@@ -338,15 +340,24 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 // ConfigMaps and the serving certificate up to date after a rotation step,
 // at once.
 func (d *Daemon) hierarchyChanged(ctx context.Context) {
+	if err := d.refreshHierarchy(ctx); err != nil {
+		d.log.ErrorContext(ctx, "after a change of the CA hierarchy", slog.Any("error", err))
+	}
+}
+
+// refreshHierarchy is hierarchyChanged, returning what failed.
+func (d *Daemon) refreshHierarchy(ctx context.Context) error {
+	var errs []error
 	if err := writeRoots(d.rootFile, d.authority.Roots()); err != nil {
-		d.log.ErrorContext(ctx, "write root bundle", slog.Any("error", err))
+		errs = append(errs, fmt.Errorf("write root bundle: %w", err))
 	}
 	d.bundleChanged()
 	if sc := d.serving.Load(); sc != nil {
 		if err := sc.RenewIfDue(ctx); err != nil {
-			d.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
+			errs = append(errs, fmt.Errorf("renew serving certificate: %w", err))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 // issueServingCert issues the TLS serving certificate from the CA's own
@@ -357,7 +368,7 @@ func (d *Daemon) issueServingCert(ctx context.Context) error {
 	for _, s := range cfg.Server.TLS.IPAddresses {
 		ips = append(ips, net.ParseIP(s))
 	}
-	selfID := "spiffe://" + cfg.TrustDomain + "/transitca/serving"
+	selfID := spiffeid.New(cfg.TrustDomain, "transitca", "serving")
 	sc, err := ca.NewServingCert(ctx, d.svc, ca.ServingCertOptions{
 		DNSNames: cfg.Server.TLS.DNSNames, IPAddresses: ips, TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: d.log,
 		SPIFFEID: selfID,
@@ -450,7 +461,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		background(func() { s.Run(ctx) })
 		background(func() { d.watchVault(ctx) })
 	}
-	background(func() { watchRoots(ctx, d.authority, d.rootFile, rootsEvery, d.log, d.bundleChanged) })
+	background(func() { watchHierarchy(ctx, d.authority, hierarchyEvery, d.refreshHierarchy) })
 	background(func() { d.runKube(ctx) })
 	runPods(ctx, d.pods, background)
 	background(func() { d.watchLog(ctx) })
@@ -472,6 +483,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		slog.String("intermediate_mode", string(d.authority.Mode())),
 		slog.String("root_bundle", d.rootFile),
 		slog.String("log", d.ilog.Path()),
+		slog.String("log_origin", d.ilog.Origin()),
 		slog.Uint64("log_size", d.ilog.Size()),
 		slog.String("trust_domain", d.cfg.TrustDomain))
 

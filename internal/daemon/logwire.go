@@ -17,9 +17,12 @@ import (
 
 // checkpointKeys returns the checkpoint signer (the latest version of the
 // log key), a verifier for every version of it (so that checkpoints signed
-// before a rotation still verify), and the current verifier key text.
+// before a rotation still verify), and the current verifier key text. The
+// note key is named after the log without its shard (LogKeyName): every
+// replica signs with the same Transit key, and one verifier key checks the
+// checkpoints of every shard.
 func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (*store.NoteSigner, note.Verifiers, string, error) {
-	name, origin := cfg.Log.CheckpointKey, cfg.LogOrigin()
+	name, origin := cfg.Log.CheckpointKey, cfg.LogKeyName()
 	latest, err := keys.Signer(ctx, name, 0)
 	if errors.Is(err, issuer.ErrKeyNotFound) {
 		return nil, nil, "", fmt.Errorf("%w: checkpoint key %s does not exist; run \"ca init\"", issuer.ErrNotInitialized, name)
@@ -59,13 +62,34 @@ func checkpointKeys(ctx context.Context, cfg *config.Config, keys issuer.Keys) (
 }
 
 // logWitness returns where the latest checkpoint is kept outside the log:
-// Vault KV (check-and-set) with Vault, a file in the data directory in dev
-// mode.
-func logWitness(cfg *config.Config, b *Backend) store.Witness {
+// Vault KV (check-and-set) with Vault, under the log's origin, which names
+// the shard, so that replicas sharing a Vault each keep their own; a file
+// in the data directory in dev mode.
+func logWitness(cfg *config.Config, b *Backend, origin string) store.Witness {
 	if b.Session == nil {
 		return store.NewFileWitness(filepath.Join(cfg.DataDir, WitnessFileName))
 	}
-	return issuer.NewVaultWitness(b.Session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, cfg.LogOrigin(), cfg.Vault.Timeout.Std())
+	return issuer.NewVaultWitness(b.Session.Client, cfg.Vault.KVMount, cfg.Vault.KVPrefix, origin, cfg.Vault.Timeout.Std())
+}
+
+// logOrigin returns the origin this replica's log is opened with:
+// cfg.LogOrigin(), except for a log file that predates shards (its
+// checkpoints carry the unsharded origin, LogKeyName): a replica given a
+// shard name, such as the one pod of a release upgraded to a sharded
+// chart, keeps appending to that log under its origin and witness, while
+// new replicas start shards of their own.
+func logOrigin(ctx context.Context, cfg *config.Config, log *slog.Logger) string {
+	origin := cfg.LogOrigin()
+	if origin == cfg.LogKeyName() {
+		return origin
+	}
+	have, err := store.FileOrigin(cfg.LogPath())
+	if err != nil || have != cfg.LogKeyName() {
+		return origin // Open reports what is wrong with the file
+	}
+	log.WarnContext(ctx, "this issuance log predates log shards: it keeps its origin, and no other replica may run without a shard name",
+		slog.String("log", cfg.LogPath()), slog.String("origin", have), slog.String("shard", cfg.LogShard()))
+	return have
 }
 
 // openLog opens the issuance log for appending, checking it against its
@@ -76,13 +100,14 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 	if err != nil {
 		return nil, "", err
 	}
+	origin := logOrigin(ctx, cfg, log)
 	l, err := store.Open(cfg.LogPath(), store.Options{
 		Signer:             signer,
 		Verifiers:          verifiers,
-		Origin:             cfg.LogOrigin(),
+		Origin:             origin,
 		CheckpointEvery:    cfg.Log.CheckpointEvery,
 		CheckpointInterval: cfg.Log.CheckpointInterval.Std(),
-		Witness:            logWitness(cfg, b),
+		Witness:            logWitness(cfg, b, origin),
 		Logger:             log,
 		NoSync:             noSync,
 		RecoverInterval:    logRecoverInterval,
@@ -93,8 +118,8 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 	}
 	if errors.Is(err, store.ErrRolledBack) {
 		where := "the witness file " + filepath.Join(cfg.DataDir, WitnessFileName)
-		if w, ok := logWitness(cfg, b).(*issuer.VaultWitness); ok {
-			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.origin settings)"
+		if w, ok := logWitness(cfg, b, origin).(*issuer.VaultWitness); ok {
+			where = w.Describe() + " (replicas that share a Vault, each with its own log file, need distinct log.shard names)"
 		}
 		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log: the last checkpoint it published is kept in %s; restore the log file that extends it, or, to start a new log deliberately, remove that checkpoint after review", err, where)
 	}

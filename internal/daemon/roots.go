@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"log/slog"
 	"time"
 
 	"github.com/transitca/transitca/internal/atomicfile"
@@ -26,11 +25,14 @@ func rootsPEM(roots []*x509.Certificate) []byte {
 	return data
 }
 
-// watchRoots rewrites the root bundle file when the trust bundle changes
-// (for instance when another replica rotated the root), then calls
-// changed.
-func watchRoots(ctx context.Context, a *issuer.Authority, path string, every time.Duration, log *slog.Logger, changed func()) {
-	last := bundleKey(a.Roots())
+// watchHierarchy calls refresh when the trust bundle or the issuing
+// intermediate changes other than through a step taken here: another
+// replica took it and this one adopted it (Authority.Reload), or the
+// intermediate was renewed. refresh brings the root bundle file, the
+// cluster writers and the serving certificate up to date; it is called
+// again at the next tick when it fails.
+func watchHierarchy(ctx context.Context, a *issuer.Authority, every time.Duration, refresh func(context.Context) error) {
+	last := hierarchyKey(a)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -39,16 +41,16 @@ func watchRoots(ctx context.Context, a *issuer.Authority, path string, every tim
 			return
 		case <-t.C:
 		}
-		roots := a.Roots()
-		if k := bundleKey(roots); k != last {
-			if err := writeRoots(path, roots); err != nil {
-				log.ErrorContext(ctx, "write root bundle", slog.Any("error", err))
-				continue
-			}
+		if k := hierarchyKey(a); k != last && refresh(ctx) == nil {
 			last = k
-			changed()
 		}
 	}
+}
+
+// hierarchyKey changes when the trust bundle or the issuing intermediate
+// does.
+func hierarchyKey(a *issuer.Authority) string {
+	return bundleKey(a.Roots()) + "/" + a.Intermediate().Fingerprint
 }
 
 func bundleKey(roots []*x509.Certificate) string {

@@ -31,6 +31,7 @@ const (
 // would: every object of the manifest, in order.
 type rendered struct {
 	objects []*unstructured.Unstructured
+	notes   string // NOTES.txt as rendered
 }
 
 // find returns the rendered object of the kind, namespace and name, failing
@@ -84,7 +85,7 @@ func render(t *testing.T, namespace string, valuesFiles ...string) (rendered, er
 	if err != nil {
 		return rendered{}, err
 	}
-	var r rendered
+	r := rendered{notes: rel.Info.Notes}
 	dec := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(rel.Manifest)))
 	for {
 		doc, err := dec.Read()

@@ -87,9 +87,11 @@ type caServer struct {
 	VaultAddr string
 	// MetricsAddr is server.metrics_listen; "" when off.
 	MetricsAddr string
-	cmd         *exec.Cmd
-	out         *lockedBuffer
-	done        chan struct{}
+	// ServeArgs are added to "ca serve --config <Config>".
+	ServeArgs []string
+	cmd       *exec.Cmd
+	out       *lockedBuffer
+	done      chan struct{}
 }
 
 const tokenIssuer = "https://kubernetes.default.svc.cluster.local"
@@ -131,6 +133,13 @@ type caOptions struct {
 	VaultAddr string
 	// Metrics turns server.metrics_listen on, at a free address.
 	Metrics bool
+	// Minter and JWKSFile, when set, are the token minter and the JWKS
+	// file that verifies its tokens: replicas share them. A new pair
+	// when nil.
+	Minter   *ca.TokenMinter
+	JWKSFile string
+	// ServeArgs are added to "ca serve" (caServer.ServeArgs).
+	ServeArgs []string
 }
 
 // startCAWith initializes a CA in env and starts "ca serve" with o.
@@ -142,21 +151,9 @@ func startCAWith(t *testing.T, env *vaulttest.Env, o caOptions) *caServer {
 		servingTTL = 24 * time.Hour
 	}
 	dir := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minter, err := ca.NewTokenMinter(key, "sa-key-1", tokenIssuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := json.Marshal(minter.JWKS())
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwksFile := filepath.Join(dir, "jwks.json")
-	if err := os.WriteFile(jwksFile, jwks, 0o600); err != nil {
-		t.Fatal(err)
+	minter, jwksFile := o.Minter, o.JWKSFile
+	if minter == nil {
+		minter, jwksFile = newMinter(t, dir)
 	}
 	addr := freeAddr(t)
 	metricsAddr := ""
@@ -189,13 +186,36 @@ auth:
 		t.Fatal(err)
 	}
 	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env,
-		VaultAddr: o.VaultAddr, MetricsAddr: metricsAddr}
+		ServeArgs: o.ServeArgs, VaultAddr: o.VaultAddr, MetricsAddr: metricsAddr}
 	s.RootFile = filepath.Join(s.DataDir, "root-cert.pem")
 	if out, err := s.command("init", "--config", cfgFile).CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
 	}
 	s.start(t)
 	return s
+}
+
+// newMinter returns a token minter and the JWKS file, in dir, that
+// verifies its tokens.
+func newMinter(t *testing.T, dir string) (*ca.TokenMinter, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minter, err := ca.NewTokenMinter(key, "sa-key-1", tokenIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := json.Marshal(minter.JWKS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwksFile := filepath.Join(dir, "jwks.json")
+	if err := os.WriteFile(jwksFile, jwks, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return minter, jwksFile
 }
 
 func (s *caServer) command(args ...string) *exec.Cmd {
@@ -215,7 +235,7 @@ func (s *caServer) start(t *testing.T) {
 	t.Helper()
 	s.out = &lockedBuffer{}
 	s.done = make(chan struct{})
-	cmd := s.command("serve", "--config", s.Config)
+	cmd := s.command(append([]string{"serve", "--config", s.Config}, s.ServeArgs...)...)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -27,6 +27,7 @@ import (
 
 // exported is the JSON line "ca log export" writes per entry.
 type exported struct {
+	Shard             string `json:"shard"`
 	Seq               uint64 `json:"seq"`
 	Kind              string `json:"kind"`
 	Time              string `json:"time"`

@@ -34,14 +34,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- (((.Values.config.kubernetes | default dict).istiod | default dict).namespace) | default "istio-system" -}}
 {{- end -}}
 
-{{/* The configuration file: the config values, with server.tls.dns_names naming the Service and,
-for Vault's Kubernetes auth, vault.auth.token_file the projected token when unset. */}}
+{{/* The configuration file: the config values, with server.tls.dns_names naming the Services,
+for Vault's Kubernetes auth vault.auth.token_file the projected token when unset, and
+log.shard auto (each pod's log named after the pod) when unset. */}}
 {{- define "transitca.config" -}}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $server := $cfg.server | default dict -}}
 {{- $tls := $server.tls | default dict -}}
 {{- if not (hasKey $tls "dns_names") -}}
-{{- $_ := set $tls "dns_names" (list (printf "%s.%s.svc" (include "transitca.fullname" .) .Release.Namespace) "localhost") -}}
+{{- $_ := set $tls "dns_names" (list (printf "%s.%s.svc" (include "transitca.fullname" .) .Release.Namespace) (printf "%s-headless.%s.svc" (include "transitca.fullname" .) .Release.Namespace) "localhost") -}}
 {{- end -}}
 {{- $_ := set $server "tls" $tls -}}
 {{- $vault := $cfg.vault | default dict -}}
@@ -52,7 +53,22 @@ for Vault's Kubernetes auth, vault.auth.token_file the projected token when unse
 {{- $_ := set $cfg "vault" $vault -}}
 {{- end -}}
 {{- $_ := set $cfg "server" $server -}}
+{{- $log := $cfg.log | default dict -}}
+{{- if not (hasKey $log "shard") -}}
+{{- $_ := set $log "shard" "auto" -}}
+{{- else if and (eq (toString $log.shard) "") (gt (int .Values.replicas) 1) -}}
+{{- fail "config.log.shard: \"\" gives every replica the same log name; leave it unset or auto (each pod's log is named after the pod) to run several replicas" -}}
+{{- end -}}
+{{- $_ := set $cfg "log" $log -}}
 {{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* "true" when the admin API listens beyond loopback: the headless Service
+then names every replica's admin port, for "ca log … --addr dns:///…". */}}
+{{- define "transitca.adminExposed" -}}
+{{- $listen := ((.Values.config.admin | default dict).listen) | default "127.0.0.1:15015" -}}
+{{- $host := splitList ":" $listen | initial | join ":" | trimAll "[]" -}}
+{{- if and $listen (not (has $host (list "127.0.0.1" "localhost" "::1"))) }}true{{ end -}}
 {{- end -}}
 
 {{- define "transitca.vaultKubernetesAuth" -}}

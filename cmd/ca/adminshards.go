@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
+)
+
+// Each replica answers "root retire" and "revoke-intermediate" from its own
+// log. Given every replica's --addr, "ca admin root retire" and
+// "revoke-intermediate" run the step on the first and search every
+// replica's log: for the certificates under the root before retiring it,
+// for those the intermediate signed after revoking it.
+
+// several reports whether the flags name several daemons.
+func (f *logFlags) several() bool { return f.single() != nil }
+
+// clientFirst connects to the first daemon the flags name, and bounds the
+// call by --timeout.
+func (f *adminFlags) clientFirst(ctx context.Context) (adminv1.AdminServiceClient, context.Context, func(), error) {
+	if f.output != "text" && f.output != "json" {
+		return nil, nil, nil, fmt.Errorf("-o %q: want text or json", f.output)
+	}
+	ts, err := f.conn.targets(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	conn, err := f.conn.dialTarget(ts[0])
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.conn.timeout)
+	return adminv1.NewAdminServiceClient(conn), ctx, func() { cancel(); conn.Close() }, nil
+}
+
+// checkRetireShards refuses the retirement of root version (0: the
+// oldest root that is not active, as RetireRoot picks it) while the log of
+// any replica named holds an unexpired certificate under it.
+func (f *adminFlags) checkRetireShards(ctx context.Context, c adminv1.AdminServiceClient, version int64) error {
+	if version == 0 {
+		st, err := c.Status(ctx, &adminv1.StatusRequest{})
+		if err != nil {
+			return err
+		}
+		for _, r := range st.GetRoots() {
+			if r.GetRole() == adminv1.RootRole_ROOT_ROLE_TRUSTED && (version == 0 || r.GetKeyVersion() < version) {
+				version = r.GetKeyVersion()
+			}
+		}
+		if version == 0 {
+			return nil // the daemon says why there is nothing to retire
+		}
+	}
+	shards, ctx, done, err := f.conn.connectShards(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	m, err := newMergedQuery(shards, &adminv1.QueryLogRequest{
+		Kind: adminv1.Kind_KIND_ISSUANCE, ValidAt: timestamppb.Now(), Limit: 1000,
+	}, "")
+	if err != nil {
+		return err
+	}
+	live := map[string]int{}
+	var last time.Time
+	for {
+		e, from, err := m.Next(ctx)
+		if err != nil {
+			return err
+		}
+		if e == nil {
+			break
+		}
+		if e.GetRootKeyVersion() == version {
+			live[from.name]++
+			if na := e.GetNotAfter().AsTime(); na.After(last) {
+				last = na
+			}
+		}
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	var where []string
+	n := 0
+	for _, sh := range shards {
+		if live[sh.name] > 0 {
+			where = append(where, fmt.Sprintf("%d in %s", live[sh.name], sh.name))
+			n += live[sh.name]
+		}
+	}
+	return fmt.Errorf("%d unexpired certificates in the replicas' logs chain only to root version %d (%s); the last expires at %s; retire after that, or force with a reason",
+		n, version, strings.Join(where, ", "), last.UTC().Format(time.RFC3339))
+}
+
+// signedByInShards returns the unexpired certificates the intermediate
+// with fingerprint fp signed, in every replica's log, grouped by workload
+// as the daemon groups them, and their number.
+func (f *adminFlags) signedByInShards(ctx context.Context, fp string) ([]*adminv1.AffectedWorkload, int, error) {
+	shards, ctx, done, err := f.conn.connectShards(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer done()
+	m, err := newMergedQuery(shards, &adminv1.QueryLogRequest{
+		Kind: adminv1.Kind_KIND_ISSUANCE, Issuer: fp, ValidAt: timestamppb.Now(), Limit: 1000,
+	}, "")
+	if err != nil {
+		return nil, 0, err
+	}
+	byID := map[string]*adminv1.AffectedWorkload{}
+	var ids []string
+	n := 0
+	for {
+		e, _, err := m.Next(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		if e == nil {
+			break
+		}
+		g := byID[e.GetSpiffeId()]
+		if g == nil {
+			g = &adminv1.AffectedWorkload{Namespace: e.GetNamespace(), ServiceAccount: e.GetServiceAccount(), SpiffeId: e.GetSpiffeId()}
+			byID[e.GetSpiffeId()] = g
+			ids = append(ids, e.GetSpiffeId())
+		}
+		g.Serials = append(g.Serials, e.GetSerial())
+		if g.LastNotAfter == nil || e.GetNotAfter().AsTime().After(g.LastNotAfter.AsTime()) {
+			g.LastNotAfter = e.GetNotAfter()
+		}
+		n++
+	}
+	slices.Sort(ids)
+	groups := make([]*adminv1.AffectedWorkload, 0, len(ids))
+	for _, id := range ids {
+		groups = append(groups, byID[id])
+	}
+	return groups, n, nil
+}
