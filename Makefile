@@ -4,7 +4,7 @@
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build release image test test-e2e test-deps vault kube lint bench fmt vet generate generate-check
+.PHONY: all build release image test test-e2e test-deps soak fuzz vault kube lint bench fmt vet generate generate-check
 
 all: build
 
@@ -45,6 +45,19 @@ test: test-deps vault kube generate-check
 
 test-e2e: vault
 	cd test/e2e && $(GO) test $(GOTEST_FLAGS) -v ./...
+
+# The long fault runs: the daemon killed with SIGKILL under load
+# $(CRASH_ROUNDS) times (3 in "make test"), and the other fault tests of
+# test/e2e (Vault faults, SIGTERM, floods) again.
+CRASH_ROUNDS ?= 20
+soak: vault
+	cd test/e2e && TRANSITCA_CRASH_ROUNDS=$(CRASH_ROUNDS) $(GO) test $(GOTEST_FLAGS) -v \
+		-run 'TestCrashKeepsEveryIssuedCertificate|TestSIGTERMUnderLoad|TestVaultFaults|TestSlowClientFlood|TestUnauthenticatedFlood' ./...
+
+# Every fuzz target for FUZZTIME each ("go test" runs only their seeds).
+FUZZTIME ?= 2m
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
 
 bench: vault
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./issuer/

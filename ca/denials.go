@@ -75,7 +75,7 @@ type denialLimiter struct {
 	now     func() time.Time
 
 	mu      sync.Mutex
-	peers   map[string]*peerBucket
+	peers   *tokenBuckets
 	pending map[denialKey]*denialCount
 	closed  bool
 	stop    chan struct{}
@@ -87,8 +87,9 @@ type denialLimiter struct {
 func newDenialLimiter(rec Recorder, limits DenialLimits, metrics *Metrics, log *slog.Logger, now func() time.Time) *denialLimiter {
 	l := &denialLimiter{
 		rec: rec, limits: limits, metrics: metrics, log: log, now: now,
-		peers: map[string]*peerBucket{}, pending: map[denialKey]*denialCount{},
-		stop: make(chan struct{}), done: make(chan struct{}),
+		peers:   newTokenBuckets(limits.PerPeerPerSecond, limits.Burst, limits.MaxPeers),
+		pending: map[denialKey]*denialCount{},
+		stop:    make(chan struct{}), done: make(chan struct{}),
 	}
 	go l.run()
 	return l
@@ -115,7 +116,7 @@ func (l *denialLimiter) run() {
 // reason).
 func (l *denialLimiter) record(ctx context.Context, d *Denial, peerAddr, class string) error {
 	l.mu.Lock()
-	if l.closed || l.allow(peerAddr, d.Time) {
+	if l.closed || l.peers.allow(peerAddr, d.Time) {
 		l.mu.Unlock()
 		return l.rec.RecordDenial(ctx, d)
 	}
@@ -123,7 +124,7 @@ func (l *denialLimiter) record(ctx context.Context, d *Denial, peerAddr, class s
 	if d.Caller != nil {
 		k.spiffeID, k.callerID = d.Caller.SPIFFEID, d.Caller.CallerID()
 	}
-	if _, ok := l.peers[peerAddr]; !ok {
+	if !l.peers.tracked(peerAddr) {
 		k.peer = otherPeers
 	}
 	c, ok := l.pending[k]
@@ -145,30 +146,6 @@ func (l *denialLimiter) record(ctx context.Context, d *Denial, peerAddr, class s
 	return nil
 }
 
-// allow takes a token from the peer's bucket. l.mu is held.
-func (l *denialLimiter) allow(peerAddr string, now time.Time) bool {
-	b, ok := l.peers[peerAddr]
-	if !ok {
-		if len(l.peers) >= l.limits.MaxPeers {
-			peerAddr = otherPeers
-			b = l.peers[otherPeers]
-		}
-		if b == nil {
-			b = &peerBucket{tokens: float64(l.limits.Burst), last: now}
-			l.peers[peerAddr] = b
-		}
-	}
-	if el := now.Sub(b.last); el > 0 {
-		b.tokens = min(float64(l.limits.Burst), b.tokens+el.Seconds()*l.limits.PerPeerPerSecond)
-		b.last = now
-	}
-	if b.tokens >= 1 {
-		b.tokens--
-		return true
-	}
-	return false
-}
-
 // flush writes one aggregated denial entry per key counted since the last
 // flush, and forgets peers whose bucket has refilled. Counts whose entry
 // could not be written are kept for the next flush.
@@ -176,13 +153,7 @@ func (l *denialLimiter) flush(ctx context.Context) error {
 	l.mu.Lock()
 	pending := l.pending
 	l.pending = map[denialKey]*denialCount{}
-	now := l.now()
-	full := time.Duration(float64(l.limits.Burst) / l.limits.PerPeerPerSecond * float64(time.Second))
-	for p, b := range l.peers {
-		if now.Sub(b.last) >= full {
-			delete(l.peers, p)
-		}
-	}
+	l.peers.forgetFull(l.now())
 	l.mu.Unlock()
 	var errs []error
 	for k, c := range pending {

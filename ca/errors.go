@@ -21,4 +21,8 @@ var (
 	// caller's fault and the caller should retry. It becomes
 	// codes.Unavailable.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrRateLimited means the caller asked more often than its identity
+	// may (IdentityLimits); it should retry later. It becomes
+	// codes.ResourceExhausted.
+	ErrRateLimited = errors.New("rate limited")
 )

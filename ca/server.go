@@ -31,6 +31,17 @@ const MaxRequestBytes = 16 << 10
 // so well-behaved clients refuse to send such a request in the first place.
 const MaxHeaderListBytes = 16 << 10
 
+// MaxStreamsPerConnection bounds the requests one connection may have
+// open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); istio-agent
+// sends one at a time.
+const MaxStreamsPerConnection = 16
+
+// RequestTimeout bounds a certificate request from the arrival of its
+// headers, the reading of its message included: a client that trickles
+// its request does not hold a place among ServiceOptions.MaxInFlight for
+// longer.
+const RequestTimeout = 30 * time.Second
+
 // Connection limits, the same on the certificate service and the admin API:
 // a connection must finish its TLS handshake and HTTP/2 preface within
 // HandshakeTimeout, and one with no stream open for IdleTimeout is closed.
@@ -63,6 +74,9 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
+		// Agents send one request at a time: more streams on one
+		// connection are a flood.
+		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
 		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(svc.csr.maxBytes() + MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
@@ -72,6 +86,8 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.WriteBufferSize(4 << 10),
 		grpc.SharedWriteBuffer(true),
 	}
+	refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
+	opts = append(opts, grpc.InTapHandle(admit(svc.inFlight, refused.Inc)))
 	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	pb.RegisterIstioCertificateServiceServer(s, svc)
 	hs := health.NewServer()
@@ -83,14 +99,18 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 }
 
 // MetricsHandler serves /metrics from gather and a /healthz that answers
-// 200 while ready() reports true, and 503 with ready's reason otherwise.
+// 200 while ready() reports true (with ready's detail, if any, on a second
+// line: a degraded daemon), and 503 with ready's reason otherwise.
 func MetricsHandler(gather prometheus.Gatherer, ready func() (bool, string)) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		ok, why := ready()
 		if ok {
-			_, _ = w.Write([]byte("ok\n"))
+			if why != "" {
+				why += "\n"
+			}
+			_, _ = w.Write([]byte("ok\n" + why))
 			return
 		}
 		http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)

@@ -35,9 +35,11 @@ type Service struct {
 	policy    *issuer.Policy
 	csr       CSRPolicy
 	recorder  Recorder
-	nodes     *NodeAuthorizer // nil: impersonation is refused
-	clusters  []string        // served cluster IDs, recorded with unauthenticated denials
-	denials   *denialLimiter  // nil without DenialLimits
+	nodes     *NodeAuthorizer  // nil: impersonation is refused
+	clusters  []string         // served cluster IDs, recorded with unauthenticated denials
+	denials   *denialLimiter   // nil without DenialLimits
+	rate      *identityLimiter // nil without IdentityLimits
+	inFlight  int              // MaxInFlight
 	metrics   *Metrics
 	log       *slog.Logger
 	now       func() time.Time
@@ -73,8 +75,16 @@ type ServiceOptions struct {
 	// MUST be called after the server stops and before the recorder's log
 	// closes, so that the denials still counted are written.
 	DenialLimits DenialLimits
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// IdentityLimits bound how often one identity may ask; beyond them a
+	// request is denied with ResourceExhausted (and recorded as a denial).
+	// The zero value is no limit.
+	IdentityLimits IdentityLimits
+	// MaxInFlight caps the CreateCertificate calls NewGRPCServer's server
+	// handles at once; beyond it a call is refused with ResourceExhausted
+	// before it reaches the service. 0 is no cap.
+	MaxInFlight int
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // NewService returns the certificate service.
@@ -92,9 +102,17 @@ func NewService(o ServiceOptions) (*Service, error) {
 	if l.enabled() && (l.Burst < 1 || l.Window <= 0 || l.MaxPeers < 1) {
 		return nil, errors.New("ca service: denial limits need a burst, a window and a peer cap of at least 1")
 	}
+	il := o.IdentityLimits
+	if il.enabled() && (il.Burst < 1 || il.MaxIdentities < 1) {
+		return nil, errors.New("ca service: identity limits need a burst and an identity cap of at least 1")
+	}
 	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
 		recorder: o.Recorder, nodes: o.Nodes, clusters: o.Clusters, metrics: o.Metrics, log: o.Logger, now: o.Now,
+		inFlight: max(o.MaxInFlight, 0),
+	}
+	if il.enabled() {
+		s.rate = newIdentityLimiter(il)
 	}
 	if l.enabled() {
 		s.denials = newDenialLimiter(o.Recorder, l, o.Metrics, o.Logger, o.Now)
@@ -169,6 +187,11 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	}
 	if caller, err = s.impersonate(ctx, req, caller); err != nil {
 		return caller, "", nil, stage("impersonate", err)
+	}
+	// Per identity the certificate is for: a node proxy asking for many
+	// workloads is limited per workload.
+	if s.rate != nil && !s.rate.allow(caller.SPIFFEID, s.now()) {
+		return caller, "", nil, stage("rate", fmt.Errorf("%w: %s asks more often than its limit; retry later", ErrRateLimited, quote(caller.SPIFFEID)))
 	}
 	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
 		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
@@ -442,6 +465,8 @@ func rejectionReason(err error, code codes.Code) string {
 		return st + "_permission_denied"
 	case codes.InvalidArgument:
 		return st + "_invalid"
+	case codes.ResourceExhausted:
+		return st + "_resource_exhausted"
 	case codes.Unavailable:
 		return st + "_unavailable"
 	case codes.Canceled, codes.DeadlineExceeded:

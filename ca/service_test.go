@@ -89,7 +89,10 @@ type harness struct {
 	metrics   *httptest.Server
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, nil) }
+
+// newHarnessWith is newHarness with the service options changed by opt.
+func newHarnessWith(t *testing.T, opt func(*ca.ServiceOptions)) *harness {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -133,7 +136,7 @@ func newHarness(t *testing.T) *harness {
 		"serving":      func() *x509.Certificate { return sc.Leaf() },
 	})
 	rec := &countingRecorder{}
-	svc, err := ca.NewService(ca.ServiceOptions{
+	so := ca.ServiceOptions{
 		Authenticator: ca.NewMultiAuthenticator(certAuth, jwtAuth),
 		Authority:     authority,
 		Policy:        policy,
@@ -141,7 +144,11 @@ func newHarness(t *testing.T) *harness {
 		Recorder:      rec,
 		Metrics:       metrics,
 		Logger:        logger,
-	})
+	}
+	if opt != nil {
+		opt(&so)
+	}
+	svc, err := ca.NewService(so)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,13 +35,18 @@ func statusOf(ctx context.Context, log *slog.Logger, err error) *status.Status {
 		return status.New(codes.PermissionDenied, boundMessage(err.Error()))
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, store.ErrInvalidQuery), errors.Is(err, store.ErrInvalidProof):
 		return status.New(codes.InvalidArgument, boundMessage(err.Error()))
+	case errors.Is(err, ErrRateLimited):
+		return status.New(codes.ResourceExhausted, boundMessage(err.Error()))
 	case errors.Is(err, store.ErrNotFound):
 		return status.New(codes.NotFound, boundMessage(err.Error()))
 	case errors.Is(err, context.Canceled):
 		return status.New(codes.Canceled, "request canceled")
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
 		return status.New(codes.DeadlineExceeded, "request deadline exceeded")
-	case errors.Is(err, ErrUnavailable), errors.Is(err, issuer.ErrUnavailable):
+	case errors.Is(err, ErrUnavailable), errors.Is(err, issuer.ErrUnavailable),
+		errors.Is(err, store.ErrFailed), errors.Is(err, store.ErrClosed):
+		// The issuance log cannot record (its disk failed, it is being
+		// closed at shutdown): another replica, or this one soon, can.
 		log.WarnContext(ctx, "dependency unavailable", slog.String("error", boundMessage(err.Error())))
 		return status.New(codes.Unavailable, "certificate authority temporarily unavailable; retry")
 	}

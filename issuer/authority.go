@@ -72,8 +72,11 @@ type Options struct {
 	// StatePollInterval is how often Run re-reads the state (Reload);
 	// DefaultStatePollInterval when zero.
 	StatePollInterval time.Duration
-	Now               func() time.Time
-	Logger            *slog.Logger
+	// RenewRetryInterval is how soon Run tries again after a failed
+	// renewal (Vault unreachable or sealed); 30s when zero.
+	RenewRetryInterval time.Duration
+	Now                func() time.Time
+	Logger             *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -100,6 +103,9 @@ func (o *Options) defaults() {
 	}
 	if o.IntermediateTTL <= 0 {
 		o.IntermediateTTL = DefaultIntermediateTTL
+	}
+	if o.RenewRetryInterval <= 0 {
+		o.RenewRetryInterval = 30 * time.Second
 	}
 	if o.StatePollInterval <= 0 {
 		o.StatePollInterval = DefaultStatePollInterval
@@ -654,7 +660,7 @@ func halfLife(cert *x509.Certificate) time.Time {
 // ends. A failed renewal is logged and retried; the current intermediate
 // stays in use meanwhile.
 func (a *Authority) Run(ctx context.Context) {
-	const retry = 30 * time.Second
+	retry := a.o.RenewRetryInterval
 	poll := time.NewTicker(a.o.StatePollInterval)
 	defer poll.Stop()
 	var retryAt time.Time

@@ -65,6 +65,7 @@ type VaultSession struct {
 	auth   VaultAuth
 	log    *slog.Logger
 	secret *vault.Secret
+	kick   chan struct{} // Check found the token refused: log in again
 }
 
 // NewVaultSession makes a Vault client from the standard VAULT_* environment
@@ -94,7 +95,7 @@ func NewVaultSession(ctx context.Context, addr string, auth VaultAuth, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("vault client: %w", err)
 	}
-	s := &VaultSession{Client: client, auth: auth, log: log}
+	s := &VaultSession{Client: client, auth: auth, log: log, kick: make(chan struct{}, 1)}
 	if err := s.login(ctx); err != nil {
 		return nil, err
 	}
@@ -117,6 +118,9 @@ func (s *VaultSession) login(ctx context.Context) error {
 			return errors.New("vault token auth: no token (set VAULT_TOKEN)")
 		}
 		sec, err = tokenSecret(ctx, s.Client)
+		if refused(err) {
+			err = fmt.Errorf("%w, and token auth cannot get a new one: give the daemon a new token (VAULT_TOKEN or vault.auth.token) and restart it, or use approle or kubernetes auth: %w", ErrTokenRefused, err)
+		}
 	case VaultAuthAppRole:
 		var a *approle.AppRoleAuth
 		opts := []approle.LoginOption{}
@@ -179,16 +183,24 @@ func tokenSecret(ctx context.Context, c *vault.Client) (*vault.Secret, error) {
 
 // Run keeps the token alive until ctx ends: it renews a renewable token with
 // a LifetimeWatcher and logs in again when renewal stops (the token reached
-// its maximum TTL or was revoked). A non-renewable token with no TTL (a root
+// its maximum TTL or was revoked) or when Check finds the token refused. A non-renewable token with no TTL (a root
 // or periodic token handled elsewhere) needs nothing.
 func (s *VaultSession) Run(ctx context.Context) {
 	for {
 		auth := s.secret.Auth
+		var err error
 		if !auth.Renewable && auth.LeaseDuration == 0 {
-			<-ctx.Done()
-			return
+			// Nothing to renew (a root or periodic token): wait until
+			// Check finds it refused.
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.kick:
+				err = ErrTokenRefused
+			}
+		} else {
+			err = s.watch(ctx)
 		}
-		err := s.watch(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -225,6 +237,8 @@ func (s *VaultSession) watch(ctx context.Context) error {
 				err = errors.New("token reached its maximum TTL")
 			}
 			return err
+		case <-s.kick:
+			return ErrTokenRefused
 		case r := <-w.RenewCh():
 			s.log.DebugContext(ctx, "vault token renewed", slog.Time("at", r.RenewedAt))
 		}

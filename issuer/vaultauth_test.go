@@ -82,8 +82,30 @@ func TestVaultTokenRenewed(t *testing.T) {
 
 func TestVaultAppRoleLoginAgainAfterMaxTTL(t *testing.T) {
 	env := vaulttest.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := appRoleSession(t, ctx, env, "2s", "3s")
+	first := s.Client.Token()
+	if err := signOnce(t, s.Client, env); err != nil {
+		t.Fatalf("sign after approle login: %v", err)
+	}
+	go s.Run(ctx)
+	time.Sleep(6 * time.Second) // twice the token's maximum TTL
+	if s.Client.Token() == first {
+		t.Fatal("the session did not log in again after the token reached its maximum TTL")
+	}
+	if err := signOnce(t, s.Client, env); err != nil {
+		t.Fatalf("sign after the first token expired: %v", err)
+	}
+}
+
+// appRoleSession enables AppRole auth with a role whose tokens have ttl and
+// maxTTL and may sign with env's Transit keys, and logs in with it; the
+// Transit key "k" exists.
+func appRoleSession(t *testing.T, ctx context.Context, env *vaulttest.Env, ttl, maxTTL string) *issuer.VaultSession {
+	t.Helper()
 	c := env.Client
-	if _, err := issuer.NewTransit(c, env.Transit, 0).EnsureKey(context.Background(), "k", issuer.KeyECDSAP256); err != nil {
+	if _, err := issuer.NewTransit(c, env.Transit, 0).EnsureKey(ctx, "k", issuer.KeyECDSAP256); err != nil {
 		t.Fatal(err)
 	}
 	policy := transitPolicy(t, env)
@@ -92,7 +114,7 @@ func TestVaultAppRoleLoginAgainAfterMaxTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := c.Logical().Write("auth/"+mount+"/role/transitca", map[string]any{
-		"token_policies": []string{policy}, "token_ttl": "2s", "token_max_ttl": "3s",
+		"token_policies": []string{policy}, "token_ttl": ttl, "token_max_ttl": maxTTL,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -108,26 +130,13 @@ func TestVaultAppRoleLoginAgainAfterMaxTTL(t *testing.T) {
 	if err := os.WriteFile(secretFile, []byte(sid.Data["secret_id"].(string)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	s, err := issuer.NewVaultSession(ctx, env.Server.Addr, issuer.VaultAuth{
 		Method: issuer.VaultAuthAppRole, Mount: mount, RoleID: rid.Data["role_id"].(string), SecretIDFile: secretFile,
 	}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := s.Client.Token()
-	if err := signOnce(t, s.Client, env); err != nil {
-		t.Fatalf("sign after approle login: %v", err)
-	}
-	go s.Run(ctx)
-	time.Sleep(6 * time.Second) // twice the token's maximum TTL
-	if s.Client.Token() == first {
-		t.Fatal("the session did not log in again after the token reached its maximum TTL")
-	}
-	if err := signOnce(t, s.Client, env); err != nil {
-		t.Fatalf("sign after the first token expired: %v", err)
-	}
+	return s
 }
 
 func TestVaultAuthErrors(t *testing.T) {

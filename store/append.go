@@ -178,6 +178,10 @@ func (l *Log) committer() {
 // only after the commit succeeded; on any failure every caller of the batch
 // gets the error and the log stops accepting appends.
 func (l *Log) commit(batch []*appendReq) {
+	// Shared for the whole commit: recovery, which replaces the file
+	// handle and adopts the tree, waits until the tree below is updated.
+	l.dbMu.RLock()
+	defer l.dbMu.RUnlock()
 	l.mu.Lock()
 	failed, cur := l.failed, l.tree
 	l.mu.Unlock()
@@ -188,14 +192,8 @@ func (l *Log) commit(batch []*appendReq) {
 		return
 	}
 	next := cloneRange(cur)
-	err := l.writeBatch(batch, next)
-	if err != nil {
-		err = fmt.Errorf("append to %q: commit failed: %w (%w)", l.path, err, ErrFailed)
-		l.mu.Lock()
-		l.failed = err
-		close(l.failedC)
-		l.mu.Unlock()
-		l.logger.Error("issuance log: commit failed; appends are refused until the log is reopened", "path", l.path, "err", err)
+	if err := l.writeBatch(batch, next); err != nil {
+		err = l.fail(fmt.Errorf("append to %q: commit failed: %w (%w)", l.path, err, ErrFailed))
 		for _, r := range batch {
 			if r.err == nil {
 				r.err = err
@@ -217,9 +215,13 @@ func (l *Log) commit(batch []*appendReq) {
 	}
 }
 
-// writeBatch runs the write transaction of one batch and commits it.
+// writeBatch runs the write transaction of one batch and commits it; the
+// caller holds dbMu.
 // Duplicate serials are refused one by one, without failing the batch.
 func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
+	if l.db == nil {
+		return l.noFile()
+	}
 	tx, err := l.db.Begin(true)
 	if err != nil {
 		return err

@@ -327,7 +327,8 @@ func (l *Log) writeCheckpoint() ([]byte, error) {
 		return b.Put(seqKey(size), signed)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("store checkpoint of size %d: %w", size, err)
+		// A failed commit leaves bbolt's state unknown, as for entries.
+		return nil, l.fail(fmt.Errorf("store checkpoint of size %d: commit failed: %w (%w)", size, err, ErrFailed))
 	}
 	l.cpSigned = signed
 	l.cpSize.Store(size)

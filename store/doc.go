@@ -13,12 +13,27 @@
 // fsyncs the data and then the meta page) and only then acknowledges every
 // caller of the batch. If the transaction fails, every caller of the batch
 // gets the error, nothing of the batch is acknowledged, and the Log refuses
-// further appends (ErrFailed) until it is reopened, because after a failed
-// fsync the state on disk is unknown. The Log MUST close the channel of
+// further appends (ErrFailed), because after a failed write or fsync the
+// state on disk, and bbolt's own state in memory, are unknown. The same holds
+// for a failed commit of a checkpoint. The Log MUST close the channel of
 // Failed (and Err MUST return the error) before any caller of the failed
 // batch is answered, so that a daemon can stop serving at once. An entry is
-// written once: there is no retry. Options.NoSync exists for tests and benchmarks and voids this
-// promise.
+// written once: there is no retry of a failed batch.
+//
+// A failed Log recovers by itself, without being closed: it waits
+// Options.RecoverInterval (doubling up to a minute), checks that the disk
+// takes writes (the file opens for writing; a scratch file in its directory
+// is written and fsynced), then closes its bbolt handle and opens the file
+// again, checks the whole tree as Open does, and MUST refuse to resume
+// unless the file holds every acknowledged entry and its tree extends the
+// acknowledged tree (a failed commit may have reached the disk: its entries
+// are then committed but were never acknowledged, as after a crash). It then
+// commits an admin entry ActionRecovered naming the failure, and only after
+// that commit closes the channel of Recovered and accepts appends. Reads are
+// served throughout, from a read-only handle while the file cannot be
+// reopened for writing.
+//
+// Options.NoSync exists for tests and benchmarks and voids these promises.
 //
 // A crash can leave on disk an entry whose Append never returned (committed,
 // not acknowledged); it can never lose an acknowledged one.

@@ -41,8 +41,8 @@ var (
 
 	// ErrFailed is returned by Append after a commit failed. The outcome of
 	// a failed commit on disk is unknown (an fsync error may or may not have
-	// persisted the data), so the Log refuses further appends until it is
-	// closed and opened again, which re-checks the file.
+	// persisted the data), so the Log refuses further appends until it
+	// has reopened and re-checked the file by itself (Log.Recovered).
 	ErrFailed = errors.New("log stopped accepting appends after a failed commit")
 
 	// ErrInvalidEntry is returned by Append for an entry that fails

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -62,6 +61,10 @@ type Options struct {
 	CloseTimeout time.Duration
 	// LockTimeout bounds the wait for the file lock. Default 2s.
 	LockTimeout time.Duration
+	// RecoverInterval is the first wait before a Log whose commit failed
+	// tries to reopen its file (see Recovered); the wait doubles after
+	// each failed attempt, up to a minute. Default 2s.
+	RecoverInterval time.Duration
 	// Logger receives background errors (checkpoints). Default
 	// slog.Default().
 	Logger *slog.Logger
@@ -77,6 +80,7 @@ const (
 	defaultLockTimeout        = 2 * time.Second
 	defaultCloseTimeout       = 5 * time.Second
 	defaultWitnessTimeout     = 10 * time.Second
+	defaultRecoverInterval    = 2 * time.Second
 
 	// A commit takes at most this many entries or record bytes.
 	maxBatchEntries = 4096
@@ -90,7 +94,11 @@ const (
 // Log is an append-only, tamper-evident issuance log stored in one bbolt
 // file. Its methods are safe for concurrent use.
 type Log struct {
-	path      string
+	path string
+	// db is held shared (dbMu.RLock) while it is used, and exclusively
+	// while recovery replaces it; nil only if recovery could not reopen
+	// the file at all.
+	dbMu      sync.RWMutex
 	db        *bolt.DB
 	opts      Options
 	readOnly  bool
@@ -108,13 +116,14 @@ type Log struct {
 	closeErr      error
 	committerDone chan struct{}
 
-	mu      sync.Mutex
-	tree    *compact.Range // committed tree, guarded by mu
-	root    []byte         // root of tree, guarded by mu
-	failed  error          // first commit failure, guarded by mu
-	failedC chan struct{}  // closed when failed is set
-	commits uint64         // guarded by mu
-	size    atomic.Uint64  // tree.End()
+	mu         sync.Mutex
+	tree       *compact.Range // committed tree, guarded by mu
+	root       []byte         // root of tree, guarded by mu
+	failed     error          // the commit failure that stopped appends, guarded by mu
+	failedC    chan struct{}  // closed when failed is set, guarded by mu
+	recoveredC chan struct{}  // closed when failed is cleared, guarded by mu
+	commits    uint64         // guarded by mu
+	size       atomic.Uint64  // tree.End()
 
 	// Checkpoints.
 	cpMu     sync.Mutex // serializes checkpoint writers; guards cpSigned
@@ -283,6 +292,9 @@ func (o *Options) fill() error {
 	if o.WitnessTimeout <= 0 {
 		o.WitnessTimeout = defaultWitnessTimeout
 	}
+	if o.RecoverInterval <= 0 {
+		o.RecoverInterval = defaultRecoverInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -315,6 +327,7 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
 		failedC:       make(chan struct{}),
+		recoveredC:    closedChan(),
 		cpKick:        make(chan struct{}, 1),
 		cpStop:        make(chan struct{}),
 		cpDone:        make(chan struct{}),
@@ -389,21 +402,6 @@ func (l *Log) Stats() Stats {
 		CheckpointTime: time.Unix(0, l.cpTime.Load())}
 }
 
-// Failed returns a channel that is closed when a commit fails. From then
-// on Append returns ErrFailed until the log is closed and opened again, so a
-// daemon that watches this channel can stop reporting itself as serving at
-// once, instead of at the next request. It is never closed on a healthy
-// log, including after Close.
-func (l *Log) Failed() <-chan struct{} { return l.failedC }
-
-// Err returns the error of the failed commit that stopped the log (it
-// wraps ErrFailed), or nil while the log accepts appends.
-func (l *Log) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.failed
-}
-
 // Close stops accepting appends, commits those already queued, writes a
 // final checkpoint if entries were added since the last one, and closes the
 // file. It waits at most Options.CloseTimeout for the checkpoint signer: if
@@ -423,9 +421,13 @@ func (l *Log) Close() error {
 			<-l.committerDone
 			l.finalCheckpoint()
 		}
-		if err := l.db.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close log %q: %w", l.path, err))
+		l.dbMu.Lock()
+		if l.db != nil {
+			if err := l.db.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close log %q: %w", l.path, err))
+			}
 		}
+		l.dbMu.Unlock()
 		l.closeErr = errors.Join(errs...)
 	})
 	return l.closeErr
@@ -530,6 +532,11 @@ func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
 // names the file, so that no command and no request crashes on a damaged
 // log.
 func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
+	l.dbMu.RLock()
+	defer l.dbMu.RUnlock()
+	if l.db == nil {
+		return l.noFile()
+	}
 	defer recoverCorrupt(l.path, &err)
 	return l.db.View(fn)
 }
@@ -537,6 +544,11 @@ func (l *Log) view(fn func(tx *bolt.Tx) error) (err error) {
 // update is view for a read-write transaction (rolled back on a panic by
 // bbolt).
 func (l *Log) update(fn func(tx *bolt.Tx) error) (err error) {
+	l.dbMu.RLock()
+	defer l.dbMu.RUnlock()
+	if l.db == nil {
+		return l.noFile()
+	}
 	defer recoverCorrupt(l.path, &err)
 	return l.db.Update(fn)
 }
@@ -570,16 +582,4 @@ func (l *Log) WriteTo(w io.Writer) (int64, error) {
 		return err
 	})
 	return n, err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %q: %w", dir, err)
-	}
-	return nil
 }

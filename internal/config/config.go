@@ -181,6 +181,19 @@ type Limits struct {
 	// DenialPeers caps the peers tracked at once; beyond it, new peers
 	// share one bucket, recorded under the peer name "other".
 	DenialPeers int `yaml:"denial_peers"`
+	// MaxInFlight caps the certificate requests handled at once; beyond
+	// it a request is refused at once with ResourceExhausted. 0 is no cap.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// IdentityRequestsPerSecond is the sustained rate of certificate
+	// requests one authenticated identity may make; beyond it (and
+	// IdentityBurst) a request is refused with ResourceExhausted. 0 is no
+	// limit.
+	IdentityRequestsPerSecond float64 `yaml:"identity_requests_per_second"`
+	// IdentityBurst is how many requests an identity may make at once.
+	IdentityBurst int `yaml:"identity_burst"`
+	// Identities caps the identities whose rate is tracked at once; beyond
+	// it, new identities share one bucket.
+	Identities int `yaml:"identities"`
 }
 
 // Log is the issuance log.
@@ -243,6 +256,9 @@ type Server struct {
 	// empty disables it.
 	MetricsListen string `yaml:"metrics_listen"`
 	TLS           TLS    `yaml:"tls"`
+	// ShutdownTimeout bounds a shutdown (SIGTERM) from the signal to the
+	// exit: requests in flight finish, the log is flushed and closed.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 }
 
 // TLS configures the serving certificate, which transitca issues to itself
@@ -342,6 +358,9 @@ type Vault struct {
 	KVMount      string    `yaml:"kv_mount"`
 	KVPrefix     string    `yaml:"kv_prefix"`
 	Timeout      Duration  `yaml:"timeout"`
+	// CheckInterval is how often the daemon checks that Vault answers, is
+	// unsealed and accepts its token (transitca_vault_up, /healthz).
+	CheckInterval Duration `yaml:"check_interval"`
 }
 
 // VaultAuth is how the daemon logs in to Vault.
@@ -372,11 +391,12 @@ func Default() *Config {
 		DataDir:     "/var/lib/transitca",
 		TrustDomain: "cluster.local",
 		Vault: Vault{
-			Auth:         VaultAuth{Method: issuer.VaultAuthToken},
-			TransitMount: "transit",
-			KVMount:      "secret",
-			KVPrefix:     "transitca",
-			Timeout:      Duration(issuer.DefaultVaultTimeout),
+			Auth:          VaultAuth{Method: issuer.VaultAuthToken},
+			TransitMount:  "transit",
+			KVMount:       "secret",
+			KVPrefix:      "transitca",
+			Timeout:       Duration(issuer.DefaultVaultTimeout),
+			CheckInterval: Duration(5 * time.Second),
 		},
 		CA: CA{
 			RootKey:             issuer.DefaultRootKey,
@@ -397,6 +417,7 @@ func Default() *Config {
 				IPAddresses: []string{"127.0.0.1"},
 				CertTTL:     Duration(24 * time.Hour),
 			},
+			ShutdownTimeout: Duration(15 * time.Second),
 		},
 		Auth: Auth{
 			Clusters:  []string{"Kubernetes"},
@@ -437,6 +458,9 @@ func Default() *Config {
 			DenialBurst:             20,
 			DenialWindow:            Duration(10 * time.Second),
 			DenialPeers:             10000,
+			MaxInFlight:             1024,
+			IdentityBurst:           100,
+			Identities:              10000,
 		},
 	}
 }
@@ -690,7 +714,7 @@ func (c *Config) validateServing() []error {
 	if p := c.Limits.DenialPeers; p < 1 || p > 1e6 {
 		bad("limits.denial_peers: %d is outside 1 to 1000000", p)
 	}
-	return errs
+	return append(errs, c.validateOverload()...)
 }
 
 func (c *Config) validateKubernetes() []error {

@@ -19,8 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
@@ -42,12 +40,17 @@ type Options struct {
 	NoSync bool
 }
 
+// logCloseTimeout is the part of server.shutdown_timeout kept for
+// closing the issuance log: a third, at most 5s (signing its final
+// checkpoint may need Vault; without an answer it is written at the next
+// start).
+func logCloseTimeout(cfg *config.Config) time.Duration {
+	return min(cfg.Server.ShutdownTimeout.Std()/3, 5*time.Second)
+}
+
 // Timings of the background work. Variables so that tests can shorten
 // them.
 var (
-	// shutdownTimeout bounds the graceful stop of the gRPC server; requests
-	// still running then are cut off (istio-agent retries Unavailable).
-	shutdownTimeout = 10 * time.Second
 	// hierarchyEvery is how often the trust bundle and the issuing
 	// intermediate are checked for a change another replica made (which
 	// the authority adopts every rotation.state_poll_interval).
@@ -55,6 +58,9 @@ var (
 	// servingEvery is how often the serving certificate is checked for
 	// renewal.
 	servingEvery = time.Minute
+	// logRecoverInterval is the first wait before a failed issuance log
+	// tries to take appends again (store.Options.RecoverInterval).
+	logRecoverInterval = 2 * time.Second
 )
 
 // Daemon is a wired certificate authority: listeners bound, log open,
@@ -87,8 +93,10 @@ type Daemon struct {
 	adminLis   net.Listener
 	metricsLis net.Listener
 
-	ready    atomic.Bool
-	notReady atomic.Pointer[string] // why the daemon stopped serving, if it did
+	ready     atomic.Bool
+	notReady  atomic.Pointer[string] // why the daemon stopped serving, if it did
+	vaultDown atomic.Pointer[string] // why the daemon is degraded, if Vault cannot be used
+	vaultUp   prometheus.Gauge       // nil without Vault
 
 	closeOnce sync.Once
 	closeErr  error
@@ -245,6 +253,9 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	if d.backend.Transit != nil {
 		d.backend.Transit.SetObserver(metrics.ObserveVault)
 	}
+	if d.backend.Session != nil {
+		d.registerVaultMetrics()
+	}
 	clients, err := clusterClients(cfg, d.kubeAPI, "transitca/"+d.opts.Version)
 	if err != nil {
 		return err
@@ -271,6 +282,9 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		Logger:        d.log,
 		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
 			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
+		IdentityLimits: ca.IdentityLimits{PerSecond: cfg.Limits.IdentityRequestsPerSecond, Burst: cfg.Limits.IdentityBurst,
+			MaxIdentities: cfg.Limits.Identities},
+		MaxInFlight: cfg.Limits.MaxInFlight,
 	})
 	if err != nil {
 		return fmt.Errorf("certificate service: %w", err)
@@ -373,17 +387,6 @@ func (d *Daemon) minTLS() uint16 {
 	return tls.VersionTLS13
 }
 
-// readiness reports whether the daemon serves, and if not, why.
-func (d *Daemon) readiness() (bool, string) {
-	if why := d.notReady.Load(); why != nil {
-		return false, *why
-	}
-	if !d.ready.Load() {
-		return false, "not serving"
-	}
-	return true, ""
-}
-
 // Addr is the address the certificate service listens on.
 func (d *Daemon) Addr() string { return d.lis.Addr().String() }
 
@@ -417,9 +420,10 @@ func (d *Daemon) Authority() *issuer.Authority { return d.authority }
 func (d *Daemon) DevHint() string { return d.devHint }
 
 // Run serves until ctx ends or a server fails, then stops gracefully:
-// health turns NOT_SERVING, requests in flight finish (for at most
-// shutdownTimeout) and the listeners close. It does not close the log;
-// Close does.
+// health turns NOT_SERVING, the listeners stop accepting, requests in
+// flight finish and the listeners close, leaving Close enough of
+// server.shutdown_timeout to flush and close the log (logCloseTimeout).
+// It does not close the log; Close does.
 func (d *Daemon) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -455,6 +459,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	background(func() { d.serving.Load().Run(ctx, servingEvery) })
 	if s := d.backend.Session; s != nil {
 		background(func() { s.Run(ctx) })
+		background(func() { d.watchVault(ctx) })
 	}
 	background(func() { watchHierarchy(ctx, d.authority, hierarchyEvery, d.refreshHierarchy) })
 	background(func() { d.runKube(ctx) })
@@ -487,28 +492,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
-	d.shutdown()
+	d.shutdown(time.Now().Add(d.cfg.Server.ShutdownTimeout.Std() - logCloseTimeout(d.cfg)))
 	return err
 }
 
-// shutdown stops serving: NOT_SERVING first, then a graceful stop bounded
-// by shutdownTimeout.
-func (d *Daemon) shutdown() {
-	d.log.Info("shutting down")
+// shutdown stops serving: NOT_SERVING first, then a graceful stop (no new
+// connections or requests; those in flight finish) until deadline, when
+// the requests still running are cut off: their callers get Unavailable,
+// which istio-agent retries, and a certificate is handed out only if it
+// was recorded.
+func (d *Daemon) shutdown(deadline time.Time) {
+	start := time.Now()
+	d.log.Info("shutting down", slog.Duration("grace", time.Until(deadline).Round(time.Millisecond)))
 	d.ready.Store(false)
 	d.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { d.grpcSrv.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(max(time.Until(deadline), 0))
+	defer t.Stop()
 	select {
 	case <-stopped:
-	case <-time.After(shutdownTimeout):
+		d.log.Info("requests in flight finished", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
+	case <-t.C:
+		d.log.Warn("requests still in flight at the shutdown deadline are cut off")
 		d.grpcSrv.Stop()
 	}
 	if d.adminSrv != nil {
 		d.adminSrv.Stop()
 	}
 	if d.metricsSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = d.metricsSrv.Shutdown(sctx)
 	}
@@ -542,22 +555,6 @@ func (d *Daemon) Close() error {
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
-}
-
-// watchLog turns the daemon NOT_SERVING the moment the issuance log stops
-// accepting appends: every issuance would fail, so Kubernetes must stop
-// routing to this replica, and the operator is told why.
-func (d *Daemon) watchLog(ctx context.Context) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-d.ilog.Failed():
-	}
-	why := fmt.Sprintf("issuance log failed, no certificate can be recorded: %v; check the disk of %s, then restart", d.ilog.Err(), d.ilog.Path())
-	d.notReady.Store(&why)
-	d.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	d.health.SetServingStatus(pb.IstioCertificateService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
-	d.log.ErrorContext(ctx, "NOT_SERVING: "+why)
 }
 
 // drillEvery runs an intermediate drill on a schedule. A failed drill is

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,10 +17,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/transitca/transitca/internal/config"
+	"github.com/transitca/transitca/internal/faultfs"
 	"github.com/transitca/transitca/store"
 )
 
@@ -124,29 +126,112 @@ func TestSilentConnectionsAreClosedOnBothPorts(t *testing.T) {
 
 // When the issuance log fails, every issuance would fail: the daemon says
 // NOT_SERVING on the gRPC health service and 503 on /healthz, with the
-// reason, at once. The log's file system filling up is the failure made
-// here, with a real full file system (a small tmpfs).
-func TestLogFailureTurnsHealthNotServing(t *testing.T) {
-	dir := t.TempDir()
-	mnt := filepath.Join(dir, "logfs")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs to fill (needs root): %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", mnt).Run() })
-	cfg := devConfig(t, filepath.Join(dir, "data"))
+// reason, at once, and requests fail with Unavailable (istio-agent
+// retries). The log's file system filling up is the failure made here, with
+// a real full file system (a small tmpfs). When space returns, the daemon
+// serves again by itself, without a restart, and every certificate it
+// handed out is in the log.
+func TestFullLogDiskTurnsNotServingAndRecovers(t *testing.T) {
+	defer func(v time.Duration) { logRecoverInterval = v }(logRecoverInterval)
+	logRecoverInterval = 50 * time.Millisecond
+	mnt := faultfs.Tmpfs(t, 8<<20)
+	cfg := devConfig(t, t.TempDir())
 	cfg.Log.Path = filepath.Join(mnt, "issuance.db")
 	d := startDaemon(t, cfg)
+	minter, err := DevMinter(context.Background(), d.backend.Keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := minter.Mint("default", "web", []string{"istio-ca"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := healthChecker(t, d)
+	if s := check(); s != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health before the failure: %s", s)
+	}
+	if code, _ := healthz(t, d); code != http.StatusOK {
+		t.Fatalf("/healthz before the failure: %d", code)
+	}
+	var received []*x509.Certificate
+	w, err := d.tryRequest(t, "default", "web", tok)
+	if err != nil {
+		t.Fatalf("request before the failure: %v", err)
+	}
+	received = append(received, w.chain[0])
 
+	free := faultfs.Fill(t, mnt)
+	for i := 0; ; i++ {
+		w, err := d.tryRequest(t, "default", "web", tok)
+		if err == nil {
+			received = append(received, w.chain[0]) // it fit in the last pages
+			if i > 1000 {
+				t.Fatal("1000 certificates recorded on a full file system")
+			}
+			continue
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("request on a full disk: %v, want Unavailable", err)
+		}
+		break
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for check() != healthpb.HealthCheckResponse_NOT_SERVING {
+		if time.Now().After(deadline) {
+			t.Fatal("health still SERVING 5s after the issuance log failed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, body := healthz(t, d)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "issuance log") {
+		t.Fatalf("/healthz after the log failed: %d %q, want 503 naming the issuance log", code, body)
+	}
+	if got := metricValue(t, d, MetricLogFailed); got != 1 {
+		t.Fatalf("%s after the log failed = %v, want 1", MetricLogFailed, got)
+	}
+	if _, err := d.tryRequest(t, "default", "web", tok); status.Code(err) != codes.Unavailable {
+		t.Fatalf("request while the disk is still full: %v, want Unavailable", err)
+	}
+
+	free()
+	deadline = time.Now().Add(30 * time.Second)
+	for check() != healthpb.HealthCheckResponse_SERVING {
+		if time.Now().After(deadline) {
+			t.Fatalf("health not SERVING 30s after space returned: %v", d.Log().Err())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := healthz(t, d); code != http.StatusOK {
+		t.Fatalf("/healthz after recovery: %d %q", code, body)
+	}
+	if got := metricValue(t, d, MetricLogFailed); got != 0 {
+		t.Fatalf("%s after recovery = %v, want 0", MetricLogFailed, got)
+	}
+	w, err = d.tryRequest(t, "default", "web", tok)
+	if err != nil {
+		t.Fatalf("request after space returned: %v", err)
+	}
+	received = append(received, w.chain[0])
+	for _, c := range received {
+		es, _, err := d.Log().Query(context.Background(), store.Query{Serial: store.SerialHex(c.SerialNumber)})
+		if err != nil || len(es) != 1 {
+			t.Fatalf("certificate %x handed out but not in the log once: %d entries, %v", c.SerialNumber, len(es), err)
+		}
+	}
+	t.Logf("%d certificates handed out, all in the log", len(received))
+}
+
+// healthChecker returns a function that asks the daemon's gRPC health
+// service for the server's status.
+func healthChecker(t *testing.T, d *running) func() healthpb.HealthCheckResponse_ServingStatus {
+	t.Helper()
 	conn, err := grpc.NewClient(d.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: d.rootPool(t), ServerName: "localhost"})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	health := healthpb.NewHealthClient(conn)
-	check := func() healthpb.HealthCheckResponse_ServingStatus {
+	return func() healthpb.HealthCheckResponse_ServingStatus {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -156,55 +241,16 @@ func TestLogFailureTurnsHealthNotServing(t *testing.T) {
 		}
 		return r.GetStatus()
 	}
-	healthz := func() (int, string) {
-		t.Helper()
-		resp, err := http.Get("http://" + d.MetricsAddr() + "/healthz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	if s := check(); s != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("health before the failure: %s", s)
-	}
-	if code, _ := healthz(); code != http.StatusOK {
-		t.Fatalf("/healthz before the failure: %d", code)
-	}
+}
 
-	// Fill the file system, then append until a commit fails.
-	filler, err := os.Create(filepath.Join(mnt, "filler"))
+// healthz returns /healthz's status code and body.
+func healthz(t *testing.T, d *running) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + d.MetricsAddr() + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := filler.Write(buf); err != nil {
-			break
-		}
-	}
-	filler.Close()
-	var appendErr error
-	for i := 0; i < 10000 && appendErr == nil; i++ {
-		_, appendErr = d.Log().Append(context.Background(), &store.Entry{Kind: store.KindAdmin, Time: time.Now(), Action: "fill", Actor: "test", Detail: strings.Repeat("x", 4000)})
-	}
-	if !errors.Is(appendErr, store.ErrFailed) {
-		t.Fatalf("appending to a full file system: %v, want ErrFailed", appendErr)
-	}
-
-	deadline := time.Now().Add(2 * time.Second)
-	for check() != healthpb.HealthCheckResponse_NOT_SERVING {
-		if time.Now().After(deadline) {
-			t.Fatal("health still SERVING 2s after the issuance log failed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	code, body := healthz()
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "issuance log") {
-		t.Fatalf("/healthz after the log failed: %d %q, want 503 naming the issuance log", code, body)
-	}
-	if got := metricValue(t, d, MetricLogFailed); got != 1 {
-		t.Fatalf("%s after the log failed = %v, want 1", MetricLogFailed, got)
-	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -20,8 +20,9 @@ const (
 	MetricLogCheckpointAge = "transitca_log_checkpoint_age_seconds"
 	// MetricLogCommits counts the log's bbolt commits of entries.
 	MetricLogCommits = "transitca_log_commits_total"
-	// MetricLogFailed is 1 once a commit failed: from then on every append,
-	// and so every issuance, fails until the daemon is restarted.
+	// MetricLogFailed is 1 while the log refuses appends after a failed
+	// commit: every issuance fails until the log has recovered by itself
+	// (the disk takes writes again).
 	MetricLogFailed = "transitca_log_failed"
 )
 
@@ -41,7 +42,7 @@ func registerLogMetrics(reg prometheus.Registerer, l *store.Log) {
 			Help: "bbolt commits of issuance log entries since the daemon started."},
 			func() float64 { return float64(l.Stats().Commits) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: MetricLogFailed,
-			Help: "1 once an issuance log commit failed: appends, and so issuances, fail until the daemon restarts."},
+			Help: "1 while the issuance log refuses appends after a failed commit: issuances fail until it recovers."},
 			func() float64 {
 				if l.Stats().Failed {
 					return 1

@@ -110,6 +110,8 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 		Witness:            logWitness(cfg, b, origin),
 		Logger:             log,
 		NoSync:             noSync,
+		RecoverInterval:    logRecoverInterval,
+		CloseTimeout:       logCloseTimeout(cfg),
 	})
 	if me, ok := errors.AsType[*store.MetaDamageError](err); ok {
 		return nil, "", fmt.Errorf("%w\nthe daemon will not append to this log; after review (if the machine stopped during that commit, its entries were never acknowledged to a caller), accept the loss with: ca log accept-damage --db %s --confirm-txid %d", err, me.Path, me.MayBeLost)

@@ -75,6 +75,16 @@ func (r *running) request(t *testing.T, ns, sa string) *workload {
 // istio-agent does.
 func (r *running) requestWithToken(t *testing.T, ns, sa, tok string) *workload {
 	t.Helper()
+	w, err := r.tryRequest(t, ns, sa, tok)
+	if err != nil {
+		t.Fatalf("CreateCertificate for %s/%s: %v", ns, sa, err)
+	}
+	return w
+}
+
+// tryRequest is requestWithToken that returns the request's error.
+func (r *running) tryRequest(t *testing.T, ns, sa, tok string) (*workload, error) {
+	t.Helper()
 	ctx := context.Background()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -95,7 +105,7 @@ func (r *running) requestWithToken(t *testing.T, ns, sa, tok string) *workload {
 		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})), ValidityDuration: 3600,
 	})
 	if err != nil {
-		t.Fatalf("CreateCertificate for %s/%s: %v", ns, sa, err)
+		return nil, err
 	}
 	w := &workload{key: key}
 	for i, elem := range resp.GetCertChain() {
@@ -106,7 +116,7 @@ func (r *running) requestWithToken(t *testing.T, ns, sa, tok string) *workload {
 			w.chain = append(w.chain, certs...)
 		}
 	}
-	return w
+	return w, nil
 }
 
 func parsePEM(t *testing.T, text string) []*x509.Certificate {

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"sync"
 	"syscall"
@@ -302,3 +303,35 @@ func randHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// Seal seals the server (sys/seal), as an operator does in an incident:
+// Vault keeps answering, with 503 to every secret request, until Unseal.
+func (s *Server) Seal(tb testing.TB) {
+	tb.Helper()
+	c, err := s.Client()
+	if err == nil {
+		err = c.Sys().Seal()
+	}
+	if err != nil {
+		tb.Fatalf("vaulttest: seal: %v", err)
+	}
+}
+
+// Unseal unseals the server with the unseal key its dev banner printed.
+func (s *Server) Unseal(tb testing.TB) {
+	tb.Helper()
+	m := unsealKeyRE.FindStringSubmatch(s.Logs())
+	if m == nil {
+		tb.Fatalf("vaulttest: no unseal key in the dev server's output:\n%s", s.Logs())
+	}
+	c, err := s.Client()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st, err := c.Sys().Unseal(m[1])
+	if err != nil || st.Sealed {
+		tb.Fatalf("vaulttest: unseal: %v (status %+v)", err, st)
+	}
+}
+
+var unsealKeyRE = regexp.MustCompile(`Unseal Key: (\S+)`)

@@ -5,25 +5,18 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	mrand "math/rand/v2"
-	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
 )
@@ -67,73 +60,79 @@ log:
 	return s
 }
 
+// crashRounds is how many times TestCrashKeepsEveryIssuedCertificate kills
+// the daemon: $TRANSITCA_CRASH_ROUNDS, 3 by default ("make soak" runs 20).
+func crashRounds(t *testing.T) int {
+	v := os.Getenv("TRANSITCA_CRASH_ROUNDS")
+	if v == "" {
+		return 3
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("TRANSITCA_CRASH_ROUNDS=%q: want a positive number", v)
+	}
+	return n
+}
+
 // TestCrashKeepsEveryIssuedCertificate kills the daemon with SIGKILL at
-// random moments while concurrent clients request certificates, many
-// times. After every restart, every certificate any client received is in
-// the log, no serial appears twice, and the log verifies.
+// random moments while concurrent clients request certificates, an
+// operator rotates the intermediate over and over through the admin API
+// and checkpoints are signed every 50 entries, so that kills land during
+// commits, checkpoint signing and rotations. After every kill, every
+// certificate any client received is in the log, no serial appears twice,
+// the log verifies and the daemon starts again on it.
 func TestCrashKeepsEveryIssuedCertificate(t *testing.T) {
-	const (
-		rounds  = 8
-		clients = 16
-	)
+	const clients = 16
+	rounds := crashRounds(t)
 	dir := t.TempDir()
 	s := startDevCA(t, dir)
+	adminAddr := freeAddr(t)
+	cfg := strings.Replace(readFile(t, s.Config), "admin:\n  listen: \"\"\n",
+		fmt.Sprintf("admin:\n  listen: %s\n  identities: [%s]\n", adminAddr, adminID), 1)
+	if err := os.WriteFile(s.Config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	op := &operator{s: s, adminAddr: adminAddr, dir: t.TempDir()}
 	tok, err := s.Minter.Mint("default", "web", []string{"istio-ca"}, 2*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _ := url.Parse(spiffeID("default", "web"))
+	db := filepath.Join(s.DataDir, "issuance.db")
 	var (
-		mu       sync.Mutex
-		received = map[string][]byte{} // serial hex → DER
+		mu        sync.Mutex
+		received  = map[string]bool{}
+		rotations atomic.Int64
 	)
 	for round := 0; round < rounds; round++ {
 		s.start(t)
-		pool := rootPool(t, readFile(t, s.RootFile))
+		op.refresh(t)
 		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		for c := 0; c < clients; c++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				conn, err := grpc.NewClient(s.Addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})))
-				if err != nil {
-					return
+		wait := runLoad(ctx, t, s, clients, tok, spiffeID("default", "web"), func(r issued) {
+			if r.err == nil {
+				mu.Lock()
+				received[r.leaf.SerialNumber.Text(16)] = true
+				mu.Unlock()
+			}
+		})
+		rotDone := make(chan struct{})
+		go func() {
+			defer close(rotDone)
+			for ctx.Err() == nil {
+				if _, err := op.admin(t, "rotate-intermediate"); err == nil {
+					rotations.Add(1)
 				}
-				defer conn.Close()
-				client := pb.NewIstioCertificateServiceClient(conn)
-				for ctx.Err() == nil {
-					key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-					der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id}}, key)
-					rctx, rcancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), 5*time.Second)
-					resp, err := client.CreateCertificate(rctx, &pb.IstioCertificateRequest{
-						Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
-					})
-					rcancel()
-					if err != nil {
-						continue // the daemon is being killed
-					}
-					block, _ := pem.Decode([]byte(resp.CertChain[0]))
-					leaf, err := x509.ParseCertificate(block.Bytes)
-					if err != nil {
-						t.Errorf("unparsable leaf: %v", err)
-						return
-					}
-					mu.Lock()
-					received[leaf.SerialNumber.Text(16)] = leaf.Raw
-					mu.Unlock()
-				}
-			}()
-		}
-		time.Sleep(time.Duration(150+mrand.IntN(600)) * time.Millisecond)
+			}
+		}()
+		time.Sleep(time.Duration(300+mrand.IntN(900)) * time.Millisecond)
 		_ = s.cmd.Process.Signal(syscall.SIGKILL)
 		<-s.done
 		cancel()
-		wg.Wait()
+		wait()
+		<-rotDone
 
 		// The log as the daemon left it: every received certificate is in
 		// it, once, and it verifies.
-		entries := exportLog(t, s, filepath.Join(s.DataDir, "issuance.db"))
+		entries := exportLog(t, s, db)
 		seen := map[string]bool{}
 		for _, e := range entries {
 			if e.Kind != "issuance" {
@@ -152,11 +151,11 @@ func TestCrashKeepsEveryIssuedCertificate(t *testing.T) {
 		}
 		n := len(received)
 		mu.Unlock()
-		out, err := runCA(t, s, "log", "verify", "--db", filepath.Join(s.DataDir, "issuance.db"), "--verifier-key", filepath.Join(s.DataDir, "log-verifier.vkey"))
+		out, err := runCA(t, s, "log", "verify", "--db", db, "--verifier-key", filepath.Join(s.DataDir, "log-verifier.vkey"))
 		if err != nil || !strings.Contains(out, "log verified") {
 			t.Fatalf("round %d: log does not verify after SIGKILL: %v\n%s", round, err, out)
 		}
-		t.Logf("round %d: %d certificates received so far, %d log entries, verified", round, n, len(entries))
+		t.Logf("round %d: %d certificates received so far, %d intermediate rotations, %d log entries, verified", round, n, rotations.Load(), len(entries))
 	}
 	if len(received) < rounds {
 		t.Fatalf("only %d certificates were issued across %d rounds: the load did not run", len(received), rounds)

@@ -82,6 +82,11 @@ type caServer struct {
 	Config   string
 	Minter   *ca.TokenMinter
 	Env      *vaulttest.Env
+	// VaultAddr, when set, is the Vault address the CA is given instead
+	// of Env's (a proxy in front of it).
+	VaultAddr string
+	// MetricsAddr is server.metrics_listen; "" when off.
+	MetricsAddr string
 	// ServeArgs are added to "ca serve --config <Config>".
 	ServeArgs []string
 	cmd       *exec.Cmd
@@ -123,6 +128,11 @@ type caOptions struct {
 	Extra string
 	// ServingCertTTL is server.tls.cert_ttl; 24h when zero.
 	ServingCertTTL time.Duration
+	// VaultAddr, when set, is given to the CA as VAULT_ADDR instead of
+	// env's address.
+	VaultAddr string
+	// Metrics turns server.metrics_listen on, at a free address.
+	Metrics bool
 	// Minter and JWKSFile, when set, are the token minter and the JWKS
 	// file that verifies its tokens: replicas share them. A new pair
 	// when nil.
@@ -146,6 +156,10 @@ func startCAWith(t *testing.T, env *vaulttest.Env, o caOptions) *caServer {
 		minter, jwksFile = newMinter(t, dir)
 	}
 	addr := freeAddr(t)
+	metricsAddr := ""
+	if o.Metrics {
+		metricsAddr = freeAddr(t)
+	}
 	cfgFile := filepath.Join(dir, "transitca.yaml")
 	cfg := fmt.Sprintf(`data_dir: %s
 trust_domain: cluster.local
@@ -153,11 +167,12 @@ vault:
   transit_mount: %s
   kv_mount: %s
   timeout: 3s
+  check_interval: 1s
 ca:
   intermediate_mode: %s
 server:
   listen: %s
-  metrics_listen: ""
+  metrics_listen: %q
   tls:
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
@@ -166,11 +181,12 @@ auth:
   jwt:
     issuer: %s
     jwks_file: %s
-%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, servingTTL, tokenIssuer, jwksFile, extraConfig)
+%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, metricsAddr, servingTTL, tokenIssuer, jwksFile, extraConfig)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env, ServeArgs: o.ServeArgs}
+	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: cfgFile, Minter: minter, Env: env,
+		ServeArgs: o.ServeArgs, VaultAddr: o.VaultAddr, MetricsAddr: metricsAddr}
 	s.RootFile = filepath.Join(s.DataDir, "root-cert.pem")
 	if out, err := s.command("init", "--config", cfgFile).CombinedOutput(); err != nil {
 		t.Fatalf("ca init: %v\n%s", err, out)
@@ -205,7 +221,11 @@ func newMinter(t *testing.T, dir string) (*ca.TokenMinter, string) {
 func (s *caServer) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(caBinary, args...)
 	if s.Env != nil {
-		cmd.Env = append(os.Environ(), "VAULT_ADDR="+s.Env.Server.Addr, "VAULT_TOKEN="+s.Env.Server.RootToken)
+		addr := s.Env.Server.Addr
+		if s.VaultAddr != "" {
+			addr = s.VaultAddr
+		}
+		cmd.Env = append(os.Environ(), "VAULT_ADDR="+addr, "VAULT_TOKEN="+s.Env.Server.RootToken)
 	}
 	return cmd
 }
