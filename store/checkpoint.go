@@ -70,7 +70,7 @@ func OpenCheckpoint(signed []byte, v note.Verifier) (Checkpoint, error) {
 func openCheckpoint(signed []byte, vs note.Verifiers) (Checkpoint, error) {
 	n, err := note.Open(signed, vs)
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("%w: signature: %v", ErrInvalidCheckpoint, err)
+		return Checkpoint{}, fmt.Errorf("%w: signature: %w", ErrInvalidCheckpoint, err)
 	}
 	return parseCheckpoint(n.Text)
 }
@@ -93,7 +93,7 @@ func VerifyInclusion(checkpoint []byte, v note.Verifier, leaf []byte, index uint
 		return cp, fmt.Errorf("%w: leaf is not the record of entry %d", ErrInvalidProof, index)
 	}
 	if err := proof.VerifyInclusion(hasher, index, cp.Size, leafHash(leaf), inclusion, cp.Root); err != nil {
-		return cp, fmt.Errorf("%w: inclusion of entry %d in tree of size %d: %v", ErrInvalidProof, index, cp.Size, err)
+		return cp, fmt.Errorf("%w: inclusion of entry %d in tree of size %d: %w", ErrInvalidProof, index, cp.Size, err)
 	}
 	return cp, nil
 }
@@ -114,7 +114,7 @@ func VerifyConsistency(older, newer []byte, v note.Verifier, consistency [][]byt
 		return fmt.Errorf("%w: checkpoints are of different logs (%q, %q)", ErrInvalidProof, cp1.Origin, cp2.Origin)
 	}
 	if err := proof.VerifyConsistency(hasher, cp1.Size, cp2.Size, consistency, cp1.Root, cp2.Root); err != nil {
-		return fmt.Errorf("%w: consistency between sizes %d and %d: %v", ErrInvalidProof, cp1.Size, cp2.Size, err)
+		return fmt.Errorf("%w: consistency between sizes %d and %d: %w", ErrInvalidProof, cp1.Size, cp2.Size, err)
 	}
 	return nil
 }

@@ -360,7 +360,7 @@ func decodeRecord(data []byte) (*Entry, error) {
 		}
 	}
 	if d.err != nil {
-		return nil, fmt.Errorf("%w: record field %d: %v", ErrCorrupt, last, d.err)
+		return nil, fmt.Errorf("%w: record field %d: %w", ErrCorrupt, last, d.err)
 	}
 	if version == recordV2 && last < tagEndV1 {
 		return nil, fmt.Errorf("%w: record version 2 holds no field of version 2 (its canonical encoding is version 1)", ErrCorrupt)

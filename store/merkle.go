@@ -49,7 +49,7 @@ func decodeTreeState(b []byte) (*compact.Range, error) {
 	}
 	r, err := rangeFactory.NewRange(0, size, hashes)
 	if err != nil {
-		return nil, fmt.Errorf("%w: tree state: %v", ErrCorrupt, err)
+		return nil, fmt.Errorf("%w: tree state: %w", ErrCorrupt, err)
 	}
 	return r, nil
 }
