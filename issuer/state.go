@@ -168,7 +168,7 @@ func (m *MemoryState) Store(_ context.Context, st *RotationState, rev int) (int,
 
 // FileState is the dev-mode StateStore: one JSON file, the revision inside
 // it, replaced atomically (internal/atomicfile: temporary file, fsync,
-// rename) and the directory fsynced after. Store holds an advisory lock on
+// rename, then fsync of the directory). Store holds an advisory lock on
 // "<path>.lock" (on Unix) around its compare-and-set, so that two processes
 // on one data directory cannot both win.
 type FileState struct {
@@ -236,20 +236,7 @@ func (f *FileState) Store(_ context.Context, st *RotationState, rev int) (int, e
 	if err := atomicfile.Write(f.path, append(data, '\n'), 0o600); err != nil {
 		return 0, err
 	}
-	if err := syncDir(filepath.Dir(f.path)); err != nil {
-		return 0, err
-	}
 	return c.Revision, nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // VaultState keeps the rotation state in a Vault KV version 2 engine, at
