@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -356,7 +357,9 @@ func (l *Log) checkpointLoop() {
 			continue
 		}
 		if _, err := l.writeCheckpoint(); err != nil {
-			l.logger.Error("issuance log: checkpoint failed", "path", l.path, "size", l.Size(), "err", err)
+			// The loop outlives every request: no caller's context applies.
+			l.logger.ErrorContext(context.Background(), "issuance log: checkpoint failed",
+				slog.String("path", l.path), slog.Uint64("size", l.Size()), slog.Any("error", err))
 		}
 	}
 }

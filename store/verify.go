@@ -137,7 +137,7 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 	var s scanner
 	tree, err := readTree(tx)
 	if err != nil {
-		return res, verifyErrorf(0, "stored tree state: %v", err)
+		return res, verifyErrorf(0, "stored tree state: %w", err)
 	}
 	n := tree.End()
 
@@ -154,9 +154,9 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 		cp, verified, err := checkpointBody(v, l.verifiers)
 		switch {
 		case err != nil && l.verifiers != nil:
-			s.report(verifyErrorf(prevSize, "checkpoint of size %d: signature does not verify: %v", size, err))
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d: signature does not verify: %w", size, err))
 		case err != nil:
-			s.report(verifyErrorf(prevSize, "checkpoint of size %d does not parse: %v", size, err))
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d does not parse: %w", size, err))
 		case l.verifiers != nil && !verified:
 			s.report(verifyErrorf(prevSize, "checkpoint of size %d is not signed by a known key", size))
 		case cp.Size != size:
@@ -201,7 +201,7 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 		}
 		e, err := decodeRecord(ev)
 		if err != nil {
-			s.report(verifyErrorf(i, "entry does not decode: %v", err))
+			s.report(verifyErrorf(i, "entry does not decode: %w", err))
 			break
 		}
 		if e.Seq != i {
@@ -280,7 +280,7 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 				err = proof.VerifyConsistency(hasher, a.Size, b.Size, p, a.Root, b.Root)
 			}
 			if err != nil {
-				return res, verifyErrorf(a.Size, "checkpoints of sizes %d and %d are not consistent: %v", a.Size, b.Size, err)
+				return res, verifyErrorf(a.Size, "checkpoints of sizes %d and %d are not consistent: %w", a.Size, b.Size, err)
 			}
 		}
 	}
