@@ -114,8 +114,7 @@ func (s *ServingCert) Leaf() *x509.Certificate {
 func (s *ServingCert) due() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	half := s.leaf.NotBefore.Add(s.leaf.NotAfter.Sub(s.leaf.NotBefore) / 2)
-	return !s.svc.now().Before(half) || s.from != s.svc.authority.Intermediate().Fingerprint
+	return !s.svc.now().Before(issuer.HalfLife(s.leaf)) || s.from != s.svc.authority.Intermediate().Fingerprint
 }
 
 // RenewIfDue renews the certificate if it is past half its life or its

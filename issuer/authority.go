@@ -113,14 +113,16 @@ func (o *Options) defaults() {
 }
 
 func (o *Options) validate() error {
-	if !o.RootKeyType.Valid() || o.RootKeyType == KeyEd25519 {
-		return fmt.Errorf("root key type %q: want one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", o.RootKeyType)
+	if err := checkCAKeyType("root key type", o.RootKeyType); err != nil {
+		return err
 	}
 	if o.Mode != ModeMemory && o.Mode != ModeVault {
 		return fmt.Errorf("intermediate mode %q: want %q or %q", o.Mode, ModeMemory, ModeVault)
 	}
-	if o.Mode == ModeVault && (!o.IntermediateKeyType.Valid() || o.IntermediateKeyType == KeyEd25519) {
-		return fmt.Errorf("intermediate key type %q: want one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", o.IntermediateKeyType)
+	if o.Mode == ModeVault {
+		if err := checkCAKeyType("intermediate key type", o.IntermediateKeyType); err != nil {
+			return err
+		}
 	}
 	if o.IntermediateTTL >= o.RootTTL {
 		return fmt.Errorf("intermediate TTL %v must be shorter than the root TTL %v", o.IntermediateTTL, o.RootTTL)
@@ -603,7 +605,7 @@ func (a *Authority) usable(rs *rootSet, cert *x509.Certificate, pub crypto.Publi
 	if rs.st.IntermediateCompromised(Fingerprint(cert)) {
 		return false
 	}
-	return now.Before(halfLife(cert))
+	return now.Before(HalfLife(cert))
 }
 
 // certify signs an intermediate certificate for pub with the active root
@@ -641,11 +643,14 @@ func newIntermediate(cert *x509.Certificate, signer crypto.Signer, mode Mode, ve
 		KeyVersion:     version,
 		RootKeyVersion: rootVersion,
 		Fingerprint:    Fingerprint(cert),
-		RenewAt:        halfLife(cert),
+		RenewAt:        HalfLife(cert),
 	}
 }
 
-func halfLife(cert *x509.Certificate) time.Time {
+// HalfLife returns the middle of cert's validity period: when transitca
+// renews a certificate it issued itself (intermediates, the serving
+// certificate).
+func HalfLife(cert *x509.Certificate) time.Time {
 	return cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
 }
 

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,13 +34,28 @@ const (
 	KeyEd25519   KeyType = "ed25519"
 )
 
+// caKeyTypes are the key types a CA certificate may have, in the order
+// error messages list them.
+var caKeyTypes = []KeyType{KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096}
+
 // Valid reports whether t is a key type transitca supports.
-func (t KeyType) Valid() bool {
-	switch t {
-	case KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096, KeyEd25519:
-		return true
+func (t KeyType) Valid() bool { return t == KeyEd25519 || t.CanCertify() }
+
+// CanCertify reports whether a root or intermediate may have a key of type
+// t: every supported type but Ed25519, which signs checkpoints only.
+func (t KeyType) CanCertify() bool { return slices.Contains(caKeyTypes, t) }
+
+// checkCAKeyType returns an error naming what (e.g. "root key type")
+// unless t.CanCertify().
+func checkCAKeyType(what string, t KeyType) error {
+	if t.CanCertify() {
+		return nil
 	}
-	return false
+	names := make([]string, len(caKeyTypes))
+	for i, k := range caKeyTypes {
+		names[i] = string(k)
+	}
+	return fmt.Errorf("%s %q: want one of %s", what, t, strings.Join(names, ", "))
 }
 
 // DefaultVaultTimeout bounds every Vault call whose context has no earlier
@@ -279,9 +295,7 @@ func (t *Transit) Signer(ctx context.Context, name string, version int) (*Transi
 	if !ok {
 		return nil, fmt.Errorf("%w: transit key %s has no version %d (latest is %d)", ErrKeyNotFound, name, version, info.LatestVersion)
 	}
-	switch info.Type {
-	case KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096, KeyEd25519:
-	default:
+	if !info.Type.Valid() {
 		return nil, fmt.Errorf("transit key %s has type %s, which cannot sign certificates", name, info.Type)
 	}
 	return &TransitSigner{transit: t, name: name, version: version, typ: info.Type, pub: pub}, nil

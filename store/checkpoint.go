@@ -37,9 +37,10 @@ func (c Checkpoint) String() string {
 	return fmt.Sprintf("%s\n%d\n%s\n", c.Origin, c.Size, base64.StdEncoding.EncodeToString(c.Root))
 }
 
-// parseCheckpoint parses checkpoint text. Lines after the third (extension
-// lines) are allowed and ignored.
-func parseCheckpoint(text string) (Checkpoint, error) {
+// ParseCheckpoint parses checkpoint text. Lines after the third (extension
+// lines) are allowed and ignored, so the whole text of a signed checkpoint
+// parses too; its signature is not checked (OpenCheckpoint does).
+func ParseCheckpoint(text string) (Checkpoint, error) {
 	lines := strings.SplitN(text, "\n", 4)
 	if len(lines) < 4 {
 		return Checkpoint{}, fmt.Errorf("%w: checkpoint has fewer than 3 lines", ErrInvalidCheckpoint)
@@ -73,7 +74,7 @@ func openCheckpoint(signed []byte, vs note.Verifiers) (Checkpoint, error) {
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("%w: signature: %w", ErrInvalidCheckpoint, err)
 	}
-	return parseCheckpoint(n.Text)
+	return ParseCheckpoint(n.Text)
 }
 
 // VerifyInclusion checks, offline, that leaf (the record bytes of the entry,

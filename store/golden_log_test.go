@@ -198,6 +198,10 @@ func TestGoldenLog(t *testing.T) {
 		if cp.Origin != testOrigin || cp.Size != goldenLogSize || !bytes.Equal(cp.Root, res.Root) {
 			t.Fatalf("latest checkpoint %+v does not commit to the verified tree (size %d, root %x)", cp, res.Size, res.Root)
 		}
+		// The signed text parses as it is, signature lines and all.
+		if body, err := ParseCheckpoint(string(signed)); err != nil || body.String() != cp.String() {
+			t.Fatalf("ParseCheckpoint(signed) = %+v, %v; want %+v", body, err, cp)
+		}
 		// Opening it for appending checks it again, and accepts it.
 		w := openTest(t, copyFile(t, golden), Options{Signer: testSigner(t)})
 		if err := w.Close(); err != nil {

@@ -109,7 +109,7 @@ func checkpointBody(signed []byte, vs note.Verifiers) (cp Checkpoint, verified b
 	default:
 		return Checkpoint{}, false, err
 	}
-	cp, err = parseCheckpoint(n.Text)
+	cp, err = ParseCheckpoint(n.Text)
 	return cp, verified, err
 }
 
