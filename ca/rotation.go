@@ -2,9 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -498,7 +495,7 @@ type probe struct {
 }
 
 func (d *drill) issueProbe(ctx context.Context) (*probe, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := issuer.GenerateKey(issuer.KeyECDSAP256)
 	if err != nil {
 		return nil, err
 	}

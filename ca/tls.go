@@ -2,9 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -73,7 +70,7 @@ func NewServingCert(ctx context.Context, svc *Service, o ServingCertOptions) (*S
 // Renew issues a fresh serving certificate and key. On error the current
 // certificate stays in use.
 func (s *ServingCert) Renew(ctx context.Context) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := issuer.GenerateKey(issuer.KeyECDSAP256)
 	if err != nil {
 		return err
 	}

@@ -3,8 +3,6 @@ package issuer
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -507,7 +505,7 @@ func (a *Authority) install(ctx context.Context, next *Intermediate) error {
 }
 
 func (a *Authority) memoryIntermediate(ctx context.Context, rs *rootSet) (*Intermediate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := GenerateKey(KeyECDSAP256)
 	if err != nil {
 		return nil, err
 	}

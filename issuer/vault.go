@@ -11,6 +11,7 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+	"go.step.sm/crypto/pemutil"
 )
 
 // VaultKeys adapts a Transit engine to Keys.
@@ -102,13 +103,15 @@ func (c *VaultCerts) Store(ctx context.Context, name string, cert *x509.Certific
 	return nil, false, vaultErr("write certificate", c.mount+"/"+p, 0, err)
 }
 
+// parseCertPEM parses one PEM certificate; anything after it is an error.
 func parseCertPEM(text string) (*x509.Certificate, error) {
-	block, rest := pem.Decode([]byte(text))
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("not a PEM certificate")
+	v, err := pemutil.Parse([]byte(text))
+	if err != nil {
+		return nil, err
 	}
-	if len(strings.TrimSpace(string(rest))) != 0 {
-		return nil, errors.New("trailing data after the certificate")
+	cert, ok := v.(*x509.Certificate)
+	if !ok {
+		return nil, fmt.Errorf("PEM holds a %T, not a certificate", v)
 	}
-	return x509.ParseCertificate(block.Bytes)
+	return cert, nil
 }
