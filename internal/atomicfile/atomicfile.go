@@ -58,10 +58,10 @@ func WriteFrom(path string, perm os.FileMode, fill func(w io.Writer) error) (int
 	return cw.n, nil
 }
 
-// syncDir makes a rename in dir durable: until the directory is synced, a
-// crash can leave the old name in place. A variable so that tests can see
-// when it is called.
-var syncDir = func(dir string) error {
+// SyncDir makes the changes to dir's entries (a rename, a new file)
+// durable: until the directory is synced, a crash can leave the old names
+// in place.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -72,6 +72,9 @@ var syncDir = func(dir string) error {
 	}
 	return nil
 }
+
+// syncDir is SyncDir, a variable so that tests can see when it is called.
+var syncDir = SyncDir
 
 type countingWriter struct {
 	w io.Writer
