@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -126,18 +127,11 @@ func (s *ServingCert) RenewIfDue(ctx context.Context) error {
 // Run renews the certificate when it passes half its life or the issuing
 // intermediate changes, until ctx ends.
 func (s *ServingCert) Run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	loop.Every(ctx, every, func(ctx context.Context) {
 		if err := s.RenewIfDue(ctx); err != nil {
 			s.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
 		}
-	}
+	})
 }
 
 // TLSConfig returns the server TLS configuration: TLS 1.3 by default; with

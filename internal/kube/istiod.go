@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -193,18 +194,7 @@ func (w *IstiodCert) Run(ctx context.Context) {
 	if !cache.WaitForCacheSync(ctx.Done(), secrets.Informer().HasSynced) {
 		return
 	}
-	go func() {
-		t := time.NewTicker(w.every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				queue.Add(key)
-			}
-		}
-	}()
+	go loop.Every(ctx, w.every, func(context.Context) { queue.Add(key) })
 	queue.Add(key)
 	for {
 		k, quit := queue.Get()
