@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -332,8 +331,8 @@ func (s *AdminService) checkpoint(ctx context.Context, size uint64) ([]byte, uin
 	if err != nil {
 		return nil, 0, err
 	}
-	size, err = checkpointSize(cp)
-	return cp, size, err
+	body, err := store.ParseCheckpoint(string(cp))
+	return cp, body.Size, err
 }
 
 // GetConsistencyProof proves the log only grew between two checkpoints.
@@ -445,14 +444,4 @@ func EntryFromProto(p *adminv1.Entry) *store.Entry {
 		Certificate: p.GetCertificate(), Code: p.GetCode(), Reason: p.GetReason(), Action: p.GetAction(), Actor: p.GetActor(), Detail: p.GetDetail(),
 		PodName: p.GetPodName(), PodUID: p.GetPodUid(), CallerNode: p.GetCallerNode(),
 	}
-}
-
-// checkpointSize reads the tree size, the second line, of a checkpoint this
-// log signed.
-func checkpointSize(cp []byte) (uint64, error) {
-	lines := strings.SplitN(string(cp), "\n", 3)
-	if len(lines) < 3 {
-		return 0, fmt.Errorf("malformed checkpoint %q", cp)
-	}
-	return strconv.ParseUint(lines[1], 10, 64)
 }

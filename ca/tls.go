@@ -2,9 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -15,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -73,7 +71,7 @@ func NewServingCert(ctx context.Context, svc *Service, o ServingCertOptions) (*S
 // Renew issues a fresh serving certificate and key. On error the current
 // certificate stays in use.
 func (s *ServingCert) Renew(ctx context.Context) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := issuer.GenerateKey(issuer.KeyECDSAP256)
 	if err != nil {
 		return err
 	}
@@ -114,8 +112,7 @@ func (s *ServingCert) Leaf() *x509.Certificate {
 func (s *ServingCert) due() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	half := s.leaf.NotBefore.Add(s.leaf.NotAfter.Sub(s.leaf.NotBefore) / 2)
-	return !s.svc.now().Before(half) || s.from != s.svc.authority.Intermediate().Fingerprint
+	return !s.svc.now().Before(issuer.HalfLife(s.leaf)) || s.from != s.svc.authority.Intermediate().Fingerprint
 }
 
 // RenewIfDue renews the certificate if it is past half its life or its
@@ -130,18 +127,11 @@ func (s *ServingCert) RenewIfDue(ctx context.Context) error {
 // Run renews the certificate when it passes half its life or the issuing
 // intermediate changes, until ctx ends.
 func (s *ServingCert) Run(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	loop.Every(ctx, every, func(ctx context.Context) {
 		if err := s.RenewIfDue(ctx); err != nil {
 			s.log.ErrorContext(ctx, "renew serving certificate", slog.Any("error", err))
 		}
-	}
+	})
 }
 
 // TLSConfig returns the server TLS configuration: TLS 1.3 by default; with

@@ -2,18 +2,11 @@ package issuer
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"slices"
 	"strconv"
 	"sync"
@@ -119,14 +112,16 @@ func (o *Options) defaults() {
 }
 
 func (o *Options) validate() error {
-	if !o.RootKeyType.Valid() || o.RootKeyType == KeyEd25519 {
-		return fmt.Errorf("root key type %q: want one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", o.RootKeyType)
+	if err := checkCAKeyType("root key type", o.RootKeyType); err != nil {
+		return err
 	}
 	if o.Mode != ModeMemory && o.Mode != ModeVault {
 		return fmt.Errorf("intermediate mode %q: want %q or %q", o.Mode, ModeMemory, ModeVault)
 	}
-	if o.Mode == ModeVault && (!o.IntermediateKeyType.Valid() || o.IntermediateKeyType == KeyEd25519) {
-		return fmt.Errorf("intermediate key type %q: want one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", o.IntermediateKeyType)
+	if o.Mode == ModeVault {
+		if err := checkCAKeyType("intermediate key type", o.IntermediateKeyType); err != nil {
+			return err
+		}
 	}
 	if o.IntermediateTTL >= o.RootTTL {
 		return fmt.Errorf("intermediate TTL %v must be shorter than the root TTL %v", o.IntermediateTTL, o.RootTTL)
@@ -143,102 +138,10 @@ func (o *Options) name(cn string) pkix.Name {
 	return pkix.Name{CommonName: cn, Organization: []string{org}}
 }
 
+// rootCertName is the name under which Certs keeps the certificate of a
+// root key version.
 func rootCertName(key string, version int) string {
 	return "root/" + key + "/v" + strconv.Itoa(version)
-}
-
-func intermediateCertName(key string, version int) string {
-	return "intermediate/" + key + "/v" + strconv.Itoa(version)
-}
-
-// InitResult says what Init did.
-type InitResult struct {
-	KeyCreated             bool // the root key was created
-	RootCreated            bool // the root certificate was created
-	IntermediateKeyCreated bool // ModeVault: the intermediate key was created
-	Root                   *x509.Certificate
-	RootKeyVersion         int
-}
-
-// Init makes the CA ready, idempotently: it creates the non-exportable root
-// key unless it exists, builds the self-signed root certificate through the
-// key store unless one is stored for the key's latest version, and in
-// ModeVault creates the intermediate key. Running it again changes nothing.
-func Init(ctx context.Context, keys Keys, certs Certs, o Options) (*InitResult, error) {
-	o.defaults()
-	if err := o.validate(); err != nil {
-		return nil, err
-	}
-	res := &InitResult{}
-	var err error
-	if res.KeyCreated, err = keys.EnsureKey(ctx, o.RootKey, o.RootKeyType); err != nil {
-		return nil, fmt.Errorf("root key: %w", err)
-	}
-	signer, err := keys.Signer(ctx, o.RootKey, 0)
-	if err != nil {
-		return nil, fmt.Errorf("root key: %w", err)
-	}
-	res.RootKeyVersion = signer.KeyVersion()
-	name := rootCertName(o.RootKey, signer.KeyVersion())
-	root, _, err := certs.Load(ctx, name)
-	switch {
-	case err == nil:
-		if err := matchesKey(root, signer.Public()); err != nil {
-			return nil, fmt.Errorf("stored root certificate %s: %w", name, err)
-		}
-	case errors.Is(err, ErrCertNotFound):
-		root, err = selfSign(ctx, signer, &o)
-		if err != nil {
-			return nil, err
-		}
-		root, res.RootCreated, err = certs.Store(ctx, name, root, 0)
-		if err != nil {
-			return nil, fmt.Errorf("store root certificate: %w", err)
-		}
-	default:
-		return nil, err
-	}
-	res.Root = root
-	if o.Mode == ModeVault {
-		if res.IntermediateKeyCreated, err = keys.EnsureKey(ctx, o.IntermediateKey, o.IntermediateKeyType); err != nil {
-			return nil, fmt.Errorf("intermediate key: %w", err)
-		}
-	}
-	return res, nil
-}
-
-func selfSign(ctx context.Context, signer KeySigner, o *Options) (*x509.Certificate, error) {
-	notBefore, notAfter := Validity(o.Now(), o.RootTTL)
-	tmpl := &x509.Certificate{
-		Subject:               o.name("transitca root CA"),
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLen:            1,
-		SubjectKeyId:          keyID(signer.Public()),
-	}
-	cert, err := createCert(ctx, tmpl, tmpl, signer.Public(), signer)
-	if err != nil {
-		return nil, fmt.Errorf("self-sign root with key %s version %d: %w", signer.KeyName(), signer.KeyVersion(), err)
-	}
-	return cert, nil
-}
-
-// Intermediate is an issuing CA certificate and the signer for its key.
-type Intermediate struct {
-	Cert   *x509.Certificate
-	Signer crypto.Signer
-	Mode   Mode
-	// KeyVersion is the Transit key version in ModeVault, 0 in ModeMemory.
-	KeyVersion int
-	// RootKeyVersion is the root key version that certified Cert.
-	RootKeyVersion int
-	// Fingerprint is the hex SHA-256 of Cert.Raw.
-	Fingerprint string
-	// RenewAt is when the intermediate is past half its life.
-	RenewAt time.Time
 }
 
 // rootSet is the root side of the hierarchy as one rotation state makes
@@ -452,209 +355,6 @@ func (a *Authority) Mode() Mode { return a.o.Mode }
 // Describe says where the keys live.
 func (a *Authority) Describe() string { return a.keys.Describe() }
 
-// Intermediate returns the current issuing intermediate.
-func (a *Authority) Intermediate() *Intermediate {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.cur
-}
-
-// Renew replaces the issuing intermediate with a fresh one under the active
-// root. In ModeMemory it generates a new key; in ModeVault it reuses a
-// certificate another replica stored for the key's latest version while
-// that is under the active root, not compromised and not past half its
-// life, and otherwise certifies the key anew.
-func (a *Authority) Renew(ctx context.Context) error {
-	a.op.Lock()
-	defer a.op.Unlock()
-	return a.renew(ctx, 0)
-}
-
-// renew makes and installs a new intermediate. In ModeVault, rotateFrom > 0
-// asks for a key version newer than rotateFrom as well. a.op is held.
-func (a *Authority) renew(ctx context.Context, rotateFrom int) error {
-	rs := a.rootsNow()
-	var (
-		next *Intermediate
-		err  error
-	)
-	if a.o.Mode == ModeVault {
-		next, err = a.vaultIntermediate(ctx, rs, rotateFrom)
-	} else {
-		next, err = a.memoryIntermediate(ctx, rs)
-	}
-	if err != nil {
-		return err
-	}
-	return a.install(ctx, next)
-}
-
-// install puts next to use once OnIntermediate has recorded it. Requests
-// in flight keep the *Intermediate they read.
-func (a *Authority) install(ctx context.Context, next *Intermediate) error {
-	if a.o.OnIntermediate != nil {
-		if err := a.o.OnIntermediate(ctx, next); err != nil {
-			return fmt.Errorf("record intermediate: %w", err)
-		}
-	}
-	a.mu.Lock()
-	a.cur = next
-	a.mu.Unlock()
-	a.o.Logger.InfoContext(ctx, "issuing intermediate ready",
-		slog.String("mode", string(next.Mode)),
-		slog.String("subject", next.Cert.Subject.String()),
-		slog.String("fingerprint", next.Fingerprint),
-		slog.Int("root_key_version", next.RootKeyVersion),
-		slog.Time("not_after", next.Cert.NotAfter),
-		slog.Time("renew_at", next.RenewAt))
-	return nil
-}
-
-func (a *Authority) memoryIntermediate(ctx context.Context, rs *rootSet) (*Intermediate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := a.certify(ctx, rs, key.Public())
-	if err != nil {
-		return nil, err
-	}
-	return newIntermediate(cert, key, ModeMemory, 0, rs.st.ActiveRoot), nil
-}
-
-// vaultIntermediate certifies the intermediate key's latest version, or
-// reuses the certificate stored for it. When the latest version is not past
-// rotateFrom (> 0), or its stored certificate is compromised, it first adds
-// a key version.
-func (a *Authority) vaultIntermediate(ctx context.Context, rs *rootSet, rotateFrom int) (*Intermediate, error) {
-	signer, err := a.keys.Signer(ctx, a.o.IntermediateKey, 0)
-	if errors.Is(err, ErrKeyNotFound) {
-		return nil, fmt.Errorf("%w: intermediate key %s does not exist; run \"ca init\" with the vault intermediate mode", ErrNotInitialized, a.o.IntermediateKey)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("intermediate key: %w", err)
-	}
-	if rotateFrom > 0 && signer.KeyVersion() <= rotateFrom {
-		if signer, err = a.rotateFrom(ctx, a.o.IntermediateKey, signer.KeyVersion()); err != nil {
-			return nil, err
-		}
-	}
-	name := intermediateCertName(a.o.IntermediateKey, signer.KeyVersion())
-	stored, rev, err := a.certs.Load(ctx, name)
-	if err != nil && !errors.Is(err, ErrCertNotFound) {
-		return nil, err
-	}
-	if err == nil && rs.st.IntermediateCompromised(Fingerprint(stored)) {
-		// The certificate of this key version was declared compromised:
-		// never certify this version again.
-		a.o.Logger.WarnContext(ctx, "stored intermediate is compromised; rotating its key",
-			slog.String("fingerprint", Fingerprint(stored)), slog.Int("key_version", signer.KeyVersion()))
-		if signer, err = a.rotateFrom(ctx, a.o.IntermediateKey, signer.KeyVersion()); err != nil {
-			return nil, err
-		}
-		name = intermediateCertName(a.o.IntermediateKey, signer.KeyVersion())
-		if stored, rev, err = a.certs.Load(ctx, name); err != nil && !errors.Is(err, ErrCertNotFound) {
-			return nil, err
-		}
-	}
-	now := a.o.Now()
-	if err == nil && a.usable(rs, stored, signer.Public(), now) {
-		return newIntermediate(stored, signer, ModeVault, signer.KeyVersion(), rs.st.ActiveRoot), nil
-	}
-	cert, err := a.certify(ctx, rs, signer.Public())
-	if err != nil {
-		return nil, err
-	}
-	current, _, err := a.certs.Store(ctx, name, cert, rev)
-	if err != nil {
-		return nil, fmt.Errorf("store intermediate certificate: %w", err)
-	}
-	if !a.usable(rs, current, signer.Public(), now) {
-		// Another replica stored one this replica cannot use (under
-		// another root while the replicas' states differ, or compromised):
-		// use our own, unshared. It is recorded like any other.
-		current = cert
-	}
-	return newIntermediate(current, signer, ModeVault, signer.KeyVersion(), rs.st.ActiveRoot), nil
-}
-
-// rotateFrom adds a version to key unless its latest version is already
-// past from (another replica, or a run cut short, rotated it), and returns
-// a signer for the latest version.
-func (a *Authority) rotateFrom(ctx context.Context, key string, from int) (KeySigner, error) {
-	latest, err := a.keys.Signer(ctx, key, 0)
-	if err != nil {
-		return nil, err
-	}
-	if latest.KeyVersion() > from {
-		return latest, nil
-	}
-	r, ok := a.keys.(KeyRotator)
-	if !ok {
-		return nil, fmt.Errorf("key store %s cannot rotate keys", a.keys.Describe())
-	}
-	v, err := r.Rotate(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("rotate key %s: %w", key, err)
-	}
-	return a.keys.Signer(ctx, key, v)
-}
-
-// usable reports whether a stored intermediate was issued by the active
-// root for pub, is not compromised and is not yet past half its life.
-func (a *Authority) usable(rs *rootSet, cert *x509.Certificate, pub crypto.PublicKey, now time.Time) bool {
-	if cert == nil || matchesKey(cert, pub) != nil || cert.CheckSignatureFrom(rs.active) != nil {
-		return false
-	}
-	if rs.st.IntermediateCompromised(Fingerprint(cert)) {
-		return false
-	}
-	return now.Before(halfLife(cert))
-}
-
-// certify signs an intermediate certificate for pub with the active root
-// key. Its validity period is the intermediate TTL, cut short at the root's
-// NotAfter.
-func (a *Authority) certify(ctx context.Context, rs *rootSet, pub crypto.PublicKey) (*x509.Certificate, error) {
-	ski := keyID(pub)
-	notBefore, notAfter := Validity(a.o.Now(), a.o.IntermediateTTL)
-	if notAfter.After(rs.active.NotAfter) {
-		notAfter = rs.active.NotAfter
-	}
-	tmpl := &x509.Certificate{
-		Subject:               a.o.name("transitca issuing CA " + hex.EncodeToString(ski[:4])),
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
-		SubjectKeyId:          ski,
-	}
-	cert, err := createCert(ctx, tmpl, rs.active, pub, rs.signer)
-	if err != nil {
-		return nil, fmt.Errorf("certify intermediate with root key %s version %d: %w", rs.signer.KeyName(), rs.signer.KeyVersion(), err)
-	}
-	return cert, nil
-}
-
-func newIntermediate(cert *x509.Certificate, signer crypto.Signer, mode Mode, version, rootVersion int) *Intermediate {
-	return &Intermediate{
-		Cert:           cert,
-		Signer:         signer,
-		Mode:           mode,
-		KeyVersion:     version,
-		RootKeyVersion: rootVersion,
-		Fingerprint:    Fingerprint(cert),
-		RenewAt:        halfLife(cert),
-	}
-}
-
-func halfLife(cert *x509.Certificate) time.Time {
-	return cert.NotBefore.Add(cert.NotAfter.Sub(cert.NotBefore) / 2)
-}
-
 // Run renews the intermediate whenever it passes half its life, and reads
 // the rotation state every Options.StatePollInterval (Reload), until ctx
 // ends. A failed renewal is logged and retried; the current intermediate
@@ -689,89 +389,4 @@ func (a *Authority) Run(ctx context.Context) {
 		}
 		retryAt = time.Time{}
 	}
-}
-
-// Issued is a signed leaf and what it was signed with.
-type Issued struct {
-	Cert   *x509.Certificate
-	Issuer *Intermediate
-	// RootKeyVersion is the root key version that certified Issuer.
-	RootKeyVersion int
-}
-
-// SignLeaf signs a leaf certificate for pub with the current intermediate.
-// It sets a fresh 128-bit random serial, the subject key identifier of pub
-// and the authority key identifier of the intermediate, and caps NotAfter
-// at the intermediate's NotAfter: an intermediate outlives every leaf it
-// signs. Build tmpl with LeafTemplate or ServingTemplate.
-func (a *Authority) SignLeaf(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*Issued, error) {
-	in := a.Intermediate()
-	t := *tmpl
-	t.SubjectKeyId = keyID(pub)
-	if t.NotAfter.After(in.Cert.NotAfter) {
-		t.NotAfter = in.Cert.NotAfter
-	}
-	if t.IsCA {
-		return nil, errors.New("refusing to sign a CA certificate as a leaf")
-	}
-	cert, err := createCert(ctx, &t, in.Cert, pub, in.Signer)
-	if err != nil {
-		return nil, fmt.Errorf("sign leaf with %s: %w", in.Cert.Subject.CommonName, err)
-	}
-	return &Issued{Cert: cert, Issuer: in, RootKeyVersion: in.RootKeyVersion}, nil
-}
-
-// createCert signs tmpl with a fresh serial, binding signer to ctx.
-func createCert(ctx context.Context, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
-	serial, err := NewSerial()
-	if err != nil {
-		return nil, err
-	}
-	t := *tmpl
-	t.SerialNumber = serial
-	der, err := x509.CreateCertificate(rand.Reader, &t, parent, pub, bind(ctx, signer))
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
-}
-
-// NewSerial returns a positive serial number with 128 random bits.
-func NewSerial() (*big.Int, error) {
-	var b [16]byte
-	for {
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, err
-		}
-		if n := new(big.Int).SetBytes(b[:]); n.Sign() > 0 {
-			return n, nil
-		}
-	}
-}
-
-// Fingerprint returns the hex SHA-256 of a certificate's DER.
-func Fingerprint(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-// keyID is the subject key identifier for pub: the SHA-256 of its DER
-// SubjectPublicKeyInfo, truncated to 160 bits.
-func keyID(pub crypto.PublicKey) []byte {
-	der, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil
-	}
-	sum := sha256.Sum256(der)
-	return sum[:20]
-}
-
-// matchesKey reports an error unless cert certifies pub.
-func matchesKey(cert *x509.Certificate, pub crypto.PublicKey) error {
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	e, ok := cert.PublicKey.(equaler)
-	if !ok || !e.Equal(pub) {
-		return errors.New("certificate public key does not match the key")
-	}
-	return nil
 }

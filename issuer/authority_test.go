@@ -29,6 +29,7 @@ type backend struct {
 func vaultBackend(t *testing.T) backend {
 	env := vaulttest.New(t)
 	tr := issuer.NewTransit(env.Client, env.Transit, 5*time.Second)
+	t.Cleanup(tr.Close)
 	return backend{
 		name:  "vault",
 		keys:  issuer.VaultKeys{Transit: tr},

@@ -42,6 +42,9 @@ var (
 	// of an Authority opened without Options.State: its state would not
 	// outlive the process nor reach other replicas.
 	ErrNoStateStore = errors.New("no durable rotation state store")
+	// ErrClosed means a signature was asked of a Transit engine that was
+	// closed (Transit.Close), or was in flight when it was.
+	ErrClosed = errors.New("transit engine closed")
 	// ErrBadFingerprint means a certificate fingerprint is not a lowercase
 	// hex SHA-256.
 	ErrBadFingerprint = errors.New("malformed fingerprint")

@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -19,6 +18,8 @@ import (
 	"sync"
 
 	"github.com/transitca/transitca/internal/atomicfile"
+	"go.step.sm/crypto/keyutil"
+	"go.step.sm/crypto/pemutil"
 )
 
 // DevOnlyLabel marks everything made by the local software key store. It
@@ -69,13 +70,9 @@ func (k *LocalKeys) load(name string) ([]crypto.Signer, error) {
 		if err != nil {
 			return nil, err
 		}
-		block, _ := pem.Decode(data)
-		if block == nil {
-			return nil, fmt.Errorf("%s: not PEM", k.file(name, v))
-		}
-		key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		key, err := pemutil.Parse(data, pemutil.WithFilename(k.file(name, v)))
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", k.file(name, v), err)
+			return nil, err
 		}
 		signer, ok := key.(crypto.Signer)
 		if !ok {
@@ -131,19 +128,15 @@ func (k *LocalKeys) add(name string, typ KeyType) error {
 	}
 	version := len(k.keys[name]) + 1
 	if k.dir != "" {
-		der, err := x509.MarshalPKCS8PrivateKey(key)
+		block, err := pemutil.Serialize(key, pemutil.WithPKCS8(true))
 		if err != nil {
 			return err
 		}
+		block.Headers = map[string]string{"Comment": DevOnlyLabel + " transitca development key; never use in production"}
 		if err := os.MkdirAll(k.dir, 0o700); err != nil {
 			return err
 		}
-		data := pem.EncodeToMemory(&pem.Block{
-			Type:    "PRIVATE KEY",
-			Headers: map[string]string{"Comment": DevOnlyLabel + " transitca development key; never use in production"},
-			Bytes:   der,
-		})
-		if err := atomicfile.Write(k.file(name, version), data, 0o600); err != nil {
+		if err := atomicfile.Write(k.file(name, version), pem.EncodeToMemory(block), 0o600); err != nil {
 			return err
 		}
 	}
@@ -180,24 +173,27 @@ type localSigner struct {
 func (s *localSigner) KeyName() string { return s.name }
 func (s *localSigner) KeyVersion() int { return s.version }
 
+// keyParams names each key type as keyutil does: key type, curve and RSA
+// size.
+var keyParams = map[KeyType]struct {
+	kty, crv string
+	size     int
+}{
+	KeyECDSAP256: {"EC", "P-256", 0},
+	KeyECDSAP384: {"EC", "P-384", 0},
+	KeyRSA2048:   {"RSA", "", 2048},
+	KeyRSA3072:   {"RSA", "", 3072},
+	KeyRSA4096:   {"RSA", "", 4096},
+	KeyEd25519:   {"OKP", "Ed25519", 0},
+}
+
 // GenerateKey makes a software key of a Transit key type.
 func GenerateKey(typ KeyType) (crypto.Signer, error) {
-	switch typ {
-	case KeyECDSAP256:
-		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case KeyECDSAP384:
-		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case KeyRSA2048:
-		return rsa.GenerateKey(rand.Reader, 2048)
-	case KeyRSA3072:
-		return rsa.GenerateKey(rand.Reader, 3072)
-	case KeyRSA4096:
-		return rsa.GenerateKey(rand.Reader, 4096)
-	case KeyEd25519:
-		_, k, err := ed25519.GenerateKey(rand.Reader)
-		return k, err
+	p, ok := keyParams[typ]
+	if !ok {
+		return nil, fmt.Errorf("unsupported key type %q", typ)
 	}
-	return nil, fmt.Errorf("unsupported key type %q", typ)
+	return keyutil.GenerateSigner(p.kty, p.crv, p.size)
 }
 
 func keyTypeOf(pub crypto.PublicKey) KeyType {

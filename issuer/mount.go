@@ -76,29 +76,29 @@ func (t *Transit) MountPath() string { return t.mount }
 // mounted and enable is true it mounts one and waits until it takes
 // writes. See ensureMount.
 func (c *VaultCerts) EnsureMount(ctx context.Context, enable bool) (created bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, c.kv.timeout+10*time.Second)
 	defer cancel()
-	created, err = ensureMount(ctx, c.client, c.mount, EngineKV2, enable)
+	created, err = ensureMount(ctx, c.kv.client, c.kv.mount, EngineKV2, enable)
 	if err != nil || !created {
 		return created, err
 	}
 	// KV v2 upgrades its storage in the background after mounting and
 	// refuses requests until it is done.
 	for {
-		_, err := c.client.KVv2(c.mount).Get(ctx, c.path("probe"))
+		_, err := c.kv.client.KVv2(c.kv.mount).Get(ctx, c.path("probe"))
 		if err == nil || errors.Is(err, vault.ErrSecretNotFound) {
 			return true, nil
 		}
 		select {
 		case <-ctx.Done():
-			return true, vaultErr("wait for new kv engine", c.mount, 0, err)
+			return true, vaultErr("wait for new kv engine", c.kv.mount, 0, err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
 // MountPath is where the KV engine is mounted.
-func (c *VaultCerts) MountPath() string { return c.mount }
+func (c *VaultCerts) MountPath() string { return c.kv.mount }
 
 // ensureMount reads the mount at path (sys/mounts/<path>). Nothing mounted:
 // with enable it mounts kind there and reports created, else it returns a

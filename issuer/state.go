@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -168,7 +167,7 @@ func (m *MemoryState) Store(_ context.Context, st *RotationState, rev int) (int,
 
 // FileState is the dev-mode StateStore: one JSON file, the revision inside
 // it, replaced atomically (internal/atomicfile: temporary file, fsync,
-// rename) and the directory fsynced after. Store holds an advisory lock on
+// rename, then fsync of the directory). Store holds an advisory lock on
 // "<path>.lock" (on Unix) around its compare-and-set, so that two processes
 // on one data directory cannot both win.
 type FileState struct {
@@ -236,20 +235,7 @@ func (f *FileState) Store(_ context.Context, st *RotationState, rev int) (int, e
 	if err := atomicfile.Write(f.path, append(data, '\n'), 0o600); err != nil {
 		return 0, err
 	}
-	if err := syncDir(filepath.Dir(f.path)); err != nil {
-		return 0, err
-	}
 	return c.Revision, nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // VaultState keeps the rotation state in a Vault KV version 2 engine, at
@@ -257,49 +243,29 @@ func syncDir(dir string) error {
 // VaultCerts), as JSON under the key "state". Its revision is the KV
 // version; Store writes with check-and-set on it.
 type VaultState struct {
-	client  *vault.Client
-	mount   string
-	path    string
-	timeout time.Duration
+	kv   kv
+	path string
 }
 
 // NewVaultState returns the state store in the KV v2 engine at mount
 // ("secret" when empty), under prefix ("transitca" when empty).
 func NewVaultState(client *vault.Client, mount, prefix string, timeout time.Duration) *VaultState {
-	if mount == "" {
-		mount = "secret"
-	}
-	if prefix == "" {
-		prefix = "transitca"
-	}
-	if timeout <= 0 {
-		timeout = DefaultVaultTimeout
-	}
-	return &VaultState{client: client, mount: strings.Trim(mount, "/"), path: path.Join(strings.Trim(prefix, "/"), "rotation"), timeout: timeout}
+	k, prefix := newKV(client, mount, prefix, timeout)
+	return &VaultState{kv: k, path: path.Join(prefix, "rotation")}
 }
 
 // Describe names the KV path.
-func (v *VaultState) Describe() string { return "vault kv " + v.mount + "/" + v.path }
+func (v *VaultState) Describe() string { return "vault kv " + v.kv.describe(v.path) }
 
 // Load reads the state and its KV version.
 func (v *VaultState) Load(ctx context.Context) (*RotationState, int, error) {
-	ctx, cancel := context.WithTimeout(ctx, v.timeout)
-	defer cancel()
-	sec, err := v.client.KVv2(v.mount).Get(ctx, v.path)
-	if errors.Is(err, vault.ErrSecretNotFound) {
-		return nil, 0, nil
+	text, rev, found, err := v.kv.get(ctx, "read rotation state", v.path, "state")
+	if err != nil || !found {
+		return nil, 0, err
 	}
-	if err != nil {
-		return nil, 0, vaultErr("read rotation state", v.mount+"/"+v.path, 0, err)
-	}
-	text, _ := sec.Data["state"].(string)
 	st, err := decodeState([]byte(text))
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s/%s: %w", v.mount, v.path, err)
-	}
-	rev := 0
-	if sec.VersionMetadata != nil {
-		rev = sec.VersionMetadata.Version
+		return nil, 0, fmt.Errorf("%s: %w", v.kv.describe(v.path), err)
 	}
 	st.Revision = rev
 	return st, rev, nil
@@ -313,23 +279,12 @@ func (v *VaultState) Store(ctx context.Context, st *RotationState, rev int) (int
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, v.timeout)
-	defer cancel()
-	sec, err := v.client.KVv2(v.mount).Put(ctx, v.path, map[string]any{"state": string(data)}, vault.WithCheckAndSet(rev))
+	next, err := v.kv.put(ctx, v.path, "state", string(data), rev)
 	if casConflict(err) {
-		return 0, fmt.Errorf("%w: %s/%s is past KV version %d", ErrStateConflict, v.mount, v.path, rev)
+		return 0, fmt.Errorf("%w: %s is past KV version %d", ErrStateConflict, v.kv.describe(v.path), rev)
 	}
 	if err != nil {
-		return 0, vaultErr("write rotation state", v.mount+"/"+v.path, 0, err)
+		return 0, vaultErr("write rotation state", v.kv.describe(v.path), 0, err)
 	}
-	if sec == nil || sec.VersionMetadata == nil {
-		return rev + 1, nil
-	}
-	return sec.VersionMetadata.Version, nil
-}
-
-// casConflict reports whether a KV v2 write failed its check-and-set.
-func casConflict(err error) bool {
-	var re *vault.ResponseError
-	return errors.As(err, &re) && re.StatusCode == http.StatusBadRequest && strings.Contains(strings.Join(re.Errors, " "), "check-and-set")
+	return next, nil
 }

@@ -187,3 +187,36 @@ func TestServingTemplate(t *testing.T) {
 	}
 	certlint.Check(t, c)
 }
+
+func TestKeyTypes(t *testing.T) {
+	for _, tc := range []struct {
+		typ               issuer.KeyType
+		valid, canCertify bool
+	}{
+		{issuer.KeyECDSAP256, true, true},
+		{issuer.KeyECDSAP384, true, true},
+		{issuer.KeyRSA2048, true, true},
+		{issuer.KeyRSA3072, true, true},
+		{issuer.KeyRSA4096, true, true},
+		{issuer.KeyEd25519, true, false},
+		{"aes256-gcm96", false, false},
+		{"", false, false},
+	} {
+		t.Run(string(tc.typ), func(t *testing.T) {
+			if got := tc.typ.Valid(); got != tc.valid {
+				t.Errorf("Valid() = %v, want %v", got, tc.valid)
+			}
+			if got := tc.typ.CanCertify(); got != tc.canCertify {
+				t.Errorf("CanCertify() = %v, want %v", got, tc.canCertify)
+			}
+		})
+	}
+}
+
+func TestHalfLife(t *testing.T) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cert := &x509.Certificate{NotBefore: nb, NotAfter: nb.Add(48 * time.Hour)}
+	if got, want := issuer.HalfLife(cert), nb.Add(24*time.Hour); !got.Equal(want) {
+		t.Fatalf("HalfLife = %v, want %v", got, want)
+	}
+}

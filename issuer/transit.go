@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,13 +34,28 @@ const (
 	KeyEd25519   KeyType = "ed25519"
 )
 
+// caKeyTypes are the key types a CA certificate may have, in the order
+// error messages list them.
+var caKeyTypes = []KeyType{KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096}
+
 // Valid reports whether t is a key type transitca supports.
-func (t KeyType) Valid() bool {
-	switch t {
-	case KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096, KeyEd25519:
-		return true
+func (t KeyType) Valid() bool { return t == KeyEd25519 || t.CanCertify() }
+
+// CanCertify reports whether a root or intermediate may have a key of type
+// t: every supported type but Ed25519, which signs checkpoints only.
+func (t KeyType) CanCertify() bool { return slices.Contains(caKeyTypes, t) }
+
+// checkCAKeyType returns an error naming what (e.g. "root key type")
+// unless t.CanCertify().
+func checkCAKeyType(what string, t KeyType) error {
+	if t.CanCertify() {
+		return nil
 	}
-	return false
+	names := make([]string, len(caKeyTypes))
+	for i, k := range caKeyTypes {
+		names[i] = string(k)
+	}
+	return fmt.Errorf("%s %q: want one of %s", what, t, strings.Join(names, ", "))
 }
 
 // DefaultVaultTimeout bounds every Vault call whose context has no earlier
@@ -52,8 +68,18 @@ type Transit struct {
 	mount   string
 	timeout time.Duration
 	observe func(op string, took time.Duration, err error)
+
+	// life ends at Close: the batchers' workers stop and batch requests in
+	// flight are cancelled.
+	life context.Context
+	stop context.CancelFunc
+	// workers counts the batchers' goroutines, for Close to wait on.
+	workers sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
 	// batchers group concurrent signatures by key version (see batch.go).
-	batchers sync.Map
+	batchers map[batchKey]*signBatcher
 }
 
 // SetObserver registers f to be told the duration and outcome of every sign
@@ -70,7 +96,22 @@ func NewTransit(client *vault.Client, mount string, timeout time.Duration) *Tran
 	if timeout <= 0 {
 		timeout = DefaultVaultTimeout
 	}
-	return &Transit{client: client, mount: strings.Trim(mount, "/"), timeout: timeout}
+	life, stop := context.WithCancel(context.Background())
+	return &Transit{client: client, mount: strings.Trim(mount, "/"), timeout: timeout, life: life, stop: stop}
+}
+
+// Close ends signing: it stops the goroutines that batch signatures,
+// cancels the batches in flight and waits for the goroutines to end.
+// Signatures in flight or asked for later fail with an error wrapping
+// ErrClosed; the other methods are unaffected. The owner of the engine
+// calls Close once it will sign no more (at shutdown); calling it again
+// does nothing.
+func (t *Transit) Close() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.stop()
+	t.workers.Wait()
 }
 
 // Mount returns the engine's mount path.
@@ -254,9 +295,7 @@ func (t *Transit) Signer(ctx context.Context, name string, version int) (*Transi
 	if !ok {
 		return nil, fmt.Errorf("%w: transit key %s has no version %d (latest is %d)", ErrKeyNotFound, name, version, info.LatestVersion)
 	}
-	switch info.Type {
-	case KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096, KeyEd25519:
-	default:
+	if !info.Type.Valid() {
 		return nil, fmt.Errorf("transit key %s has type %s, which cannot sign certificates", name, info.Type)
 	}
 	return &TransitSigner{transit: t, name: name, version: version, typ: info.Type, pub: pub}, nil
@@ -330,22 +369,33 @@ func (s *TransitSigner) SignContext(ctx context.Context, digest []byte, opts cry
 				key.sigAlg = "pss"
 			}
 		}
+		b, err := s.transit.batcher(s.name, key)
+		if err != nil {
+			return nil, err
+		}
 		cctx, cancel := s.transit.ctx(ctx)
 		defer cancel()
-		return s.transit.batcher(s.name, key).sign(cctx, input)
+		return b.sign(cctx, input)
 	}
 	// Ed25519 signs the whole message, one request each (checkpoints are
 	// rare).
 	if opts.HashFunc() != 0 {
 		return nil, fmt.Errorf("transit key %s version %d: ed25519 signs whole messages, got a %v digest", s.name, s.version, opts.HashFunc())
 	}
+	if s.transit.life.Err() != nil {
+		return nil, vaultErr("sign with", s.transit.mount+"/keys/"+s.name, s.version, ErrClosed)
+	}
 	body := map[string]any{"input": input, "key_version": s.version}
 	cctx, cancel := s.transit.ctx(ctx)
 	defer cancel()
+	defer context.AfterFunc(s.transit.life, cancel)()
 	start := time.Now()
 	sec, err := s.transit.client.Logical().WriteWithContext(cctx, path, body)
 	if o := s.transit.observe; o != nil {
 		o("sign", time.Since(start), err)
+	}
+	if err != nil && s.transit.life.Err() != nil {
+		err = ErrClosed
 	}
 	if err != nil {
 		return nil, vaultErr("sign with", s.transit.mount+"/keys/"+s.name, s.version, err)

@@ -25,7 +25,9 @@ func TestMain(m *testing.M) { vaulttest.Main(m) }
 func newTransit(t *testing.T) (*vaulttest.Env, *issuer.Transit) {
 	t.Helper()
 	env := vaulttest.New(t)
-	return env, issuer.NewTransit(env.Client, env.Transit, 5*time.Second)
+	tr := issuer.NewTransit(env.Client, env.Transit, 5*time.Second)
+	t.Cleanup(tr.Close)
+	return env, tr
 }
 
 // verify checks sig over msg with pub the way an X.509 verifier would.
@@ -292,6 +294,7 @@ func TestVaultStoppedGivesClearError(t *testing.T) {
 	srv := vaulttest.Own(t)
 	env := vaulttest.NewOn(t, srv)
 	tr := issuer.NewTransit(env.Client, env.Transit, 2*time.Second)
+	t.Cleanup(tr.Close)
 	ctx := context.Background()
 	if _, err := tr.EnsureKey(ctx, "k", issuer.KeyECDSAP256); err != nil {
 		t.Fatal(err)
@@ -329,6 +332,7 @@ func BenchmarkSign(b *testing.B) {
 	env := vaulttest.New(b)
 	ctx := context.Background()
 	tr := issuer.NewTransit(env.Client, env.Transit, 10*time.Second)
+	b.Cleanup(tr.Close)
 	lk := issuer.NewLocalKeys("")
 	digest := sha256.Sum256([]byte("benchmark"))
 	types := []issuer.KeyType{issuer.KeyECDSAP256, issuer.KeyECDSAP384, issuer.KeyRSA2048, issuer.KeyRSA3072, issuer.KeyRSA4096}

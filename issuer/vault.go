@@ -4,13 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"path"
-	"strings"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+	"go.step.sm/crypto/pemutil"
 )
 
 // VaultKeys adapts a Transit engine to Keys.
@@ -32,10 +31,8 @@ func (v VaultKeys) Describe() string {
 // <mount>/data/<prefix>/<name>, with check-and-set so that replicas racing
 // to write the same certificate agree on one.
 type VaultCerts struct {
-	client  *vault.Client
-	mount   string
-	prefix  string
-	timeout time.Duration
+	kv     kv
+	prefix string
 }
 
 var _ Certs = (*VaultCerts)(nil)
@@ -43,52 +40,33 @@ var _ Certs = (*VaultCerts)(nil)
 // NewVaultCerts returns a certificate store in the KV v2 engine at mount
 // ("secret" when empty), under prefix ("transitca" when empty).
 func NewVaultCerts(client *vault.Client, mount, prefix string, timeout time.Duration) *VaultCerts {
-	if mount == "" {
-		mount = "secret"
-	}
-	if prefix == "" {
-		prefix = "transitca"
-	}
-	if timeout <= 0 {
-		timeout = DefaultVaultTimeout
-	}
-	return &VaultCerts{client: client, mount: strings.Trim(mount, "/"), prefix: strings.Trim(prefix, "/"), timeout: timeout}
+	k, prefix := newKV(client, mount, prefix, timeout)
+	return &VaultCerts{kv: k, prefix: prefix}
 }
 
 func (c *VaultCerts) path(name string) string { return path.Join(c.prefix, name) }
 
 // Load reads a certificate and its KV version.
 func (c *VaultCerts) Load(ctx context.Context, name string) (*x509.Certificate, int, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	p := c.path(name)
-	sec, err := c.client.KVv2(c.mount).Get(ctx, p)
-	if errors.Is(err, vault.ErrSecretNotFound) {
-		return nil, 0, fmt.Errorf("%w: %s/%s", ErrCertNotFound, c.mount, p)
-	}
+	text, rev, found, err := c.kv.get(ctx, "read certificate", p, "certificate")
 	if err != nil {
-		return nil, 0, vaultErr("read certificate", c.mount+"/"+p, 0, err)
+		return nil, 0, err
 	}
-	text, _ := sec.Data["certificate"].(string)
+	if !found {
+		return nil, 0, fmt.Errorf("%w: %s", ErrCertNotFound, c.kv.describe(p))
+	}
 	cert, err := parseCertPEM(text)
 	if err != nil {
-		return nil, 0, fmt.Errorf("certificate stored at %s/%s: %w", c.mount, p, err)
-	}
-	rev := 0
-	if sec.VersionMetadata != nil {
-		rev = sec.VersionMetadata.Version
+		return nil, 0, fmt.Errorf("certificate stored at %s: %w", c.kv.describe(p), err)
 	}
 	return cert, rev, nil
 }
 
 // Store writes cert if the stored KV version is still rev.
 func (c *VaultCerts) Store(ctx context.Context, name string, cert *x509.Certificate, rev int) (*x509.Certificate, bool, error) {
-	cctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
 	p := c.path(name)
-	_, err := c.client.KVv2(c.mount).Put(cctx, p, map[string]any{
-		"certificate": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})),
-	}, vault.WithCheckAndSet(rev))
+	_, err := c.kv.put(ctx, p, "certificate", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})), rev)
 	if err == nil {
 		return cert, true, nil
 	}
@@ -99,16 +77,18 @@ func (c *VaultCerts) Store(ctx context.Context, name string, cert *x509.Certific
 		}
 		return current, false, nil
 	}
-	return nil, false, vaultErr("write certificate", c.mount+"/"+p, 0, err)
+	return nil, false, vaultErr("write certificate", c.kv.describe(p), 0, err)
 }
 
+// parseCertPEM parses one PEM certificate; anything after it is an error.
 func parseCertPEM(text string) (*x509.Certificate, error) {
-	block, rest := pem.Decode([]byte(text))
-	if block == nil || block.Type != "CERTIFICATE" {
-		return nil, errors.New("not a PEM certificate")
+	v, err := pemutil.Parse([]byte(text))
+	if err != nil {
+		return nil, err
 	}
-	if len(strings.TrimSpace(string(rest))) != 0 {
-		return nil, errors.New("trailing data after the certificate")
+	cert, ok := v.(*x509.Certificate)
+	if !ok {
+		return nil, fmt.Errorf("PEM holds a %T, not a certificate", v)
 	}
-	return x509.ParseCertificate(block.Bytes)
+	return cert, nil
 }

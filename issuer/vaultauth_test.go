@@ -46,6 +46,7 @@ path "` + env.Transit + `/sign/*" { capabilities = ["update"] }
 func signOnce(t *testing.T, c *vault.Client, env *vaulttest.Env) error {
 	t.Helper()
 	tr := issuer.NewTransit(c, env.Transit, 5*time.Second)
+	defer tr.Close()
 	s, err := tr.Signer(context.Background(), "k", 0)
 	if err != nil {
 		return err

@@ -3,10 +3,8 @@ package issuer
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"path"
-	"strings"
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
@@ -23,49 +21,29 @@ import (
 // log file, need distinct log origins, which their shard names give them
 // (log.shard: the origin is "<origin>/<shard>").
 type VaultWitness struct {
-	client  *vault.Client
-	mount   string
-	path    string
-	timeout time.Duration
+	kv   kv
+	path string
 }
 
 // NewVaultWitness returns the witness of the log named origin in the KV v2
 // engine at mount ("secret" when empty), under prefix ("transitca" when
 // empty), the same settings as NewVaultCerts.
 func NewVaultWitness(client *vault.Client, mount, prefix, origin string, timeout time.Duration) *VaultWitness {
-	if mount == "" {
-		mount = "secret"
-	}
-	if prefix == "" {
-		prefix = "transitca"
-	}
-	if timeout <= 0 {
-		timeout = DefaultVaultTimeout
-	}
-	return &VaultWitness{client: client, mount: strings.Trim(mount, "/"), path: path.Join(strings.Trim(prefix, "/"), "log-checkpoint", origin), timeout: timeout}
+	k, prefix := newKV(client, mount, prefix, timeout)
+	return &VaultWitness{kv: k, path: path.Join(prefix, "log-checkpoint", origin)}
 }
 
 // Describe says where the checkpoint is kept.
-func (w *VaultWitness) Describe() string { return "vault kv " + w.mount + "/" + w.path }
+func (w *VaultWitness) Describe() string { return "vault kv " + w.kv.describe(w.path) }
 
 // read returns the stored checkpoint and its KV version (nil, 0 when none).
 func (w *VaultWitness) read(ctx context.Context) ([]byte, int, error) {
-	ctx, cancel := context.WithTimeout(ctx, w.timeout)
-	defer cancel()
-	sec, err := w.client.KVv2(w.mount).Get(ctx, w.path)
-	if errors.Is(err, vault.ErrSecretNotFound) {
-		return nil, 0, nil
+	text, rev, found, err := w.kv.get(ctx, "read log checkpoint", w.path, "checkpoint")
+	if err != nil || !found {
+		return nil, 0, err
 	}
-	if err != nil {
-		return nil, 0, vaultErr("read log checkpoint", w.mount+"/"+w.path, 0, err)
-	}
-	text, ok := sec.Data["checkpoint"].(string)
-	if !ok || text == "" {
-		return nil, 0, fmt.Errorf("%s/%s holds no checkpoint", w.mount, w.path)
-	}
-	rev := 0
-	if sec.VersionMetadata != nil {
-		rev = sec.VersionMetadata.Version
+	if text == "" {
+		return nil, 0, fmt.Errorf("%s holds no checkpoint", w.kv.describe(w.path))
 	}
 	return []byte(text), rev, nil
 }
@@ -84,13 +62,10 @@ func (w *VaultWitness) Publish(ctx context.Context, prev, next []byte) error {
 		return err
 	}
 	if !bytes.Equal(cur, prev) {
-		return fmt.Errorf("%s/%s holds another checkpoint than expected (KV version %d)", w.mount, w.path, rev)
+		return fmt.Errorf("%s holds another checkpoint than expected (KV version %d)", w.kv.describe(w.path), rev)
 	}
-	ctx, cancel := context.WithTimeout(ctx, w.timeout)
-	defer cancel()
-	_, err = w.client.KVv2(w.mount).Put(ctx, w.path, map[string]any{"checkpoint": string(next)}, vault.WithCheckAndSet(rev))
-	if err != nil {
-		return vaultErr("write log checkpoint", w.mount+"/"+w.path, rev, err)
+	if _, err := w.kv.put(ctx, w.path, "checkpoint", string(next), rev); err != nil {
+		return vaultErr("write log checkpoint", w.kv.describe(w.path), rev, err)
 	}
 	return nil
 }

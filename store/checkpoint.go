@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -36,9 +37,10 @@ func (c Checkpoint) String() string {
 	return fmt.Sprintf("%s\n%d\n%s\n", c.Origin, c.Size, base64.StdEncoding.EncodeToString(c.Root))
 }
 
-// parseCheckpoint parses checkpoint text. Lines after the third (extension
-// lines) are allowed and ignored.
-func parseCheckpoint(text string) (Checkpoint, error) {
+// ParseCheckpoint parses checkpoint text. Lines after the third (extension
+// lines) are allowed and ignored, so the whole text of a signed checkpoint
+// parses too; its signature is not checked (OpenCheckpoint does).
+func ParseCheckpoint(text string) (Checkpoint, error) {
 	lines := strings.SplitN(text, "\n", 4)
 	if len(lines) < 4 {
 		return Checkpoint{}, fmt.Errorf("%w: checkpoint has fewer than 3 lines", ErrInvalidCheckpoint)
@@ -70,9 +72,9 @@ func OpenCheckpoint(signed []byte, v note.Verifier) (Checkpoint, error) {
 func openCheckpoint(signed []byte, vs note.Verifiers) (Checkpoint, error) {
 	n, err := note.Open(signed, vs)
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("%w: signature: %v", ErrInvalidCheckpoint, err)
+		return Checkpoint{}, fmt.Errorf("%w: signature: %w", ErrInvalidCheckpoint, err)
 	}
-	return parseCheckpoint(n.Text)
+	return ParseCheckpoint(n.Text)
 }
 
 // VerifyInclusion checks, offline, that leaf (the record bytes of the entry,
@@ -93,7 +95,7 @@ func VerifyInclusion(checkpoint []byte, v note.Verifier, leaf []byte, index uint
 		return cp, fmt.Errorf("%w: leaf is not the record of entry %d", ErrInvalidProof, index)
 	}
 	if err := proof.VerifyInclusion(hasher, index, cp.Size, leafHash(leaf), inclusion, cp.Root); err != nil {
-		return cp, fmt.Errorf("%w: inclusion of entry %d in tree of size %d: %v", ErrInvalidProof, index, cp.Size, err)
+		return cp, fmt.Errorf("%w: inclusion of entry %d in tree of size %d: %w", ErrInvalidProof, index, cp.Size, err)
 	}
 	return cp, nil
 }
@@ -114,7 +116,7 @@ func VerifyConsistency(older, newer []byte, v note.Verifier, consistency [][]byt
 		return fmt.Errorf("%w: checkpoints are of different logs (%q, %q)", ErrInvalidProof, cp1.Origin, cp2.Origin)
 	}
 	if err := proof.VerifyConsistency(hasher, cp1.Size, cp2.Size, consistency, cp1.Root, cp2.Root); err != nil {
-		return fmt.Errorf("%w: consistency between sizes %d and %d: %v", ErrInvalidProof, cp1.Size, cp2.Size, err)
+		return fmt.Errorf("%w: consistency between sizes %d and %d: %w", ErrInvalidProof, cp1.Size, cp2.Size, err)
 	}
 	return nil
 }
@@ -357,7 +359,9 @@ func (l *Log) checkpointLoop() {
 			continue
 		}
 		if _, err := l.writeCheckpoint(); err != nil {
-			l.logger.Error("issuance log: checkpoint failed", "path", l.path, "size", l.Size(), "err", err)
+			// The loop outlives every request: no caller's context applies.
+			l.logger.ErrorContext(context.Background(), "issuance log: checkpoint failed",
+				slog.String("path", l.path), slog.Uint64("size", l.Size()), slog.Any("error", err))
 		}
 	}
 }

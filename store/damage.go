@@ -63,7 +63,7 @@ func AcceptDamage(ctx context.Context, path string, lostTxid uint64, actor strin
 		return nil, fmt.Errorf("accept damage of log file %q: %w", path, err)
 	}
 	if _, dmg, err := inspectFile(path); err != nil || dmg != nil {
-		return nil, fmt.Errorf("log file %q: the meta page is still damaged after the accepting commit: %v", path, errors.Join(err, dmgErr(dmg)))
+		return nil, fmt.Errorf("log file %q: the meta page is still damaged after the accepting commit: %w", path, errors.Join(err, dmgErr(dmg)))
 	}
 	return e, nil
 }

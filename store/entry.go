@@ -379,7 +379,7 @@ func decodeRecord(data []byte) (*Entry, error) {
 		}
 	}
 	if d.err != nil {
-		return nil, fmt.Errorf("%w: record field %d: %v", ErrCorrupt, last, d.err)
+		return nil, fmt.Errorf("%w: record field %d: %w", ErrCorrupt, last, d.err)
 	}
 	if version == recordV2 && last < tagEndV1 || version == recordV3 && last < tagEndV2 {
 		return nil, fmt.Errorf("%w: record version %d holds no field of version %d (its canonical encoding is an older version)", ErrCorrupt, version, version)

@@ -187,11 +187,11 @@ func FuzzParseCheckpoint(f *testing.F) {
 	f.Add("origin\n10\n" + strings.Repeat("A", 43) + "=\n")
 	f.Add("o\n0\n\n")
 	f.Fuzz(func(t *testing.T, text string) {
-		cp, err := parseCheckpoint(text)
+		cp, err := ParseCheckpoint(text)
 		if err != nil {
 			return
 		}
-		again, err := parseCheckpoint(cp.String())
+		again, err := ParseCheckpoint(cp.String())
 		if err != nil || again.Size != cp.Size || !bytes.Equal(again.Root, cp.Root) || again.Origin != cp.Origin {
 			t.Fatalf("checkpoint %q does not round-trip: %+v, %v", text, again, err)
 		}

@@ -79,6 +79,9 @@ type VerifyError struct {
 	Index uint64
 	// Reason says what is wrong, in words.
 	Reason string
+	// Err is the error that revealed the problem (a signature, proof or
+	// decoding error), when there is one.
+	Err error
 }
 
 // Error implements error.
@@ -86,9 +89,17 @@ func (e *VerifyError) Error() string {
 	return fmt.Sprintf("log is corrupt at index %d: %s", e.Index, e.Reason)
 }
 
-// Unwrap returns ErrCorrupt.
-func (e *VerifyError) Unwrap() error { return ErrCorrupt }
+// Unwrap returns ErrCorrupt and Err.
+func (e *VerifyError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{ErrCorrupt}
+	}
+	return []error{ErrCorrupt, e.Err}
+}
 
+// verifyErrorf formats the reason like fmt.Errorf; the error a %w verb
+// names becomes Err.
 func verifyErrorf(index uint64, format string, args ...any) *VerifyError {
-	return &VerifyError{Index: index, Reason: fmt.Sprintf(format, args...)}
+	err := fmt.Errorf(format, args...)
+	return &VerifyError{Index: index, Reason: err.Error(), Err: errors.Unwrap(err)}
 }

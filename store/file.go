@@ -213,9 +213,9 @@ func openBolt(path string, opts *Options, readOnly bool) (*bolt.DB, error) {
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("log file %q is in use by another process (no lock within %v): %w", path, opts.LockTimeout, ErrInUse)
 	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrVersionMismatch):
-		return nil, fmt.Errorf("log file %q: %w: %v", path, ErrNotALog, err)
+		return nil, fmt.Errorf("log file %q: %w: %w", path, ErrNotALog, err)
 	case errors.Is(err, berrors.ErrChecksum):
-		return nil, fmt.Errorf("log file %q: %w: %v", path, ErrCorrupt, err)
+		return nil, fmt.Errorf("log file %q: %w: %w", path, ErrCorrupt, err)
 	}
 	return nil, fmt.Errorf("log file %q: open: %w", path, err)
 }

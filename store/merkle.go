@@ -19,12 +19,7 @@ var hasher = rfc6962.DefaultHasher
 var rangeFactory = &compact.RangeFactory{Hash: hasher.HashChildren}
 
 // leafHash returns SHA-256(0x00 || rec), the RFC 6962 leaf hash.
-func leafHash(rec []byte) []byte {
-	h := sha256.New()
-	h.Write([]byte{rfc6962.RFC6962LeafHashPrefix})
-	h.Write(rec)
-	return h.Sum(make([]byte, 0, sha256.Size))
-}
+func leafHash(rec []byte) []byte { return hasher.HashLeaf(rec) }
 
 // encodeTreeState encodes the compact range [0, size) stored under
 // metaKeyTree: size (8 bytes big-endian) then the range's hashes, left to
@@ -49,7 +44,7 @@ func decodeTreeState(b []byte) (*compact.Range, error) {
 	}
 	r, err := rangeFactory.NewRange(0, size, hashes)
 	if err != nil {
-		return nil, fmt.Errorf("%w: tree state: %v", ErrCorrupt, err)
+		return nil, fmt.Errorf("%w: tree state: %w", ErrCorrupt, err)
 	}
 	return r, nil
 }

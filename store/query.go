@@ -128,7 +128,7 @@ func (l *Log) Query(ctx context.Context, q Query) ([]*Entry, string, error) {
 			step = c.Prev
 			if plan.hi == nil {
 				k, v = c.Last()
-			} else if k, v = c.Seek(plan.hi); k == nil {
+			} else if k, _ = c.Seek(plan.hi); k == nil {
 				k, v = c.Last()
 			} else {
 				k, v = c.Prev()

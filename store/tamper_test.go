@@ -11,6 +11,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // tamperLogSize is above 256 so that stored level-8 subtree nodes exist.
@@ -68,6 +69,10 @@ func TestTamperDetection(t *testing.T) {
 		// checkpoints but not the indexes (only Verify does).
 		openFails bool
 		reason    string
+		// cause, when set, is a pointer to the type of error the
+		// VerifyError wraps besides ErrCorrupt: the one that revealed the
+		// damage.
+		cause any
 	}{
 		{
 			name: "change a byte of an entry",
@@ -204,7 +209,7 @@ func TestTamperDetection(t *testing.T) {
 				v[len(v)-5] ^= 0x01
 				return b.Put(seqKey(200), v)
 			},
-			wantIndex: 100, openFails: true, reason: "signature",
+			wantIndex: 100, openFails: true, reason: "signature", cause: new(*note.InvalidSignatureError),
 		},
 		{
 			name: "remove the newest entries and rewind the tree",
@@ -268,6 +273,9 @@ func TestTamperDetection(t *testing.T) {
 			ro := openTest(t, path, Options{ReadOnly: true, Verifiers: noteVerifiers(testVerifier(t))})
 			_, err := ro.Verify(context.Background(), nil)
 			checkVerifyError(t, "Verify", err, tc.wantIndex, tc.reason)
+			if tc.cause != nil && !errors.As(err, tc.cause) {
+				t.Errorf("Verify: %v does not wrap a %T", err, tc.cause)
+			}
 			if err := ro.Close(); err != nil {
 				t.Fatal(err)
 			}

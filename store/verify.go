@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"time"
 
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
@@ -109,7 +111,7 @@ func checkpointBody(signed []byte, vs note.Verifiers) (cp Checkpoint, verified b
 	default:
 		return Checkpoint{}, false, err
 	}
-	cp, err = parseCheckpoint(n.Text)
+	cp, err = ParseCheckpoint(n.Text)
 	return cp, verified, err
 }
 
@@ -137,11 +139,52 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 	var s scanner
 	tree, err := readTree(tx)
 	if err != nil {
-		return res, verifyErrorf(0, "stored tree state: %v", err)
+		return res, verifyErrorf(0, "stored tree state: %w", err)
 	}
 	n := tree.End()
+	cps := l.scanCheckpoints(tx, n, &s)
+	es := newEntryScan(tx, so.indexes)
+	if err := es.run(ctx, n, cps, &s, &res, so.progress); err != nil {
+		return res, err
+	}
+	if s.bad != nil {
+		return res, s.bad
+	}
+	es.checkRest(tx, tree, &s)
+	if s.bad != nil {
+		return res, s.bad
+	}
+	if so.consistency {
+		if err := checkConsistency(tx, cps); err != nil {
+			return res, err
+		}
+	}
+	if es.acc != nil {
+		keys, err := l.checkIndexes(ctx, tx, es.acc, n)
+		if err != nil {
+			return res, err
+		}
+		res.IndexKeys = keys
+	}
 
-	// Checkpoints, oldest first.
+	res.Size = n
+	res.Root = rootOf(es.tb.r)
+	res.Checkpoints = len(cps)
+	for _, cp := range cps {
+		if cp.verified {
+			res.SignaturesVerified++
+		}
+	}
+	if so.progress != nil {
+		so.progress(n)
+	}
+	return res, nil
+}
+
+// scanCheckpoints reads the stored checkpoints, oldest first, and returns
+// those that are well-formed; it reports the others to s. n is the tree
+// size.
+func (l *Log) scanCheckpoints(tx *bolt.Tx, n uint64, s *scanner) []storedCheckpoint {
 	var cps []storedCheckpoint
 	prevSize := uint64(0)
 	origin := ""
@@ -154,9 +197,9 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 		cp, verified, err := checkpointBody(v, l.verifiers)
 		switch {
 		case err != nil && l.verifiers != nil:
-			s.report(verifyErrorf(prevSize, "checkpoint of size %d: signature does not verify: %v", size, err))
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d: signature does not verify: %w", size, err))
 		case err != nil:
-			s.report(verifyErrorf(prevSize, "checkpoint of size %d does not parse: %v", size, err))
+			s.report(verifyErrorf(prevSize, "checkpoint of size %d does not parse: %w", size, err))
 		case l.verifiers != nil && !verified:
 			s.report(verifyErrorf(prevSize, "checkpoint of size %d is not signed by a known key", size))
 		case cp.Size != size:
@@ -174,57 +217,58 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 		prevSize = size
 		return nil
 	})
+	return cps
+}
 
-	entries, leaves := tx.Bucket(bucketEntries), tx.Bucket(bucketLeaves)
-	ec, lc := entries.Cursor(), leaves.Cursor()
-	ek, ev := ec.First()
-	lk, lv := lc.First()
-	tb := newTreeBuilder(tx.Bucket(bucketNodes))
-	var acc *indexAccumulator
-	if so.indexes {
-		acc = newIndexAccumulator()
+// entryScan walks the entries and their stored leaf hashes in index order,
+// rebuilding the tree (checking the stored nodes) and, when asked, the
+// indexes.
+type entryScan struct {
+	entries        *bolt.Bucket
+	ec, lc         *bolt.Cursor
+	ek, ev, lk, lv []byte // the cursors' current keys and values
+	tb             *treeBuilder
+	acc            *indexAccumulator // nil: indexes not checked
+	maxValidity    time.Duration
+}
+
+func newEntryScan(tx *bolt.Tx, indexes bool) *entryScan {
+	es := &entryScan{
+		entries:     tx.Bucket(bucketEntries),
+		lc:          tx.Bucket(bucketLeaves).Cursor(),
+		tb:          newTreeBuilder(tx.Bucket(bucketNodes)),
+		maxValidity: readMaxValidity(tx),
 	}
+	es.ec = es.entries.Cursor()
+	es.ek, es.ev = es.ec.First()
+	es.lk, es.lv = es.lc.First()
+	if indexes {
+		es.acc = newIndexAccumulator()
+	}
+	return es
+}
+
+// run checks the entries [0, n), each against the checkpoints cps, and
+// counts them by kind in res, until the first problem, which it reports
+// to s. It returns only ctx's error.
+func (es *entryScan) run(ctx context.Context, n uint64, cps []storedCheckpoint, s *scanner, res *VerifyResult, progress func(done uint64)) error {
 	nextCP, goodUntil := 0, uint64(0)
-	maxValidity := readMaxValidity(tx)
 	for i := uint64(0); i < n && !s.stopAt(i); i++ {
 		if i%4096 == 0 {
 			if err := ctx.Err(); err != nil {
-				return res, err
+				return err
 			}
-			if so.progress != nil && i > 0 && i%(1<<16) == 0 {
-				so.progress(i)
+			if progress != nil && i > 0 && i%(1<<16) == 0 {
+				progress(i)
 			}
 		}
-		if ek == nil || len(ek) != 8 || binary.BigEndian.Uint64(ek) != i {
-			s.report(verifyErrorf(i, "entry %d is missing", i))
-			break
-		}
-		e, err := decodeRecord(ev)
-		if err != nil {
-			s.report(verifyErrorf(i, "entry does not decode: %v", err))
-			break
-		}
-		if e.Seq != i {
-			s.report(verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq))
-			break
-		}
-		leaf := leafHash(ev)
-		if lk == nil || len(lk) != 8 || binary.BigEndian.Uint64(lk) != i {
-			s.report(verifyErrorf(i, "stored leaf hash of entry %d is missing", i))
-			break
-		}
-		if !bytes.Equal(lv, leaf) {
-			s.report(verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i))
-			break
-		}
-		tb.append(leaf)
-		if tb.bad != nil {
-			s.report(tb.bad)
+		e := es.entry(i, s)
+		if e == nil {
 			break
 		}
 		for nextCP < len(cps) && cps[nextCP].Size == i+1 {
 			cp := cps[nextCP]
-			if root := rootOf(tb.r); !bytes.Equal(root, cp.Root) {
+			if root := rootOf(es.tb.r); !bytes.Equal(root, cp.Root) {
 				s.report(verifyErrorf(goodUntil, "checkpoint of size %d: root hash does not match the entries; entries from index %d on are not covered by a valid checkpoint", cp.Size, goodUntil))
 			}
 			goodUntil = cp.Size
@@ -238,72 +282,90 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 		case KindAdmin:
 			res.Admin++
 		}
-		if acc != nil {
-			acc.addEntry(e, i)
-			if e.Kind == KindIssuance && e.NotAfter.Sub(e.NotBefore) > maxValidity {
-				s.report(verifyErrorf(i, "entry %d is valid for %v, longer than the stored maximum validity %v (ValidAt queries would miss it)", i, e.NotAfter.Sub(e.NotBefore), maxValidity))
+		if es.acc != nil {
+			es.acc.addEntry(e, i)
+			if e.Kind == KindIssuance && e.NotAfter.Sub(e.NotBefore) > es.maxValidity {
+				s.report(verifyErrorf(i, "entry %d is valid for %v, longer than the stored maximum validity %v (ValidAt queries would miss it)", i, e.NotAfter.Sub(e.NotBefore), es.maxValidity))
 				break
 			}
 		}
-		ek, ev = ec.Next()
-		lk, lv = lc.Next()
+		es.ek, es.ev = es.ec.Next()
+		es.lk, es.lv = es.lc.Next()
 	}
-	if s.bad != nil {
-		return res, s.bad
-	}
+	return nil
+}
 
-	// Anything beyond the tree was written behind the log's back.
-	if ek != nil {
-		s.report(verifyErrorf(keyIndex(ek, n), "entry key %x is beyond the Merkle tree (size %d): it was not appended through the log", ek, n))
+// entry checks entry i, at the cursors, and its stored leaf hash, and adds
+// the leaf to the tree. It returns the entry, or nil after reporting the
+// problem to s.
+func (es *entryScan) entry(i uint64, s *scanner) *Entry {
+	if es.ek == nil || len(es.ek) != 8 || binary.BigEndian.Uint64(es.ek) != i {
+		s.report(verifyErrorf(i, "entry %d is missing", i))
+		return nil
 	}
-	if lk != nil {
-		s.report(verifyErrorf(keyIndex(lk, n), "leaf hash key %x is beyond the Merkle tree (size %d)", lk, n))
+	e, err := decodeRecord(es.ev)
+	if err != nil {
+		s.report(verifyErrorf(i, "entry does not decode: %w", err))
+		return nil
 	}
-	if seq := entries.Sequence(); seq != n {
+	if e.Seq != i {
+		s.report(verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq))
+		return nil
+	}
+	leaf := leafHash(es.ev)
+	if es.lk == nil || len(es.lk) != 8 || binary.BigEndian.Uint64(es.lk) != i {
+		s.report(verifyErrorf(i, "stored leaf hash of entry %d is missing", i))
+		return nil
+	}
+	if !bytes.Equal(es.lv, leaf) {
+		s.report(verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i))
+		return nil
+	}
+	es.tb.append(leaf)
+	if es.tb.bad != nil {
+		s.report(es.tb.bad)
+		return nil
+	}
+	return e
+}
+
+// checkRest reports what lies beyond the entries checked, once all of
+// them were: entries and leaf hashes past the tree (written behind the
+// log's back), a bucket sequence, tree state or node count that does not
+// match them.
+func (es *entryScan) checkRest(tx *bolt.Tx, tree *compact.Range, s *scanner) {
+	n := tree.End()
+	if es.ek != nil {
+		s.report(verifyErrorf(keyIndex(es.ek, n), "entry key %x is beyond the Merkle tree (size %d): it was not appended through the log", es.ek, n))
+	}
+	if es.lk != nil {
+		s.report(verifyErrorf(keyIndex(es.lk, n), "leaf hash key %x is beyond the Merkle tree (size %d)", es.lk, n))
+	}
+	if seq := es.entries.Sequence(); seq != n {
 		s.report(verifyErrorf(min(seq, n), "entries bucket sequence %d differs from the tree size %d", seq, n))
 	}
-	if !tb.r.Equal(tree) {
+	if !es.tb.r.Equal(tree) {
 		s.report(verifyErrorf(n, "stored tree state (size %d) does not match the entries", n))
 	}
 	if got, want := uint64(tx.Bucket(bucketNodes).Stats().KeyN), storedNodeCount(n); got != want {
 		s.report(verifyErrorf(n, "%d stored tree nodes, want %d for size %d", got, want, n))
 	}
-	if s.bad != nil {
-		return res, s.bad
-	}
+}
 
-	if so.consistency {
-		for i := 1; i < len(cps); i++ {
-			a, b := cps[i-1], cps[i]
-			p, err := consistencyProof(tx, a.Size, b.Size)
-			if err == nil {
-				err = proof.VerifyConsistency(hasher, a.Size, b.Size, p, a.Root, b.Root)
-			}
-			if err != nil {
-				return res, verifyErrorf(a.Size, "checkpoints of sizes %d and %d are not consistent: %v", a.Size, b.Size, err)
-			}
+// checkConsistency proves, from the stored tree, that each checkpoint's
+// tree extends the one before.
+func checkConsistency(tx *bolt.Tx, cps []storedCheckpoint) error {
+	for i := 1; i < len(cps); i++ {
+		a, b := cps[i-1], cps[i]
+		p, err := consistencyProof(tx, a.Size, b.Size)
+		if err == nil {
+			err = proof.VerifyConsistency(hasher, a.Size, b.Size, p, a.Root, b.Root)
 		}
-	}
-	if acc != nil {
-		keys, err := l.checkIndexes(ctx, tx, acc, n)
 		if err != nil {
-			return res, err
-		}
-		res.IndexKeys = keys
-	}
-
-	res.Size = n
-	res.Root = rootOf(tb.r)
-	res.Checkpoints = len(cps)
-	for _, cp := range cps {
-		if cp.verified {
-			res.SignaturesVerified++
+			return verifyErrorf(a.Size, "checkpoints of sizes %d and %d are not consistent: %w", a.Size, b.Size, err)
 		}
 	}
-	if so.progress != nil {
-		so.progress(n)
-	}
-	return res, nil
+	return nil
 }
 
 // keyIndex returns the index a seq key names, or def for a malformed key.

@@ -33,6 +33,15 @@ func newAdminFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *adminFlags)
 	return fs, af
 }
 
+// connect parses args into fs (which holds f's flags), then connects as
+// client does.
+func (f *adminFlags) connect(ctx context.Context, fs *flag.FlagSet, args []string) (adminv1.AdminServiceClient, context.Context, func(), error) {
+	if err := parse(fs, args); err != nil {
+		return nil, nil, nil, err
+	}
+	return f.client(ctx)
+}
+
 // client connects and bounds the call by --timeout.
 func (f *adminFlags) client(ctx context.Context) (adminv1.AdminServiceClient, context.Context, func(), error) {
 	if f.output != "text" && f.output != "json" {
@@ -98,10 +107,7 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func adminStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, af := newAdminFlagSet("ca admin status", stderr)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	c, ctx, done, err := af.client(ctx)
+	c, ctx, done, err := af.connect(ctx, fs, args)
 	if err != nil {
 		return err
 	}
@@ -139,10 +145,7 @@ func adminStatus(ctx context.Context, args []string, stdout, stderr io.Writer) e
 func adminRotateIntermediate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, af := newAdminFlagSet("ca admin rotate-intermediate", stderr)
 	reason := fs.String("reason", "", "why, recorded in the log")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	c, ctx, done, err := af.client(ctx)
+	c, ctx, done, err := af.connect(ctx, fs, args)
 	if err != nil {
 		return err
 	}
@@ -309,10 +312,7 @@ func writeAffected(w io.Writer, groups []*adminv1.AffectedWorkload) error {
 func adminDrill(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, af := newAdminFlagSet("ca admin drill", stderr)
 	root := fs.Bool("root", false, "also run a full root prepare and activate cycle (needs rotation.allow_root_drill: staging only)")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	c, ctx, done, err := af.client(ctx)
+	c, ctx, done, err := af.connect(ctx, fs, args)
 	if err != nil {
 		return err
 	}

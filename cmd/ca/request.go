@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -23,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"go.step.sm/crypto/pemutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -31,6 +29,7 @@ import (
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/spiffeid"
+	"github.com/transitca/transitca/issuer"
 )
 
 func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -120,15 +119,11 @@ func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(chain) < 2 {
 		return fmt.Errorf("the CA answered a chain of %d elements; want leaf, intermediates and root bundle", len(chain))
 	}
-	leafBlock, _ := pem.Decode([]byte(chain[0]))
-	if leafBlock == nil {
-		return errors.New("the CA answered a leaf that is not PEM")
-	}
-	leaf, err := x509.ParseCertificate(leafBlock.Bytes)
+	leaf, err := pemutil.ParseCertificate([]byte(chain[0]))
 	if err != nil {
-		return err
+		return fmt.Errorf("the leaf the CA answered: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	keyBlock, err := pemutil.Serialize(key, pemutil.WithPKCS8(true))
 	if err != nil {
 		return err
 	}
@@ -140,7 +135,7 @@ func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		data []byte
 		perm os.FileMode
 	}{
-		{"key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{"key.pem", pem.EncodeToMemory(keyBlock), 0o600},
 		{"cert-chain.pem", []byte(strings.Join(chain[:len(chain)-1], "")), 0o644},
 		{"root-cert.pem", []byte(chain[len(chain)-1]), 0o644},
 	}
@@ -162,15 +157,11 @@ func newCSR(id, keyType string) (crypto.Signer, []byte, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("identity %q: %w", id, err)
 	}
-	var key crypto.Signer
-	switch keyType {
-	case "ecdsa":
-		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case "rsa":
-		key, err = rsa.GenerateKey(rand.Reader, 2048)
-	default:
+	typ, ok := map[string]issuer.KeyType{"ecdsa": issuer.KeyECDSAP256, "rsa": issuer.KeyRSA2048}[keyType]
+	if !ok {
 		return nil, nil, fmt.Errorf("--key-type %q: want ecdsa or rsa", keyType)
 	}
+	key, err := issuer.GenerateKey(typ)
 	if err != nil {
 		return nil, nil, err
 	}

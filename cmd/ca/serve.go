@@ -101,7 +101,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger, stderr io.
 	}
 	runErr := d.Run(ctx)
 	if err := d.Close(); err != nil {
-		log.Error("close", slog.Any("error", err))
+		log.ErrorContext(ctx, "close", slog.Any("error", err))
 	}
 	return runErr
 }

@@ -1,15 +1,17 @@
 // Package atomicfile writes files so that a crash leaves either the old
-// content or the new, never a mix.
+// content or the new, never a mix, and so that a write that returned
+// without error survives a crash.
 package atomicfile
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 )
 
-// Write writes data to a temporary file in path's directory, syncs it and
-// renames it over path.
+// Write writes data to a temporary file in path's directory, syncs it,
+// renames it over path and syncs the directory.
 func Write(path string, data []byte, perm os.FileMode) error {
 	_, err := WriteFrom(path, perm, func(w io.Writer) error {
 		_, err := w.Write(data)
@@ -19,10 +21,14 @@ func Write(path string, data []byte, perm os.FileMode) error {
 }
 
 // WriteFrom streams what fill writes into a temporary file in path's
-// directory, syncs it and renames it over path; it returns the bytes
-// written. If fill fails, path is left as it was.
+// directory, syncs it, renames it over path and syncs the directory; it
+// returns the bytes written. If fill fails, path is left as it was. When
+// WriteFrom returns without error the new content MUST survive a crash:
+// the file's data is synced before the rename, and the directory (which
+// holds the name) after it.
 func WriteFrom(path string, perm os.FileMode, fill func(w io.Writer) error) (int64, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return 0, err
 	}
@@ -43,8 +49,32 @@ func WriteFrom(path string, perm os.FileMode, fill func(w io.Writer) error) (int
 	if err := tmp.Close(); err != nil {
 		return 0, err
 	}
-	return cw.n, os.Rename(tmp.Name(), path)
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return 0, err
+	}
+	if err := syncDir(dir); err != nil {
+		return 0, err
+	}
+	return cw.n, nil
 }
+
+// SyncDir makes the changes to dir's entries (a rename, a new file)
+// durable: until the directory is synced, a crash can leave the old names
+// in place.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %q: %w", dir, err)
+	}
+	return nil
+}
+
+// syncDir is SyncDir, a variable so that tests can see when it is called.
+var syncDir = SyncDir
 
 type countingWriter struct {
 	w io.Writer

@@ -39,3 +39,43 @@ func TestWriteFrom(t *testing.T) {
 		t.Fatalf("file holds %q with mode %v", got, fi.Mode().Perm())
 	}
 }
+
+// TestWriteSyncsDirectoryAfterRename checks that the directory is synced
+// once the new content is in place under path, and that a failed directory
+// sync is reported: the write is not known to be durable.
+func TestWriteSyncsDirectoryAfterRename(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "out")
+	if err := Write(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var synced []string
+	var seen string
+	var fail error
+	orig := syncDir
+	t.Cleanup(func() { syncDir = orig })
+	syncDir = func(d string) error {
+		synced = append(synced, d)
+		got, _ := os.ReadFile(path)
+		seen = string(got)
+		if fail != nil {
+			return fail
+		}
+		return orig(d)
+	}
+
+	if err := Write(path, []byte("new"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if len(synced) != 1 || synced[0] != dir {
+		t.Fatalf("directories synced: %q, want [%q]", synced, dir)
+	}
+	if seen != "new" {
+		t.Fatalf("the directory was synced while %s held %q: before the rename", path, seen)
+	}
+
+	fail = errors.New("disk gone")
+	if err := Write(path, []byte("newer"), 0o600); !errors.Is(err, fail) {
+		t.Fatalf("Write with a failing directory sync = %v, want %v", err, fail)
+	}
+}

@@ -11,9 +11,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -23,6 +20,7 @@ import (
 	"slices"
 	"time"
 
+	"go.step.sm/crypto/pemutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,6 +32,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -195,18 +194,7 @@ func (w *IstiodCert) Run(ctx context.Context) {
 	if !cache.WaitForCacheSync(ctx.Done(), secrets.Informer().HasSynced) {
 		return
 	}
-	go func() {
-		t := time.NewTicker(w.every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				queue.Add(key)
-			}
-		}
-	}()
+	go loop.Every(ctx, w.every, func(context.Context) { queue.Add(key) })
 	queue.Add(key)
 	for {
 		k, quit := queue.Get()
@@ -264,7 +252,7 @@ func (w *IstiodCert) reconcile(ctx context.Context, lister corelisters.SecretLis
 	}
 	w.log.InfoContext(ctx, "istiod certificate written", slog.String("reason", why),
 		slog.String("serial", leaf.SerialNumber.Text(16)), slog.Any("dns_names", leaf.DNSNames), slog.Time("not_after", leaf.NotAfter))
-	return halfLife(leaf).Sub(now), nil
+	return issuer.HalfLife(leaf).Sub(now), nil
 }
 
 // check says why the Secret must be rewritten, or, when it need not be,
@@ -312,7 +300,7 @@ func (w *IstiodCert) check(s *corev1.Secret, now time.Time) (why string, renewAt
 	}); err != nil {
 		return "tls.crt does not verify against ca.crt: " + err.Error(), time.Time{}
 	}
-	half := halfLife(leaf)
+	half := issuer.HalfLife(leaf)
 	if !now.Before(half) {
 		return "past half its lifetime", time.Time{}
 	}
@@ -322,7 +310,7 @@ func (w *IstiodCert) check(s *corev1.Secret, now time.Time) (why string, renewAt
 // issue generates a key and has the CA issue istiod's certificate for it,
 // and returns the Secret's data.
 func (w *IstiodCert) issue(ctx context.Context) (map[string][]byte, *x509.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := issuer.GenerateKey(issuer.KeyECDSAP256)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -332,13 +320,13 @@ func (w *IstiodCert) issue(ctx context.Context) (map[string][]byte, *x509.Certif
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue istiod certificate: %w", err)
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+	keyBlock, err := pemutil.Serialize(key, pemutil.WithPKCS8(true))
 	if err != nil {
 		return nil, nil, err
 	}
 	return map[string][]byte{
 		TLSCertKey: pemCerts(is.Cert, is.Issuer.Cert),
-		TLSKeyKey:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
+		TLSKeyKey:  pem.EncodeToMemory(keyBlock),
 		CACertKey:  pemCerts(roots...),
 	}, is.Cert, nil
 }
@@ -378,12 +366,6 @@ func (w *IstiodCert) write(ctx context.Context, cur *corev1.Secret, data map[str
 	return err
 }
 
-// halfLife is when a certificate is renewed: half-way through its
-// validity period.
-func halfLife(c *x509.Certificate) time.Time {
-	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
-}
-
 func pemCerts(certs ...*x509.Certificate) []byte {
 	var b []byte
 	for _, c := range certs {
@@ -416,31 +398,16 @@ func parseCerts(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// parseKey parses a PEM private key as istiod does (crypto/tls accepts
-// PKCS #8, SEC 1 and PKCS #1).
+// parseKey parses the first PEM block of data as a private key, in any of
+// the encodings istiod accepts (crypto/tls: PKCS #8, SEC 1 and PKCS #1).
 func parseKey(data []byte) (crypto.Signer, error) {
-	b, _ := pem.Decode(data)
-	if b == nil {
-		return nil, errors.New("not PEM")
-	}
-	var k any
-	var err error
-	switch b.Type {
-	case "PRIVATE KEY":
-		k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(b.Bytes)
-	case "RSA PRIVATE KEY":
-		k, err = x509.ParsePKCS1PrivateKey(b.Bytes)
-	default:
-		return nil, fmt.Errorf("PEM block %s is not a private key", b.Type)
-	}
+	k, err := pemutil.Parse(data, pemutil.WithFirstBlock())
 	if err != nil {
 		return nil, err
 	}
 	s, ok := k.(crypto.Signer)
 	if !ok {
-		return nil, fmt.Errorf("%T is not a signing key", k)
+		return nil, fmt.Errorf("%T is not a private key", k)
 	}
 	return s, nil
 }

@@ -153,6 +153,54 @@ func (s *Server) Stop() {
 	})
 }
 
+// Pause stops the server's processes (SIGSTOP) until Resume or the end of
+// the test: connections are still accepted by the kernel, but nothing
+// answers, as with a Vault that hangs. Use it on a server of the test's
+// own (Own).
+func (s *Server) Pause(tb testing.TB) {
+	tb.Helper()
+	if err := syscall.Kill(-s.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		tb.Fatalf("vaulttest: pause: %v", err)
+	}
+	tb.Cleanup(s.Resume)
+	// The signal is delivered asynchronously: wait until every thread is
+	// stopped, or a request sent now may still be answered.
+	for deadline := time.Now().Add(5 * time.Second); !s.stopped(); {
+		if time.Now().After(deadline) {
+			tb.Fatal("vaulttest: pause: the server did not stop within 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stopped reports whether every thread of the server is stopped, from
+// /proc (Linux).
+func (s *Server) stopped() bool {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", s.cmd.Process.Pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return false
+		}
+		// The state follows the command name, which is in parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
+	}
+	return true
+}
+
+// Resume lets a paused server run again.
+func (s *Server) Resume() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGCONT)
+	}
+}
+
 // Client returns a root client for the server.
 func (s *Server) Client() (*vault.Client, error) {
 	cfg := vault.DefaultConfig()

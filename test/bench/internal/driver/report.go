@@ -106,7 +106,17 @@ func (e *env) rows(r *results) []row {
 
 func (e *env) render(r *results) string {
 	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	e.renderSetup(&b, r)
+	rows := e.rows(r)
+	e.renderSteady(&b, rows)
+	e.renderOtherRuns(&b, r)
+	e.renderTargets(&b, r, rows)
+	return b.String()
+}
+
+// renderSetup writes the heading and what was measured, how and where.
+func (e *env) renderSetup(b *strings.Builder, r *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	m := machine()
 	p("## Results\n\n")
 	p("Measured %s, %s in all.\n\n", r.started.UTC().Format("2006-01-02 15:04 MST"), r.finished.Sub(r.started).Round(time.Second))
@@ -124,26 +134,12 @@ func (e *env) render(r *results) string {
 	p("| load | %d simulated agents, one gRPC/TLS connection each (HTTP keep-alive connections for Vault); %d ECDSA P-256 CSRs from Istio's `util.GenCSR` for %d service accounts, generated before timing and cycled; 24h requested |\n",
 		e.cfg.Clients, e.cfg.Pool, e.cfg.Identities)
 	p("| windows | %v warm-up, then %v measured, per run; %d interleaved rounds, order rotated; figures are medians over rounds |\n\n", e.cfg.Warmup, e.cfg.Duration, e.cfg.Rounds)
+}
 
-	rows := e.rows(r)
-	var mem, vlt, istio, pki, pkiNS, transit *row
-	for i := range rows {
-		switch rows[i].s.id {
-		case sysTransitcaMem:
-			mem = &rows[i]
-		case sysTransitcaVlt:
-			vlt = &rows[i]
-		case sysIstioECDSA:
-			istio = &rows[i]
-		case sysPKI:
-			pki = &rows[i]
-		case sysPKINoStore:
-			pkiNS = &rows[i]
-		case sysTransit:
-			transit = &rows[i]
-		}
-	}
-
+// renderSteady writes the closed-loop results: the table and the
+// throughput of each round.
+func (e *env) renderSteady(b *strings.Builder, rows []row) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("### Steady state: closed loop, %d clients\n\n", e.cfg.Clients)
 	p("| system | issued/s | p50 | p90 | p99 | p99.9 | errors | server CPU s / 1k | load gen CPU s / 1k | server peak RSS (anon) | × crypto bound | × Istio (ECDSA) | × Vault PKI | × Vault PKI no_store |\n")
 	p("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
@@ -171,7 +167,12 @@ func (e *env) render(r *results) string {
 		p("\n")
 	}
 	p("\n")
+}
 
+// renderOtherRuns writes the candidate comparison, the RSA runs, the
+// open-loop runs and the restart storms, those that were run.
+func (e *env) renderOtherRuns(b *strings.Builder, r *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	if e.cfg.CandidateCA != "" {
 		p("Candidate build against the current one, same rounds (median of per-round ratios): ")
 		var parts []string
@@ -227,6 +228,29 @@ func (e *env) render(r *results) string {
 				fmtDur(st.p50), fmtDur(st.p99), st.cpu, st.mem, st.rounds)
 		}
 		p("\n")
+	}
+}
+
+// renderTargets writes the issue's targets, each with what was measured
+// and whether it was met.
+func (e *env) renderTargets(b *strings.Builder, r *results, rows []row) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	var mem, vlt, istio, pki, pkiNS, transit *row
+	for i := range rows {
+		switch rows[i].s.id {
+		case sysTransitcaMem:
+			mem = &rows[i]
+		case sysTransitcaVlt:
+			vlt = &rows[i]
+		case sysIstioECDSA:
+			istio = &rows[i]
+		case sysPKI:
+			pki = &rows[i]
+		case sysPKINoStore:
+			pkiNS = &rows[i]
+		case sysTransit:
+			transit = &rows[i]
+		}
 	}
 
 	p("### Targets (issue 5)\n\n| target | measured | met |\n| --- | --- | --- |\n")
@@ -299,7 +323,6 @@ func (e *env) render(r *results) string {
 		}
 	}
 	p("\n")
-	return b.String()
 }
 
 func ratioOf(r *results, id, base string) float64 {
