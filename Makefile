@@ -75,7 +75,7 @@ fmt:
 
 lint:
 	./scripts/build-tools.sh golangci-lint
-	./bin/golangci-lint run ./...
+	./bin/golangci-lint run --allow-parallel-runners ./...
 
 # Regenerate the admin API's Go code from proto/ with the pinned generators.
 generate:
