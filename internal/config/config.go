@@ -3,9 +3,7 @@
 // Validate, whose messages name the offending key.
 package config
 
-import (
-	"time"
-)
+import "time"
 
 // Config is the whole configuration file.
 type Config struct {

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
+
 	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
-	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Validate checks the configuration and returns every problem found, each
@@ -37,8 +39,8 @@ func (c *Config) Validate() error {
 	if c.Vault.Timeout <= 0 {
 		bad("vault.timeout: must be positive")
 	}
-	if t := issuer.KeyType(c.CA.RootKeyType); !t.Valid() || t == issuer.KeyEd25519 {
-		bad("ca.root_key_type: %q is not one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", c.CA.RootKeyType)
+	if err := checkCAKeyType("ca.root_key_type", c.CA.RootKeyType); err != nil {
+		errs = append(errs, err)
 	}
 	switch issuer.Mode(c.CA.IntermediateMode) {
 	case issuer.ModeMemory:
@@ -46,8 +48,8 @@ func (c *Config) Validate() error {
 		if c.Dev {
 			bad("ca.intermediate_mode: %q needs Vault; dev mode supports %q only", issuer.ModeVault, issuer.ModeMemory)
 		}
-		if t := issuer.KeyType(c.CA.IntermediateKeyType); !t.Valid() || t == issuer.KeyEd25519 {
-			bad("ca.intermediate_key_type: %q is not one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096", c.CA.IntermediateKeyType)
+		if err := checkCAKeyType("ca.intermediate_key_type", c.CA.IntermediateKeyType); err != nil {
+			errs = append(errs, err)
 		}
 	default:
 		bad("ca.intermediate_mode: %q is not %q or %q", c.CA.IntermediateMode, issuer.ModeMemory, issuer.ModeVault)
@@ -66,7 +68,8 @@ func (c *Config) Validate() error {
 	} else if c.CA.IntermediateTTL >= c.CA.RootTTL {
 		bad("ca.intermediate_ttl: %v must be shorter than ca.root_ttl %v", c.CA.IntermediateTTL, c.CA.RootTTL)
 	}
-	errs = append(errs, c.validateServing()...)
+	errs = slices.Concat(errs, c.validateServer(), c.validateAuth(), c.validateLog(),
+		c.validateRotation(), c.validateDenials(), c.validateOverload())
 	errs = append(errs, c.validateKubernetes()...)
 	errs = append(errs, c.validateIstiod()...)
 	errs = append(errs, c.validateClusters()...)
@@ -83,7 +86,30 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (c *Config) validateServing() []error {
+// keyTypes are the key types issuer declares, in the order error messages
+// list them. Which of them a CA may have is issuer's rule,
+// KeyType.CanCertify.
+var keyTypes = []issuer.KeyType{
+	issuer.KeyECDSAP256, issuer.KeyECDSAP384, issuer.KeyRSA2048, issuer.KeyRSA3072, issuer.KeyRSA4096, issuer.KeyEd25519,
+}
+
+// checkCAKeyType returns an error naming key and the key types allowed
+// unless value is a key type a root or intermediate may have.
+func checkCAKeyType(key, value string) error {
+	if issuer.KeyType(value).CanCertify() {
+		return nil
+	}
+	var allowed []string
+	for _, t := range keyTypes {
+		if t.CanCertify() {
+			allowed = append(allowed, string(t))
+		}
+	}
+	return fmt.Errorf("%s: %q is not one of %s", key, value, strings.Join(allowed, ", "))
+}
+
+// validateServer checks the listeners and the serving certificate.
+func (c *Config) validateServer() []error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.Server.Listen == "" {
@@ -105,6 +131,13 @@ func (c *Config) validateServing() []error {
 	if c.Server.TLS.CertTTL < Duration(time.Minute) {
 		bad("server.tls.cert_ttl: %v is shorter than a minute", c.Server.TLS.CertTTL)
 	}
+	return errs
+}
+
+// validateAuth checks how callers prove who they are.
+func (c *Config) validateAuth() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if len(c.Auth.Clusters) == 0 {
 		bad("auth.clusters: must list at least one cluster ID")
 	}
@@ -135,6 +168,14 @@ func (c *Config) validateServing() []error {
 	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev && len(c.Clusters) == 0 {
 		bad("auth: no way to authenticate callers: configure jwt, tokenreview or client_certificates")
 	}
+	return errs
+}
+
+// validateLog checks the issuance log, its replicas' shards, the admin
+// API's callers and the size of a certificate request.
+func (c *Config) validateLog() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.Log.CheckpointKey == "" {
 		bad("log.checkpoint_key: must be set")
 	}
@@ -156,6 +197,13 @@ func (c *Config) validateServing() []error {
 	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
 		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)
 	}
+	return errs
+}
+
+// validateRotation checks root rotation, its schedule and the drills.
+func (c *Config) validateRotation() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.Rotation.MinOverlap < 0 {
 		bad("rotation.min_overlap: must not be negative")
 	}
@@ -173,6 +221,13 @@ func (c *Config) validateServing() []error {
 	if id := c.Rotation.DrillIdentity; id != "" && !strings.HasPrefix(id, "spiffe://"+c.TrustDomain+"/") {
 		bad("rotation.drill_identity: %q is not a SPIFFE ID in trust domain %s", id, c.TrustDomain)
 	}
+	return errs
+}
+
+// validateDenials checks how denials are recorded and counted.
+func (c *Config) validateDenials() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if r := c.Limits.DenialsPerPeerPerSecond; !(r > 0 && r <= 1e6) {
 		bad("limits.denials_per_peer_per_second: %v is outside (0, 1000000]", r)
 	}
@@ -185,7 +240,7 @@ func (c *Config) validateServing() []error {
 	if p := c.Limits.DenialPeers; p < 1 || p > 1e6 {
 		bad("limits.denial_peers: %d is outside 1 to 1000000", p)
 	}
-	return append(errs, c.validateOverload()...)
+	return errs
 }
 
 func (c *Config) validateKubernetes() []error {
