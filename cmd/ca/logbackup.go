@@ -48,13 +48,12 @@ func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Write
 func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca log backup", stderr)
 	out := fs.String("out", "", "file to write the snapshot to (required)")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if *out == "" {
-		return errors.New("--out is required")
-	}
-	api, ctx, done, err := lf.connect(ctx)
+	api, ctx, done, err := lf.connect(ctx, fs, args, func() error {
+		if *out == "" {
+			return errors.New("--out is required")
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}

@@ -149,15 +149,40 @@ func (f *logFlags) dialTarget(t target) (*grpc.ClientConn, error) {
 	})))
 }
 
-// connect opens the log and bounds the work on it by --timeout; done
+// connect parses args into fs (which holds f's flags), runs prepare (the
+// command's own checks of its flags, before any log is opened; nil for
+// none), then opens the log and bounds the work on it by --timeout; done
 // releases both.
-func (f *logFlags) connect(ctx context.Context) (logAPI, context.Context, func(), error) {
+func (f *logFlags) connect(ctx context.Context, fs *flag.FlagSet, args []string, prepare func() error) (logAPI, context.Context, func(), error) {
+	if err := parsePrepare(fs, args, prepare); err != nil {
+		return nil, nil, nil, err
+	}
 	api, closeAPI, err := f.open()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	return api, ctx, func() { cancel(); closeAPI() }, nil
+}
+
+// connectShards is connect for the commands that read every log named,
+// one per replica (see openShards).
+func (f *logFlags) connectShards(ctx context.Context, fs *flag.FlagSet, args []string, prepare func() error) ([]shard, context.Context, func(), error) {
+	if err := parsePrepare(fs, args, prepare); err != nil {
+		return nil, nil, nil, err
+	}
+	return f.openShards(ctx)
+}
+
+// parsePrepare parses args into fs, then runs prepare unless it is nil.
+func parsePrepare(fs *flag.FlagSet, args []string, prepare func() error) error {
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if prepare == nil {
+		return nil
+	}
+	return prepare()
 }
 
 // newLogFlagSet is the flag set of a log subcommand, with the flags that say

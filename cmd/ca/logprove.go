@@ -21,19 +21,18 @@ func logShow(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	seq := fs.Int64("seq", -1, "entry sequence number")
 	serial := fs.String("serial", "", "certificate serial")
 	withPEM := fs.Bool("pem", false, "include the certificate as PEM")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
 	req := &adminv1.GetEntryRequest{}
-	switch {
-	case *seq >= 0:
-		req.Key = &adminv1.GetEntryRequest_Seq{Seq: uint64(*seq)}
-	case *serial != "":
-		req.Key = &adminv1.GetEntryRequest_Serial{Serial: *serial}
-	default:
-		return errors.New("name the entry with --seq or --serial")
-	}
-	api, ctx, done, err := lf.connect(ctx)
+	api, ctx, done, err := lf.connect(ctx, fs, args, func() error {
+		switch {
+		case *seq >= 0:
+			req.Key = &adminv1.GetEntryRequest_Seq{Seq: uint64(*seq)}
+		case *serial != "":
+			req.Key = &adminv1.GetEntryRequest_Serial{Serial: *serial}
+		default:
+			return errors.New("name the entry with --seq or --serial")
+		}
+		return nil
+	})
 	if err != nil {
 		return err
 	}
@@ -49,10 +48,7 @@ func logShow(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func logCheckpoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca log checkpoint", stderr)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	api, ctx, done, err := lf.connect(ctx)
+	api, ctx, done, err := lf.connect(ctx, fs, args, nil)
 	if err != nil {
 		return err
 	}
@@ -76,35 +72,14 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	serial := fs.String("serial", "", "prove the entry with this serial is in the log")
 	seq := fs.Int64("seq", -1, "prove the entry with this sequence number is in the log")
 	since := fs.String("since", "", "also prove the log only grew since this earlier signed checkpoint (a file saved from \"ca log checkpoint\")")
-	if err := parse(fs, args); err != nil {
+	var (
+		req  *adminv1.GetInclusionProofRequest
+		want []byte
+	)
+	api, ctx, done, err := lf.connect(ctx, fs, args, func() (err error) {
+		req, want, err = proveRequest(*certFile, *serial, *seq)
 		return err
-	}
-	var want []byte
-	req := &adminv1.GetInclusionProofRequest{}
-	switch {
-	case *certFile != "":
-		data, err := os.ReadFile(*certFile)
-		if err != nil {
-			return err
-		}
-		block, _ := pem.Decode(data)
-		if block == nil {
-			return fmt.Errorf("%s: no PEM certificate", *certFile)
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return err
-		}
-		want = cert.Raw
-		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: store.SerialHex(cert.SerialNumber)}
-	case *serial != "":
-		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: *serial}
-	case *seq >= 0:
-		req.Key = &adminv1.GetInclusionProofRequest_Seq{Seq: uint64(*seq)}
-	default:
-		return errors.New("name what to prove with --certificate, --serial or --seq")
-	}
-	api, ctx, done, err := lf.connect(ctx)
+	})
 	if err != nil {
 		return err
 	}
@@ -161,4 +136,34 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "consistency proof verified: the log of size %d in %s is a prefix of the log of size %d\n", oldCP.Size, *since, cp.Size)
 	}
 	return nil
+}
+
+// proveRequest is the inclusion proof request for what prove was asked to
+// prove and, with --certificate, the certificate the log's entry must hold.
+func proveRequest(certFile, serial string, seq int64) (*adminv1.GetInclusionProofRequest, []byte, error) {
+	req := &adminv1.GetInclusionProofRequest{}
+	switch {
+	case certFile != "":
+		data, err := os.ReadFile(certFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		block, _ := pem.Decode(data)
+		if block == nil {
+			return nil, nil, fmt.Errorf("%s: no PEM certificate", certFile)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, nil, err
+		}
+		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: store.SerialHex(cert.SerialNumber)}
+		return req, cert.Raw, nil
+	case serial != "":
+		req.Key = &adminv1.GetInclusionProofRequest_Serial{Serial: serial}
+	case seq >= 0:
+		req.Key = &adminv1.GetInclusionProofRequest_Seq{Seq: uint64(seq)}
+	default:
+		return nil, nil, errors.New("name what to prove with --certificate, --serial or --seq")
+	}
+	return req, nil, nil
 }

@@ -162,14 +162,11 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&qf.limit, "limit", 50, "entries per page")
 	page := fs.String("page-token", "", "continue from a previous page")
 	asJSON := fs.Bool("json", false, "JSON lines instead of a table")
-	if err := parse(fs, args); err != nil {
+	var req *adminv1.QueryLogRequest
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
+		req, err = qf.request()
 		return err
-	}
-	req, err := qf.request()
-	if err != nil {
-		return err
-	}
-	shards, ctx, done, err := lf.connectShards(ctx)
+	})
 	if err != nil {
 		return err
 	}
@@ -228,15 +225,12 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	qf.register(fs)
 	out := fs.String("out", "", "write to this file instead of standard output")
 	withPEM := fs.Bool("pem", false, "include each certificate as PEM")
-	if err := parse(fs, args); err != nil {
+	qf.limit = 1000 // a page of each log at a time; export reads them all
+	var req *adminv1.QueryLogRequest
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
+		req, err = qf.request()
 		return err
-	}
-	qf.limit = 1000
-	req, err := qf.request()
-	if err != nil {
-		return err
-	}
-	shards, ctx, done, err := lf.connectShards(ctx)
+	})
 	if err != nil {
 		return err
 	}

@@ -75,36 +75,42 @@ type rolloutServiceAccount struct {
 	LatestNotAfter string `json:"latest_not_after,omitempty"`
 }
 
+// podsClient is the client of the cluster whose pods rollout checks: of
+// kubeconfig, or in-cluster; nil, said on stderr, when there is neither.
+func podsClient(kubeconfig string, stderr io.Writer) (kubernetes.Interface, error) {
+	if kubeconfig == "" && !kube.InCluster() {
+		fmt.Fprintln(stderr, "no API server (--kubeconfig, $KUBECONFIG or in-cluster): listing certificates only, pods not checked")
+		return nil, nil
+	}
+	c, err := kube.NewClient(kubeconfig, "transitca-report")
+	if err != nil {
+		return nil, err
+	}
+	return c.Clientset, nil
+}
+
 func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca report rollout", stderr)
 	namespace := fs.String("namespace", "", "only this namespace")
 	at := fs.String("at", "now", "certificates live at this time (RFC 3339, \"now\" or a duration from now); pods are always as of now")
 	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster whose pods to check (default $KUBECONFIG, else in-cluster)")
 	output := fs.String("o", "table", "output: table or json")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if *output != "table" && *output != "json" {
-		return fmt.Errorf("-o %q: want table or json", *output)
-	}
-	ts, err := parseWhen(*at)
-	if err != nil {
-		return fmt.Errorf("--at: %w", err)
-	}
-	when := ts.AsTime()
-
-	var pods kubernetes.Interface
-	if *kubeconfig != "" || kube.InCluster() {
-		c, err := kube.NewClient(*kubeconfig, "transitca-report")
-		if err != nil {
-			return err
+	var (
+		when time.Time
+		pods kubernetes.Interface
+	)
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() error {
+		if *output != "table" && *output != "json" {
+			return fmt.Errorf("-o %q: want table or json", *output)
 		}
-		pods = c.Clientset
-	} else {
-		fmt.Fprintln(stderr, "no API server (--kubeconfig, $KUBECONFIG or in-cluster): listing certificates only, pods not checked")
-	}
-
-	shards, ctx, done, err := lf.connectShards(ctx)
+		ts, err := parseWhen(*at)
+		if err != nil {
+			return fmt.Errorf("--at: %w", err)
+		}
+		when = ts.AsTime()
+		pods, err = podsClient(*kubeconfig, stderr)
+		return err
+	})
 	if err != nil {
 		return err
 	}
