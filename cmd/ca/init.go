@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 
@@ -14,8 +13,7 @@ import (
 )
 
 func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ca init", stderr)
 	var common commonFlags
 	common.register(fs)
 	keyType := fs.String("root-key-type", "", "root key type: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (overrides ca.root_key_type)")

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,8 +17,7 @@ import (
 // logAcceptDamage accepts the possible loss a damaged bbolt meta page
 // stands for, with an admin entry that records it.
 func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca log accept-damage", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ca log accept-damage", stderr)
 	db := fs.String("db", "", "the log file (the daemon must be stopped) (required)")
 	txid := fs.Uint64("confirm-txid", 0, "the transaction that may be lost, as \"ca log verify\" names it (required)")
 	actor := fs.String("actor", os.Getenv("USER"), "who accepts the loss, recorded in the log")

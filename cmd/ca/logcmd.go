@@ -10,7 +10,7 @@ import (
 )
 
 func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+	subs := map[string]runFunc{
 		"query":      logQuery,
 		"show":       logShow,
 		"export":     logExport,
@@ -21,14 +21,24 @@ func runLog(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 		"accept-damage": logAcceptDamage,
 	}
+	return runLogSubcommand(ctx, args, stdout, stderr, subs, "log subcommand", `usage: ca log query|show|export|verify|prove|checkpoint|backup|accept-damage [flags]
+
+Reads the issuance log through a running daemon's admin API (--addr, with an admin
+client certificate) or from a file (--db). Run "ca log <sub> -h" for flags.
+`)
+}
+
+// runLogSubcommand runs the subcommand of ca log or ca report that args[0]
+// names in subs, adding to its error the command that accepts a damaged
+// log; without a subcommand, or with one it does not know (what names the
+// kind), it prints usage and fails.
+func runLogSubcommand(ctx context.Context, args []string, stdout, stderr io.Writer, subs map[string]runFunc, what, usage string) error {
 	if len(args) == 0 || subs[args[0]] == nil {
-		fmt.Fprintln(stderr, "usage: ca log query|show|export|verify|prove|checkpoint|backup|accept-damage [flags]")
-		fmt.Fprintln(stderr, "\nReads the issuance log through a running daemon's admin API (--addr, with an admin")
-		fmt.Fprintln(stderr, "client certificate) or from a file (--db). Run \"ca log <sub> -h\" for flags.")
+		fmt.Fprint(stderr, usage)
 		if len(args) == 0 {
 			return errUsage
 		}
-		return fmt.Errorf("unknown log subcommand %q", args[0])
+		return fmt.Errorf("unknown %s %q", what, args[0])
 	}
 	return withDamageHint(subs[args[0]](ctx, args[1:], stdout, stderr))
 }

@@ -188,8 +188,7 @@ func parsePrepare(fs *flag.FlagSet, args []string, prepare func() error) error {
 // newLogFlagSet is the flag set of a log subcommand, with the flags that say
 // where the log is.
 func newLogFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *logFlags) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet(name, stderr)
 	lf := &logFlags{}
 	lf.register(fs)
 	return fs, lf

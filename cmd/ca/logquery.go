@@ -26,6 +26,9 @@ type queryFlags struct {
 	from, to, validAt, expiringBefore         string
 	newest                                    bool
 	limit                                     int
+
+	// req is the request the filters make, once prepare checked them.
+	req *adminv1.QueryLogRequest
 }
 
 func (q *queryFlags) register(fs *flag.FlagSet) {
@@ -57,6 +60,12 @@ func parseWhen(s string) (*timestamppb.Timestamp, error) {
 		return nil, fmt.Errorf("time %q: want RFC 3339 (2026-01-02T15:04:05Z), \"now\" or a duration", s)
 	}
 	return timestamppb.New(t), nil
+}
+
+// prepare checks the filters and makes the request, q.req.
+func (q *queryFlags) prepare() (err error) {
+	q.req, err = q.request()
+	return err
 }
 
 func (q *queryFlags) request() (*adminv1.QueryLogRequest, error) {
@@ -162,16 +171,12 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&qf.limit, "limit", 50, "entries per page")
 	page := fs.String("page-token", "", "continue from a previous page")
 	asJSON := fs.Bool("json", false, "JSON lines instead of a table")
-	var req *adminv1.QueryLogRequest
-	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
-		req, err = qf.request()
-		return err
-	})
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, qf.prepare)
 	if err != nil {
 		return err
 	}
 	defer done()
-	m, err := newMergedQuery(shards, req, *page)
+	m, err := newMergedQuery(shards, qf.req, *page)
 	if err != nil {
 		return err
 	}
@@ -226,18 +231,14 @@ func logExport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	out := fs.String("out", "", "write to this file instead of standard output")
 	withPEM := fs.Bool("pem", false, "include each certificate as PEM")
 	qf.limit = 1000 // a page of each log at a time; export reads them all
-	var req *adminv1.QueryLogRequest
-	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
-		req, err = qf.request()
-		return err
-	})
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, qf.prepare)
 	if err != nil {
 		return err
 	}
 	defer done()
 	n := 0
 	export := func(w io.Writer) error {
-		m, err := newMergedQuery(shards, req, "")
+		m, err := newMergedQuery(shards, qf.req, "")
 		if err != nil {
 			return err
 		}

@@ -23,23 +23,19 @@ import (
 )
 
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+	subs := map[string]runFunc{
 		"rollout":  reportRollout,
 		"evidence": reportEvidence,
 	}
-	if len(args) == 0 || subs[args[0]] == nil {
-		fmt.Fprintln(stderr, "usage: ca report rollout|evidence [flags]")
-		fmt.Fprintln(stderr, "\nrollout: per namespace, the service accounts that hold a live certificate and")
-		fmt.Fprintln(stderr, "those that run pods without one: the list to check before a namespace goes STRICT.")
-		fmt.Fprintln(stderr, "\nevidence --from T1 [--to T2]: for an auditor, what was issued in the period, against")
-		fmt.Fprintln(stderr, "the tiers' policy; denials; rotations and drills; the checkpoint and the commands that")
-		fmt.Fprintln(stderr, "recompute every figure from a backup of the log (HTML, or -o json).")
-		if len(args) == 0 {
-			return errUsage
-		}
-		return fmt.Errorf("unknown report %q", args[0])
-	}
-	return withDamageHint(subs[args[0]](ctx, args[1:], stdout, stderr))
+	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence [flags]
+
+rollout: per namespace, the service accounts that hold a live certificate and
+those that run pods without one: the list to check before a namespace goes STRICT.
+
+evidence --from T1 [--to T2]: for an auditor, what was issued in the period, against
+the tiers' policy; denials; rotations and drills; the checkpoint and the commands that
+recompute every figure from a backup of the log (HTML, or -o json).
+`)
 }
 
 // rolloutReport is the JSON form of ca report rollout: stable field names.
