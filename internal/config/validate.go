@@ -93,19 +93,25 @@ var keyTypes = []issuer.KeyType{
 	issuer.KeyECDSAP256, issuer.KeyECDSAP384, issuer.KeyRSA2048, issuer.KeyRSA3072, issuer.KeyRSA4096, issuer.KeyEd25519,
 }
 
-// checkCAKeyType returns an error naming key and the key types allowed
-// unless value is a key type a root or intermediate may have.
-func checkCAKeyType(key, value string) error {
-	if issuer.KeyType(value).CanCertify() {
-		return nil
-	}
+// CAKeyTypes returns the values ca.root_key_type and
+// ca.intermediate_key_type may have, in the order messages list them.
+func CAKeyTypes() []string {
 	var allowed []string
 	for _, t := range keyTypes {
 		if t.CanCertify() {
 			allowed = append(allowed, string(t))
 		}
 	}
-	return fmt.Errorf("%s: %q is not one of %s", key, value, strings.Join(allowed, ", "))
+	return allowed
+}
+
+// checkCAKeyType returns an error naming key and the key types allowed
+// unless value is a key type a root or intermediate may have.
+func checkCAKeyType(key, value string) error {
+	if issuer.KeyType(value).CanCertify() {
+		return nil
+	}
+	return fmt.Errorf("%s: %q is not one of %s", key, value, strings.Join(CAKeyTypes(), ", "))
 }
 
 // validateServer checks the listeners and the serving certificate.
