@@ -224,7 +224,8 @@ func (c *Config) validateRotation() []error {
 			bad("rotation.schedule.check_every: must not be negative")
 		}
 	}
-	if id := c.Rotation.DrillIdentity; id != "" && !strings.HasPrefix(id, "spiffe://"+c.TrustDomain+"/") {
+	// spiffeid.New with no path is the prefix of every ID in the trust domain.
+	if id := c.Rotation.DrillIdentity; id != "" && !strings.HasPrefix(id, spiffeid.New(c.TrustDomain)) {
 		bad("rotation.drill_identity: %q is not a SPIFFE ID in trust domain %s", id, c.TrustDomain)
 	}
 	return errs
