@@ -25,8 +25,7 @@ type adminFlags struct {
 }
 
 func newAdminFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *adminFlags) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet(name, stderr)
 	af := &adminFlags{}
 	af.conn.registerConn(fs)
 	fs.StringVar(&af.output, "o", "text", "output: text or json")
@@ -77,7 +76,7 @@ func (f *adminFlags) print(w io.Writer, m proto.Message, text func(io.Writer)) e
 func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	subs := []struct {
 		name, summary string
-		run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+		run           runFunc
 	}{
 		{"status", "the roots in the bundle, the issuing intermediate, the rotation state, the last drill", adminStatus},
 		{"rotate-intermediate", "replace the issuing intermediate now", adminRotateIntermediate},

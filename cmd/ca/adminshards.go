@@ -57,7 +57,7 @@ func (f *adminFlags) checkRetireShards(ctx context.Context, c adminv1.AdminServi
 			return nil // the daemon says why there is nothing to retire
 		}
 	}
-	shards, ctx, done, err := f.conn.connectShards(ctx)
+	shards, ctx, done, err := f.conn.openShards(ctx)
 	if err != nil {
 		return err
 	}
@@ -104,7 +104,7 @@ func (f *adminFlags) checkRetireShards(ctx context.Context, c adminv1.AdminServi
 // with fingerprint fp signed, in every replica's log, grouped by workload
 // as the daemon groups them, and their number.
 func (f *adminFlags) signedByInShards(ctx context.Context, fp string) ([]*adminv1.AffectedWorkload, int, error) {
-	shards, ctx, done, err := f.conn.connectShards(ctx)
+	shards, ctx, done, err := f.conn.openShards(ctx)
 	if err != nil {
 		return nil, 0, err
 	}

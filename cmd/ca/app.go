@@ -11,11 +11,14 @@ import (
 	"github.com/transitca/transitca/internal/config"
 )
 
+// runFunc runs a command or subcommand with its arguments.
+type runFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+
 // command is one subcommand of ca.
 type command struct {
 	name    string
 	summary string
-	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+	run     runFunc
 }
 
 func commands() []command {
@@ -90,6 +93,14 @@ func (f *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.dataDir, "data-dir", "", "data directory (overrides data_dir)")
 	fs.StringVar(&f.trustDomain, "trust-domain", "", "SPIFFE trust domain (overrides trust_domain)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+}
+
+// newFlagSet is the flag set of a command: errors are returned, not
+// fatal, and usage goes to stderr.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
 }
 
 // parse parses args with fs and reports usage errors.

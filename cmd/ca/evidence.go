@@ -150,6 +150,49 @@ type evidenceCommand struct {
 // eventActions are the admin actions the report lists as key events.
 var eventActions = regexp.MustCompile(`^(root-|intermediate-|drill$)`)
 
+// evidencePeriod is the period --from and --to name, in whole seconds, so
+// that the recomputing commands (jq compares whole seconds) select exactly
+// the same entries; rounded outwards, so that "--to now" includes the
+// current second.
+func evidencePeriod(from, to string) (start, end time.Time, err error) {
+	if from == "" {
+		return start, end, fmt.Errorf("--from is required: the period starts there")
+	}
+	t1, err := parseWhen(from)
+	if err != nil {
+		return start, end, fmt.Errorf("--from: %w", err)
+	}
+	t2, err := parseWhen(to)
+	if err != nil {
+		return start, end, fmt.Errorf("--to: %w", err)
+	}
+	start, end = t1.AsTime().UTC().Truncate(time.Second), t2.AsTime().UTC()
+	if e := end.Truncate(time.Second); e.Before(end) {
+		end = e.Add(time.Second)
+	}
+	if !start.Before(end) {
+		return start, end, fmt.Errorf("the period is empty: --from %s is not before --to %s", start.Format(time.RFC3339), end.Format(time.RFC3339))
+	}
+	return start, end, nil
+}
+
+// tierFallback returns the tiers' max_ttl of the configuration file
+// configFile, nil when it is "".
+func tierFallback(configFile string) (map[string]time.Duration, error) {
+	if configFile == "" {
+		return nil, nil
+	}
+	c, err := config.Load(configFile)
+	if err != nil {
+		return nil, err
+	}
+	fallback := map[string]time.Duration{}
+	for name, t := range c.Tiers {
+		fallback[name] = t.MaxTTL.Std()
+	}
+	return fallback, nil
+}
+
 func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca report evidence", stderr)
 	from := fs.String("from", "", "start of the period, inclusive (RFC 3339 or a duration from now such as -720h; required)")
@@ -157,49 +200,23 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 	configFile := fs.String("config", "", "configuration whose tiers apply where the log records no policy (a log written before start entries did)")
 	output := fs.String("o", "html", "output: html or json")
 	outFile := fs.String("out", "", "write the report to this file instead of standard output")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if *output != "html" && *output != "json" {
-		return fmt.Errorf("-o %q: want html or json", *output)
-	}
-	if *from == "" {
-		return fmt.Errorf("--from is required: the period starts there")
-	}
-	t1, err := parseWhen(*from)
-	if err != nil {
-		return fmt.Errorf("--from: %w", err)
-	}
-	t2, err := parseWhen(*to)
-	if err != nil {
-		return fmt.Errorf("--to: %w", err)
-	}
-	// Whole seconds, so that the recomputing commands (jq compares whole
-	// seconds) select exactly the same entries; rounded outwards, so that
-	// "--to now" includes the current second.
-	start, end := t1.AsTime().UTC().Truncate(time.Second), t2.AsTime().UTC()
-	if e := end.Truncate(time.Second); e.Before(end) {
-		end = e.Add(time.Second)
-	}
-	if !start.Before(end) {
-		return fmt.Errorf("the period is empty: --from %s is not before --to %s", start.Format(time.RFC3339), end.Format(time.RFC3339))
-	}
-	if lf.db != "" && lf.verifierKey == "" {
-		return fmt.Errorf("with --db, --verifier-key is required: the report checks the log's checkpoints against the CA's key")
-	}
-	var fallback map[string]time.Duration
-	if *configFile != "" {
-		c, err := config.Load(*configFile)
-		if err != nil {
+	var (
+		start, end time.Time
+		fallback   map[string]time.Duration
+	)
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
+		if *output != "html" && *output != "json" {
+			return fmt.Errorf("-o %q: want html or json", *output)
+		}
+		if start, end, err = evidencePeriod(*from, *to); err != nil {
 			return err
 		}
-		fallback = map[string]time.Duration{}
-		for name, t := range c.Tiers {
-			fallback[name] = t.MaxTTL.Std()
+		if lf.db != "" && lf.verifierKey == "" {
+			return fmt.Errorf("with --db, --verifier-key is required: the report checks the log's checkpoints against the CA's key")
 		}
-	}
-
-	shards, ctx, done, err := lf.connectShards(ctx)
+		fallback, err = tierFallback(*configFile)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/daemon"
@@ -14,11 +14,10 @@ import (
 )
 
 func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca init", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ca init", stderr)
 	var common commonFlags
 	common.register(fs)
-	keyType := fs.String("root-key-type", "", "root key type: ecdsa-p256 (default), ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (overrides ca.root_key_type)")
+	keyType := fs.String("root-key-type", "", "root key type: "+strings.Join(config.CAKeyTypes(), ", ")+"; default "+config.Default().CA.RootKeyType+" (overrides ca.root_key_type)")
 	mode := fs.String("intermediate-mode", "", "issuing intermediate: memory or vault (overrides ca.intermediate_mode)")
 	enableTransit := fs.Bool("enable-transit", false, "mount a Transit secrets engine at vault.transit_mount when none is mounted there")
 	enableKV := fs.Bool("enable-kv", false, "mount a KV version 2 secrets engine at vault.kv_mount when none is mounted there")

@@ -141,9 +141,9 @@ type shard struct {
 	api        logAPI
 }
 
-// connectShards opens every log the flags name and bounds the work on them
+// openShards opens every log the flags name and bounds the work on them
 // by --timeout; done releases them all.
-func (f *logFlags) connectShards(ctx context.Context) ([]shard, context.Context, func(), error) {
+func (f *logFlags) openShards(ctx context.Context) ([]shard, context.Context, func(), error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	var (
 		shards  []shard

@@ -25,18 +25,15 @@ func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs, lf := newLogFlagSet("ca log verify", stderr)
 	since := fs.String("since", "", "also check that the log extends this signed checkpoint kept earlier (a file saved from \"ca log checkpoint\")")
 	fs.StringVar(&lf.witnessFile, "witness", "", "with --db: check the log against this witness file (default: "+daemon.WitnessFileName+" next to the log file, if present)")
-	if err := parse(fs, args); err != nil {
+	var vkey string
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
+		if len(lf.dbs) > 1 && lf.witnessFile != "" {
+			return errors.New("--witness names the witness of one log; with several --db, each is checked against the " + daemon.WitnessFileName + " next to it")
+		}
+		lf.witnessNextToLog = true
+		vkey, err = lf.verifierKeyText()
 		return err
-	}
-	if len(lf.dbs) > 1 && lf.witnessFile != "" {
-		return errors.New("--witness names the witness of one log; with several --db, each is checked against the " + daemon.WitnessFileName + " next to it")
-	}
-	lf.witnessNextToLog = true
-	vkey, err := lf.verifierKeyText()
-	if err != nil {
-		return err
-	}
-	shards, ctx, done, err := lf.connectShards(ctx)
+	})
 	if err != nil {
 		return err
 	}

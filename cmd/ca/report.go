@@ -23,23 +23,19 @@ import (
 )
 
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+	subs := map[string]runFunc{
 		"rollout":  reportRollout,
 		"evidence": reportEvidence,
 	}
-	if len(args) == 0 || subs[args[0]] == nil {
-		fmt.Fprintln(stderr, "usage: ca report rollout|evidence [flags]")
-		fmt.Fprintln(stderr, "\nrollout: per namespace, the service accounts that hold a live certificate and")
-		fmt.Fprintln(stderr, "those that run pods without one: the list to check before a namespace goes STRICT.")
-		fmt.Fprintln(stderr, "\nevidence --from T1 [--to T2]: for an auditor, what was issued in the period, against")
-		fmt.Fprintln(stderr, "the tiers' policy; denials; rotations and drills; the checkpoint and the commands that")
-		fmt.Fprintln(stderr, "recompute every figure from a backup of the log (HTML, or -o json).")
-		if len(args) == 0 {
-			return errUsage
-		}
-		return fmt.Errorf("unknown report %q", args[0])
-	}
-	return withDamageHint(subs[args[0]](ctx, args[1:], stdout, stderr))
+	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence [flags]
+
+rollout: per namespace, the service accounts that hold a live certificate and
+those that run pods without one: the list to check before a namespace goes STRICT.
+
+evidence --from T1 [--to T2]: for an auditor, what was issued in the period, against
+the tiers' policy; denials; rotations and drills; the checkpoint and the commands that
+recompute every figure from a backup of the log (HTML, or -o json).
+`)
 }
 
 // rolloutReport is the JSON form of ca report rollout: stable field names.
@@ -75,36 +71,42 @@ type rolloutServiceAccount struct {
 	LatestNotAfter string `json:"latest_not_after,omitempty"`
 }
 
+// podsClient is the client of the cluster whose pods rollout checks: of
+// kubeconfig, or in-cluster; nil, said on stderr, when there is neither.
+func podsClient(kubeconfig string, stderr io.Writer) (kubernetes.Interface, error) {
+	if kubeconfig == "" && !kube.InCluster() {
+		fmt.Fprintln(stderr, "no API server (--kubeconfig, $KUBECONFIG or in-cluster): listing certificates only, pods not checked")
+		return nil, nil
+	}
+	c, err := kube.NewClient(kubeconfig, "transitca-report")
+	if err != nil {
+		return nil, err
+	}
+	return c.Clientset, nil
+}
+
 func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca report rollout", stderr)
 	namespace := fs.String("namespace", "", "only this namespace")
 	at := fs.String("at", "now", "certificates live at this time (RFC 3339, \"now\" or a duration from now); pods are always as of now")
 	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster whose pods to check (default $KUBECONFIG, else in-cluster)")
 	output := fs.String("o", "table", "output: table or json")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if *output != "table" && *output != "json" {
-		return fmt.Errorf("-o %q: want table or json", *output)
-	}
-	ts, err := parseWhen(*at)
-	if err != nil {
-		return fmt.Errorf("--at: %w", err)
-	}
-	when := ts.AsTime()
-
-	var pods kubernetes.Interface
-	if *kubeconfig != "" || kube.InCluster() {
-		c, err := kube.NewClient(*kubeconfig, "transitca-report")
-		if err != nil {
-			return err
+	var (
+		when time.Time
+		pods kubernetes.Interface
+	)
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() error {
+		if *output != "table" && *output != "json" {
+			return fmt.Errorf("-o %q: want table or json", *output)
 		}
-		pods = c.Clientset
-	} else {
-		fmt.Fprintln(stderr, "no API server (--kubeconfig, $KUBECONFIG or in-cluster): listing certificates only, pods not checked")
-	}
-
-	shards, ctx, done, err := lf.connectShards(ctx)
+		ts, err := parseWhen(*at)
+		if err != nil {
+			return fmt.Errorf("--at: %w", err)
+		}
+		when = ts.AsTime()
+		pods, err = podsClient(*kubeconfig, stderr)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -33,8 +32,7 @@ import (
 )
 
 func runRequest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca request", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ca request", stderr)
 	addr := fs.String("addr", "127.0.0.1:15012", "transitca gRPC address")
 	token := fs.String("token", "", "service-account token")
 	tokenFile := fs.String("token-file", "", "file holding the service-account token")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -25,8 +24,7 @@ type serveFlags struct {
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ca serve", stderr)
 	var f serveFlags
 	f.common.register(fs)
 	fs.StringVar(&f.listen, "listen", "", "gRPC listen address (overrides server.listen)")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -12,8 +11,7 @@ import (
 )
 
 func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("ca token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("ca token", stderr)
 	var common commonFlags
 	common.register(fs)
 	ns := fs.String("namespace", "default", "Kubernetes namespace of the workload")

@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/transitca/transitca/internal/spiffeid"
@@ -91,29 +90,11 @@ func (c *Config) validateIstiod() []error {
 }
 
 // isDNSLabel reports whether s matches [a-z0-9]([-a-z0-9]*[a-z0-9])? and is
-// at most 63 bytes: a namespace or Service name.
-func isDNSLabel(s string) bool {
-	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
-}
+// at most 63 bytes: a namespace or Service name. It is the namespace rule
+// of spiffeid, which Service names share.
+func isDNSLabel(s string) bool { return spiffeid.ValidNamespace(s) }
 
 // isDNSName reports whether s is dot-separated DNS labels of at most 253
-// bytes in all.
-func isDNSName(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for l := range strings.SplitSeq(s, ".") {
-		if !isDNSLabel(l) {
-			return false
-		}
-	}
-	return true
-}
+// bytes in all: the service account rule of spiffeid (an RFC 1123 DNS
+// subdomain), which the DNS names of istiod's certificate share.
+func isDNSName(s string) bool { return spiffeid.ValidServiceAccount(s) }

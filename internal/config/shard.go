@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// ShardAuto, as log.shard, names a replica's shard after its pod
+// ShardAuto is the log.shard that names a replica's shard after its pod
 // ($POD_NAME, which the Helm chart sets from the pod's name) or, outside
 // Kubernetes, after the host name.
 const ShardAuto = "auto"
