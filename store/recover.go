@@ -218,7 +218,7 @@ func extendsAcknowledged(db *bolt.DB, stored *compact.Range, ack uint64, ackRoot
 			return err
 		}
 		if err := proof.VerifyConsistency(hasher, ack, size, p, ackRoot, rootOf(stored)); err != nil {
-			return fmt.Errorf("%w: the file's %d entries do not extend the %d acknowledged: %v", ErrRolledBack, size, ack, err)
+			return fmt.Errorf("%w: the file's %d entries do not extend the %d acknowledged: %w", ErrRolledBack, size, ack, err)
 		}
 		return nil
 	})

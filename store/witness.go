@@ -89,9 +89,9 @@ func (l *Log) checkAgainst(signed []byte, what string) error {
 	cp, verified, err := checkpointBody(signed, l.verifiers)
 	switch {
 	case err != nil && l.verifiers != nil:
-		return fmt.Errorf("%s: %w: signature does not verify: %v", what, ErrInvalidCheckpoint, err)
+		return fmt.Errorf("%s: %w: signature does not verify: %w", what, ErrInvalidCheckpoint, err)
 	case err != nil:
-		return fmt.Errorf("%s: %w: %v", what, ErrInvalidCheckpoint, err)
+		return fmt.Errorf("%s: %w: %w", what, ErrInvalidCheckpoint, err)
 	case l.verifiers != nil && !verified:
 		return fmt.Errorf("%s: %w: not signed by a known key", what, ErrInvalidCheckpoint)
 	}
@@ -113,7 +113,7 @@ func (l *Log) checkAgainst(signed []byte, what string) error {
 			err = proof.VerifyConsistency(hasher, cp.Size, n, p, cp.Root, rootOf(tree))
 		}
 		if err != nil {
-			return fmt.Errorf("log file %q: %w: its %d entries do not extend the tree of size %d that %s commits to: %v",
+			return fmt.Errorf("log file %q: %w: its %d entries do not extend the tree of size %d that %s commits to: %w",
 				l.path, ErrRolledBack, n, cp.Size, what, err)
 		}
 		return nil

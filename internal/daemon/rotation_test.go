@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"io"
 	"net/url"
 	"slices"
@@ -261,7 +262,7 @@ func TestRotationThroughTheAdminAPI(t *testing.T) {
 	var listed, listedSerials []string
 	for {
 		m, err := stream.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -88,7 +88,7 @@ func Immutable(tb testing.TB, path string, on bool) {
 	flag := "-i"
 	if on {
 		flag = "+i"
-		tb.Cleanup(func() { _ = exec.Command("chattr", "-i", path).Run() })
+		tb.Cleanup(func() { _, _ = tool("chattr", "-i", path) })
 	}
 	run(tb, "chattr", flag, path)
 }
@@ -101,19 +101,25 @@ func mkdir(tb testing.TB, dir string) {
 }
 
 func unmount(tb testing.TB, dir string) {
-	if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+	if out, err := tool("umount", dir); err != nil {
 		// Something still holds it (a daemon not yet stopped): detach it.
-		if out2, err2 := exec.Command("umount", "-l", dir).CombinedOutput(); err2 != nil {
+		if out2, err2 := tool("umount", "-l", dir); err2 != nil {
 			tb.Errorf("faultfs: umount %s: %v: %s; %s", dir, err, out, out2)
 		}
 	}
+}
+
+// tool runs one of the system tools a fault needs (mount, umount, mkfs,
+// chattr) and returns its combined output.
+func tool(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).CombinedOutput() //nolint:gosec // G204: the callers in this file name fixed system tools; the arguments are test paths
 }
 
 // run runs a command the fault needs and fails the test, saying why, if it
 // cannot.
 func run(tb testing.TB, name string, args ...string) {
 	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	out, err := tool(name, args...)
 	if err != nil {
 		tb.Fatalf("faultfs: %s %s: %v: %s (these tests need root, mount, loop devices and mkfs.ext4; they are never skipped)",
 			name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
