@@ -438,14 +438,16 @@ func (l *Log) Close() error {
 // signing needs Vault, and a shutdown must not hang on an unreachable
 // Vault. A checkpoint not written now is written soon after the next Open.
 func (l *Log) finalCheckpoint() {
+	// Close takes no context: nothing of the caller's applies.
+	ctx := context.Background()
 	close(l.cpStop)
 	timer := time.NewTimer(l.opts.CloseTimeout)
 	defer timer.Stop()
 	select {
 	case <-l.cpDone:
 	case <-timer.C:
-		l.logger.Warn("issuance log: closing without a final checkpoint: the checkpoint signer did not answer; the checkpoint will be written at the next start",
-			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "timeout", l.opts.CloseTimeout)
+		l.logger.WarnContext(ctx, "issuance log: closing without a final checkpoint: the checkpoint signer did not answer; the checkpoint will be written at the next start",
+			slog.String("path", l.path), slog.Uint64("size", l.Size()), slog.Uint64("checkpoint_size", l.cpSize.Load()), slog.Duration("timeout", l.opts.CloseTimeout))
 		return
 	}
 	l.cpMu.Lock()
@@ -466,8 +468,8 @@ func (l *Log) finalCheckpoint() {
 		err = fmt.Errorf("the checkpoint signer did not answer within %v", l.opts.CloseTimeout)
 	}
 	if err != nil && !errors.Is(err, ErrFailed) {
-		l.logger.Warn("issuance log: closing without a final checkpoint; it will be written at the next start",
-			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "err", err)
+		l.logger.WarnContext(ctx, "issuance log: closing without a final checkpoint; it will be written at the next start",
+			slog.String("path", l.path), slog.Uint64("size", l.Size()), slog.Uint64("checkpoint_size", l.cpSize.Load()), slog.Any("error", err))
 	}
 }
 

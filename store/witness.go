@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -177,12 +178,14 @@ func (l *Log) publishLocked() {
 	if !l.witnessKnown {
 		latest, err := w.Latest(ctx)
 		if err != nil {
-			l.logger.Error("issuance log: cannot read the witness; publishing at the next checkpoint", "path", l.path, "err", err)
+			l.logger.ErrorContext(ctx, "issuance log: cannot read the witness; publishing at the next checkpoint",
+				slog.String("path", l.path), slog.Any("error", err))
 			return
 		}
 		if latest != nil {
 			if err := l.checkAgainst(latest, witnessWhat); err != nil {
-				l.logger.Error("issuance log: the witness holds a checkpoint this log does not extend; not overwriting it", "path", l.path, "err", err)
+				l.logger.ErrorContext(ctx, "issuance log: the witness holds a checkpoint this log does not extend; not overwriting it",
+					slog.String("path", l.path), slog.Any("error", err))
 				return
 			}
 		}
@@ -195,8 +198,8 @@ func (l *Log) publishLocked() {
 		// Read the witness again before the next attempt: the failed
 		// write may have landed, or someone else wrote.
 		l.witnessKnown = false
-		l.logger.Error("issuance log: publishing the checkpoint to the witness failed; retrying at the next checkpoint",
-			"path", l.path, "size", l.cpSize.Load(), "err", err)
+		l.logger.ErrorContext(ctx, "issuance log: publishing the checkpoint to the witness failed; retrying at the next checkpoint",
+			slog.String("path", l.path), slog.Uint64("size", l.cpSize.Load()), slog.Any("error", err))
 		return
 	}
 	l.witnessPrev = signed

@@ -492,7 +492,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
-	d.shutdown(time.Now().Add(d.cfg.Server.ShutdownTimeout.Std() - logCloseTimeout(d.cfg)))
+	d.shutdown(context.WithoutCancel(ctx), time.Now().Add(d.cfg.Server.ShutdownTimeout.Std()-logCloseTimeout(d.cfg)))
 	return err
 }
 
@@ -501,9 +501,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 // the requests still running are cut off: their callers get Unavailable,
 // which istio-agent retries, and a certificate is handed out only if it
 // was recorded.
-func (d *Daemon) shutdown(deadline time.Time) {
+func (d *Daemon) shutdown(ctx context.Context, deadline time.Time) {
 	start := time.Now()
-	d.log.Info("shutting down", slog.Duration("grace", time.Until(deadline).Round(time.Millisecond)))
+	d.log.InfoContext(ctx, "shutting down", slog.Duration("grace", time.Until(deadline).Round(time.Millisecond)))
 	d.ready.Store(false)
 	d.health.Shutdown()
 	stopped := make(chan struct{})
@@ -512,9 +512,9 @@ func (d *Daemon) shutdown(deadline time.Time) {
 	defer t.Stop()
 	select {
 	case <-stopped:
-		d.log.Info("requests in flight finished", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
+		d.log.InfoContext(ctx, "requests in flight finished", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
 	case <-t.C:
-		d.log.Warn("requests still in flight at the shutdown deadline are cut off")
+		d.log.WarnContext(ctx, "requests still in flight at the shutdown deadline are cut off")
 		d.grpcSrv.Stop()
 	}
 	if d.adminSrv != nil {
