@@ -17,6 +17,8 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/transitca/transitca/internal/atomicfile"
 )
 
 // Options configure Open. The zero value is a durable log without
@@ -253,7 +255,7 @@ func create(path string, opts Options) (*Log, error) {
 	})
 	if err == nil && !opts.NoSync {
 		// Make the new directory entry durable too.
-		err = syncDir(filepath.Dir(path))
+		err = atomicfile.SyncDir(filepath.Dir(path))
 	}
 	var l *Log
 	if err == nil {

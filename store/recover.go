@@ -14,6 +14,8 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/transitca/transitca/internal/atomicfile"
 )
 
 // maxRecoverInterval caps the wait between two recovery attempts.
@@ -282,7 +284,7 @@ func rewriteFile(path string, opts *Options) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // probeWritable is a cheap check, before the file is reopened and

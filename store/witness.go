@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/transparency-dev/merkle/proof"
@@ -80,7 +79,7 @@ func (w *FileWitness) Publish(ctx context.Context, prev, next []byte) error {
 	if err := atomicfile.Write(w.path, next, 0o600); err != nil {
 		return fmt.Errorf("witness file: %w", err)
 	}
-	return syncDir(filepath.Dir(w.path))
+	return nil
 }
 
 // checkAgainst checks that the committed tree extends the tree of the
