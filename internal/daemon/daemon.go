@@ -24,6 +24,7 @@ import (
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/kube"
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/internal/spiffeid"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
@@ -527,9 +528,9 @@ func (d *Daemon) shutdown(ctx context.Context, deadline time.Time) {
 	}
 }
 
-// Close releases what New acquired: listeners not yet served and the
-// issuance log (which writes its final checkpoint if it can). It is safe
-// to call more than once.
+// Close releases what New acquired: listeners not yet served, the
+// issuance log (which writes its final checkpoint if it can) and then the
+// Transit engine's signing goroutines. It is safe to call more than once.
 func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		var errs []error
@@ -552,6 +553,10 @@ func (d *Daemon) Close() error {
 				errs = append(errs, fmt.Errorf("close issuance log: %w", err))
 			}
 		}
+		if d.backend != nil && d.backend.Transit != nil {
+			// After the log: its final checkpoint is signed through Transit.
+			d.backend.Transit.Close()
+		}
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
@@ -560,14 +565,7 @@ func (d *Daemon) Close() error {
 // drillEvery runs an intermediate drill on a schedule. A failed drill is
 // logged and exported in the metrics; the daemon keeps serving.
 func (d *Daemon) drillEvery(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	loop.Every(ctx, every, func(ctx context.Context) {
 		rep, err := d.adminSvc.RunDrill(ctx, false)
 		switch {
 		case err != nil:
@@ -577,7 +575,7 @@ func (d *Daemon) drillEvery(ctx context.Context, every time.Duration) {
 		default:
 			d.log.InfoContext(ctx, "scheduled drill passed", slog.Int("steps", len(rep.GetSteps())))
 		}
-	}
+	})
 }
 
 // rotateOnSchedule prepares and activates roots at the configured
@@ -587,9 +585,7 @@ func (d *Daemon) rotateOnSchedule(ctx context.Context, sc config.RotationSchedul
 	if every <= 0 {
 		every = time.Hour
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
+	step := func(ctx context.Context) {
 		did, err := d.adminSvc.ScheduledStep(ctx, sc.PrepareAt, sc.ActivateAt)
 		switch {
 		case err != nil:
@@ -597,10 +593,7 @@ func (d *Daemon) rotateOnSchedule(ctx context.Context, sc config.RotationSchedul
 		case did != "":
 			d.log.InfoContext(ctx, "root rotation schedule: "+did)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
+	step(ctx)
+	loop.Every(ctx, every, step)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -307,5 +308,74 @@ func TestCloseLogWithVaultStopped(t *testing.T) {
 	defer ro.Close()
 	if _, err := ro.Verify(ctx, nil); err != nil {
 		t.Fatalf("the log after a close without Vault: %v", err)
+	}
+}
+
+// Close closes the issuance log before the Transit engine: the final
+// checkpoint, signed through Transit, covers the last entry, and signing
+// afterwards fails with issuer.ErrClosed (the batching goroutines ended).
+func TestCloseSignsTheFinalCheckpointThenClosesTransit(t *testing.T) {
+	ctx := context.Background()
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	cfg, err := config.Load(writeConfig(t, env, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	b, err := OpenBackend(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Keys.EnsureKey(ctx, "close-test", issuer.KeyECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	l, vkey, err := openLog(ctx, cfg, b, log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := b.Transit.Signer(ctx, "close-test", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	if _, err := signer.SignContext(ctx, digest[:], crypto.SHA256); err != nil {
+		t.Fatalf("sign before Close: %v", err)
+	}
+
+	d := &Daemon{cfg: cfg, log: log, backend: b, ilog: l}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := signer.SignContext(ctx, digest[:], crypto.SHA256); !errors.Is(err, issuer.ErrClosed) {
+		t.Fatalf("sign after Close = %v, want issuer.ErrClosed", err)
+	}
+
+	ro, err := store.Open(cfg.LogPath(), store.Options{ReadOnly: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	signed, err := ro.LatestCheckpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := store.OpenCheckpoint(signed, v)
+	if err != nil {
+		t.Fatalf("final checkpoint: %v", err)
+	}
+	if cp.Size != ro.Size() {
+		t.Fatalf("final checkpoint covers %d entries, the log has %d: it was not signed before Transit closed", cp.Size, ro.Size())
 	}
 }
