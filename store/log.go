@@ -230,15 +230,7 @@ func Open(path string, opts Options) (*Log, error) {
 		// Changed between the two opens: check again.
 		err = l.checkOnOpen()
 	}
-	if err == nil && opts.Witness != nil {
-		err = l.openWitness()
-	}
-	if err != nil {
-		_ = db.Close()
-		return nil, err
-	}
-	l.start()
-	return l, nil
+	return started(l, db, err)
 }
 
 // create creates a new log file (or initializes an empty one).
@@ -264,7 +256,14 @@ func create(path string, opts Options) (*Log, error) {
 	if err == nil {
 		err = l.checkOnOpen()
 	}
-	if err == nil && opts.Witness != nil {
+	return started(l, db, err)
+}
+
+// started finishes opening a checked log: it checks the log against its
+// witness, if it has one, and starts the log's goroutines. If err (what
+// came before) or the witness check fails, it closes db.
+func started(l *Log, db *bolt.DB, err error) (*Log, error) {
+	if err == nil && l.opts.Witness != nil {
 		err = l.openWitness()
 	}
 	if err != nil {
@@ -516,14 +515,20 @@ func (l *Log) Get(ctx context.Context, seq uint64) (*Entry, error) {
 // LeafData returns the stored record bytes of the entry at seq: the Merkle
 // leaf data that VerifyInclusion takes.
 func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
+	return l.value(ctx, bucketEntries, seqKey(seq), fmt.Sprintf("entry %d", seq))
+}
+
+// value returns a copy of what bucket holds under key, or an error wrapping
+// ErrNotFound that begins with missing.
+func (l *Log) value(ctx context.Context, bucket, key []byte, missing string) ([]byte, error) {
 	if err := l.readable(ctx); err != nil {
 		return nil, err
 	}
 	var out []byte
 	err := l.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
+		v := tx.Bucket(bucket).Get(key)
 		if v == nil {
-			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+			return fmt.Errorf("%s: %w", missing, ErrNotFound)
 		}
 		out = bytes.Clone(v)
 		return nil
