@@ -34,6 +34,15 @@ func Ext4(tb testing.TB, size int64) string {
 	tb.Helper()
 	base := tb.TempDir()
 	img, dir := filepath.Join(base, "ext4.img"), filepath.Join(base, "ext4")
+	loopFS(tb, "mkfs.ext4", img, size, dir, "loop")
+	return dir
+}
+
+// loopFS makes a file system with mkfs in an image file img of size bytes
+// and loop-mounts it, with the mount options opts, on dir, which it
+// creates; it is unmounted when the test ends.
+func loopFS(tb testing.TB, mkfs, img string, size int64, dir, opts string) {
+	tb.Helper()
 	mkdir(tb, dir)
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		tb.Fatal(err)
@@ -41,10 +50,9 @@ func Ext4(tb testing.TB, size int64) string {
 	if err := os.Truncate(img, size); err != nil {
 		tb.Fatal(err)
 	}
-	run(tb, "mkfs.ext4", "-q", "-F", img)
-	run(tb, "mount", "-o", "loop", img, dir)
+	run(tb, mkfs, "-q", "-F", img)
+	run(tb, "mount", "-o", opts, img, dir)
 	tb.Cleanup(func() { unmount(tb, dir) })
-	return dir
 }
 
 // Fill writes a file into dir until the file system is full, and returns
@@ -142,15 +150,6 @@ func NewFailingDisk(tb testing.TB, backingSize, fsSize int64) *FailingDisk {
 	tb.Helper()
 	back := Tmpfs(tb, backingSize)
 	img, dir := filepath.Join(back, "ext2.img"), filepath.Join(tb.TempDir(), "ext2")
-	mkdir(tb, dir)
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Truncate(img, fsSize); err != nil {
-		tb.Fatal(err)
-	}
-	run(tb, "mkfs.ext2", "-q", "-F", img)
-	run(tb, "mount", "-o", "loop,errors=continue", img, dir)
-	tb.Cleanup(func() { unmount(tb, dir) })
+	loopFS(tb, "mkfs.ext2", img, fsSize, dir, "loop,errors=continue")
 	return &FailingDisk{Dir: dir, Backing: back}
 }
