@@ -122,9 +122,7 @@ func checkRollbackRefused(t *testing.T, cfg *config.Config, b *Backend, publishe
 			t.Fatal(err)
 		}
 		for range n {
-			if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-				t.Fatal(err)
-			}
+			appendTestEntry(t, l)
 		}
 		if err := l.Close(); err != nil { // the final checkpoint is published
 			t.Fatal(err)
@@ -196,20 +194,12 @@ func TestOpenLogRefusesDamagedMeta(t *testing.T) {
 	cfg.Dev = true
 	cfg.DataDir = t.TempDir()
 	log := slog.New(slog.DiscardHandler)
-	b, err := OpenBackend(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-		t.Fatal(err)
-	}
+	b := openBackend(t, cfg, log)
 	l, _, err := openLog(ctx, cfg, b, log, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-		t.Fatal(err)
-	}
+	appendTestEntry(t, l)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -276,20 +266,12 @@ func TestCloseLogWithVaultStopped(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	b, err := OpenBackend(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-		t.Fatal(err)
-	}
+	b := openBackend(t, cfg, log)
 	l, _, err := openLog(ctx, cfg, b, log, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-		t.Fatal(err)
-	}
+	appendTestEntry(t, l)
 	srv.Stop()
 	start := time.Now()
 	if err := l.Close(); err != nil {
@@ -324,13 +306,7 @@ func TestCloseSignsTheFinalCheckpointThenClosesTransit(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	b, err := OpenBackend(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-		t.Fatal(err)
-	}
+	b := openBackend(t, cfg, log)
 	if _, err := b.Keys.EnsureKey(ctx, "close-test", issuer.KeyECDSAP256); err != nil {
 		t.Fatal(err)
 	}
@@ -338,9 +314,7 @@ func TestCloseSignsTheFinalCheckpointThenClosesTransit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-		t.Fatal(err)
-	}
+	appendTestEntry(t, l)
 	signer, err := b.Transit.Signer(ctx, "close-test", 0)
 	if err != nil {
 		t.Fatal(err)
