@@ -144,6 +144,24 @@ func checkTokenSize(token string) error {
 	return nil
 }
 
+// tokenScope checks what every token authenticator is given (the trust
+// domain, the clusters, the audiences) and returns the clusters and the
+// audiences, defaults filled in.
+func tokenScope(trustDomain string, clusters, audiences []string) ([]string, []string, error) {
+	if err := spiffeid.ValidTrustDomain(trustDomain); err != nil {
+		return nil, nil, err
+	}
+	clusters, err := clustersOrDefault(clusters)
+	if err != nil {
+		return nil, nil, err
+	}
+	audiences, err = audiencesOrDefault(audiences)
+	if err != nil {
+		return nil, nil, err
+	}
+	return clusters, audiences, nil
+}
+
 // clustersOrDefault returns the configured clusters, or [DefaultCluster].
 func clustersOrDefault(clusters []string) ([]string, error) {
 	if len(clusters) == 0 {

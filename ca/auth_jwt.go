@@ -72,14 +72,7 @@ func NewJWTAuthenticator(opts JWTOptions) (*JWTAuthenticator, error) {
 	if opts.Issuer == "" {
 		return nil, errors.New("jwt authenticator: issuer is empty")
 	}
-	if err := spiffeid.ValidTrustDomain(opts.TrustDomain); err != nil {
-		return nil, fmt.Errorf("jwt authenticator: %w", err)
-	}
-	clusters, err := clustersOrDefault(opts.Clusters)
-	if err != nil {
-		return nil, fmt.Errorf("jwt authenticator: %w", err)
-	}
-	audiences, err := audiencesOrDefault(opts.Audiences)
+	clusters, audiences, err := tokenScope(opts.TrustDomain, opts.Clusters, opts.Audiences)
 	if err != nil {
 		return nil, fmt.Errorf("jwt authenticator: %w", err)
 	}

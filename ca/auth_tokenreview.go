@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/transitca/transitca/internal/spiffeid"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -115,14 +114,7 @@ type TokenReviewAuthenticator struct {
 // reviewer token once to fail early (without Client), and returns the
 // authenticator.
 func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthenticator, error) {
-	if err := spiffeid.ValidTrustDomain(opts.TrustDomain); err != nil {
-		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
-	}
-	clusters, err := clustersOrDefault(opts.Clusters)
-	if err != nil {
-		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
-	}
-	audiences, err := audiencesOrDefault(opts.Audiences)
+	clusters, audiences, err := tokenScope(opts.TrustDomain, opts.Clusters, opts.Audiences)
 	if err != nil {
 		return nil, fmt.Errorf("tokenreview authenticator: %w", err)
 	}
@@ -360,7 +352,7 @@ func validPodUID(s string) bool {
 		return false
 	}
 	for _, c := range s {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && c != '-' {
 			return false
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/base64"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -44,7 +43,7 @@ func newLoggedService(t *testing.T, with func(*ca.ServiceOptions)) *loggedServic
 	t.Helper()
 	ctx := context.Background()
 	keys, certs := issuer.NewLocalKeys(""), issuer.NewLocalCerts("")
-	opts := issuer.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := issuer.Options{Logger: slog.New(slog.DiscardHandler)}
 	if _, err := issuer.Init(ctx, keys, certs, opts); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +73,7 @@ func newLoggedService(t *testing.T, with func(*ca.ServiceOptions)) *loggedServic
 		CSR:           ca.CSRPolicy{MaxBytes: 8 << 10},
 		Recorder:      ca.LogRecorder{Log: l},
 		Metrics:       ca.NewMetrics(reg, nil),
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:        slog.New(slog.DiscardHandler),
 	}
 	if with != nil {
 		with(&o)

@@ -81,10 +81,10 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.MaxRecvMsgSize(svc.csr.maxBytes() + MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 		// Agents keep their connection open between renewals: keep what an
-		// idle connection holds small.
+		// idle connection holds small (grpc shares the write buffer
+		// between writes by default).
 		grpc.ReadBufferSize(4 << 10),
 		grpc.WriteBufferSize(4 << 10),
-		grpc.SharedWriteBuffer(true),
 	}
 	refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
 	opts = append(opts, grpc.InTapHandle(admit(svc.inFlight, refused.Inc)))

@@ -97,7 +97,7 @@ func newHarnessWith(t *testing.T, opt func(*ca.ServiceOptions)) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	keys, certs := issuer.NewLocalKeys(""), issuer.NewLocalCerts("")
-	opts := issuer.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := issuer.Options{Logger: slog.New(slog.DiscardHandler)}
 	if _, err := issuer.Init(ctx, keys, certs, opts); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func newHarnessWith(t *testing.T, opt func(*ca.ServiceOptions)) *harness {
 		DNSNames: []string{"istiod.istio-system.svc"},
 	}}, policy.Rules...)
 	reg := prometheus.NewRegistry()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.DiscardHandler)
 	var sc *ca.ServingCert
 	metrics := ca.NewMetrics(reg, map[string]func() *x509.Certificate{
 		"root":         authority.Root,

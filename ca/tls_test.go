@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -22,7 +21,7 @@ func devAuthority(t *testing.T) *issuer.Authority {
 	t.Helper()
 	ctx := context.Background()
 	keys, certs := issuer.NewLocalKeys(""), issuer.NewLocalCerts("")
-	opts := issuer.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := issuer.Options{Logger: slog.New(slog.DiscardHandler)}
 	if _, err := issuer.Init(ctx, keys, certs, opts); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +114,7 @@ func TestServingCertRenewsWithoutRestart(t *testing.T) {
 	// half-life one second from now.
 	sc, err := ca.NewServingCert(ctx, devService(t, a, &countingRecorder{}), ca.ServingCertOptions{
 		DNSNames: []string{"localhost"}, TTL: 2*issuer.Backdate + 2*time.Second,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -143,7 +142,7 @@ func TestServingCertRenewsWithoutRestart(t *testing.T) {
 func TestTLS12AllowsOnlyECDHEAndAEAD(t *testing.T) {
 	a := devAuthority(t)
 	sc, err := ca.NewServingCert(context.Background(), devService(t, a, &countingRecorder{}), ca.ServingCertOptions{
-		DNSNames: []string{"localhost"}, TTL: time.Hour, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DNSNames: []string{"localhost"}, TTL: time.Hour, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)

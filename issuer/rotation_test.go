@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -107,7 +106,7 @@ func rotationOptions(mode issuer.Mode, clk *clock, rec *recorder) issuer.Options
 	o := issuer.Options{
 		Mode:   mode,
 		Now:    clk.Now,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.DiscardHandler),
 	}
 	if rec != nil {
 		o.OnIntermediate = rec.record

@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -53,7 +52,7 @@ func devCA(t *testing.T, now *time.Time, o issuer.Options) *issuer.Authority {
 	ctx := context.Background()
 	keys, certs := issuer.NewLocalKeys(""), issuer.NewLocalCerts("")
 	o.Now = func() time.Time { return *now }
-	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	o.Logger = slog.New(slog.DiscardHandler)
 	if _, err := issuer.Init(ctx, keys, certs, o); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +130,7 @@ func TestIntermediateCappedAtRoot(t *testing.T) {
 	keys, certs := issuer.NewLocalKeys(""), issuer.NewLocalCerts("")
 	o := issuer.Options{
 		RootTTL: 100 * 24 * time.Hour, IntermediateTTL: 60 * 24 * time.Hour,
-		Now: func() time.Time { return now }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler),
 	}
 	ctx := context.Background()
 	if _, err := issuer.Init(ctx, keys, certs, o); err != nil {

@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"encoding/pem"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -27,7 +26,7 @@ import (
 	"github.com/transitca/transitca/issuer"
 )
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+var quiet = slog.New(slog.DiscardHandler)
 
 // transitPolicy is what the daemon needs on its Transit mount.
 func transitPolicy(t *testing.T, env *vaulttest.Env) string {

@@ -264,19 +264,7 @@ func (l *Log) Checkpoints(ctx context.Context) ([]uint64, error) {
 // CheckpointAt returns the stored signed checkpoint of the given tree size,
 // or an error wrapping ErrNotFound.
 func (l *Log) CheckpointAt(ctx context.Context, size uint64) ([]byte, error) {
-	if err := l.readable(ctx); err != nil {
-		return nil, err
-	}
-	var out []byte
-	err := l.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketCheckpoints).Get(seqKey(size))
-		if v == nil {
-			return fmt.Errorf("no checkpoint of size %d: %w", size, ErrNotFound)
-		}
-		out = bytes.Clone(v)
-		return nil
-	})
-	return out, err
+	return l.value(ctx, bucketCheckpoints, seqKey(size), fmt.Sprintf("no checkpoint of size %d", size))
 }
 
 // WriteCheckpoint signs and stores a checkpoint of the current tree now,

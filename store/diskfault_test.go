@@ -185,7 +185,8 @@ func TestFsyncFailureStopsAppendsAndRecovers(t *testing.T) {
 	acked, err := appendUntilFailed(t, l)
 	// The block layer reports the failed writeback as EIO or, for a loop
 	// device out of space, ENOSPC; either way from fsync, not a write.
-	if !errors.Is(err, ErrFailed) || writeRefused(err) || !(errors.Is(err, syscall.EIO) || errors.Is(err, syscall.ENOSPC)) {
+	fromFsync := errors.Is(err, syscall.EIO) || errors.Is(err, syscall.ENOSPC)
+	if !errors.Is(err, ErrFailed) || writeRefused(err) || !fromFsync {
 		t.Fatalf("appending while writeback fails: %v, want ErrFailed from a failed fsync", err)
 	}
 	t.Logf("commit failed: %v", err)

@@ -284,15 +284,3 @@ func recoverCorrupt(path string, err *error) {
 		*err = fmt.Errorf("log file %q: %w: bbolt failed reading the file: %v", path, ErrCorrupt, r)
 	}
 }
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %q: %w", dir, err)
-	}
-	return nil
-}

@@ -17,6 +17,8 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/transitca/transitca/internal/atomicfile"
 )
 
 // Options configure Open. The zero value is a durable log without
@@ -228,15 +230,7 @@ func Open(path string, opts Options) (*Log, error) {
 		// Changed between the two opens: check again.
 		err = l.checkOnOpen()
 	}
-	if err == nil && opts.Witness != nil {
-		err = l.openWitness()
-	}
-	if err != nil {
-		_ = db.Close()
-		return nil, err
-	}
-	l.start()
-	return l, nil
+	return started(l, db, err)
 }
 
 // create creates a new log file (or initializes an empty one).
@@ -253,7 +247,7 @@ func create(path string, opts Options) (*Log, error) {
 	})
 	if err == nil && !opts.NoSync {
 		// Make the new directory entry durable too.
-		err = syncDir(filepath.Dir(path))
+		err = atomicfile.SyncDir(filepath.Dir(path))
 	}
 	var l *Log
 	if err == nil {
@@ -262,7 +256,14 @@ func create(path string, opts Options) (*Log, error) {
 	if err == nil {
 		err = l.checkOnOpen()
 	}
-	if err == nil && opts.Witness != nil {
+	return started(l, db, err)
+}
+
+// started finishes opening a checked log: it checks the log against its
+// witness, if it has one, and starts the log's goroutines. If err (what
+// came before) or the witness check fails, it closes db.
+func started(l *Log, db *bolt.DB, err error) (*Log, error) {
+	if err == nil && l.opts.Witness != nil {
 		err = l.openWitness()
 	}
 	if err != nil {
@@ -438,14 +439,16 @@ func (l *Log) Close() error {
 // signing needs Vault, and a shutdown must not hang on an unreachable
 // Vault. A checkpoint not written now is written soon after the next Open.
 func (l *Log) finalCheckpoint() {
+	// Close takes no context: nothing of the caller's applies.
+	ctx := context.Background()
 	close(l.cpStop)
 	timer := time.NewTimer(l.opts.CloseTimeout)
 	defer timer.Stop()
 	select {
 	case <-l.cpDone:
 	case <-timer.C:
-		l.logger.Warn("issuance log: closing without a final checkpoint: the checkpoint signer did not answer; the checkpoint will be written at the next start",
-			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "timeout", l.opts.CloseTimeout)
+		l.logger.WarnContext(ctx, "issuance log: closing without a final checkpoint: the checkpoint signer did not answer; the checkpoint will be written at the next start",
+			slog.String("path", l.path), slog.Uint64("size", l.Size()), slog.Uint64("checkpoint_size", l.cpSize.Load()), slog.Duration("timeout", l.opts.CloseTimeout))
 		return
 	}
 	l.cpMu.Lock()
@@ -466,8 +469,8 @@ func (l *Log) finalCheckpoint() {
 		err = fmt.Errorf("the checkpoint signer did not answer within %v", l.opts.CloseTimeout)
 	}
 	if err != nil && !errors.Is(err, ErrFailed) {
-		l.logger.Warn("issuance log: closing without a final checkpoint; it will be written at the next start",
-			"path", l.path, "size", l.Size(), "checkpoint_size", l.cpSize.Load(), "err", err)
+		l.logger.WarnContext(ctx, "issuance log: closing without a final checkpoint; it will be written at the next start",
+			slog.String("path", l.path), slog.Uint64("size", l.Size()), slog.Uint64("checkpoint_size", l.cpSize.Load()), slog.Any("error", err))
 	}
 }
 
@@ -512,14 +515,20 @@ func (l *Log) Get(ctx context.Context, seq uint64) (*Entry, error) {
 // LeafData returns the stored record bytes of the entry at seq: the Merkle
 // leaf data that VerifyInclusion takes.
 func (l *Log) LeafData(ctx context.Context, seq uint64) ([]byte, error) {
+	return l.value(ctx, bucketEntries, seqKey(seq), fmt.Sprintf("entry %d", seq))
+}
+
+// value returns a copy of what bucket holds under key, or an error wrapping
+// ErrNotFound that begins with missing.
+func (l *Log) value(ctx context.Context, bucket, key []byte, missing string) ([]byte, error) {
 	if err := l.readable(ctx); err != nil {
 		return nil, err
 	}
 	var out []byte
 	err := l.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketEntries).Get(seqKey(seq))
+		v := tx.Bucket(bucket).Get(key)
 		if v == nil {
-			return fmt.Errorf("entry %d: %w", seq, ErrNotFound)
+			return fmt.Errorf("%s: %w", missing, ErrNotFound)
 		}
 		out = bytes.Clone(v)
 		return nil

@@ -2,8 +2,10 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,8 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/transitca/transitca/internal/atomicfile"
 )
 
 // maxRecoverInterval caps the wait between two recovery attempts.
@@ -64,8 +68,9 @@ func (l *Log) fail(err error) error {
 	close(l.failedC)
 	l.recoveredC = make(chan struct{})
 	l.mu.Unlock()
-	l.logger.Error("issuance log: commit failed; appends are refused until the file accepts writes again",
-		"path", l.path, "error", err, "retry_in", l.opts.RecoverInterval)
+	// The failure outlives the append that met it: no caller's context applies.
+	l.logger.ErrorContext(context.Background(), "issuance log: commit failed; appends are refused until the file accepts writes again",
+		slog.String("path", l.path), slog.Any("error", err), slog.Duration("retry_in", l.opts.RecoverInterval))
 	go l.recoverLoop()
 	return err
 }
@@ -85,6 +90,8 @@ func closedChan() chan struct{} {
 // recoverLoop tries to recover, waiting Options.RecoverInterval, then twice
 // as long after each failed attempt, until it succeeds or the Log closes.
 func (l *Log) recoverLoop() {
+	// The loop outlives every request: no caller's context applies.
+	ctx := context.Background()
 	wait := l.opts.RecoverInterval
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -94,12 +101,13 @@ func (l *Log) recoverLoop() {
 			return
 		case <-t.C:
 		}
-		err := l.tryRecover()
+		err := l.tryRecover(ctx)
 		if err == nil || errors.Is(err, ErrClosed) {
 			return
 		}
 		wait = min(2*wait, maxRecoverInterval)
-		l.logger.Warn("issuance log: still refusing appends", "path", l.path, "error", err, "retry_in", wait)
+		l.logger.WarnContext(ctx, "issuance log: still refusing appends",
+			slog.String("path", l.path), slog.Any("error", err), slog.Duration("retry_in", wait))
 		t.Reset(wait)
 	}
 }
@@ -114,7 +122,7 @@ func (l *Log) recoverLoop() {
 // resume with an ActionRecovered entry; its commit proves that the file
 // takes writes again. On any failure the Log stays failed and keeps a
 // read-only handle, so that reads go on.
-func (l *Log) tryRecover() error {
+func (l *Log) tryRecover(ctx context.Context) error {
 	if err := probeWritable(l.path); err != nil {
 		return err
 	}
@@ -128,7 +136,7 @@ func (l *Log) tryRecover() error {
 	l.mu.Unlock()
 	if l.db != nil {
 		if err := l.db.Close(); err != nil {
-			l.logger.Warn("issuance log: close after a failed commit", "path", l.path, "error", err)
+			l.logger.WarnContext(ctx, "issuance log: close after a failed commit", slog.String("path", l.path), slog.Any("error", err))
 		}
 		l.db = nil
 	}
@@ -148,7 +156,8 @@ func (l *Log) tryRecover() error {
 	close(l.recoveredC)
 	l.mu.Unlock()
 	l.size.Store(next.End())
-	l.logger.Info("issuance log: accepting appends again", "path", l.path, "size", next.End(), "acknowledged_before", ack)
+	l.logger.InfoContext(ctx, "issuance log: accepting appends again",
+		slog.String("path", l.path), slog.Uint64("size", next.End()), slog.Uint64("acknowledged_before", ack))
 	if l.opts.Signer != nil {
 		select {
 		case l.cpKick <- struct{}{}:
@@ -218,7 +227,7 @@ func extendsAcknowledged(db *bolt.DB, stored *compact.Range, ack uint64, ackRoot
 			return err
 		}
 		if err := proof.VerifyConsistency(hasher, ack, size, p, ackRoot, rootOf(stored)); err != nil {
-			return fmt.Errorf("%w: the file's %d entries do not extend the %d acknowledged: %v", ErrRolledBack, size, ack, err)
+			return fmt.Errorf("%w: the file's %d entries do not extend the %d acknowledged: %w", ErrRolledBack, size, ack, err)
 		}
 		return nil
 	})
@@ -275,7 +284,7 @@ func rewriteFile(path string, opts *Options) (err error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // probeWritable is a cheap check, before the file is reopened and

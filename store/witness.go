@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"github.com/transparency-dev/merkle/proof"
@@ -79,7 +79,7 @@ func (w *FileWitness) Publish(ctx context.Context, prev, next []byte) error {
 	if err := atomicfile.Write(w.path, next, 0o600); err != nil {
 		return fmt.Errorf("witness file: %w", err)
 	}
-	return syncDir(filepath.Dir(w.path))
+	return nil
 }
 
 // checkAgainst checks that the committed tree extends the tree of the
@@ -89,9 +89,9 @@ func (l *Log) checkAgainst(signed []byte, what string) error {
 	cp, verified, err := checkpointBody(signed, l.verifiers)
 	switch {
 	case err != nil && l.verifiers != nil:
-		return fmt.Errorf("%s: %w: signature does not verify: %v", what, ErrInvalidCheckpoint, err)
+		return fmt.Errorf("%s: %w: signature does not verify: %w", what, ErrInvalidCheckpoint, err)
 	case err != nil:
-		return fmt.Errorf("%s: %w: %v", what, ErrInvalidCheckpoint, err)
+		return fmt.Errorf("%s: %w: %w", what, ErrInvalidCheckpoint, err)
 	case l.verifiers != nil && !verified:
 		return fmt.Errorf("%s: %w: not signed by a known key", what, ErrInvalidCheckpoint)
 	}
@@ -113,7 +113,7 @@ func (l *Log) checkAgainst(signed []byte, what string) error {
 			err = proof.VerifyConsistency(hasher, cp.Size, n, p, cp.Root, rootOf(tree))
 		}
 		if err != nil {
-			return fmt.Errorf("log file %q: %w: its %d entries do not extend the tree of size %d that %s commits to: %v",
+			return fmt.Errorf("log file %q: %w: its %d entries do not extend the tree of size %d that %s commits to: %w",
 				l.path, ErrRolledBack, n, cp.Size, what, err)
 		}
 		return nil
@@ -177,12 +177,14 @@ func (l *Log) publishLocked() {
 	if !l.witnessKnown {
 		latest, err := w.Latest(ctx)
 		if err != nil {
-			l.logger.Error("issuance log: cannot read the witness; publishing at the next checkpoint", "path", l.path, "err", err)
+			l.logger.ErrorContext(ctx, "issuance log: cannot read the witness; publishing at the next checkpoint",
+				slog.String("path", l.path), slog.Any("error", err))
 			return
 		}
 		if latest != nil {
 			if err := l.checkAgainst(latest, witnessWhat); err != nil {
-				l.logger.Error("issuance log: the witness holds a checkpoint this log does not extend; not overwriting it", "path", l.path, "err", err)
+				l.logger.ErrorContext(ctx, "issuance log: the witness holds a checkpoint this log does not extend; not overwriting it",
+					slog.String("path", l.path), slog.Any("error", err))
 				return
 			}
 		}
@@ -195,8 +197,8 @@ func (l *Log) publishLocked() {
 		// Read the witness again before the next attempt: the failed
 		// write may have landed, or someone else wrote.
 		l.witnessKnown = false
-		l.logger.Error("issuance log: publishing the checkpoint to the witness failed; retrying at the next checkpoint",
-			"path", l.path, "size", l.cpSize.Load(), "err", err)
+		l.logger.ErrorContext(ctx, "issuance log: publishing the checkpoint to the witness failed; retrying at the next checkpoint",
+			slog.String("path", l.path), slog.Uint64("size", l.cpSize.Load()), slog.Any("error", err))
 		return
 	}
 	l.witnessPrev = signed

@@ -2,23 +2,12 @@ package daemon
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
-	"net/url"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
-	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
@@ -32,31 +21,14 @@ import (
 // the answer.
 func (r *running) ask(t *testing.T, tok, cluster, id string, impersonate bool) (*store.Entry, error) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(id)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(r.Addr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: r.rootPool(t), ServerName: "localhost"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-	if cluster != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "ClusterID", cluster)
-	}
-	req := &pb.IstioCertificateRequest{Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})), ValidityDuration: 3600}
+	var meta *structpb.Struct
 	if impersonate {
-		if req.Metadata, err = structpb.NewStruct(map[string]any{ca.ImpersonatedIdentityKey: id}); err != nil {
+		var err error
+		if meta, err = structpb.NewStruct(map[string]any{ca.ImpersonatedIdentityKey: id}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, callErr := pb.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, req)
+	_, _, callErr := r.createCertificate(t, tok, cluster, id, meta)
 	e, err := r.Log().Get(context.Background(), r.Log().Size()-1)
 	if err != nil {
 		t.Fatal(err)

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
@@ -24,7 +21,7 @@ import (
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/kube"
-	"github.com/transitca/transitca/internal/spiffeid"
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 )
@@ -233,109 +230,6 @@ func tierMaxTTLs(cfg *config.Config) map[string]time.Duration {
 	return ttl
 }
 
-// buildServers makes the metrics, the certificate service, the serving
-// certificate, the gRPC servers, and binds every listener.
-func (d *Daemon) buildServers(ctx context.Context) error {
-	cfg, a := d.cfg, d.authority
-	d.reg = prometheus.NewRegistry()
-	d.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registerLogMetrics(d.reg, d.ilog)
-	metrics := ca.NewMetrics(d.reg, map[string]func() *x509.Certificate{
-		"root":         a.Root,
-		"intermediate": func() *x509.Certificate { return a.Intermediate().Cert },
-		"serving": func() *x509.Certificate {
-			if s := d.serving.Load(); s != nil {
-				return s.Leaf()
-			}
-			return nil
-		},
-	})
-	if d.backend.Transit != nil {
-		d.backend.Transit.SetObserver(metrics.ObserveVault)
-	}
-	if d.backend.Session != nil {
-		d.registerVaultMetrics()
-	}
-	clients, err := clusterClients(cfg, d.kubeAPI, "transitca/"+d.opts.Version)
-	if err != nil {
-		return err
-	}
-	authn, hint, err := buildAuthenticator(ctx, cfg, a, d.backend.Keys, metrics, d.kubeAPI, clients)
-	if err != nil {
-		return err
-	}
-	nodes, pods, err := buildNodeAuthorizer(cfg, clients)
-	if err != nil {
-		return err
-	}
-	d.pods = pods
-	d.devHint = hint
-	svc, err := ca.NewService(ca.ServiceOptions{
-		Authenticator: authn,
-		Authority:     a,
-		Policy:        cfg.IssuancePolicy(),
-		CSR:           ca.CSRPolicy{MaxBytes: cfg.CSR.MaxBytes, AllowEd25519: cfg.CSR.AllowEd25519},
-		Recorder:      d.recorder,
-		Metrics:       metrics,
-		Nodes:         nodes,
-		Clusters:      cfg.ClusterIDs(),
-		Logger:        d.log,
-		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
-			Window: cfg.Limits.DenialWindow.Std(), MaxPeers: cfg.Limits.DenialPeers},
-		IdentityLimits: ca.IdentityLimits{PerSecond: cfg.Limits.IdentityRequestsPerSecond, Burst: cfg.Limits.IdentityBurst,
-			MaxIdentities: cfg.Limits.Identities},
-		MaxInFlight: cfg.Limits.MaxInFlight,
-	})
-	if err != nil {
-		return fmt.Errorf("certificate service: %w", err)
-	}
-	d.svc = svc
-	if err := d.issueServingCert(ctx); err != nil {
-		return err
-	}
-	if err := writeRoots(d.rootFile, a.Roots()); err != nil {
-		return fmt.Errorf("write root bundle: %w", err)
-	}
-	tlsCfg := ca.TLSConfig(d.serving.Load(), d.minTLS())
-	d.grpcSrv, d.health = ca.NewGRPCServer(tlsCfg, svc, d.reg)
-	if d.lis, err = net.Listen("tcp", cfg.Server.Listen); err != nil {
-		return fmt.Errorf("server.listen %s: %w", cfg.Server.Listen, err)
-	}
-	if cfg.Server.MetricsListen != "" {
-		if d.metricsLis, err = net.Listen("tcp", cfg.Server.MetricsListen); err != nil {
-			return fmt.Errorf("server.metrics_listen %s: %w", cfg.Server.MetricsListen, err)
-		}
-		d.metricsSrv = &http.Server{Handler: ca.MetricsHandler(d.reg, d.readiness), ReadHeaderTimeout: 10 * time.Second}
-	}
-	if cfg.Admin.Listen != "" {
-		certAuth, err := ca.NewCertAuthenticator(a.RootPool, cfg.TrustDomain, cfg.ClusterIDs())
-		if err != nil {
-			return fmt.Errorf("admin authenticator: %w", err)
-		}
-		if d.adminLis, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
-			return fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err)
-		}
-		d.adminSvc = ca.NewAdminService(d.ilog, d.vkey, d.log)
-		d.adminSvc.EnableRotation(d.rotationOptions(metrics))
-		d.adminSrv = ca.NewAdminServer(tlsCfg, d.adminSvc,
-			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Audit: d.recorder})
-	}
-	return nil
-}
-
-// rotationOptions are what the admin API needs to rotate and drill.
-func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
-	o := ca.RotationOptions{
-		Authority: d.authority, Service: d.svc, Audit: d.recorder, RootKey: d.cfg.CA.RootKey,
-		MinOverlap: d.cfg.MinOverlap(), AllowRootDrill: d.cfg.Rotation.AllowRootDrill,
-		DrillIdentity: d.cfg.DrillIdentity(), Metrics: metrics, OnChange: d.hierarchyChanged,
-	}
-	if d.backend.Transit != nil {
-		o.Keys = d.backend.Transit
-	}
-	return o
-}
-
 // hierarchyChanged brings the root bundle file, the trust bundle
 // ConfigMaps and the serving certificate up to date after a rotation step,
 // at once.
@@ -358,33 +252,6 @@ func (d *Daemon) refreshHierarchy(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// issueServingCert issues the TLS serving certificate from the CA's own
-// intermediate and records it.
-func (d *Daemon) issueServingCert(ctx context.Context) error {
-	cfg := d.cfg
-	var ips []net.IP
-	for _, s := range cfg.Server.TLS.IPAddresses {
-		ips = append(ips, net.ParseIP(s))
-	}
-	selfID := spiffeid.New(cfg.TrustDomain, "transitca", "serving")
-	sc, err := ca.NewServingCert(ctx, d.svc, ca.ServingCertOptions{
-		DNSNames: cfg.Server.TLS.DNSNames, IPAddresses: ips, TTL: time.Duration(cfg.Server.TLS.CertTTL), Logger: d.log,
-		SPIFFEID: selfID,
-	})
-	if err != nil {
-		return fmt.Errorf("serving certificate: %w", err)
-	}
-	d.serving.Store(sc)
-	return nil
-}
-
-func (d *Daemon) minTLS() uint16 {
-	if d.cfg.Server.TLS.MinVersion == "1.2" {
-		return tls.VersionTLS12
-	}
-	return tls.VersionTLS13
 }
 
 // Addr is the address the certificate service listens on.
@@ -492,7 +359,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	case err = <-errc:
 	case <-ctx.Done():
 	}
-	d.shutdown(time.Now().Add(d.cfg.Server.ShutdownTimeout.Std() - logCloseTimeout(d.cfg)))
+	d.shutdown(context.WithoutCancel(ctx), time.Now().Add(d.cfg.Server.ShutdownTimeout.Std()-logCloseTimeout(d.cfg)))
 	return err
 }
 
@@ -501,9 +368,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 // the requests still running are cut off: their callers get Unavailable,
 // which istio-agent retries, and a certificate is handed out only if it
 // was recorded.
-func (d *Daemon) shutdown(deadline time.Time) {
+func (d *Daemon) shutdown(ctx context.Context, deadline time.Time) {
 	start := time.Now()
-	d.log.Info("shutting down", slog.Duration("grace", time.Until(deadline).Round(time.Millisecond)))
+	d.log.InfoContext(ctx, "shutting down", slog.Duration("grace", time.Until(deadline).Round(time.Millisecond)))
 	d.ready.Store(false)
 	d.health.Shutdown()
 	stopped := make(chan struct{})
@@ -512,9 +379,9 @@ func (d *Daemon) shutdown(deadline time.Time) {
 	defer t.Stop()
 	select {
 	case <-stopped:
-		d.log.Info("requests in flight finished", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
+		d.log.InfoContext(ctx, "requests in flight finished", slog.Duration("took", time.Since(start).Round(time.Millisecond)))
 	case <-t.C:
-		d.log.Warn("requests still in flight at the shutdown deadline are cut off")
+		d.log.WarnContext(ctx, "requests still in flight at the shutdown deadline are cut off")
 		d.grpcSrv.Stop()
 	}
 	if d.adminSrv != nil {
@@ -527,9 +394,9 @@ func (d *Daemon) shutdown(deadline time.Time) {
 	}
 }
 
-// Close releases what New acquired: listeners not yet served and the
-// issuance log (which writes its final checkpoint if it can). It is safe
-// to call more than once.
+// Close releases what New acquired: listeners not yet served, the
+// issuance log (which writes its final checkpoint if it can) and then the
+// Transit engine's signing goroutines. It is safe to call more than once.
 func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() {
 		var errs []error
@@ -552,6 +419,10 @@ func (d *Daemon) Close() error {
 				errs = append(errs, fmt.Errorf("close issuance log: %w", err))
 			}
 		}
+		if d.backend != nil && d.backend.Transit != nil {
+			// After the log: its final checkpoint is signed through Transit.
+			d.backend.Transit.Close()
+		}
 		d.closeErr = errors.Join(errs...)
 	})
 	return d.closeErr
@@ -560,14 +431,7 @@ func (d *Daemon) Close() error {
 // drillEvery runs an intermediate drill on a schedule. A failed drill is
 // logged and exported in the metrics; the daemon keeps serving.
 func (d *Daemon) drillEvery(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	loop.Every(ctx, every, func(ctx context.Context) {
 		rep, err := d.adminSvc.RunDrill(ctx, false)
 		switch {
 		case err != nil:
@@ -577,7 +441,7 @@ func (d *Daemon) drillEvery(ctx context.Context, every time.Duration) {
 		default:
 			d.log.InfoContext(ctx, "scheduled drill passed", slog.Int("steps", len(rep.GetSteps())))
 		}
-	}
+	})
 }
 
 // rotateOnSchedule prepares and activates roots at the configured
@@ -587,9 +451,7 @@ func (d *Daemon) rotateOnSchedule(ctx context.Context, sc config.RotationSchedul
 	if every <= 0 {
 		every = time.Hour
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
+	step := func(ctx context.Context) {
 		did, err := d.adminSvc.ScheduledStep(ctx, sc.PrepareAt, sc.ActivateAt)
 		switch {
 		case err != nil:
@@ -597,10 +459,7 @@ func (d *Daemon) rotateOnSchedule(ctx context.Context, sc config.RotationSchedul
 		case did != "":
 			d.log.InfoContext(ctx, "root rotation schedule: "+did)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
+	step(ctx)
+	loop.Every(ctx, every, step)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -121,9 +122,7 @@ func checkRollbackRefused(t *testing.T, cfg *config.Config, b *Backend, publishe
 			t.Fatal(err)
 		}
 		for range n {
-			if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-				t.Fatal(err)
-			}
+			appendTestEntry(t, l)
 		}
 		if err := l.Close(); err != nil { // the final checkpoint is published
 			t.Fatal(err)
@@ -195,20 +194,12 @@ func TestOpenLogRefusesDamagedMeta(t *testing.T) {
 	cfg.Dev = true
 	cfg.DataDir = t.TempDir()
 	log := slog.New(slog.DiscardHandler)
-	b, err := OpenBackend(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-		t.Fatal(err)
-	}
+	b := openBackend(t, cfg, log)
 	l, _, err := openLog(ctx, cfg, b, log, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-		t.Fatal(err)
-	}
+	appendTestEntry(t, l)
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -275,20 +266,12 @@ func TestCloseLogWithVaultStopped(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	b, err := OpenBackend(ctx, cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-		t.Fatal(err)
-	}
+	b := openBackend(t, cfg, log)
 	l, _, err := openLog(ctx, cfg, b, log, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-		t.Fatal(err)
-	}
+	appendTestEntry(t, l)
 	srv.Stop()
 	start := time.Now()
 	if err := l.Close(); err != nil {
@@ -307,5 +290,66 @@ func TestCloseLogWithVaultStopped(t *testing.T) {
 	defer ro.Close()
 	if _, err := ro.Verify(ctx, nil); err != nil {
 		t.Fatalf("the log after a close without Vault: %v", err)
+	}
+}
+
+// Close closes the issuance log before the Transit engine: the final
+// checkpoint, signed through Transit, covers the last entry, and signing
+// afterwards fails with issuer.ErrClosed (the batching goroutines ended).
+func TestCloseSignsTheFinalCheckpointThenClosesTransit(t *testing.T) {
+	ctx := context.Background()
+	env := vaulttest.New(t)
+	t.Setenv("VAULT_ADDR", env.Server.Addr)
+	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
+	cfg, err := config.Load(writeConfig(t, env, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	b := openBackend(t, cfg, log)
+	if _, err := b.Keys.EnsureKey(ctx, "close-test", issuer.KeyECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	l, vkey, err := openLog(ctx, cfg, b, log, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendTestEntry(t, l)
+	signer, err := b.Transit.Signer(ctx, "close-test", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("x"))
+	if _, err := signer.SignContext(ctx, digest[:], crypto.SHA256); err != nil {
+		t.Fatalf("sign before Close: %v", err)
+	}
+
+	d := &Daemon{cfg: cfg, log: log, backend: b, ilog: l}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := signer.SignContext(ctx, digest[:], crypto.SHA256); !errors.Is(err, issuer.ErrClosed) {
+		t.Fatalf("sign after Close = %v, want issuer.ErrClosed", err)
+	}
+
+	ro, err := store.Open(cfg.LogPath(), store.Options{ReadOnly: true, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	signed, err := ro.LatestCheckpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := store.OpenCheckpoint(signed, v)
+	if err != nil {
+		t.Fatalf("final checkpoint: %v", err)
+	}
+	if cp.Size != ro.Size() {
+		t.Fatalf("final checkpoint covers %d entries, the log has %d: it was not signed before Transit closed", cp.Size, ro.Size())
 	}
 }

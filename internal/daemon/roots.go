@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/transitca/transitca/internal/atomicfile"
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -33,18 +34,11 @@ func rootsPEM(roots []*x509.Certificate) []byte {
 // again at the next tick when it fails.
 func watchHierarchy(ctx context.Context, a *issuer.Authority, every time.Duration, refresh func(context.Context) error) {
 	last := hierarchyKey(a)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	loop.Every(ctx, every, func(ctx context.Context) {
 		if k := hierarchyKey(a); k != last && refresh(ctx) == nil {
 			last = k
 		}
-	}
+	})
 }
 
 // hierarchyKey changes when the trust bundle or the issuing intermediate

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"io"
 	"net/url"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/transitca/transitca/ca"
@@ -82,16 +84,18 @@ func (r *running) requestWithToken(t *testing.T, ns, sa, tok string) *workload {
 	return w
 }
 
-// tryRequest is requestWithToken that returns the request's error.
-func (r *running) tryRequest(t *testing.T, ns, sa, tok string) (*workload, error) {
+// createCertificate sends one CreateCertificate for the identity id with a
+// fresh P-256 key and a bearer token, as istio-agent does; cluster, when
+// not empty, goes in the ClusterID header and meta in the request's
+// metadata.
+func (r *running) createCertificate(t *testing.T, tok, cluster, id string, meta *structpb.Struct) (*ecdsa.PrivateKey, *pb.IstioCertificateResponse, error) {
 	t.Helper()
-	ctx := context.Background()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _ := url.Parse("spiffe://cluster.local/ns/" + ns + "/sa/" + sa)
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id}}, key)
+	u, _ := url.Parse(id)
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,10 +104,20 @@ func (r *running) tryRequest(t *testing.T, ns, sa, tok string) (*workload, error
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
+	if cluster != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "ClusterID", cluster)
+	}
 	resp, err := pb.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, &pb.IstioCertificateRequest{
-		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})), ValidityDuration: 3600,
+		Csr: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})), ValidityDuration: 3600, Metadata: meta,
 	})
+	return key, resp, err
+}
+
+// tryRequest is requestWithToken that returns the request's error.
+func (r *running) tryRequest(t *testing.T, ns, sa, tok string) (*workload, error) {
+	t.Helper()
+	key, resp, err := r.createCertificate(t, tok, "", spiffeID(ns, sa), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +275,7 @@ func TestRotationThroughTheAdminAPI(t *testing.T) {
 	var listed, listedSerials []string
 	for {
 		m, err := stream.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/vaulttest"
-	"github.com/transitca/transitca/issuer"
 	"github.com/transitca/transitca/store"
 )
 
@@ -36,13 +35,7 @@ func TestShardsShareAVaultWithoutClashing(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		b, err := OpenBackend(ctx, cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-			t.Fatal(err)
-		}
+		b := openBackend(t, cfg, log)
 		return cfg, b
 	}
 	dirs := map[string]string{"transitca-0": t.TempDir(), "transitca-1": t.TempDir()}
@@ -117,20 +110,12 @@ func TestShardAdoptsALogThatPredatesShards(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg.DataDir = dir
-		b, err := OpenBackend(ctx, cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.Keys.EnsureKey(ctx, cfg.Log.CheckpointKey, issuer.KeyEd25519); err != nil {
-			t.Fatal(err)
-		}
+		b := openBackend(t, cfg, log)
 		l, _, err := openLog(ctx, cfg, b, log, false)
 		if err != nil {
 			t.Fatalf("shard %q: %v", shard, err)
 		}
-		if _, err := l.Append(ctx, &store.Entry{Kind: store.KindAdmin, Action: "test", Actor: "alice"}); err != nil {
-			t.Fatal(err)
-		}
+		appendTestEntry(t, l)
 		origin := l.Origin()
 		if err := l.Close(); err != nil {
 			t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/transitca/transitca/internal/loop"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -31,22 +32,16 @@ func (d *Daemon) registerVaultMetrics() {
 // Check).
 func (d *Daemon) watchVault(ctx context.Context) {
 	s := d.backend.Session
-	t := time.NewTicker(d.cfg.Vault.CheckInterval.Std())
-	defer t.Stop()
-	for {
+	check := func(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, d.cfg.Vault.Timeout.Std())
 		err := s.Check(cctx)
 		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		d.vaultChecked(ctx, err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		if ctx.Err() == nil {
+			d.vaultChecked(ctx, err)
 		}
 	}
+	check(ctx)
+	loop.Every(ctx, d.cfg.Vault.CheckInterval.Std(), check)
 }
 
 // vaultChecked records the outcome of a Vault check.

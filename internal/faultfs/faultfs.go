@@ -34,6 +34,15 @@ func Ext4(tb testing.TB, size int64) string {
 	tb.Helper()
 	base := tb.TempDir()
 	img, dir := filepath.Join(base, "ext4.img"), filepath.Join(base, "ext4")
+	loopFS(tb, "mkfs.ext4", img, size, dir, "loop")
+	return dir
+}
+
+// loopFS makes a file system with mkfs in an image file img of size bytes
+// and loop-mounts it, with the mount options opts, on dir, which it
+// creates; it is unmounted when the test ends.
+func loopFS(tb testing.TB, mkfs, img string, size int64, dir, opts string) {
+	tb.Helper()
 	mkdir(tb, dir)
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		tb.Fatal(err)
@@ -41,10 +50,9 @@ func Ext4(tb testing.TB, size int64) string {
 	if err := os.Truncate(img, size); err != nil {
 		tb.Fatal(err)
 	}
-	run(tb, "mkfs.ext4", "-q", "-F", img)
-	run(tb, "mount", "-o", "loop", img, dir)
+	run(tb, mkfs, "-q", "-F", img)
+	run(tb, "mount", "-o", opts, img, dir)
 	tb.Cleanup(func() { unmount(tb, dir) })
-	return dir
 }
 
 // Fill writes a file into dir until the file system is full, and returns
@@ -88,7 +96,7 @@ func Immutable(tb testing.TB, path string, on bool) {
 	flag := "-i"
 	if on {
 		flag = "+i"
-		tb.Cleanup(func() { _ = exec.Command("chattr", "-i", path).Run() })
+		tb.Cleanup(func() { _, _ = tool("chattr", "-i", path) })
 	}
 	run(tb, "chattr", flag, path)
 }
@@ -101,19 +109,25 @@ func mkdir(tb testing.TB, dir string) {
 }
 
 func unmount(tb testing.TB, dir string) {
-	if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+	if out, err := tool("umount", dir); err != nil {
 		// Something still holds it (a daemon not yet stopped): detach it.
-		if out2, err2 := exec.Command("umount", "-l", dir).CombinedOutput(); err2 != nil {
+		if out2, err2 := tool("umount", "-l", dir); err2 != nil {
 			tb.Errorf("faultfs: umount %s: %v: %s; %s", dir, err, out, out2)
 		}
 	}
+}
+
+// tool runs one of the system tools a fault needs (mount, umount, mkfs,
+// chattr) and returns its combined output.
+func tool(name string, args ...string) ([]byte, error) {
+	return exec.Command(name, args...).CombinedOutput() //nolint:gosec // G204: the callers in this file name fixed system tools; the arguments are test paths
 }
 
 // run runs a command the fault needs and fails the test, saying why, if it
 // cannot.
 func run(tb testing.TB, name string, args ...string) {
 	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
+	out, err := tool(name, args...)
 	if err != nil {
 		tb.Fatalf("faultfs: %s %s: %v: %s (these tests need root, mount, loop devices and mkfs.ext4; they are never skipped)",
 			name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
@@ -136,15 +150,6 @@ func NewFailingDisk(tb testing.TB, backingSize, fsSize int64) *FailingDisk {
 	tb.Helper()
 	back := Tmpfs(tb, backingSize)
 	img, dir := filepath.Join(back, "ext2.img"), filepath.Join(tb.TempDir(), "ext2")
-	mkdir(tb, dir)
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Truncate(img, fsSize); err != nil {
-		tb.Fatal(err)
-	}
-	run(tb, "mkfs.ext2", "-q", "-F", img)
-	run(tb, "mount", "-o", "loop,errors=continue", img, dir)
-	tb.Cleanup(func() { unmount(tb, dir) })
+	loopFS(tb, "mkfs.ext2", img, fsSize, dir, "loop,errors=continue")
 	return &FailingDisk{Dir: dir, Backing: back}
 }

@@ -2,9 +2,7 @@ package kubetest
 
 import (
 	"context"
-	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,36 +11,25 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/transitca/transitca/internal/testserver"
 )
 
 // callLimit bounds each API call a helper makes.
 const callLimit = 30 * time.Second
 
-var (
-	shared     *Server
-	sharedErr  error
-	sharedOnce sync.Once
-)
+// shared is the package's shared server.
+var shared = testserver.New("kubetest", Start)
 
 // Main runs a package's tests with one shared API server, started on first
 // use by Shared and stopped when the tests end. Call it from TestMain.
-func Main(m *testing.M) {
-	code := m.Run()
-	if shared != nil {
-		shared.Stop()
-	}
-	os.Exit(code)
-}
+func Main(m *testing.M) { shared.Main(m) }
 
 // Shared returns the package's shared server, starting it on first use. The
 // test fails, naming what went wrong, when the server cannot be started.
 func Shared(tb testing.TB) *Server {
 	tb.Helper()
-	sharedOnce.Do(func() { shared, sharedErr = Start() })
-	if sharedErr != nil {
-		tb.Fatalf("kubetest: %v", sharedErr)
-	}
-	return shared
+	return shared.Get(tb)
 }
 
 // Env is a test's own corner of an API server: an admin client and a fresh

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	vault "github.com/hashicorp/vault/api"
+
+	"github.com/transitca/transitca/internal/testserver"
 )
 
 // Version is the Vault release the tests run against; it must match
@@ -214,31 +216,18 @@ func (s *Server) Client() (*vault.Client, error) {
 	return c, nil
 }
 
-var (
-	shared     *Server
-	sharedErr  error
-	sharedOnce sync.Once
-)
+// shared is the package's shared server.
+var shared = testserver.New("vaulttest", Start)
 
 // Main runs a package's tests with one shared Vault server, started on
 // first use by Shared and stopped when the tests end. Call it from TestMain.
-func Main(m *testing.M) {
-	code := m.Run()
-	if shared != nil {
-		shared.Stop()
-	}
-	os.Exit(code)
-}
+func Main(m *testing.M) { shared.Main(m) }
 
 // Shared returns the package's shared server, starting it on first use. The
 // test fails, naming what went wrong, when Vault cannot be started.
 func Shared(tb testing.TB) *Server {
 	tb.Helper()
-	sharedOnce.Do(func() { shared, sharedErr = Start() })
-	if sharedErr != nil {
-		tb.Fatalf("vaulttest: %v", sharedErr)
-	}
-	return shared
+	return shared.Get(tb)
 }
 
 // Own starts a server for this test alone (for tests that stop it), and

@@ -93,7 +93,7 @@ func Start(ctx context.Context, o Options) (*Daemon, error) {
 	go func() {
 		defer close(done)
 		if err := d.Run(runCtx); err != nil {
-			o.Logger.Error("daemon", slog.Any("error", err))
+			o.Logger.ErrorContext(runCtx, "daemon", slog.Any("error", err))
 		}
 	}()
 	return &Daemon{
