@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/json"
 	"image/png"
 	"log/slog"
@@ -18,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/daemon"
 	"github.com/transitca/transitca/internal/vaulttest"
@@ -415,20 +411,7 @@ func TestReportEvidenceAcrossShards(t *testing.T) {
 	env := vaulttest.New(t)
 	t.Setenv("VAULT_ADDR", env.Server.Addr)
 	t.Setenv("VAULT_TOKEN", env.Server.RootToken)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minter, err := ca.NewTokenMinter(key, "test-1", "https://issuer.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwks, err := json.Marshal(minter.JWKS())
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwksFile := filepath.Join(t.TempDir(), "jwks.json")
-	writeFile(t, jwksFile, string(jwks))
+	minter, jwksFile := testMinter(t, t.TempDir())
 	extra := `server: {listen: "127.0.0.1:0", metrics_listen: ""}
 admin: {listen: "127.0.0.1:0", identities: [spiffe://cluster.local/ns/transitca/sa/admin]}
 auth: {jwt: {issuer: https://issuer.test, jwks_file: ` + jwksFile + `}}

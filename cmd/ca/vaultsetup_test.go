@@ -137,20 +137,8 @@ func testShippedVaultSetup(t *testing.T, mode string) {
 	daemonTok := policyToken(t, root, "transitca")
 
 	// Workload tokens: a JWKS the daemon trusts, and a minter for it.
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	minter, err := ca.NewTokenMinter(key, "test-1", "https://issuer.test")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	jwks, err := json.Marshal(minter.JWKS())
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(dir, "jwks.json"), string(jwks))
+	minter, _ := testMinter(t, dir)
 	cfgPath := filepath.Join(dir, "transitca.yaml")
 	writeFile(t, cfgPath, fmt.Sprintf(`data_dir: %s
 vault:
@@ -400,6 +388,27 @@ func wantKeys(mode string) []string {
 		return []string{"transitca-intermediate", "transitca-log", "transitca-root"}
 	}
 	return []string{"transitca-log", "transitca-root"}
+}
+
+// testMinter makes a token minter for issuer https://issuer.test and writes
+// the JWKS that verifies its tokens to dir/jwks.json.
+func testMinter(t *testing.T, dir string) (*ca.TokenMinter, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minter, err := ca.NewTokenMinter(key, "test-1", "https://issuer.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, err := json.Marshal(minter.JWKS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "jwks.json")
+	writeFile(t, file, string(jwks))
+	return minter, file
 }
 
 func writeFile(t *testing.T, path, text string) {
