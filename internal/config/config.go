@@ -193,7 +193,10 @@ type Server struct {
 	// MetricsListen serves /metrics (Prometheus) and /healthz over HTTP;
 	// empty disables it.
 	MetricsListen string `yaml:"metrics_listen"`
-	TLS           TLS    `yaml:"tls"`
+	// Pprof adds Go's profiles under /debug/pprof/ to the metrics
+	// listener, answered to loopback callers only. Off by default.
+	Pprof bool `yaml:"pprof"`
+	TLS   TLS  `yaml:"tls"`
 	// ShutdownTimeout bounds a shutdown (SIGTERM) from the signal to the
 	// exit: requests in flight finish, the log is flushed and closed.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`

@@ -254,3 +254,22 @@ func healthz(t *testing.T, d *running) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// server.pprof serves Go's profiles on the metrics listener; off by
+// default, where the path is not found.
+func TestPprofOnTheMetricsListener(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		cfg := devConfig(t, t.TempDir())
+		cfg.Server.Pprof = on
+		d := startDaemon(t, cfg)
+		resp, err := http.Get("http://" + d.MetricsAddr() + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]; resp.StatusCode != want {
+			t.Errorf("server.pprof %v: /debug/pprof/ answered %d, want %d", on, resp.StatusCode, want)
+		}
+		d.stop(t)
+	}
+}

@@ -88,7 +88,11 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		if d.metricsLis, err = net.Listen("tcp", cfg.Server.MetricsListen); err != nil {
 			return fmt.Errorf("server.metrics_listen %s: %w", cfg.Server.MetricsListen, err)
 		}
-		d.metricsSrv = &http.Server{Handler: ca.MetricsHandler(d.reg, d.readiness), ReadHeaderTimeout: 10 * time.Second}
+		handler := ca.MetricsHandler(d.reg, d.readiness)
+		if cfg.Server.Pprof {
+			handler = ca.WithPprof(handler)
+		}
+		d.metricsSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	}
 	if cfg.Admin.Listen != "" {
 		certAuth, err := ca.NewCertAuthenticator(a.RootPool, cfg.TrustDomain, cfg.ClusterIDs())
