@@ -79,10 +79,7 @@ func TestClustersRejects(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := load(t, tc.yaml)
-			if err == nil {
-				err = c.Validate()
-			}
+			err := loadError(t, tc.yaml)
 			if err == nil {
 				t.Fatalf("accepted; want %q", tc.want)
 			}

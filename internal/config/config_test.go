@@ -17,6 +17,17 @@ func load(t *testing.T, yaml string) (*Config, error) {
 	return Load(path)
 }
 
+// loadError returns the error of loading yaml and validating the result:
+// nil when both succeed.
+func loadError(t *testing.T, yaml string) error {
+	t.Helper()
+	c, err := load(t, yaml)
+	if err != nil {
+		return err
+	}
+	return c.Validate()
+}
+
 func TestDefaultsAreValid(t *testing.T) {
 	c, err := Load("")
 	if err != nil {
@@ -101,11 +112,7 @@ func TestRejects(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := load(t, tc.yaml)
-			if err == nil {
-				err = c.Validate()
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err := loadError(t, tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
@@ -187,11 +194,7 @@ func TestKubernetesRejects(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := load(t, tc.yaml)
-			if err == nil {
-				err = c.Validate()
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err := loadError(t, tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})

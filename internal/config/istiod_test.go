@@ -61,11 +61,7 @@ func TestIstiodRejects(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := load(t, tc.yaml)
-			if err == nil {
-				err = c.Validate()
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err := loadError(t, tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
