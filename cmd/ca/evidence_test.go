@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"image/png"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +15,7 @@ import (
 	"time"
 
 	"github.com/transitca/transitca/internal/config"
-	"github.com/transitca/transitca/internal/daemon"
+	"github.com/transitca/transitca/internal/daemontest"
 	"github.com/transitca/transitca/internal/vaulttest"
 )
 
@@ -40,29 +39,6 @@ func caOnPath(t *testing.T) []string {
 	return append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"), asCAEnv+"=1")
 }
 
-// startTestDaemon runs a daemon with cfg until the test ends.
-func startTestDaemon(t *testing.T, cfg *config.Config) *daemon.Daemon {
-	t.Helper()
-	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
-
-	return d
-}
-
 // evidenceDaemon is a dev daemon with a log that has issuances in two
 // tiers, denials, an intermediate rotation and a drill, and the admin
 // connection flags that reach it.
@@ -79,7 +55,7 @@ func evidenceDaemon(t *testing.T) (admin []string, dataDir string) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	d := startTestDaemon(t, cfg)
+	d, _ := daemontest.Start(t, cfg)
 
 	request := func(ns, sa string, extra ...string) (string, int) {
 		t.Helper()
@@ -431,7 +407,7 @@ kubernetes: {enabled: false}
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		d := startTestDaemon(t, cfg)
+		d, _ := daemontest.Start(t, cfg)
 		addrs, root = append(addrs, d.AdminAddr()), d.RootFile()
 		for _, sa := range []string{"web", "api"}[:i+1] {
 			tok, err := minter.Mint("shop", sa, []string{"istio-ca"}, time.Hour)

@@ -10,7 +10,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,7 +23,7 @@ import (
 
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
-	"github.com/transitca/transitca/internal/daemon"
+	"github.com/transitca/transitca/internal/daemontest"
 	"github.com/transitca/transitca/internal/vaulttest"
 )
 
@@ -175,28 +174,8 @@ kubernetes:
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler), Version: "test"})
-	if err != nil {
-		t.Fatalf("daemon with the transitca policy: %v", err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- d.Run(runCtx) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("Close (publishes the final checkpoint): %v", err)
-		}
-	}
-	t.Cleanup(stop)
+	// Started with the daemon's policy only: a refusal fails the test.
+	d, stop := daemontest.Start(t, cfg)
 
 	request := func(ns, sa string) (certDir string, chain []*x509.Certificate, bundle *x509.CertPool) {
 		t.Helper()

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,6 +28,7 @@ import (
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/daemon"
+	"github.com/transitca/transitca/internal/daemontest"
 	"github.com/transitca/transitca/internal/kubetest"
 	"github.com/transitca/transitca/issuer"
 )
@@ -92,22 +92,7 @@ func scrapeDaemon(t *testing.T) map[string]bool {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.New(context.Background(), cfg, daemon.Options{Logger: slog.New(slog.DiscardHandler), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	})
+	d, _ := daemontest.Start(t, cfg)
 
 	minter, err := daemon.DevMinter(context.Background(), issuer.NewLocalKeys(filepath.Join(cfg.DataDir, "dev-keys")))
 	if err != nil {
