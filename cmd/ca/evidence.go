@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 )
@@ -228,30 +228,21 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 	r.Source = lf.describe(shards)
 	r.Commands = evidenceCommands(r, lf, shards)
 
-	w := stdout
-	if *outFile != "" {
-		f, err := os.Create(*outFile)
-		if err != nil {
-			return err
+	write := func(w io.Writer) error {
+		if *output == "html" {
+			return writeEvidenceHTML(w, r)
 		}
-		defer f.Close()
-		w = f
-	}
-	if *output == "json" {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.SetEscapeHTML(false)
-		err = enc.Encode(r)
-	} else {
-		err = writeEvidenceHTML(w, r)
+		return enc.Encode(r)
 	}
-	if err != nil {
-		return err
+	if *outFile == "" {
+		return write(stdout)
 	}
-	if f, ok := w.(*os.File); ok && *outFile != "" {
-		return f.Close()
-	}
-	return nil
+	// A file that appears only when the report is complete.
+	_, err = atomicfile.WriteFrom(*outFile, 0o644, write)
+	return err
 }
 
 // describe names where the logs were read, for the report's header.
