@@ -2,12 +2,15 @@ package ca
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
+	"math/big"
 	"reflect"
 	"slices"
 	"strings"
@@ -197,73 +200,117 @@ func (a *JWTAuthenticator) verifySignature(ctx context.Context, token string) ([
 	if err := checkTokenSize(token); err != nil {
 		return nil, err
 	}
-	hdr, err := parseCompactHeader(token)
+	jws, err := parseCompact(token)
 	if err != nil {
 		return nil, err
 	}
-	jws, err := jose.ParseSignedCompact(token, jwtAlgorithms)
-	if err != nil {
-		return nil, fmt.Errorf("%w: token is malformed: %w", ErrUnauthenticated, err)
-	}
-	alg := jose.SignatureAlgorithm(hdr.Alg)
-	keys, err := a.candidateKeys(ctx, hdr.Kid, alg)
+	keys, err := a.candidateKeys(ctx, jws.hdr.Kid, jws.alg)
 	if err != nil {
 		return nil, err
 	}
 	for _, k := range keys {
-		if payload, err := jws.Verify(k.Key); err == nil {
-			return payload, nil
+		if jws.verify(k.Key) {
+			return jws.payload, nil
 		}
 	}
-	if hdr.Kid != "" {
-		return nil, fmt.Errorf("%w: token signature does not verify with key id %s", ErrUnauthenticated, quote(hdr.Kid))
+	if jws.hdr.Kid != "" {
+		return nil, fmt.Errorf("%w: token signature does not verify with key id %s", ErrUnauthenticated, quote(jws.hdr.Kid))
 	}
 	return nil, fmt.Errorf("%w: token has no key id and its signature verifies with none of the %d trusted keys", ErrUnauthenticated, len(keys))
 }
 
-// parseCompactHeader checks that token is a canonical JWS compact
-// serialization (three base64url parts, no padding, no stray characters, no
-// non-canonical trailing bits) and returns its header. It refuses forbidden
-// algorithms by name before anything else is looked at.
-func parseCompactHeader(token string) (jwtHeader, error) {
-	var hdr jwtHeader
+// compactJWS is a token in the JWS compact serialization, decoded once.
+type compactJWS struct {
+	hdr     jwtHeader
+	alg     jose.SignatureAlgorithm
+	signed  string // header "." payload, the JWS signing input
+	payload []byte
+	sig     []byte
+}
+
+// parseCompact checks that token is a canonical JWS compact serialization
+// (three base64url parts, no padding, no stray characters, no non-canonical
+// trailing bits) and decodes it. It refuses forbidden algorithms by name
+// before anything else is looked at.
+func parseCompact(token string) (*compactJWS, error) {
 	switch n := strings.Count(token, ".") + 1; n {
 	case 3:
 	case 5:
-		return hdr, fmt.Errorf("%w: token is an encrypted jwt (jwe); expected a signed one", ErrUnauthenticated)
+		return nil, fmt.Errorf("%w: token is an encrypted jwt (jwe); expected a signed one", ErrUnauthenticated)
 	default:
-		return hdr, fmt.Errorf("%w: token is not a jwt: expected 3 dot-separated parts, got %d", ErrUnauthenticated, n)
+		return nil, fmt.Errorf("%w: token is not a jwt: expected 3 dot-separated parts, got %d", ErrUnauthenticated, n)
 	}
 	for i := 0; i < len(token); i++ {
 		if c := token[i]; !isBase64URL(c) && c != '.' {
-			return hdr, fmt.Errorf("%w: token has the character %q at offset %d, outside base64url", ErrUnauthenticated, c, i)
+			return nil, fmt.Errorf("%w: token has the character %q at offset %d, outside base64url", ErrUnauthenticated, c, i)
 		}
 	}
-	parts := strings.Split(token, ".")
+	dot1 := strings.IndexByte(token, '.')
+	dot2 := strings.LastIndexByte(token, '.')
 	enc := base64.RawURLEncoding.Strict()
-	raw, err := enc.DecodeString(parts[0])
+	raw, err := enc.DecodeString(token[:dot1])
 	if err != nil {
-		return hdr, fmt.Errorf("%w: token header is not canonical base64url: %w", ErrUnauthenticated, err)
+		return nil, fmt.Errorf("%w: token header is not canonical base64url: %w", ErrUnauthenticated, err)
 	}
-	if err := josejson.Unmarshal(raw, &hdr); err != nil {
-		return hdr, fmt.Errorf("%w: token header is not a json object: %w", ErrUnauthenticated, err)
+	j := &compactJWS{signed: token[:dot2]}
+	if err := josejson.Unmarshal(raw, &j.hdr); err != nil {
+		return nil, fmt.Errorf("%w: token header is not a json object: %w", ErrUnauthenticated, err)
 	}
-	if hdr.Alg == "" {
-		return hdr, fmt.Errorf("%w: token header names no algorithm", ErrUnauthenticated)
+	if j.hdr.Alg == "" {
+		return nil, fmt.Errorf("%w: token header names no algorithm", ErrUnauthenticated)
 	}
-	if !slices.Contains(jwtAlgorithms, jose.SignatureAlgorithm(hdr.Alg)) {
-		return hdr, fmt.Errorf("%w: token algorithm %s is not allowed", ErrUnauthenticated, quote(hdr.Alg))
+	j.alg = jose.SignatureAlgorithm(j.hdr.Alg)
+	if !slices.Contains(jwtAlgorithms, j.alg) {
+		return nil, fmt.Errorf("%w: token algorithm %s is not allowed", ErrUnauthenticated, quote(j.hdr.Alg))
 	}
-	if hdr.Crit != nil || hdr.B64 != nil {
-		return hdr, fmt.Errorf("%w: token header carries crit or b64, which service account tokens never do", ErrUnauthenticated)
+	if j.hdr.Crit != nil || j.hdr.B64 != nil {
+		return nil, fmt.Errorf("%w: token header carries crit or b64, which service account tokens never do", ErrUnauthenticated)
 	}
-	if _, err := enc.DecodeString(parts[1]); err != nil {
-		return hdr, fmt.Errorf("%w: token payload is not canonical base64url: %w", ErrUnauthenticated, err)
+	if j.payload, err = enc.DecodeString(token[dot1+1 : dot2]); err != nil {
+		return nil, fmt.Errorf("%w: token payload is not canonical base64url: %w", ErrUnauthenticated, err)
 	}
-	if sig, err := enc.DecodeString(parts[2]); err != nil || len(sig) == 0 {
-		return hdr, fmt.Errorf("%w: token signature is missing or not canonical base64url", ErrUnauthenticated)
+	if j.sig, err = enc.DecodeString(token[dot2+1:]); err != nil || len(j.sig) == 0 {
+		return nil, fmt.Errorf("%w: token signature is missing or not canonical base64url", ErrUnauthenticated)
 	}
-	return hdr, nil
+	return j, nil
+}
+
+// verify reports whether j's signature verifies under key with j's
+// algorithm, as RFC 7518 section 3 defines them: RSASSA-PKCS1-v1_5 and
+// RSASSA-PSS over the signing input's SHA-2 digest, and ECDSA with the
+// signature as the fixed-size R || S of the curve. candidateKeys has
+// matched the key's type and curve to the algorithm.
+func (j *compactJWS) verify(key any) bool {
+	var h crypto.Hash
+	switch j.alg {
+	case jose.RS256, jose.ES256, jose.PS256:
+		h = crypto.SHA256
+	case jose.RS384, jose.ES384:
+		h = crypto.SHA384
+	case jose.RS512:
+		h = crypto.SHA512
+	default:
+		return false
+	}
+	d := h.New()
+	_, _ = io.WriteString(d, j.signed)
+	digest := d.Sum(nil)
+	switch pub := key.(type) {
+	case *rsa.PublicKey:
+		if j.alg == jose.PS256 {
+			return rsa.VerifyPSS(pub, h, digest, j.sig, nil) == nil
+		}
+		return rsa.VerifyPKCS1v15(pub, h, digest, j.sig) == nil
+	case *ecdsa.PublicKey:
+		size := (pub.Curve.Params().BitSize + 7) / 8
+		if len(j.sig) != 2*size {
+			return false
+		}
+		r := new(big.Int).SetBytes(j.sig[:size])
+		s := new(big.Int).SetBytes(j.sig[size:])
+		return ecdsa.Verify(pub, digest, r, s)
+	}
+	return false
 }
 
 func isBase64URL(c byte) bool {

@@ -862,3 +862,53 @@ func TestRemoteKeySourceConcurrentStale(t *testing.T) {
 		t.Fatalf("jwks fetched %d times, want 2", got)
 	}
 }
+
+// TestJWTEveryAlgorithmVerifies signs the same claims with every allowed
+// algorithm through go-jose, as an issuer would, and checks that each token
+// is accepted, and refused once a byte of its signature, payload or
+// signature length is changed.
+func TestJWTEveryAlgorithmVerifies(t *testing.T) {
+	rsaKey := loadTestRSAKey(t)
+	keys := map[jose.SignatureAlgorithm]crypto.Signer{
+		jose.RS256: rsaKey, jose.RS384: rsaKey, jose.RS512: rsaKey, jose.PS256: rsaKey,
+		jose.ES256: newECKey(t, elliptic.P256()), jose.ES384: newECKey(t, elliptic.P384()),
+	}
+	if len(keys) != len(jwtAlgorithms) {
+		t.Fatalf("test covers %d algorithms, %d are allowed", len(keys), len(jwtAlgorithms))
+	}
+	for _, alg := range jwtAlgorithms {
+		t.Run(string(alg), func(t *testing.T) {
+			key := keys[alg]
+			set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "k", Algorithm: string(alg), Use: "sig"}}}
+			auth, err := NewJWTAuthenticator(JWTOptions{Issuer: testIssuer, KeySet: &set, TrustDomain: testTrustDomain, Now: func() time.Time { return testNow }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			token := sign(t, key, alg, "k", claims())
+			c, err := auth.Authenticate(context.Background(), Credentials{Token: token})
+			if err != nil {
+				t.Fatalf("valid %s token refused: %v", alg, err)
+			}
+			if c.Namespace != "default" || c.ServiceAccount != "sleep" {
+				t.Fatalf("caller %s/%s, want default/sleep", c.Namespace, c.ServiceAccount)
+			}
+			parts := strings.Split(token, ".")
+			sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+			flipped := append([]byte(nil), sig...)
+			flipped[len(flipped)/2] ^= 1
+			other := claims()
+			other["sub"] = "system:serviceaccount:default:other"
+			bad := map[string]string{
+				"flipped signature byte": parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(flipped),
+				"signature one byte short": parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sig[:len(sig)-1]),
+				"payload swapped":          parts[0] + "." + b64(other) + "." + parts[2],
+			}
+			for name, tok := range bad {
+				_, err := auth.Authenticate(context.Background(), Credentials{Token: tok})
+				if !errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), "does not verify") {
+					t.Errorf("%s: got %v, want a signature that does not verify", name, err)
+				}
+			}
+		})
+	}
+}
