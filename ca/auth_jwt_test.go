@@ -899,7 +899,7 @@ func TestJWTEveryAlgorithmVerifies(t *testing.T) {
 			other := claims()
 			other["sub"] = "system:serviceaccount:default:other"
 			bad := map[string]string{
-				"flipped signature byte": parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(flipped),
+				"flipped signature byte":   parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(flipped),
 				"signature one byte short": parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sig[:len(sig)-1]),
 				"payload swapped":          parts[0] + "." + b64(other) + "." + parts[2],
 			}

@@ -49,10 +49,21 @@ type Service struct {
 	chain atomic.Pointer[verifiedChain]
 }
 
-// verifiedChain is an intermediate whose path to roots verified.
+// verifiedChain is an intermediate whose path to roots verified, with the
+// PEM every answer carries: the intermediate's and the root bundle's.
 type verifiedChain struct {
-	issuer *x509.Certificate
-	roots  []*x509.Certificate
+	issuer    *x509.Certificate
+	roots     []*x509.Certificate
+	issuerPEM string
+	bundle    string
+}
+
+func newVerifiedChain(issuer *x509.Certificate, roots []*x509.Certificate) *verifiedChain {
+	var b strings.Builder
+	for _, r := range roots {
+		b.Write(pemCert(r))
+	}
+	return &verifiedChain{issuer: issuer, roots: roots, issuerPEM: string(pemCert(issuer)), bundle: b.String()}
 }
 
 // ServiceOptions configure a Service.
@@ -222,7 +233,8 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 		return caller, tier, nil, err
 	}
 	roots := s.authority.Roots()
-	if err := s.verifyChain(issued, roots, caller.SPIFFEID, workloadUsages, now); err != nil {
+	chain, err := s.verifyChain(issued, roots, caller.SPIFFEID, workloadUsages, now)
+	if err != nil {
 		return caller, tier, nil, err
 	}
 	err = s.recorder.RecordIssuance(ctx, &Issuance{
@@ -234,24 +246,26 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 		return caller, tier, nil, fmt.Errorf("record issuance: %w", err)
 	}
 	s.metrics.issuances.WithLabelValues(tier, string(issued.Issuer.Mode)).Inc()
-	return caller, tier, answer(issued, roots), nil
+	return caller, tier, answer(issued, chain), nil
 }
 
 // verifyChain checks the new leaf against the current roots before anyone
-// sees it. The full path validation (signatures, validity, constraints)
-// runs once per intermediate and root set, and checks that the
-// intermediate certifies the key that signs; after that a leaf needs no
-// signature check of its own, because x509.CreateCertificate verified the
-// signature it made with that same key, only its issuer name, validity,
-// key usages and SPIFFE ID.
-func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, usages []x509.ExtKeyUsage, now time.Time) error {
+// sees it, and returns the verified chain, whose PEM the answer carries.
+// The full path validation (signatures, validity, constraints) runs once
+// per intermediate and root set, and checks that the intermediate
+// certifies the key that signs; after that a leaf needs no signature check
+// of its own, because x509.CreateCertificate verified the signature it made
+// with that same key, only its issuer name, validity, key usages and SPIFFE
+// ID.
+func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, usages []x509.ExtKeyUsage, now time.Time) (*verifiedChain, error) {
 	leaf, in := is.Cert, is.Issuer.Cert
-	if v := s.chain.Load(); v != nil && v.issuer == in && slices.Equal(v.roots, roots) {
+	v := s.chain.Load()
+	if v != nil && v.issuer == in && slices.Equal(v.roots, roots) {
 		if !bytes.Equal(leaf.RawIssuer, in.RawSubject) || !bytes.Equal(leaf.AuthorityKeyId, in.SubjectKeyId) {
-			return errors.New("issued certificate does not name its intermediate as issuer")
+			return nil, errors.New("issued certificate does not name its intermediate as issuer")
 		}
 		if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) || leaf.NotAfter.After(in.NotAfter) {
-			return fmt.Errorf("issued certificate is valid from %s to %s: not now, or beyond its intermediate", leaf.NotBefore, leaf.NotAfter)
+			return nil, fmt.Errorf("issued certificate is valid from %s to %s: not now, or beyond its intermediate", leaf.NotBefore, leaf.NotAfter)
 		}
 	} else {
 		rp := x509.NewCertPool()
@@ -263,26 +277,27 @@ func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spif
 		if _, err := leaf.Verify(x509.VerifyOptions{
 			Roots: rp, Intermediates: ip, CurrentTime: now, KeyUsages: usages,
 		}); err != nil {
-			return fmt.Errorf("issued certificate does not verify against the roots: %w", err)
+			return nil, fmt.Errorf("issued certificate does not verify against the roots: %w", err)
 		}
 		type equaler interface{ Equal(crypto.PublicKey) bool }
 		if k, ok := in.PublicKey.(equaler); !ok || !k.Equal(is.Issuer.Signer.Public()) {
-			return errors.New("the intermediate's signer does not hold the intermediate's key")
+			return nil, errors.New("the intermediate's signer does not hold the intermediate's key")
 		}
-		s.chain.Store(&verifiedChain{issuer: in, roots: roots})
+		v = newVerifiedChain(in, roots)
+		s.chain.Store(v)
 	}
 	if len(in.ExtKeyUsage) != 0 {
-		return errors.New("the intermediate restricts extended key usage")
+		return nil, errors.New("the intermediate restricts extended key usage")
 	}
 	for _, u := range usages {
 		if !slices.Contains(leaf.ExtKeyUsage, u) {
-			return fmt.Errorf("issued certificate lacks extended key usage %d", u)
+			return nil, fmt.Errorf("issued certificate lacks extended key usage %d", u)
 		}
 	}
 	if spiffeID != "" && (len(leaf.URIs) != 1 || leaf.URIs[0].String() != spiffeID) {
-		return fmt.Errorf("issued certificate carries %v, not %s", leaf.URIs, spiffeID)
+		return nil, fmt.Errorf("issued certificate carries %v, not %s", leaf.URIs, spiffeID)
 	}
-	return nil
+	return v, nil
 }
 
 // What a certificate must be valid for: a workload's for both ends of
@@ -407,7 +422,7 @@ func (s *Service) issueSelf(ctx context.Context, id, tier string, ttl time.Durat
 		return nil, nil, err
 	}
 	roots := s.authority.Roots()
-	if err := s.verifyChain(issued, roots, id, usages, now); err != nil {
+	if _, err := s.verifyChain(issued, roots, id, usages, now); err != nil {
 		return nil, nil, err
 	}
 	caller := &Caller{SPIFFEID: id, Method: AuthSelf}
@@ -428,12 +443,8 @@ func (s *Service) issueSelf(ctx context.Context, id, tier string, ttl time.Durat
 
 // answer is the chain istio-agent expects: leaf, intermediate, and the root
 // bundle (every trusted root) as the last element.
-func answer(is *issuer.Issued, roots []*x509.Certificate) []string {
-	var bundle strings.Builder
-	for _, r := range roots {
-		bundle.Write(pemCert(r))
-	}
-	return []string{string(pemCert(is.Cert)), string(pemCert(is.Issuer.Cert)), bundle.String()}
+func answer(is *issuer.Issued, chain *verifiedChain) []string {
+	return []string{string(pemCert(is.Cert)), chain.issuerPEM, chain.bundle}
 }
 
 func pemCert(c *x509.Certificate) []byte {
