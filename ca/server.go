@@ -81,10 +81,12 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.MaxRecvMsgSize(svc.csr.maxBytes() + MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 		// Agents keep their connection open between renewals: keep what an
-		// idle connection holds small (grpc shares the write buffer
-		// between writes by default).
+		// idle connection holds small. The read buffer is the connection's
+		// own; a request fits in it. The write buffer is shared between
+		// connections and held only while a connection writes, so it keeps
+		// grpc's default size, in which an answer (headers, message,
+		// trailers) goes out in one TLS write.
 		grpc.ReadBufferSize(4 << 10),
-		grpc.WriteBufferSize(4 << 10),
 	}
 	refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
 	opts = append(opts, grpc.InTapHandle(admit(svc.inFlight, refused.Inc)))
