@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.Pool, "csrs", cfg.Pool, "ECDSA P-256 CSRs generated before timing, cycled")
 	fs.IntVar(&cfg.RSAPool, "rsa-csrs", cfg.RSAPool, "RSA-2048 CSRs generated before timing, cycled")
 	only := fs.String("only", "", "comma-separated system ids to run (crypto, istio-ecdsa, istio-rsa, vault-pki, vault-pki-nostore, vault-transit, transitca-memory, transitca-vault)")
-	skip := fs.String("skip", "", "comma-separated parts to leave out: rsa, open, storm")
+	skip := fs.String("skip", "", "comma-separated parts to leave out: profile, rsa, open, storm")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -98,6 +98,7 @@ func serveIstioCA(ctx context.Context, args []string) error {
 	fs.StringVar(&c.Mode, "mode", peers.IstioPluggedECDSA, "ecdsa (plugged P-256 CA) or rsa (self-signed RSA-2048)")
 	fs.StringVar(&c.JWKSFile, "jwks", "", "JWKS file that verifies tokens")
 	fs.StringVar(&c.Issuer, "issuer", "", "token issuer")
+	fs.StringVar(&c.PprofAddr, "pprof", "", "address to serve Go's profiles of the server at (/debug/pprof/)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -344,8 +344,12 @@ func (e *env) startTransitca(ctx context.Context, id, binary, mode string) (*pee
 	if err != nil {
 		return nil, err
 	}
+	metrics, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
 	t, err := peers.StartTransitca(ctx, peers.TransitcaConfig{
-		Binary: binary, Dir: filepath.Join(e.dir, id), Addr: addr, Mode: mode,
+		Binary: binary, Dir: filepath.Join(e.dir, id), Addr: addr, Mode: mode, MetricsAddr: metrics,
 		VaultAddr: e.vault.Server.Addr, VaultToken: e.vault.Server.RootToken,
 		TransitMount: transit, KVMount: kv, JWKSFile: e.jwks, Issuer: tokenIssuer,
 	})
@@ -357,26 +361,31 @@ func (e *env) startTransitca(ctx context.Context, id, binary, mode string) (*pee
 }
 
 // startIstioCA runs the driver itself as Istio's CA server in a child
-// process.
-func (e *env) startIstioCA(mode string) (*peers.Process, loadgen.Target, error) {
+// process, and returns it, its target and the address of its profiles.
+func (e *env) startIstioCA(mode string) (*peers.Process, loadgen.Target, string, error) {
+	var none loadgen.Target
 	addr, err := freeAddr()
 	if err != nil {
-		return nil, loadgen.Target{}, err
+		return nil, none, "", err
 	}
-	c := peers.IstioCAConfig{Dir: filepath.Join(e.dir, "istio-"+mode), Addr: addr, Mode: mode, JWKSFile: e.jwks, Issuer: tokenIssuer}
+	pprof, err := freeAddr()
+	if err != nil {
+		return nil, none, "", err
+	}
+	c := peers.IstioCAConfig{Dir: filepath.Join(e.dir, "istio-"+mode), Addr: addr, Mode: mode, JWKSFile: e.jwks, Issuer: tokenIssuer, PprofAddr: pprof}
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return nil, loadgen.Target{}, err
+		return nil, none, "", err
 	}
 	p, err := peers.StartProcess("istio ca "+mode, filepath.Join(c.Dir, "server.log"), nil, e.cfg.Self,
 		append([]string{IstioCAServerCommand}, c.Args()...)...)
 	if err != nil {
-		return nil, loadgen.Target{}, err
+		return nil, none, "", err
 	}
 	e.started = append(e.started, p.Stop)
 	if err := p.WaitTLS(addr, c.RootFile(), 60*time.Second); err != nil {
-		return nil, loadgen.Target{}, err
+		return nil, none, "", err
 	}
-	return p, loadgen.Target{Addr: addr, RootCertFile: c.RootFile(), SAN: peers.IstiodSAN}, nil
+	return p, loadgen.Target{Addr: addr, RootCertFile: c.RootFile(), SAN: peers.IstiodSAN}, pprof, nil
 }
 
 // IstioCAServerCommand is the driver's hidden subcommand that serves

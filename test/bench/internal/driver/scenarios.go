@@ -21,6 +21,10 @@ type results struct {
 	open map[string][]openRun
 	// storms are the restart storms, per round.
 	storms map[string][]stormRun
+	// profiles split the CPU of a profiled closed-loop run by stage.
+	profiles []*stageProfile
+	// disk is the raw commit latency of the disk the logs are on.
+	disk *diskLatency
 }
 
 type labeled struct {
@@ -69,6 +73,18 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 			r.closed[s.id] = append(r.closed[s.id], res)
 		}
 	}
+	if !e.skip("profile") {
+		e.logf("closed loop with CPU profiles")
+		for _, id := range []string{sysTransitcaMem, sysTransitcaMem + candidateSuffix, sysIstioECDSA} {
+			if s := e.system(id); s != nil && s.pprof != "" {
+				sp, err := e.profiled(ctx, s)
+				if err != nil {
+					return nil, err
+				}
+				r.profiles = append(r.profiles, sp)
+			}
+		}
+	}
 	if !e.skip("rsa") {
 		e.logf("closed loop with RSA-2048 CSRs")
 		for _, id := range []string{sysTransitcaMem, sysIstioRSA} {
@@ -84,6 +100,14 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 		}
 	}
 	if !e.skip("open") {
+		e.logf("raw commit latency of the disk")
+		d, err := measureDisk(e.dir)
+		if err != nil {
+			return nil, err
+		}
+		r.disk = d
+		e.logf("  4 KiB write + fdatasync: p50 %v p99 %v; two of them (a commit): p50 %v p99 %v",
+			ms(d.write.P50), ms(d.write.P99), ms(d.commit.P50), ms(d.commit.P99))
 		e.logf("open loop at half of each system's peak, %d rounds", e.cfg.Rounds)
 		for round := range e.cfg.Rounds {
 			for _, id := range e.latencySystems() {

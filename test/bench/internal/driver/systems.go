@@ -41,6 +41,9 @@ type system struct {
 	newOp func(workers int, items []item) (loadgen.Op, func(), error)
 	// target is set for systems that speak Istio's gRPC protocol.
 	target *loadgen.Target
+	// pprof is the address serving the server's Go profiles, if it has
+	// one.
+	pprof string
 }
 
 // System ids.
@@ -138,11 +141,11 @@ func (e *env) istioSystem(id, mode, label, note string) *system {
 	s := &system{id: id, label: label, note: note}
 	var proc *peers.Process
 	s.start = func(context.Context) error {
-		p, t, err := e.startIstioCA(mode)
+		p, t, pprof, err := e.startIstioCA(mode)
 		if err != nil {
 			return err
 		}
-		proc, s.target = p, &t
+		proc, s.target, s.pprof = p, &t, pprof
 		return nil
 	}
 	s.procs = func() []loadgen.Proc { return []loadgen.Proc{{Name: "server", PID: proc.PID()}} }
@@ -161,6 +164,7 @@ func (e *env) transitcaSystem(id, binary, mode, label, note string) *system {
 			return err
 		}
 		s.target = &loadgen.Target{Addr: d.Addr, RootCertFile: d.RootFile, SAN: "localhost"}
+		s.pprof = d.MetricsAddr
 		return nil
 	}
 	s.procs = func() []loadgen.Proc {

@@ -51,6 +51,8 @@ type IstioCAConfig struct {
 	Mode     string // IstioPluggedECDSA or IstioSelfSignedRSA
 	JWKSFile string // keys that verify service-account tokens
 	Issuer   string // the tokens' issuer
+	// PprofAddr, when set, serves Go's profiles under /debug/pprof/ there.
+	PprofAddr string
 }
 
 // RootFile is where the server writes its root bundle once it listens.
@@ -58,7 +60,11 @@ func (c IstioCAConfig) RootFile() string { return filepath.Join(c.Dir, "root-cer
 
 // Args are the command-line flags of the istio-ca-server subcommand.
 func (c IstioCAConfig) Args() []string {
-	return []string{"-dir", c.Dir, "-addr", c.Addr, "-mode", c.Mode, "-jwks", c.JWKSFile, "-issuer", c.Issuer}
+	args := []string{"-dir", c.Dir, "-addr", c.Addr, "-mode", c.Mode, "-jwks", c.JWKSFile, "-issuer", c.Issuer}
+	if c.PprofAddr != "" {
+		args = append(args, "-pprof", c.PprofAddr)
+	}
+	return args
 }
 
 // ServeIstioCA runs Istio's own CA gRPC server
@@ -120,6 +126,14 @@ func ServeIstioCA(ctx context.Context, c IstioCAConfig) error {
 	if err := os.WriteFile(c.RootFile(), rootPEM, 0o644); err != nil {
 		lis.Close()
 		return err
+	}
+	if c.PprofAddr != "" {
+		stop, err := ServePprof(c.PprofAddr)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		defer stop()
 	}
 	go func() { <-ctx.Done(); gs.Stop() }()
 	return gs.Serve(lis)

@@ -21,6 +21,9 @@ type TransitcaConfig struct {
 	KVMount      string
 	JWKSFile     string
 	Issuer       string
+	// MetricsAddr, when set, is the metrics listener, with Go's profiles
+	// under /debug/pprof/ (server.pprof).
+	MetricsAddr string
 }
 
 // Transitca is a running "ca serve".
@@ -29,6 +32,8 @@ type Transitca struct {
 	Addr     string
 	RootFile string
 	DataDir  string
+	// MetricsAddr serves metrics and Go's profiles; empty when off.
+	MetricsAddr string
 }
 
 // StartTransitca writes a configuration, runs "ca init" and starts "ca
@@ -41,6 +46,10 @@ func StartTransitca(ctx context.Context, c TransitcaConfig) (*Transitca, error) 
 	}
 	dataDir := filepath.Join(c.Dir, "data")
 	cfgFile := filepath.Join(c.Dir, "transitca.yaml")
+	pprof := "false"
+	if c.MetricsAddr != "" {
+		pprof = "true"
+	}
 	cfg := fmt.Sprintf(`data_dir: %s
 trust_domain: cluster.local
 vault:
@@ -51,7 +60,8 @@ ca:
   intermediate_mode: %s
 server:
   listen: %s
-  metrics_listen: ""
+  metrics_listen: "%s"
+  pprof: %s
   tls:
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
@@ -61,7 +71,7 @@ auth:
     jwks_file: %s
 admin:
   listen: ""
-`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.Issuer, c.JWKSFile)
+`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.MetricsAddr, pprof, c.Issuer, c.JWKSFile)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -77,7 +87,7 @@ admin:
 	if err != nil {
 		return nil, err
 	}
-	t := &Transitca{Process: p, Addr: c.Addr, RootFile: filepath.Join(dataDir, "root-cert.pem"), DataDir: dataDir}
+	t := &Transitca{Process: p, Addr: c.Addr, RootFile: filepath.Join(dataDir, "root-cert.pem"), DataDir: dataDir, MetricsAddr: c.MetricsAddr}
 	if err := p.WaitTLS(c.Addr, t.RootFile, 60*time.Second); err != nil {
 		p.Stop()
 		return nil, err
