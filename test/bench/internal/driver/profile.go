@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -59,6 +61,7 @@ type stageProfile struct {
 	total   time.Duration            // CPU in the profile
 	seconds float64                  // the profile's wall-clock duration
 	stages  map[string]time.Duration // CPU per stage
+	file    string                   // the profile, in the work directory
 }
 
 // perIssuance is d spread over the issuances the profile covers.
@@ -107,6 +110,19 @@ func (e *env) profiled(ctx context.Context, s *system) (*stageProfile, error) {
 	}
 	sp := splitByStage(g.p)
 	sp.sys, sp.res = s, res
+	sp.file = filepath.Join(e.dir, s.id+".cpu.pb.gz")
+	f, err := os.Create(sp.file)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.p.Write(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	e.logf("  CPU profile of %s: %s", s.id, sp.file)
 	return sp, nil
 }
 
