@@ -50,7 +50,12 @@ func createCert(ctx context.Context, tmpl, parent *x509.Certificate, pub crypto.
 	}
 	t := *tmpl
 	t.SerialNumber = serial
-	der, err := x509.CreateCertificate(rand.Reader, &t, parent, pub, bind(ctx, signer))
+	var der []byte
+	if _, ok := sigAlgFor(parent.PublicKey); ok && isWorkloadLeaf(&t) {
+		der, err = signLeaf(&t, parent, pub, bind(ctx, signer))
+	} else {
+		der, err = x509.CreateCertificate(rand.Reader, &t, parent, pub, bind(ctx, signer))
+	}
 	if err != nil {
 		return nil, err
 	}
