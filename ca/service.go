@@ -254,9 +254,9 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 // The full path validation (signatures, validity, constraints) runs once
 // per intermediate and root set, and checks that the intermediate
 // certifies the key that signs; after that a leaf needs no signature check
-// of its own, because x509.CreateCertificate verified the signature it made
-// with that same key, only its issuer name, validity, key usages and SPIFFE
-// ID.
+// of its own, because SignLeaf verified the signature it made with that
+// same key under the intermediate's public key, only its issuer name,
+// validity, key usages and SPIFFE ID.
 func (s *Service) verifyChain(is *issuer.Issued, roots []*x509.Certificate, spiffeID string, usages []x509.ExtKeyUsage, now time.Time) (*verifiedChain, error) {
 	leaf, in := is.Cert, is.Issuer.Cert
 	v := s.chain.Load()
