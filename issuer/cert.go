@@ -24,7 +24,10 @@ type Issued struct {
 // It sets a fresh 128-bit random serial, the subject key identifier of pub
 // and the authority key identifier of the intermediate, and caps NotAfter
 // at the intermediate's NotAfter: an intermediate outlives every leaf it
-// signs. Build tmpl with LeafTemplate or ServingTemplate.
+// signs. The signature is checked under the intermediate's public key
+// before the leaf is returned, so a signer that misbehaves (or a Transit
+// key version other than the intermediate's) yields an error, never a
+// certificate. Build tmpl with LeafTemplate or ServingTemplate.
 func (a *Authority) SignLeaf(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*Issued, error) {
 	in := a.Intermediate()
 	t := *tmpl
