@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -62,6 +63,9 @@ type stageProfile struct {
 	seconds float64                  // the profile's wall-clock duration
 	stages  map[string]time.Duration // CPU per stage
 	file    string                   // the profile, in the work directory
+	// allocBytes and allocObjects are what the server allocated over
+	// the window.
+	allocBytes, allocObjects int64
 }
 
 // perIssuance is d spread over the issuances the profile covers.
@@ -83,53 +87,80 @@ func stageNames() []string {
 }
 
 // profiled runs one closed loop on s while its server records a CPU
-// profile over the measured window, and splits the profile by stage.
+// profile and its allocations over the measured window, and splits the
+// CPU profile by stage.
 func (e *env) profiled(ctx context.Context, s *system) (*stageProfile, error) {
 	type got struct {
 		p   *profile.Profile
 		err error
 	}
-	ch := make(chan got, 1)
-	go func() {
-		select {
-		case <-time.After(e.cfg.Warmup):
-		case <-ctx.Done():
-			ch <- got{err: ctx.Err()}
-			return
-		}
-		p, err := fetchCPUProfile(ctx, s.pprof, e.cfg.Duration)
-		ch <- got{p, err}
-	}()
+	fetch := func(kind string) <-chan got {
+		ch := make(chan got, 1)
+		go func() {
+			select {
+			case <-time.After(e.cfg.Warmup):
+			case <-ctx.Done():
+				ch <- got{err: ctx.Err()}
+				return
+			}
+			p, err := fetchProfile(ctx, s.pprof, kind, e.cfg.Duration)
+			ch <- got{p, err}
+		}()
+		return ch
+	}
+	cpuCh, allocCh := fetch("profile"), fetch("allocs")
 	res, err := e.closed(ctx, s, e.ecdsa, s.id+" profiled")
 	if err != nil {
 		return nil, err
 	}
-	g := <-ch
-	if g.err != nil {
-		return nil, fmt.Errorf("%s: cpu profile: %w", s.id, g.err)
+	cpu, allocs := <-cpuCh, <-allocCh
+	if err := errors.Join(cpu.err, allocs.err); err != nil {
+		return nil, fmt.Errorf("%s: profiles: %w", s.id, err)
 	}
-	sp := splitByStage(g.p)
+	sp := splitByStage(cpu.p)
 	sp.sys, sp.res = s, res
+	sp.allocBytes, sp.allocObjects = sampleTotal(allocs.p, "alloc_space"), sampleTotal(allocs.p, "alloc_objects")
 	sp.file = filepath.Join(e.dir, s.id+".cpu.pb.gz")
-	f, err := os.Create(sp.file)
-	if err != nil {
+	if err := writeProfile(sp.file, cpu.p); err != nil {
 		return nil, err
 	}
-	if err := g.p.Write(f); err != nil {
-		f.Close()
+	if err := writeProfile(filepath.Join(e.dir, s.id+".allocs.pb.gz"), allocs.p); err != nil {
 		return nil, err
 	}
-	if err := f.Close(); err != nil {
-		return nil, err
-	}
-	e.logf("  CPU profile of %s: %s", s.id, sp.file)
+	e.logf("  profiles of %s: %s, .allocs.pb.gz", s.id, sp.file)
 	return sp, nil
 }
 
-// fetchCPUProfile records d of CPU profile from a /debug/pprof server.
-func fetchCPUProfile(ctx context.Context, addr string, d time.Duration) (*profile.Profile, error) {
+func writeProfile(path string, p *profile.Profile) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := p.Write(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// sampleTotal adds up one value of every sample of p.
+func sampleTotal(p *profile.Profile, typ string) int64 {
+	idx := slices.IndexFunc(p.SampleType, func(t *profile.ValueType) bool { return t.Type == typ })
+	if idx < 0 {
+		return 0
+	}
+	var n int64
+	for _, s := range p.Sample {
+		n += s.Value[idx]
+	}
+	return n
+}
+
+// fetchProfile records d of a profile kind ("profile" for CPU, "allocs"
+// for allocations) from a /debug/pprof server.
+func fetchProfile(ctx context.Context, addr, kind string, d time.Duration) (*profile.Profile, error) {
 	secs := max(int(d.Round(time.Second)/time.Second), 1)
-	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, secs)
+	url := fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, secs)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
@@ -203,6 +234,11 @@ func renderProfiles(b *strings.Builder, profiles []*stageProfile) {
 	p("| **total** |")
 	for _, sp := range profiles {
 		p(" **%s** | 100%% |", fmtMicros(sp.perIssuance(sp.total)))
+	}
+	p("\n| allocated per certificate |")
+	for _, sp := range profiles {
+		n := sp.res.Throughput() * sp.seconds
+		p(" %.1f KB in %.0f objects | |", float64(sp.allocBytes)/n/1000, float64(sp.allocObjects)/n)
 	}
 	p("\n\n")
 }
