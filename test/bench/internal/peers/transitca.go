@@ -21,6 +21,12 @@ type TransitcaConfig struct {
 	KVMount      string
 	JWKSFile     string
 	Issuer       string
+	// Kubeconfig, when set, replaces the offline JWKS check: tokens are
+	// checked by TokenReview against this kubeconfig's API server, which
+	// the Kubernetes features (trust bundle, leader election) also use.
+	Kubeconfig string
+	// MetricsAddr, when set, serves /metrics and /debug/pprof there.
+	MetricsAddr string
 }
 
 // Transitca is a running "ca serve".
@@ -32,9 +38,10 @@ type Transitca struct {
 }
 
 // StartTransitca writes a configuration, runs "ca init" and starts "ca
-// serve" with it: tokens verified offline against JWKSFile, the issuance log
-// on (it always is: durable, fsync, group commit), no metrics or admin
-// listeners.
+// serve" with it: tokens verified offline against JWKSFile (or by
+// TokenReview with Kubeconfig), the issuance log on (it always is: durable,
+// fsync, group commit), no admin listener and, without MetricsAddr, no
+// metrics listener.
 func StartTransitca(ctx context.Context, c TransitcaConfig) (*Transitca, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, err
@@ -51,17 +58,15 @@ ca:
   intermediate_mode: %s
 server:
   listen: %s
-  metrics_listen: ""
+  metrics_listen: "%s"
+  pprof: %t
   tls:
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
-auth:
-  jwt:
-    issuer: %s
-    jwks_file: %s
+%s
 admin:
   listen: ""
-`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.Issuer, c.JWKSFile)
+`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.MetricsAddr, c.MetricsAddr != "", c.authConfig())
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -83,4 +88,19 @@ admin:
 		return nil, err
 	}
 	return t, nil
+}
+
+// authConfig is the auth section, and the kubernetes one with a kubeconfig.
+func (c TransitcaConfig) authConfig() string {
+	if c.Kubeconfig != "" {
+		return fmt.Sprintf(`auth:
+  tokenreview:
+    enabled: true
+kubernetes:
+  kubeconfig: %s`, c.Kubeconfig)
+	}
+	return fmt.Sprintf(`auth:
+  jwt:
+    issuer: %s
+    jwks_file: %s`, c.Issuer, c.JWKSFile)
 }
