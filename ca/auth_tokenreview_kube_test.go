@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -295,12 +296,13 @@ func TestTokenReviewKubeRevocationDelay(t *testing.T) {
 	}
 }
 
-// N requests with one token cost one TokenReview on the API server; the
-// metrics count one miss and N-1 hits. Another token is another review.
-func TestTokenReviewKubeCache(t *testing.T) {
+// cachedPodToken returns a fresh namespace, an authenticator with a 10s
+// cache and metrics in reg that reviews through a client watched by
+// counter, and a token for it bound to pod web-0.
+func cachedPodToken(t *testing.T, counter transportWrapper) (*kubetest.Env, *ca.TokenReviewAuthenticator, *prometheus.Registry, *corev1.Pod, string) {
+	t.Helper()
 	env := kubetest.New(t)
-	var reviews reviewCounter
-	client := reviewerClient(t, env, &reviews)
+	client := reviewerClient(t, env, counter)
 	reg := prometheus.NewRegistry()
 	auth := newKubeAuthenticator(t, client, func(o *ca.TokenReviewOptions) {
 		o.CacheTTL = 10 * time.Second
@@ -308,7 +310,14 @@ func TestTokenReviewKubeCache(t *testing.T) {
 	})
 	env.ServiceAccount(t, "web")
 	pod := env.Pod(t, "web-0", "web", "node-a")
-	token := env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: pod})
+	return env, auth, reg, pod, env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: pod})
+}
+
+// N requests with one token cost one TokenReview on the API server; the
+// metrics count one miss and N-1 hits. Another token is another review.
+func TestTokenReviewKubeCache(t *testing.T) {
+	var reviews reviewCounter
+	env, auth, reg, pod, token := cachedPodToken(t, &reviews)
 
 	const n = 50
 	for i := range n {
@@ -477,17 +486,8 @@ func authenticateAll(t *testing.T, auth *ca.TokenReviewAuthenticator, tokens []s
 // arrive while it is in flight wait for its answer instead of sending their
 // own.
 func TestTokenReviewKubeConcurrentSameToken(t *testing.T) {
-	env := kubetest.New(t)
 	counter := &blockingCounter{release: make(chan struct{})}
-	client := reviewerClient(t, env, counter)
-	reg := prometheus.NewRegistry()
-	auth := newKubeAuthenticator(t, client, func(o *ca.TokenReviewOptions) {
-		o.CacheTTL = 10 * time.Second
-		o.Metrics = ca.NewMetrics(reg, nil)
-	})
-	env.ServiceAccount(t, "web")
-	pod := env.Pod(t, "web-0", "web", "node-a")
-	token := env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: pod})
+	_, auth, reg, pod, token := cachedPodToken(t, counter)
 
 	const n = 50
 	tokens := make([]string, n)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/transitca/transitca/ca"
+	"github.com/transitca/transitca/internal/kubetest"
 	"github.com/transitca/transitca/test/bench/internal/peers"
 	"github.com/transitca/transitca/test/bench/loadgen"
 )
@@ -29,12 +31,16 @@ type daemon struct {
 	metricsAddr string
 }
 
-// startDaemon starts "ca serve" in memory mode with TokenReview through
-// kubeconfig, on mounts of its own on the run's Vault dev server (the root
+// startDaemon starts "ca serve" in memory mode with auth's token check
+// (Kubeconfig: TokenReview; JWKSFile and Issuer: offline), on mounts of its own on the run's Vault dev server (the root
 // key's home; the intermediate key stays in memory), which it starts
 // first if need be.
-func (r *run) startDaemon(ctx context.Context, round int, bin, kubeconfig string) (*daemon, error) {
-	r.logf("starting ca serve (memory mode, TokenReview)")
+func (r *run) startDaemon(ctx context.Context, round int, bin string, auth peers.TransitcaConfig) (*daemon, error) {
+	check := "TokenReview"
+	if auth.Kubeconfig == "" {
+		check = "JWKS"
+	}
+	r.logf("starting ca serve (memory mode, %s)", check)
 	if r.vault == nil {
 		v, err := peers.StartVault()
 		if err != nil {
@@ -51,18 +57,18 @@ func (r *run) startDaemon(ctx context.Context, round int, bin, kubeconfig string
 	if err := v.MountKV(ctx, kv); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
+	addr, err := peers.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	metrics, err := freeAddr()
+	metrics, err := peers.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
 	t, err := peers.StartTransitca(ctx, peers.TransitcaConfig{
 		Binary: bin, Dir: filepath.Join(r.dir, fmt.Sprintf("transitca-r%d", round)), Addr: addr, Mode: "memory",
 		VaultAddr: v.Server.Addr, VaultToken: v.Server.RootToken, TransitMount: transit, KVMount: kv,
-		Kubeconfig: kubeconfig, MetricsAddr: metrics,
+		Kubeconfig: auth.Kubeconfig, JWKSFile: auth.JWKSFile, Issuer: auth.Issuer, MetricsAddr: metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -131,4 +137,13 @@ func retoken(ctx context.Context, c kubernetes.Interface, w *workload) error {
 	}
 	w.token, err = podToken(ctx, c, pod, []string{ca.DefaultAudience}, int64(4*time.Hour/time.Second))
 	return err
+}
+
+// writeJWKS writes the API server's service account token keys to path.
+func writeJWKS(ctx context.Context, srv *kubetest.Server, path string) error {
+	jwks, err := apiServerScraper(srv, "/openid/v1/jwks").get(ctx)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, jwks, 0o600)
 }

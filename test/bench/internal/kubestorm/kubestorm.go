@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -67,6 +66,11 @@ type Options struct {
 	CPUProfile string
 	// ProfileDuration is how long the CPU profile runs. Default 15s.
 	ProfileDuration time.Duration
+	// JWKS checks the tokens offline against the API server's service
+	// account keys (/openid/v1/jwks) instead of by TokenReview, without
+	// the Kubernetes features: the same storm without the API server in
+	// the request path, for comparison.
+	JWKS bool
 	// Rounds is how many storms run, each against a fresh daemon (so that
 	// none finds the tokens in its cache) and after the API server's own
 	// cache of authenticated tokens (10s) has expired. Default 1.
@@ -214,8 +218,15 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	kubeconfig := filepath.Join(r.dir, "transitca.kubeconfig")
-	if err := daemonKubeconfig(ctx, srv, admin, kubeconfig, 4*time.Hour); err != nil {
+	var auth peers.TransitcaConfig
+	if r.opts.JWKS {
+		auth.JWKSFile, auth.Issuer = filepath.Join(r.dir, "jwks.json"), kubetest.Issuer
+		err = writeJWKS(ctx, srv, auth.JWKSFile)
+	} else {
+		auth.Kubeconfig = filepath.Join(r.dir, "transitca.kubeconfig")
+		err = daemonKubeconfig(ctx, srv, admin, auth.Kubeconfig, 4*time.Hour)
+	}
+	if err != nil {
 		return nil, err
 	}
 	ws := layout(r.opts.Services, r.opts.Replicas)
@@ -243,7 +254,7 @@ func (r *run) run(ctx context.Context) (*Result, error) {
 			// Let the API server's cache of authenticated tokens expire.
 			time.Sleep(apiServerTokenCache)
 		}
-		rd, err := r.round(ctx, round, srv, bin, kubeconfig, ws[:len(ws)-1], &probe)
+		rd, err := r.round(ctx, round, srv, bin, auth, ws[:len(ws)-1], &probe)
 		if err != nil {
 			return nil, err
 		}
@@ -260,8 +271,8 @@ const apiServerTokenCache = 11 * time.Second
 
 // round starts a fresh daemon, checks it with the probe and runs one
 // storm against it.
-func (r *run) round(ctx context.Context, round int, srv *kubetest.Server, bin, kubeconfig string, ws []*workload, probe *workload) (*Round, error) {
-	d, err := r.startDaemon(ctx, round, bin, kubeconfig)
+func (r *run) round(ctx context.Context, round int, srv *kubetest.Server, bin string, auth peers.TransitcaConfig, ws []*workload, probe *workload) (*Round, error) {
+	d, err := r.startDaemon(ctx, round, bin, auth)
 	if err != nil {
 		return nil, err
 	}
@@ -316,16 +327,6 @@ func makeCSRs(ws []*workload) error {
 		w.csr = csrs[i]
 	}
 	return nil
-}
-
-// freeAddr returns a loopback address no one listens on at the moment.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // ErrCertificate is wrapped by the error of a storm whose certificates do

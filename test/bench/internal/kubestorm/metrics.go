@@ -33,11 +33,12 @@ type scraper struct {
 	client *http.Client
 }
 
-func apiServerScraper(s *kubetest.Server) *scraper {
+// apiServerScraper reads path from the API server, as the admin.
+func apiServerScraper(s *kubetest.Server, path string) *scraper {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(s.CAPEM)
 	return &scraper{
-		url:    s.URL + "/metrics",
+		url:    s.URL + path,
 		header: http.Header{"Authorization": {"Bearer " + s.AdminToken}},
 		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}},
 	}
@@ -47,27 +48,36 @@ func daemonScraper(addr string) *scraper {
 	return &scraper{url: "http://" + addr + "/metrics", client: &http.Client{Timeout: 30 * time.Second}}
 }
 
-// sum adds up the samples of metric whose labels include every one of
-// labels (each `name="value"`). found is false when no sample matched.
-func (s *scraper) sum(ctx context.Context, metric string, labels ...string) (total float64, found bool, err error) {
+// get fetches the endpoint.
+func (s *scraper) get(ctx context.Context) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	for k, v := range s.header {
 		req.Header[k] = v
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, false, fmt.Errorf("metrics %s: %w", s.url, err)
+		return nil, fmt.Errorf("get %s: %w", s.url, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, false, fmt.Errorf("metrics %s: %w", s.url, err)
+		return nil, fmt.Errorf("get %s: %w", s.url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return 0, false, fmt.Errorf("metrics %s: %s", s.url, resp.Status)
+		return nil, fmt.Errorf("get %s: %s", s.url, resp.Status)
+	}
+	return body, nil
+}
+
+// sum adds up the samples of metric whose labels include every one of
+// labels (each `name="value"`). found is false when no sample matched.
+func (s *scraper) sum(ctx context.Context, metric string, labels ...string) (total float64, found bool, err error) {
+	body, err := s.get(ctx)
+	if err != nil {
+		return 0, false, err
 	}
 	total, found = sumSamples(body, metric, labels)
 	return total, found, nil

@@ -17,7 +17,7 @@ import (
 // storm runs the storm against the daemon, with the TokenReview counters
 // read before and after, and checks every certificate issued.
 func (r *run) storm(ctx context.Context, srv *kubetest.Server, d *daemon, ws []*workload) (*Round, error) {
-	api, own := apiServerScraper(srv), daemonScraper(d.metricsAddr)
+	api, own := apiServerScraper(srv, "/metrics"), daemonScraper(d.metricsAddr)
 	reviews := func() (apiN, ownN float64, err error) {
 		apiN, _, err = api.sum(ctx, apiRequests, `resource="tokenreviews"`, `verb="POST"`)
 		if err != nil {
