@@ -120,9 +120,15 @@ type Round struct {
 	// APIServerReviews is how many TokenReviews the API server counted
 	// during the storm.
 	APIServerReviews float64
+	// APIServerThrottled is how many of those the API server refused
+	// with 429 (its priority and fairness).
+	APIServerThrottled float64
 	// DaemonReviews is how many TokenReviews the daemon counted sending
 	// during the storm; -1 if the daemon does not export the counter.
 	DaemonReviews float64
+	// Overload is how many requests the daemon refused at once because
+	// limits.max_in_flight requests were in progress (ResourceExhausted).
+	Overload float64
 	// Checked is how many issued certificates were checked to name their
 	// pod's service account (all that were issued).
 	Checked int
@@ -144,10 +150,10 @@ func (r *Round) String() string {
 	if len(errs) > 0 {
 		errText = strings.Join(errs, ", ")
 	}
-	line := fmt.Sprintf("%d workloads: last certificate after %v (%v per 10,000), errors %s, p50 %v p99 %v; TokenReviews: api server %.0f, daemon %.0f; checked %d certificates",
-		s.Workloads, s.Makespan.Round(time.Millisecond), r.Per10000().Round(time.Millisecond), errText,
+	line := fmt.Sprintf("%d workloads: last certificate after %v (%v per 10,000), errors %s (max_in_flight refusals %.0f), p50 %v p99 %v; TokenReviews: api server %.0f (429: %.0f), daemon %.0f; checked %d certificates",
+		s.Workloads, s.Makespan.Round(time.Millisecond), r.Per10000().Round(time.Millisecond), errText, r.Overload,
 		s.Latency.P50.Round(time.Millisecond), s.Latency.P99.Round(time.Millisecond),
-		r.APIServerReviews, r.DaemonReviews, r.Checked)
+		r.APIServerReviews, r.APIServerThrottled, r.DaemonReviews, r.Checked)
 	for _, p := range s.Procs {
 		line += fmt.Sprintf("; %s CPU %v peak RSS %d MB", p.Name, p.CPU.Round(10*time.Millisecond), p.PeakRSS>>20)
 	}

@@ -29,6 +29,9 @@ func TestRun(t *testing.T) {
 	if rd.APIServerReviews < 1 || rd.APIServerReviews > float64(res.Tokens) {
 		t.Errorf("the API server counted %.0f TokenReviews for %d tokens, want 1 to %d", rd.APIServerReviews, res.Tokens, res.Tokens)
 	}
+	if rd.APIServerThrottled != 0 {
+		t.Errorf("the API server refused %.0f TokenReviews with 429", rd.APIServerThrottled)
+	}
 	if rd.DaemonReviews != rd.APIServerReviews {
 		t.Errorf("the daemon counted %.0f TokenReviews, the API server %.0f", rd.DaemonReviews, rd.APIServerReviews)
 	}

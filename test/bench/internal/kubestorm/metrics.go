@@ -24,6 +24,9 @@ const (
 	apiRequests = "apiserver_request_total"
 	// daemonReviews is the daemon's count of TokenReviews it sent.
 	daemonReviews = "transitca_tokenreview_requests_total"
+	// daemonRejections counts the requests the daemon refused, by
+	// reason; overload_in_flight is server.limits.max_in_flight.
+	daemonRejections = "transitca_rejections_total"
 )
 
 // scraper reads Prometheus text metrics from an endpoint.

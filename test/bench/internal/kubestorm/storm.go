@@ -18,22 +18,11 @@ import (
 // read before and after, and checks every certificate issued.
 func (r *run) storm(ctx context.Context, srv *kubetest.Server, d *daemon, ws []*workload) (*Round, error) {
 	api, own := apiServerScraper(srv, "/metrics"), daemonScraper(d.metricsAddr)
-	reviews := func() (apiN, ownN float64, err error) {
-		apiN, _, err = api.sum(ctx, apiRequests, `resource="tokenreviews"`, `verb="POST"`)
-		if err != nil {
-			return 0, 0, err
-		}
-		ownN, found, err := own.sum(ctx, daemonReviews)
-		if !found {
-			ownN = -1
-		}
-		return apiN, ownN, err
-	}
 	watch, err := r.procs(d)
 	if err != nil {
 		return nil, err
 	}
-	apiBefore, ownBefore, err := reviews()
+	before, err := readCounters(ctx, api, own)
 	if err != nil {
 		return nil, err
 	}
@@ -56,16 +45,19 @@ func (r *run) storm(ctx context.Context, srv *kubetest.Server, d *daemon, ws []*
 		mu.Unlock()
 		return conn, err
 	})
-	apiAfter, ownAfter, err := reviews()
+	after, err := readCounters(ctx, api, own)
 	if err != nil {
 		return nil, err
 	}
 	if err := waitProfile(); err != nil {
 		return nil, err
 	}
-	res := &Round{Storm: st, APIServerReviews: apiAfter - apiBefore, DaemonReviews: -1}
-	if ownBefore >= 0 && ownAfter >= 0 {
-		res.DaemonReviews = ownAfter - ownBefore
+	res := &Round{
+		Storm: st, APIServerReviews: after.apiReviews - before.apiReviews, APIServerThrottled: after.apiThrottled - before.apiThrottled,
+		DaemonReviews: -1, Overload: after.overload - before.overload,
+	}
+	if before.ownReviews >= 0 && after.ownReviews >= 0 {
+		res.DaemonReviews = after.ownReviews - before.ownReviews
 	}
 	var bad []error
 	for i, leaf := range leaves {
@@ -103,4 +95,32 @@ func distinctTokens(ws []*workload) int {
 		seen[w.token] = struct{}{}
 	}
 	return len(seen)
+}
+
+// counters are the counters a storm reads before and after.
+type counters struct {
+	apiReviews, apiThrottled float64
+	ownReviews               float64 // -1: not exported
+	overload                 float64
+}
+
+func readCounters(ctx context.Context, api, own *scraper) (counters, error) {
+	var c counters
+	var err error
+	if c.apiReviews, _, err = api.sum(ctx, apiRequests, `resource="tokenreviews"`, `verb="POST"`); err != nil {
+		return c, err
+	}
+	if c.apiThrottled, _, err = api.sum(ctx, apiRequests, `resource="tokenreviews"`, `verb="POST"`, `code="429"`); err != nil {
+		return c, err
+	}
+	ownMetrics, err := own.get(ctx)
+	if err != nil {
+		return c, err
+	}
+	var found bool
+	if c.ownReviews, found = sumSamples(ownMetrics, daemonReviews, nil); !found {
+		c.ownReviews = -1
+	}
+	c.overload, _ = sumSamples(ownMetrics, daemonRejections, []string{`reason="overload_in_flight"`})
+	return c, nil
 }
