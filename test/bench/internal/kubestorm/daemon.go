@@ -69,6 +69,7 @@ func (r *run) startDaemon(ctx context.Context, round int, bin string, auth peers
 		Binary: bin, Dir: filepath.Join(r.dir, fmt.Sprintf("transitca-r%d", round)), Addr: addr, Mode: "memory",
 		VaultAddr: v.Server.Addr, VaultToken: v.Server.RootToken, TransitMount: transit, KVMount: kv,
 		Kubeconfig: auth.Kubeconfig, JWKSFile: auth.JWKSFile, Issuer: auth.Issuer, MetricsAddr: metrics,
+		MaxInFlight: r.opts.MaxInFlight,
 	})
 	if err != nil {
 		return nil, err

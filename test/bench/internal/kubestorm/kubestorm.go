@@ -71,6 +71,10 @@ type Options struct {
 	// the Kubernetes features: the same storm without the API server in
 	// the request path, for comparison.
 	JWKS bool
+	// MaxInFlight, when set, is the daemon's limits.max_in_flight (default
+	// 1024): a storm that outruns the machine holds more requests than
+	// that at once, and the excess is refused with ResourceExhausted.
+	MaxInFlight int
 	// Rounds is how many storms run, each against a fresh daemon (so that
 	// none finds the tokens in its cache) and after the API server's own
 	// cache of authenticated tokens (10s) has expired. Default 1.

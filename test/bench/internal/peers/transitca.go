@@ -27,6 +27,9 @@ type TransitcaConfig struct {
 	Kubeconfig string
 	// MetricsAddr, when set, serves /metrics and /debug/pprof there.
 	MetricsAddr string
+	// MaxInFlight, when set, replaces limits.max_in_flight (the requests
+	// handled at once; beyond it they are refused with ResourceExhausted).
+	MaxInFlight int
 }
 
 // Transitca is a running "ca serve".
@@ -66,7 +69,7 @@ server:
 %s
 admin:
   listen: ""
-`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.MetricsAddr, c.MetricsAddr != "", c.authConfig())
+%s`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.MetricsAddr, c.MetricsAddr != "", c.authConfig(), c.limitsConfig())
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -103,4 +106,12 @@ kubernetes:
   jwt:
     issuer: %s
     jwks_file: %s`, c.Issuer, c.JWKSFile)
+}
+
+// limitsConfig is the limits section, empty for the defaults.
+func (c TransitcaConfig) limitsConfig() string {
+	if c.MaxInFlight == 0 {
+		return ""
+	}
+	return fmt.Sprintf("limits:\n  max_in_flight: %d\n", c.MaxInFlight)
 }
