@@ -32,6 +32,9 @@ const (
 	// DefaultTokenReviewCacheSize bounds the number of cached reviews when
 	// TokenReviewOptions.CacheSize is zero.
 	DefaultTokenReviewCacheSize = 10000
+	// DefaultTokenReviewConcurrency bounds the reviews in flight at once
+	// when TokenReviewOptions.MaxConcurrentReviews is zero.
+	DefaultTokenReviewConcurrency = 64
 )
 
 // tokenReviewPath is where the Kubernetes API creates TokenReviews.
@@ -85,7 +88,12 @@ type TokenReviewOptions struct {
 	// CacheSize bounds the number of cached reviews. Zero means
 	// DefaultTokenReviewCacheSize.
 	CacheSize int
-	// Metrics, when set, counts cache hits and misses.
+	// MaxConcurrentReviews bounds the TokenReviews in flight at once;
+	// further reviews wait for a free slot (within the caller's deadline).
+	// Zero means DefaultTokenReviewConcurrency. Concurrent requests with
+	// one token always share one review.
+	MaxConcurrentReviews int
+	// Metrics, when set, counts the reviews sent and the cache lookups.
 	Metrics *Metrics
 }
 
@@ -107,6 +115,8 @@ type TokenReviewAuthenticator struct {
 	trustDomain string
 	clusters    []string
 	cache       *reviewCache // nil when disabled
+	flights     *reviewFlights
+	slots       reviewSlots
 	metrics     *Metrics
 }
 
@@ -131,11 +141,20 @@ func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthentic
 	if opts.CacheSize < 0 {
 		return nil, fmt.Errorf("tokenreview authenticator: cache size %d is negative", opts.CacheSize)
 	}
+	slots := opts.MaxConcurrentReviews
+	if slots == 0 {
+		slots = DefaultTokenReviewConcurrency
+	}
+	if slots < 0 {
+		return nil, fmt.Errorf("tokenreview authenticator: max concurrent reviews %d is negative", slots)
+	}
 	a := &TokenReviewAuthenticator{
 		audiences:   audiences,
 		timeout:     timeout,
 		trustDomain: opts.TrustDomain,
 		clusters:    clusters,
+		flights:     newReviewFlights(),
+		slots:       make(reviewSlots, slots),
 		metrics:     opts.Metrics,
 	}
 	if opts.CacheTTL > 0 {
@@ -250,8 +269,9 @@ const serviceAccountsGroup = "system:serviceaccounts"
 // ErrUnauthenticated; an API that cannot be reached, times out or answers
 // 429/5xx wraps ErrUnavailable; an API that refuses this CA's own
 // credentials (401/403) is a configuration fault and wraps neither. An
-// accepted token is cached (see TokenReviewOptions.CacheTTL); the cluster
-// is checked on every request, cached or not.
+// accepted token is cached (see TokenReviewOptions.CacheTTL); concurrent
+// requests with one token share one review; the cluster is checked on
+// every request, cached or not.
 func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Credentials) (*Caller, error) {
 	cluster, err := checkCluster(cred.ClusterID, a.clusters)
 	if err != nil {
@@ -260,27 +280,51 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Creden
 	if err := checkTokenSize(cred.Token); err != nil {
 		return nil, err
 	}
-	var key reviewKey
+	key := reviewKeyOf(cred.Token)
 	if a.cache != nil {
-		key = reviewKeyOf(cred.Token)
 		if id, ok := a.cache.get(key); ok {
-			a.metrics.observeTokenReviewCache(true)
+			a.metrics.observeTokenReviewCache(cacheHit)
 			return id.caller(a.trustDomain, cluster), nil
 		}
-		a.metrics.observeTokenReviewCache(false)
 	}
-	status, err := a.review(ctx, cred.Token)
+	id, shared, err := a.flights.do(ctx, key, func(ctx context.Context) (*reviewedIdentity, error) {
+		return a.reviewToken(ctx, key, cred.Token)
+	})
+	if a.cache != nil {
+		result := cacheMiss
+		if shared {
+			result = cacheShared
+		}
+		a.metrics.observeTokenReviewCache(result)
+	}
 	if err != nil {
+		return nil, err
+	}
+	return id.caller(a.trustDomain, cluster), nil
+}
+
+// reviewToken sends one TokenReview, in a free slot, checks its answer and
+// caches an acceptance.
+func (a *TokenReviewAuthenticator) reviewToken(ctx context.Context, key reviewKey, token string) (*reviewedIdentity, error) {
+	if err := a.slots.acquire(ctx); err != nil {
+		return nil, err
+	}
+	status, err := a.review(ctx, token)
+	a.slots.release()
+	if err != nil {
+		a.metrics.observeTokenReview(reviewError)
 		return nil, err
 	}
 	id, err := a.check(status)
 	if err != nil {
+		a.metrics.observeTokenReview(reviewRefused)
 		return nil, err
 	}
+	a.metrics.observeTokenReview(reviewAuthenticated)
 	if a.cache != nil {
-		a.cache.put(key, id, tokenExpiry(cred.Token))
+		a.cache.put(key, id, tokenExpiry(token))
 	}
-	return id.caller(a.trustDomain, cluster), nil
+	return id, nil
 }
 
 // reviewedIdentity is what an accepted review established about a token.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -45,7 +47,7 @@ func (c *reviewCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 // reviewerClient returns a client that acts as service account "transitca"
 // of env's namespace, bound to the system:auth-delegator cluster role as the
 // deployment binds it, and counts the TokenReviews it sends.
-func reviewerClient(t *testing.T, env *kubetest.Env, counter *reviewCounter) kubernetes.Interface {
+func reviewerClient(t *testing.T, env *kubetest.Env, counter transportWrapper) kubernetes.Interface {
 	t.Helper()
 	env.ServiceAccount(t, "transitca")
 	ctx := t.Context()
@@ -77,7 +79,12 @@ func reviewerClient(t *testing.T, env *kubetest.Env, counter *reviewCounter) kub
 	}
 }
 
-func serviceAccountClient(t *testing.T, env *kubetest.Env, sa string, counter *reviewCounter) kubernetes.Interface {
+// transportWrapper wraps a client's transport, to watch what it sends.
+type transportWrapper interface {
+	wrap(http.RoundTripper) http.RoundTripper
+}
+
+func serviceAccountClient(t *testing.T, env *kubetest.Env, sa string, counter transportWrapper) kubernetes.Interface {
 	t.Helper()
 	cfg := env.ServiceAccountConfig(t, sa)
 	if counter != nil {
@@ -289,12 +296,13 @@ func TestTokenReviewKubeRevocationDelay(t *testing.T) {
 	}
 }
 
-// N requests with one token cost one TokenReview on the API server; the
-// metrics count one miss and N-1 hits. Another token is another review.
-func TestTokenReviewKubeCache(t *testing.T) {
+// cachedPodToken returns a fresh namespace, an authenticator with a 10s
+// cache and metrics in reg that reviews through a client watched by
+// counter, and a token for it bound to pod web-0.
+func cachedPodToken(t *testing.T, counter transportWrapper) (*kubetest.Env, *ca.TokenReviewAuthenticator, *prometheus.Registry, *corev1.Pod, string) {
+	t.Helper()
 	env := kubetest.New(t)
-	var reviews reviewCounter
-	client := reviewerClient(t, env, &reviews)
+	client := reviewerClient(t, env, counter)
 	reg := prometheus.NewRegistry()
 	auth := newKubeAuthenticator(t, client, func(o *ca.TokenReviewOptions) {
 		o.CacheTTL = 10 * time.Second
@@ -302,7 +310,14 @@ func TestTokenReviewKubeCache(t *testing.T) {
 	})
 	env.ServiceAccount(t, "web")
 	pod := env.Pod(t, "web-0", "web", "node-a")
-	token := env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: pod})
+	return env, auth, reg, pod, env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: pod})
+}
+
+// N requests with one token cost one TokenReview on the API server; the
+// metrics count one miss and N-1 hits. Another token is another review.
+func TestTokenReviewKubeCache(t *testing.T) {
+	var reviews reviewCounter
+	env, auth, reg, pod, token := cachedPodToken(t, &reviews)
 
 	const n = 50
 	for i := range n {
@@ -420,4 +435,103 @@ func lastEntry(t *testing.T, l *store.Log) *store.Entry {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// blockingCounter counts the TokenReviews a client sends, and the most in
+// flight at once, holding each until release is closed.
+type blockingCounter struct {
+	reviewCounter
+	release           chan struct{}
+	inFlight, maxSeen atomic.Int32
+}
+
+func (c *blockingCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return c.reviewCounter.wrap(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/apis/authentication.k8s.io/v1/tokenreviews") {
+			n := c.inFlight.Add(1)
+			defer c.inFlight.Add(-1)
+			for {
+				m := c.maxSeen.Load()
+				if n <= m || c.maxSeen.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			<-c.release
+		}
+		return rt.RoundTrip(r)
+	}))
+}
+
+// authenticateAll authenticates each token from its own goroutine, all at
+// once, and returns the callers in order.
+func authenticateAll(t *testing.T, auth *ca.TokenReviewAuthenticator, tokens []string) []*ca.Caller {
+	t.Helper()
+	callers := make([]*ca.Caller, len(tokens))
+	errs := make([]error, len(tokens))
+	var wg sync.WaitGroup
+	for i, tok := range tokens {
+		wg.Go(func() { callers[i], errs[i] = auth.Authenticate(t.Context(), ca.Credentials{Token: tok}) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	return callers
+}
+
+// N concurrent requests with one token, as the replicas of a restarted pod
+// or an agent's retries send them, make one TokenReview: the requests that
+// arrive while it is in flight wait for its answer instead of sending their
+// own.
+func TestTokenReviewKubeConcurrentSameToken(t *testing.T) {
+	counter := &blockingCounter{release: make(chan struct{})}
+	_, auth, reg, pod, token := cachedPodToken(t, counter)
+
+	const n = 50
+	tokens := make([]string, n)
+	for i := range tokens {
+		tokens[i] = token
+	}
+	// Hold the first review until a second one would have been sent.
+	go func() {
+		for counter.n.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond)
+		close(counter.release)
+	}()
+	for i, c := range authenticateAll(t, auth, tokens) {
+		if c.PodUID != string(pod.UID) || c.ServiceAccount != "web" {
+			t.Fatalf("request %d: caller %+v, want pod %s of service account web", i, c, pod.UID)
+		}
+	}
+	if got := counter.n.Load(); got != 1 {
+		t.Fatalf("%d concurrent requests with one token sent %d tokenreviews, want 1", n, got)
+	}
+	checkCounter(t, reg, ca.MetricTokenReviewRequests, "result", "authenticated", 1)
+}
+
+// The reviews in flight at once are bounded: a storm of distinct tokens
+// queues in the daemon instead of piling onto the API server.
+func TestTokenReviewKubeConcurrencyBound(t *testing.T) {
+	env := kubetest.New(t)
+	counter := &blockingCounter{release: make(chan struct{})}
+	close(counter.release)
+	client := reviewerClient(t, env, counter)
+	const limit, n = 3, 30
+	auth := newKubeAuthenticator(t, client, func(o *ca.TokenReviewOptions) { o.MaxConcurrentReviews = limit })
+	env.ServiceAccount(t, "web")
+	tokens := make([]string, n)
+	for i := range tokens {
+		tokens[i] = env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}})
+	}
+	authenticateAll(t, auth, tokens)
+	if got := counter.n.Load(); got != n {
+		t.Fatalf("%d distinct tokens sent %d tokenreviews, want %d", n, got, n)
+	}
+	if got := counter.maxSeen.Load(); got > limit {
+		t.Fatalf("%d tokenreviews in flight at once, want at most %d", got, limit)
+	}
 }

@@ -466,6 +466,81 @@ func TestTokenReviewCallerCanceled(t *testing.T) {
 	}
 }
 
+// Concurrent requests with one token share one review, which outlives the
+// caller that started it; once every caller has given up it is abandoned,
+// and the next request sends a review of its own.
+func TestTokenReviewSharedReview(t *testing.T) {
+	e := newTokenReviewEnv(t, 5*time.Second)
+	e.api.set(func(f *fakeAPIServer) { f.delay = time.Second })
+	const token = "sleep-token"
+	authenticate := func(ctx context.Context) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			c, err := e.auth.Authenticate(ctx, Credentials{Token: token})
+			if err == nil && c.ServiceAccount != "sleep" {
+				err = fmt.Errorf("caller %+v, want service account sleep", c)
+			}
+			done <- err
+		}()
+		return done
+	}
+	first, cancelFirst := context.WithCancel(context.Background())
+	defer cancelFirst()
+	firstDone := authenticate(first)
+	waitWaiters(t, e.auth, token, 1)
+	secondDone := authenticate(context.Background())
+	waitWaiters(t, e.auth, token, 2)
+	cancelFirst()
+	err := <-firstDone
+	checkErr(t, err, ErrUnavailable, "tokenreview")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %q does not wrap context.Canceled", err)
+	}
+	if err := <-secondDone; err != nil {
+		t.Fatalf("the request that shared the review: %v", err)
+	}
+	if n := e.api.requests.Load(); n != 1 {
+		t.Fatalf("two concurrent requests sent %d reviews, want 1", n)
+	}
+
+	alone, cancelAlone := context.WithCancel(context.Background())
+	aloneDone := authenticate(alone)
+	waitWaiters(t, e.auth, token, 1)
+	cancelAlone()
+	checkErr(t, <-aloneDone, ErrUnavailable, "tokenreview")
+	e.api.set(func(f *fakeAPIServer) { f.delay = 0 })
+	if err := <-authenticate(context.Background()); err != nil {
+		t.Fatalf("after an abandoned review: %v", err)
+	}
+	if n := e.api.requests.Load(); n != 3 {
+		t.Fatalf("%d reviews in all, want 3: the abandoned one is not shared", n)
+	}
+}
+
+// waitWaiters waits until n callers wait for the review of token in
+// flight.
+func waitWaiters(t *testing.T, a *TokenReviewAuthenticator, token string, n int) {
+	t.Helper()
+	key := reviewKeyOf(token)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a.flights.mu.Lock()
+		f := a.flights.flights[key]
+		got := 0
+		if f != nil {
+			got = f.waiters
+		}
+		a.flights.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d callers wait for the review, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func TestNewTokenReviewAuthenticatorOptions(t *testing.T) {
 	dir := t.TempDir()
 	caFile := filepath.Join(dir, "ca.crt")
@@ -497,6 +572,7 @@ func TestNewTokenReviewAuthenticatorOptions(t *testing.T) {
 		{"negative timeout", func(o *TokenReviewOptions) { o.Timeout = -time.Second }, "timeout -1s is negative"},
 		{"negative cache ttl", func(o *TokenReviewOptions) { o.CacheTTL = -time.Second }, "cache ttl -1s is negative"},
 		{"negative cache size", func(o *TokenReviewOptions) { o.CacheSize = -1 }, "cache size -1 is negative"},
+		{"negative concurrency", func(o *TokenReviewOptions) { o.MaxConcurrentReviews = -1 }, "max concurrent reviews -1 is negative"},
 		{"client and api server", func(o *TokenReviewOptions) { o.Client = fakeclientset.NewClientset() }, "come from the kubernetes client"},
 	}
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")

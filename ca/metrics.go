@@ -9,17 +9,32 @@ import (
 
 // Metric names. Units are in the names.
 const (
-	MetricRequests          = "transitca_requests_total"
-	MetricIssuances         = "transitca_issuances_total"
-	MetricRejections        = "transitca_rejections_total"
-	MetricDenialsAggregated = "transitca_denials_aggregated_total"
-	MetricIssuanceDuration  = "transitca_issuance_duration_seconds"
-	MetricVaultDuration     = "transitca_vault_request_duration_seconds"
-	MetricCertExpiry        = "transitca_certificate_expiry_seconds"
-	MetricCertNotAfter      = "transitca_certificate_not_after_timestamp_seconds"
-	MetricDrillLast         = "transitca_drill_last_timestamp_seconds"
-	MetricDrillSuccess      = "transitca_drill_last_success"
-	MetricTokenReviewCache  = "transitca_tokenreview_cache_total"
+	MetricRequests            = "transitca_requests_total"
+	MetricIssuances           = "transitca_issuances_total"
+	MetricRejections          = "transitca_rejections_total"
+	MetricDenialsAggregated   = "transitca_denials_aggregated_total"
+	MetricIssuanceDuration    = "transitca_issuance_duration_seconds"
+	MetricVaultDuration       = "transitca_vault_request_duration_seconds"
+	MetricCertExpiry          = "transitca_certificate_expiry_seconds"
+	MetricCertNotAfter        = "transitca_certificate_not_after_timestamp_seconds"
+	MetricDrillLast           = "transitca_drill_last_timestamp_seconds"
+	MetricDrillSuccess        = "transitca_drill_last_success"
+	MetricTokenReviewCache    = "transitca_tokenreview_cache_total"
+	MetricTokenReviewRequests = "transitca_tokenreview_requests_total"
+)
+
+// Results of a TokenReview cache lookup.
+const (
+	cacheHit    = "hit"    // no review sent
+	cacheMiss   = "miss"   // a review sent
+	cacheShared = "shared" // no review sent: joined one in flight
+)
+
+// Results of a TokenReview sent.
+const (
+	reviewAuthenticated = "authenticated" // accepted
+	reviewRefused       = "refused"       // the API or this CA refused the token
+	reviewError         = "error"         // no answer, or an API error
 )
 
 // Metrics are the service's Prometheus metrics.
@@ -36,6 +51,8 @@ type Metrics struct {
 	drillSuccess      prometheus.Gauge
 	// tokenReviewCache counts TokenReview cache lookups by result.
 	tokenReviewCache *prometheus.CounterVec
+	// tokenReviews counts the TokenReviews sent, by result.
+	tokenReviews *prometheus.CounterVec
 }
 
 // NewMetrics registers the service's metrics with reg. certs names the CA's
@@ -79,14 +96,22 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 		}),
 		tokenReviewCache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricTokenReviewCache,
-			Help: "Lookups of the Kubernetes TokenReview cache, by result (hit: no review sent; miss: a review sent).",
+			Help: "Lookups of the Kubernetes TokenReview cache, by result (hit: no review sent; miss: a review sent; shared: no review sent, the answer of one in flight for the same token awaited).",
+		}, []string{"result"}),
+		tokenReviews: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: MetricTokenReviewRequests,
+			Help: "Kubernetes TokenReviews sent, by result (authenticated, refused, error: no answer or an API error).",
 		}, []string{"result"}),
 	}
-	for _, r := range []string{"hit", "miss"} {
-		m.tokenReviewCache.WithLabelValues(r) // export zeros before the first lookup
+	// Export zeros before the first lookup and review.
+	for _, r := range []string{cacheHit, cacheMiss, cacheShared} {
+		m.tokenReviewCache.WithLabelValues(r)
+	}
+	for _, r := range []string{reviewAuthenticated, reviewRefused, reviewError} {
+		m.tokenReviews.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault, m.drillLast, m.drillSuccess,
-		m.tokenReviewCache)
+		m.tokenReviewCache, m.tokenReviews)
 	for name, get := range certs {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        MetricCertExpiry,
@@ -123,15 +148,20 @@ func (m *Metrics) ObserveVault(op string, took time.Duration, err error) {
 
 // observeTokenReviewCache counts one TokenReview cache lookup. A nil
 // Metrics counts nothing.
-func (m *Metrics) observeTokenReviewCache(hit bool) {
+func (m *Metrics) observeTokenReviewCache(result string) {
 	if m == nil {
 		return
 	}
-	result := "miss"
-	if hit {
-		result = "hit"
-	}
 	m.tokenReviewCache.WithLabelValues(result).Inc()
+}
+
+// observeTokenReview counts one TokenReview sent. A nil Metrics counts
+// nothing.
+func (m *Metrics) observeTokenReview(result string) {
+	if m == nil {
+		return
+	}
+	m.tokenReviews.WithLabelValues(result).Inc()
 }
 
 // observeDrill exports the last drill's start time and result.

@@ -20,10 +20,6 @@ const (
 	devTokenIssuer = "transitca-dev"
 )
 
-// reviewQPS is the sustained rate of TokenReviews the daemon may send
-// through its Kubernetes client.
-const reviewQPS = 200
-
 // buildAuthenticator assembles the configured ways to authenticate:
 // clusters' own verifiers, or auth.tokenreview or auth.jwt for every ID of
 // auth.clusters. clients are the clusters' Kubernetes clients
@@ -46,7 +42,7 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
 		}
 		if kc != nil {
-			cs, err := reviewClient(kc)
+			cs, err := kc.ReviewClientset()
 			if err != nil {
 				return nil, "", err
 			}

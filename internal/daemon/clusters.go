@@ -6,9 +6,6 @@ import (
 	"net/http"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-
 	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
 	"github.com/transitca/transitca/internal/kube"
@@ -44,19 +41,6 @@ func clusterClients(cfg *config.Config, own *kube.Client, userAgent string) (map
 	return out, nil
 }
 
-// reviewClient is a cluster's client for TokenReviews, with a rate limit
-// of its own: a restart storm's reviews must not queue behind client-go's
-// default of 5 requests/s or behind the cluster writers.
-func reviewClient(c *kube.Client) (kubernetes.Interface, error) {
-	rc := rest.CopyConfig(c.Config)
-	rc.QPS, rc.Burst = reviewQPS, 2*reviewQPS
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("tokenreview client: %w", err)
-	}
-	return cs, nil
-}
-
 // buildClusterAuthenticator returns the bearer-token authenticator of
 // clusters: one verifier per cluster, each accepting only its own ID.
 func buildClusterAuthenticator(cfg *config.Config, clients map[string]*kube.Client, metrics *ca.Metrics) (ca.Authenticator, error) {
@@ -81,7 +65,7 @@ func buildClusterAuthenticator(cfg *config.Config, clients map[string]*kube.Clie
 			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
 		}
 		if c := clients[cl.ID]; c != nil {
-			cs, err := reviewClient(c)
+			cs, err := c.ReviewClientset()
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", key, err)
 			}

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 )
 
@@ -30,10 +31,18 @@ func (e *Env) Apply(tb testing.TB, paths ...string) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(tb.Context(), callLimit)
 	defer cancel()
+	if err := ApplyFiles(ctx, e.Client, paths...); err != nil {
+		tb.Fatalf("kubetest: %v", err)
+	}
+}
+
+// ApplyFiles is Apply for callers that are not tests, such as benchmarks:
+// it creates the objects of the manifest files with client.
+func ApplyFiles(ctx context.Context, client kubernetes.Interface, paths ...string) error {
 	for _, path := range paths {
 		data, err := os.ReadFile(path)
 		if err != nil {
-			tb.Fatalf("kubetest: apply: %v", err)
+			return fmt.Errorf("apply: %w", err)
 		}
 		dec := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 		for {
@@ -42,25 +51,26 @@ func (e *Env) Apply(tb testing.TB, paths ...string) {
 				break
 			}
 			if err != nil {
-				tb.Fatalf("kubetest: apply %s: %v", path, err)
+				return fmt.Errorf("apply %s: %w", path, err)
 			}
 			if len(bytes.TrimSpace(doc)) == 0 {
 				continue
 			}
 			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
 			if err != nil {
-				tb.Fatalf("kubetest: apply %s: %v", path, err)
+				return fmt.Errorf("apply %s: %w", path, err)
 			}
-			if err := e.create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
-				tb.Fatalf("kubetest: apply %s: %v", path, err)
+			if err := create(ctx, client, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+				return fmt.Errorf("apply %s: %w", path, err)
 			}
 		}
 	}
+	return nil
 }
 
-func (e *Env) create(ctx context.Context, obj runtime.Object) error {
+func create(ctx context.Context, c kubernetes.Interface, obj runtime.Object) error {
 	if m, ok := obj.(metav1.Object); ok && m.GetNamespace() != "" {
-		_, err := e.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: m.GetNamespace()}}, metav1.CreateOptions{})
+		_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: m.GetNamespace()}}, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return err
 		}
@@ -69,17 +79,17 @@ func (e *Env) create(ctx context.Context, obj runtime.Object) error {
 	opts := metav1.CreateOptions{}
 	switch o := obj.(type) {
 	case *corev1.Namespace:
-		_, err = e.Client.CoreV1().Namespaces().Create(ctx, o, opts)
+		_, err = c.CoreV1().Namespaces().Create(ctx, o, opts)
 	case *corev1.ServiceAccount:
-		_, err = e.Client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, opts)
+		_, err = c.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, opts)
 	case *rbacv1.ClusterRole:
-		_, err = e.Client.RbacV1().ClusterRoles().Create(ctx, o, opts)
+		_, err = c.RbacV1().ClusterRoles().Create(ctx, o, opts)
 	case *rbacv1.ClusterRoleBinding:
-		_, err = e.Client.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
+		_, err = c.RbacV1().ClusterRoleBindings().Create(ctx, o, opts)
 	case *rbacv1.Role:
-		_, err = e.Client.RbacV1().Roles(o.Namespace).Create(ctx, o, opts)
+		_, err = c.RbacV1().Roles(o.Namespace).Create(ctx, o, opts)
 	case *rbacv1.RoleBinding:
-		_, err = e.Client.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, opts)
+		_, err = c.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, opts)
 	default:
 		return fmt.Errorf("kind %T is not supported", obj)
 	}

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -267,15 +266,6 @@ func (e *env) setupCSRs() error {
 	return nil
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 // Mount paths and keys on the shared Vault.
 const (
 	mountPKI        = "pki"
@@ -340,11 +330,11 @@ func (e *env) startTransitca(ctx context.Context, id, binary, mode string) (*pee
 	if err := e.vault.MountKV(ctx, kv); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
+	addr, err := peers.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	metrics, err := freeAddr()
+	metrics, err := peers.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -364,11 +354,11 @@ func (e *env) startTransitca(ctx context.Context, id, binary, mode string) (*pee
 // process, and returns it, its target and the address of its profiles.
 func (e *env) startIstioCA(mode string) (*peers.Process, loadgen.Target, string, error) {
 	var none loadgen.Target
-	addr, err := freeAddr()
+	addr, err := peers.FreeAddr()
 	if err != nil {
 		return nil, none, "", err
 	}
-	pprof, err := freeAddr()
+	pprof, err := peers.FreeAddr()
 	if err != nil {
 		return nil, none, "", err
 	}

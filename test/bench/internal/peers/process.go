@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,4 +139,16 @@ func ChildPID(prefix string) (int, error) {
 		}
 	}
 	return 0, errors.New("no child process named " + prefix + "*")
+}
+
+// FreeAddr returns a loopback address no one listens on at the moment.
+// Another process may take it before the caller binds it, as with any
+// free-port probe.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }

@@ -21,9 +21,15 @@ type TransitcaConfig struct {
 	KVMount      string
 	JWKSFile     string
 	Issuer       string
-	// MetricsAddr, when set, is the metrics listener, with Go's profiles
-	// under /debug/pprof/ (server.pprof).
+	// Kubeconfig, when set, replaces the offline JWKS check: tokens are
+	// checked by TokenReview against this kubeconfig's API server, which
+	// the Kubernetes features (trust bundle, leader election) also use.
+	Kubeconfig string
+	// MetricsAddr, when set, serves /metrics and /debug/pprof there.
 	MetricsAddr string
+	// MaxInFlight, when set, replaces limits.max_in_flight (the requests
+	// handled at once; beyond it they are refused with ResourceExhausted).
+	MaxInFlight int
 }
 
 // Transitca is a running "ca serve".
@@ -37,19 +43,16 @@ type Transitca struct {
 }
 
 // StartTransitca writes a configuration, runs "ca init" and starts "ca
-// serve" with it: tokens verified offline against JWKSFile, the issuance log
-// on (it always is: durable, fsync, group commit), no metrics or admin
-// listeners.
+// serve" with it: tokens verified offline against JWKSFile (or by
+// TokenReview with Kubeconfig), the issuance log on (it always is: durable,
+// fsync, group commit), no admin listener and, without MetricsAddr, no
+// metrics listener.
 func StartTransitca(ctx context.Context, c TransitcaConfig) (*Transitca, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return nil, err
 	}
 	dataDir := filepath.Join(c.Dir, "data")
 	cfgFile := filepath.Join(c.Dir, "transitca.yaml")
-	pprof := "false"
-	if c.MetricsAddr != "" {
-		pprof = "true"
-	}
 	cfg := fmt.Sprintf(`data_dir: %s
 trust_domain: cluster.local
 vault:
@@ -61,17 +64,14 @@ ca:
 server:
   listen: %s
   metrics_listen: "%s"
-  pprof: %s
+  pprof: %t
   tls:
     dns_names: [localhost]
     ip_addresses: [127.0.0.1]
-auth:
-  jwt:
-    issuer: %s
-    jwks_file: %s
+%s
 admin:
   listen: ""
-`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.MetricsAddr, pprof, c.Issuer, c.JWKSFile)
+%s`, dataDir, c.TransitMount, c.KVMount, c.Mode, c.Addr, c.MetricsAddr, c.MetricsAddr != "", c.authConfig(), c.limitsConfig())
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
@@ -93,4 +93,27 @@ admin:
 		return nil, err
 	}
 	return t, nil
+}
+
+// authConfig is the auth section, and the kubernetes one with a kubeconfig.
+func (c TransitcaConfig) authConfig() string {
+	if c.Kubeconfig != "" {
+		return fmt.Sprintf(`auth:
+  tokenreview:
+    enabled: true
+kubernetes:
+  kubeconfig: %s`, c.Kubeconfig)
+	}
+	return fmt.Sprintf(`auth:
+  jwt:
+    issuer: %s
+    jwks_file: %s`, c.Issuer, c.JWKSFile)
+}
+
+// limitsConfig is the limits section, empty for the defaults.
+func (c TransitcaConfig) limitsConfig() string {
+	if c.MaxInFlight == 0 {
+		return ""
+	}
+	return fmt.Sprintf("limits:\n  max_in_flight: %d\n", c.MaxInFlight)
 }
