@@ -57,6 +57,8 @@ type Config struct {
 
 	StormServices int           // services restarting in the storm
 	StormReplicas int           // replicas of each
+	// KubeServices × KubeReplicas pods restart in the Kubernetes storm.
+	KubeServices, KubeReplicas int
 	StormSpread   time.Duration // window the restarts start in
 
 	Identities int // distinct service accounts in the steady-state runs
@@ -78,6 +80,7 @@ func DefaultConfig() Config {
 		Clients: 32, Rounds: 3, Warmup: 2 * time.Second, Duration: 8 * time.Second,
 		OpenDuration:  8 * time.Second,
 		StormServices: 250, StormReplicas: 20, StormSpread: time.Second,
+		KubeServices: 500, KubeReplicas: 20,
 		Identities: 250, Pool: 16384, RSAPool: 128,
 	}
 }

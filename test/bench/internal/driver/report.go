@@ -111,6 +111,7 @@ func (e *env) render(r *results) string {
 	e.renderSteady(&b, rows)
 	renderProfiles(&b, r.profiles)
 	e.renderOtherRuns(&b, r)
+	renderKubeStorm(&b, r.kube)
 	e.renderPerfTargets(&b, r, rows)
 	e.renderTargets(&b, r, rows)
 	return b.String()

@@ -3,9 +3,11 @@ package driver
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/transitca/transitca/test/bench/internal/kubestorm"
 	"github.com/transitca/transitca/test/bench/loadgen"
 )
 
@@ -25,6 +27,8 @@ type results struct {
 	profiles []*stageProfile
 	// disk is the raw commit latency of the disk the logs are on.
 	disk *diskLatency
+	// kube is the Kubernetes restart storm.
+	kube *kubestorm.Result
 }
 
 type labeled struct {
@@ -135,6 +139,19 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 				r.storms[id] = append(r.storms[id], stormRun{sys: s, res: e.storm(ctx, s, round)})
 			}
 		}
+	}
+	if !e.skip("kubestorm") && e.want(sysTransitcaMem) {
+		n := e.cfg.KubeServices * e.cfg.KubeReplicas
+		e.logf("Kubernetes restart storm: %d pods, tokens checked by TokenReview, %d rounds", n, e.cfg.Rounds)
+		k, err := kubestorm.Run(ctx, kubestorm.Options{
+			CABinary: e.cfg.CABinary, Dir: filepath.Join(e.dir, "kubestorm"),
+			Services: e.cfg.KubeServices, Replicas: e.cfg.KubeReplicas, Spread: e.cfg.StormSpread,
+			Rounds: e.cfg.Rounds, Log: e.cfg.Log, Progress: e.cfg.Progress,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes storm: %w", err)
+		}
+		r.kube = k
 	}
 	r.finished = time.Now()
 	return r, ctx.Err()
