@@ -20,11 +20,11 @@ type appendReq struct {
 	done     chan struct{}
 }
 
-// newAppendReq encodes a validated entry for the committer.
-func newAppendReq(e *Entry) *appendReq {
+// newAppendReq encodes a validated entry for the committer of l.
+func (l *Log) newAppendReq(e *Entry) *appendReq {
 	r := &appendReq{
 		rec:  appendRecord(make([]byte, 0, e.encodedSizeHint()), e),
-		idx:  indexPuts(e, 0, make([]indexPut, 0, numIndexes)),
+		idx:  indexPuts(e, 0, l.epochs, make([]indexPut, 0, numIndexes)),
 		done: make(chan struct{}),
 	}
 	if e.Kind == KindIssuance {
@@ -63,7 +63,7 @@ func (l *Log) Append(ctx context.Context, e *Entry) (uint64, error) {
 	if err := c.validate(); err != nil {
 		return 0, err
 	}
-	req := newAppendReq(&c)
+	req := l.newAppendReq(&c)
 
 	l.closeMu.RLock()
 	if l.closed {
@@ -239,15 +239,7 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 	var idx [numIndexes]*bolt.Bucket
 	for i, name := range indexBuckets {
 		idx[i] = tx.Bucket(name)
-		// Keys of these indexes end in a growing seq and have few distinct
-		// prefixes, so new keys land at the end of a few key ranges: a page
-		// that splits keeps what it has, so fill it. (Serials are random
-		// and SPIFFE IDs too many: bbolt's default suits them better,
-		// measured.)
-		switch indexID(i) {
-		case idxNamespace, idxTime, idxIssuer, idxNotAfter:
-			idx[i].FillPercent = 0.9
-		}
+		idx[i].FillPercent = indexFillPercent(indexID(i), l.epochs)
 	}
 
 	// The stored state must be the state this Log committed last.
@@ -268,8 +260,9 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 		}
 	}
 	for _, r := range batch {
-		if len(r.idx) > 0 && r.idx[0].idx == idxSerial && idx[idxSerial].Get(r.idx[0].key) != nil {
-			r.err = fmt.Errorf("append: serial %s: %w", r.idx[0].key, ErrDuplicateSerial)
+		serial := r.serial()
+		if serial != nil && l.serialTaken(idx[idxSerial], serial, seq) {
+			r.err = fmt.Errorf("append: serial %s: %w", serial, ErrDuplicateSerial)
 			continue
 		}
 		binary.BigEndian.PutUint64(r.rec[seqOffset:], seq)
@@ -294,6 +287,9 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 				return err
 			}
 		}
+		if serial != nil && l.serials != nil {
+			l.serials.add(serial)
+		}
 		r.seq = seq
 		seq++
 	}
@@ -307,6 +303,34 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 		return err
 	}
 	return tx.Commit()
+}
+
+// serial returns the serial of an issuance request, nil for other kinds.
+func (r *appendReq) serial() []byte {
+	if len(r.idx) == 0 || r.idx[0].idx != idxSerial {
+		return nil
+	}
+	if r.idx[0].epoch {
+		return r.idx[0].key[epochLen:]
+	}
+	return r.idx[0].key
+}
+
+// indexFillPercent is the bbolt fill percent of index bucket id. Keys that
+// end in a growing seq under few distinct prefixes land at the end of a
+// few key ranges: a page that splits keeps what it has, so fill it. In
+// schema 2 the serial, SPIFFE ID and namespace keys are written only into
+// the last epoch, so the pages of older epochs are never split again.
+// In schema 1 serials are random and SPIFFE IDs too many: bbolt's default
+// suits them better (measured).
+func indexFillPercent(id indexID, epochs bool) float64 {
+	switch {
+	case id == idxTime, id == idxIssuer, id == idxNotAfter, id == idxNamespace:
+		return 0.9
+	case epochs:
+		return 0.9
+	}
+	return bolt.DefaultFillPercent
 }
 
 // raiseMaxValidity raises the stored maximum validity to cover the

@@ -127,7 +127,7 @@ func bigLogPath(b *testing.B) string {
 			reqs := make([]*appendReq, 0, n)
 			for i := from; i < from+n; i++ {
 				e := benchEntry(i, r)
-				reqs = append(reqs, newAppendReq(e))
+				reqs = append(reqs, l.newAppendReq(e))
 			}
 			l.commit(reqs)
 			for _, q := range reqs {

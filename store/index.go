@@ -26,13 +26,15 @@ var (
 	bucketCheckpoints = []byte("checkpoints")
 
 	// Index buckets. Except for the serial index, keys end in the 8-byte
-	// seq of the entry and values are empty.
+	// seq of the entry and values are empty. In schema 2 the keys of the
+	// serial, SPIFFE ID and namespace indexes start with the 4-byte epoch
+	// of the entry (see epochOf); in schema 1 they have no prefix.
 
-	// bucketBySerial maps an issuance's serial (hex) to its seq.
+	// bucketBySerial maps [epoch ||] an issuance's serial (hex) to its seq.
 	bucketBySerial = []byte("idx_serial")
-	// bucketBySPIFFEID: SPIFFE ID || 0x00 || seq, for every kind.
+	// bucketBySPIFFEID: [epoch ||] SPIFFE ID || 0x00 || seq, for every kind.
 	bucketBySPIFFEID = []byte("idx_spiffe_id")
-	// bucketByNamespace: namespace || 0x00 || seq, for every kind.
+	// bucketByNamespace: [epoch ||] namespace || 0x00 || seq, for every kind.
 	bucketByNamespace = []byte("idx_namespace")
 	// bucketByTime: time key of Entry.Time || seq, for every entry.
 	bucketByTime = []byte("idx_time")
@@ -57,9 +59,37 @@ var (
 // logMagic identifies a file as an issuance log.
 const logMagic = "transitca issuance log"
 
-// schemaVersion is the schema this build writes and the newest it reads.
-// Bump it (and keep reading older versions) when the bucket layout changes.
-const schemaVersion = 1
+// schemaVersion is the schema this build writes into a new file and the
+// newest it reads. Bump it (and keep reading older versions) when the
+// bucket layout changes. Schema 1 (no epoch prefix in the index keys) is
+// still read and appended to in its own layout.
+const schemaVersion = 2
+
+// schemaEpochs is the first schema whose serial, SPIFFE ID and namespace
+// index keys start with the entry's epoch.
+const schemaEpochs = 2
+
+// An epoch is 1<<epochBits consecutive sequence numbers. Prefixing an index
+// key with the epoch keeps the keys an append writes inside the part of
+// the index that belongs to the last epoch, whatever their values.
+const (
+	epochBits = 16
+	epochLen  = 4
+)
+
+// epochOf returns the epoch of sequence number seq.
+func epochOf(seq uint64) uint32 { return uint32(seq >> epochBits) }
+
+// epochKey returns epoch || k.
+func epochKey(epoch uint32, k []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(make([]byte, 0, epochLen+len(k)), epoch), k...)
+}
+
+// epochPrefixed reports whether index id has epoch-prefixed keys in a file
+// of the given layout (true: schema 2 or later).
+func epochPrefixed(id indexID, epochs bool) bool {
+	return epochs && (id == idxSerial || id == idxSPIFFEID || id == idxNamespace)
+}
 
 // nodeStride is the level spacing of the stored subtree hashes.
 const nodeStride = 8
@@ -101,23 +131,33 @@ var allBuckets = [][]byte{
 }
 
 // indexPut is one index record of an entry. For idxSerial the seq is the
-// value; for the others it is the last 8 bytes of the key.
+// value; for the others it is the last 8 bytes of the key. When epoch is
+// set the key starts with the epoch of the seq.
 type indexPut struct {
-	idx indexID
-	key []byte
-	val []byte
+	idx   indexID
+	epoch bool
+	key   []byte
+	val   []byte
 }
 
-// indexPuts returns the index records of e for sequence number seq.
-func indexPuts(e *Entry, seq uint64, dst []indexPut) []indexPut {
+// indexPuts returns the index records of e for sequence number seq, in the
+// layout of a file with (epochs) or without epoch-prefixed keys.
+func indexPuts(e *Entry, seq uint64, epochs bool, dst []indexPut) []indexPut {
+	put := func(id indexID, key, val []byte) {
+		p := indexPut{idx: id, key: key, val: val}
+		if p.epoch = epochPrefixed(id, epochs); p.epoch {
+			p.key = epochKey(epochOf(seq), key)
+		}
+		dst = append(dst, p)
+	}
 	if e.Kind == KindIssuance && e.Serial != "" {
-		dst = append(dst, indexPut{idx: idxSerial, key: []byte(e.Serial), val: seqKey(seq)})
+		put(idxSerial, []byte(e.Serial), seqKey(seq))
 	}
 	if e.SPIFFEID != "" {
-		dst = append(dst, indexPut{idx: idxSPIFFEID, key: stringSeqKey(e.SPIFFEID, seq)})
+		put(idxSPIFFEID, stringSeqKey(e.SPIFFEID, seq), nil)
 	}
 	if e.Namespace != "" {
-		dst = append(dst, indexPut{idx: idxNamespace, key: stringSeqKey(e.Namespace, seq)})
+		put(idxNamespace, stringSeqKey(e.Namespace, seq), nil)
 	}
 	dst = append(dst, indexPut{idx: idxTime, key: timeSeqKey(e.Time, seq)})
 	if e.IssuerFingerprint != "" {
@@ -131,8 +171,11 @@ func indexPuts(e *Entry, seq uint64, dst []indexPut) []indexPut {
 	return dst
 }
 
-// setSeq rewrites the seq carried by an index record.
+// setSeq rewrites the seq (and the epoch) carried by an index record.
 func (p *indexPut) setSeq(seq uint64) {
+	if p.epoch {
+		binary.BigEndian.PutUint32(p.key, epochOf(seq))
+	}
 	if p.idx == idxSerial {
 		binary.BigEndian.PutUint64(p.val, seq)
 		return

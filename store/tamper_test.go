@@ -136,7 +136,7 @@ func TestTamperDetection(t *testing.T) {
 				if err := tx.Bucket(bucketLeaves).Put(key, leafHash(rec)); err != nil {
 					return err
 				}
-				for _, p := range indexPuts(e, tamperLogSize, nil) {
+				for _, p := range indexPuts(e, tamperLogSize, true, nil) {
 					if err := tx.Bucket(indexBuckets[p.idx]).Put(p.key, p.val); err != nil {
 						return err
 					}
@@ -238,7 +238,7 @@ func TestTamperDetection(t *testing.T) {
 			name: "point a serial at another entry",
 			tamper: func(t *testing.T, tx *bolt.Tx) error {
 				e := testEntry(5, KindIssuance)
-				return tx.Bucket(bucketBySerial).Put([]byte(e.Serial), seqKey(6))
+				return tx.Bucket(bucketBySerial).Put(epochKey(epochOf(5), []byte(e.Serial)), seqKey(6))
 			},
 			wantIndex: 5, reason: "serial index",
 		},
@@ -246,9 +246,29 @@ func TestTamperDetection(t *testing.T) {
 			name: "drop an entry from the SPIFFE ID index",
 			tamper: func(t *testing.T, tx *bolt.Tx) error {
 				e := testEntry(42, kindOf(42))
-				return tx.Bucket(bucketBySPIFFEID).Delete(stringSeqKey(e.SPIFFEID, 42))
+				return tx.Bucket(bucketBySPIFFEID).Delete(epochKey(epochOf(42), stringSeqKey(e.SPIFFEID, 42)))
 			},
 			wantIndex: 42, reason: "missing from the SPIFFE ID index",
+		},
+		{
+			name: "move an index record to another epoch",
+			tamper: func(t *testing.T, tx *bolt.Tx) error {
+				e := testEntry(42, kindOf(42))
+				b := tx.Bucket(bucketBySPIFFEID)
+				if err := b.Delete(epochKey(epochOf(42), stringSeqKey(e.SPIFFEID, 42))); err != nil {
+					return err
+				}
+				return b.Put(epochKey(epochOf(42)+1, stringSeqKey(e.SPIFFEID, 42)), nil)
+			},
+			wantIndex: 42, reason: "does not match entry 42",
+		},
+		{
+			name: "a serial without its epoch",
+			tamper: func(t *testing.T, tx *bolt.Tx) error {
+				e := testEntry(5, KindIssuance)
+				return tx.Bucket(bucketBySerial).Put([]byte(e.Serial), seqKey(5))
+			},
+			wantIndex: 5, reason: "serial index record",
 		},
 		{
 			name: "lower the stored maximum validity",

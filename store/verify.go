@@ -143,7 +143,7 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 	}
 	n := tree.End()
 	cps := l.scanCheckpoints(tx, n, &s)
-	es := newEntryScan(tx, so.indexes)
+	es := newEntryScan(tx, so.indexes, l.epochs)
 	if err := es.run(ctx, n, cps, &s, &res, so.progress); err != nil {
 		return res, err
 	}
@@ -232,7 +232,7 @@ type entryScan struct {
 	maxValidity    time.Duration
 }
 
-func newEntryScan(tx *bolt.Tx, indexes bool) *entryScan {
+func newEntryScan(tx *bolt.Tx, indexes, epochs bool) *entryScan {
 	es := &entryScan{
 		entries:     tx.Bucket(bucketEntries),
 		lc:          tx.Bucket(bucketLeaves).Cursor(),
@@ -243,7 +243,7 @@ func newEntryScan(tx *bolt.Tx, indexes bool) *entryScan {
 	es.ek, es.ev = es.ec.First()
 	es.lk, es.lv = es.lc.First()
 	if indexes {
-		es.acc = newIndexAccumulator()
+		es.acc = newIndexAccumulator(epochs)
 	}
 	return es
 }
@@ -382,9 +382,10 @@ func keyIndex(k []byte, def uint64) uint64 {
 // checks every index in one pass over each bucket, without holding the
 // expected records in memory.
 type indexAccumulator struct {
-	seeds [2]maphash.Seed
-	want  [numIndexes]indexDigest
-	puts  []indexPut
+	seeds  [2]maphash.Seed
+	want   [numIndexes]indexDigest
+	puts   []indexPut
+	epochs bool // the file's layout
 }
 
 type indexDigest struct {
@@ -392,8 +393,8 @@ type indexDigest struct {
 	sums [2]uint64
 }
 
-func newIndexAccumulator() *indexAccumulator {
-	return &indexAccumulator{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+func newIndexAccumulator(epochs bool) *indexAccumulator {
+	return &indexAccumulator{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}, epochs: epochs}
 }
 
 func (a *indexAccumulator) add(d *indexDigest, k, v []byte) {
@@ -409,7 +410,7 @@ func (a *indexAccumulator) add(d *indexDigest, k, v []byte) {
 }
 
 func (a *indexAccumulator) addEntry(e *Entry, seq uint64) {
-	a.puts = indexPuts(e, seq, a.puts[:0])
+	a.puts = indexPuts(e, seq, a.epochs, a.puts[:0])
 	for _, p := range a.puts {
 		a.add(&a.want[p.idx], p.key, p.val)
 	}
@@ -454,7 +455,7 @@ func (l *Log) findIndexProblem(ctx context.Context, tx *bolt.Tx, id indexID, n u
 		if err != nil {
 			return nil, false
 		}
-		puts = indexPuts(e, seq, puts[:0])
+		puts = indexPuts(e, seq, l.epochs, puts[:0])
 		return puts, true
 	}
 	// Records that do not belong to their entry.
