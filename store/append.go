@@ -13,6 +13,7 @@ import (
 // appendReq is one Append call waiting for the committer.
 type appendReq struct {
 	rec      []byte        // record bytes; the committer writes the seq into them
+	serial   string        // of an issuance
 	idx      []indexPut    // index records; the committer writes the seq into them
 	validity time.Duration // NotAfter - NotBefore of an issuance
 	seq      uint64        // set by the committer
@@ -29,6 +30,7 @@ func (l *Log) newAppendReq(e *Entry) *appendReq {
 	}
 	if e.Kind == KindIssuance {
 		r.validity = e.NotAfter.Sub(e.NotBefore)
+		r.serial = e.Serial
 	}
 	return r
 }
@@ -260,10 +262,15 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 		}
 	}
 	for _, r := range batch {
-		serial := r.serial()
-		if serial != nil && l.serialTaken(idx[idxSerial], serial, seq) {
-			r.err = fmt.Errorf("append: serial %s: %w", serial, ErrDuplicateSerial)
-			continue
+		if r.serial != "" {
+			taken, err := l.serialTaken(idx[idxSerial], entries, r.serial, seq)
+			if err != nil {
+				return err
+			}
+			if taken {
+				r.err = fmt.Errorf("append: serial %s: %w", r.serial, ErrDuplicateSerial)
+				continue
+			}
 		}
 		binary.BigEndian.PutUint64(r.rec[seqOffset:], seq)
 		leaf := leafHash(r.rec)
@@ -287,8 +294,8 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 				return err
 			}
 		}
-		if serial != nil && l.serials != nil {
-			l.serials.add(serial)
+		if r.serial != "" && l.epochs {
+			l.addSerial(r.serial)
 		}
 		r.seq = seq
 		seq++
@@ -305,32 +312,25 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 	return tx.Commit()
 }
 
-// serial returns the serial of an issuance request, nil for other kinds.
-func (r *appendReq) serial() []byte {
-	if len(r.idx) == 0 || r.idx[0].idx != idxSerial {
-		return nil
-	}
-	if r.idx[0].epoch {
-		return r.idx[0].key[epochLen:]
-	}
-	return r.idx[0].key
-}
-
-// indexFillPercent is the bbolt fill percent of index bucket id. Keys that
-// end in a growing seq under few distinct prefixes land at the end of a
-// few key ranges: a page that splits keeps what it has, so fill it. In
-// schema 2 the serial, SPIFFE ID and namespace keys are written only into
-// the last epoch, so the pages of older epochs are never split again.
-// In schema 1 serials are random and SPIFFE IDs too many: bbolt's default
-// suits them better (measured).
+// indexFillPercent is the bbolt fill percent of index bucket id.
+//
+// Keys of the time, issuer and NotAfter indexes end in a growing seq under
+// few distinct prefixes (times grow with seq): new keys land at the end of
+// the key space or of a few key ranges, and a page that splits keeps what
+// it has, so schema 2 fills them. The namespace index has a few hundred
+// such ranges: a full page at the end of one range splits badly, so it
+// keeps 0.9 (measured). Serial and SPIFFE ID hashes land anywhere in their
+// epoch: bbolt's default suits random keys better (measured), and the
+// pages of past epochs are never split again. Schema 1 files keep the fill
+// they were written with.
 func indexFillPercent(id indexID, epochs bool) float64 {
 	switch {
-	case id == idxTime, id == idxIssuer, id == idxNotAfter, id == idxNamespace:
-		return 0.9
-	case epochs:
+	case id == idxSerial, id == idxSPIFFEID:
+		return bolt.DefaultFillPercent
+	case id == idxNamespace, !epochs:
 		return 0.9
 	}
-	return bolt.DefaultFillPercent
+	return 1
 }
 
 // raiseMaxValidity raises the stored maximum validity to cover the

@@ -2,12 +2,19 @@ package store
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -59,9 +66,44 @@ func benchIssuer(i int) string {
 	return hex.EncodeToString(h[:])
 }
 
-// benchCert is a stand-in for a DER ECDSA P-256 leaf with a SPIFFE SAN
-// (about 700 bytes).
-var benchCert = fakeCert(1, 700)
+// benchCert is a DER ECDSA P-256 leaf shaped as the issuer package makes
+// them (a SPIFFE URI SAN, key and extended key usage, the authority key
+// ID), signed by a P-256 intermediate named as transitca names them:
+// about 490 bytes.
+var benchCert = benchLeafCert()
+
+func benchLeafCert() []byte {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	now := testEpoch
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{Organization: []string{"cluster.local"}, CommonName: "transitca issuing CA 0a1b2c3d"},
+		NotBefore:    now, NotAfter: now.Add(30 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true, IsCA: true, MaxPathLenZero: true,
+		SubjectKeyId: make([]byte, 20),
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: new(big.Int).Lsh(big.NewInt(1), 126),
+		URIs:         []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/ns-123/sa/sa-45"}},
+		NotBefore:    now.Add(-5 * time.Minute), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(crand.Reader, leaf, ca, &leafKey.PublicKey, caKey)
+	if err != nil {
+		panic(err)
+	}
+	return der
+}
 
 // benchEntry returns entry i of the benchmark log: about 2% denials, 0.1%
 // admin actions, the rest issuances.

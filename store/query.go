@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -165,18 +164,14 @@ func (l *Log) querySerial(ctx context.Context, q *Query) ([]*Entry, string, erro
 	}
 	var out []*Entry
 	err := l.view(func(tx *bolt.Tx) error {
-		last := epochOf(max(tx.Bucket(bucketEntries).Sequence(), 1) - 1)
-		v := findSerial(tx.Bucket(bucketBySerial), []byte(q.Serial), l.epochs, last)
-		if v == nil {
+		entries := tx.Bucket(bucketEntries)
+		last := epochOf(max(entries.Sequence(), 1) - 1)
+		seq, rec, found, err := findSerial(tx.Bucket(bucketBySerial), entries, q.Serial, l.epochs, last)
+		if err != nil {
+			return fmt.Errorf("log %q: %w", l.path, err)
+		}
+		if !found {
 			return nil
-		}
-		if len(v) != 8 {
-			return fmt.Errorf("log %q: %w: serial index value %x", l.path, ErrCorrupt, v)
-		}
-		seq := binary.BigEndian.Uint64(v)
-		rec := tx.Bucket(bucketEntries).Get(v)
-		if rec == nil {
-			return fmt.Errorf("log %q: %w: serial index points to missing entry %d", l.path, ErrCorrupt, seq)
 		}
 		e, err := decodeStored(rec, seq)
 		if err != nil {
@@ -233,11 +228,6 @@ func (q *Query) plan(epochs bool) scanPlan {
 		return scanPlan{id: 1 + byte(id), bucket: indexBuckets[id], lo: lo, hi: hi}
 	}
 	prefix := func(id indexID, p []byte) scanPlan {
-		if epochPrefixed(id, epochs) {
-			sp := index(id, nil, nil)
-			sp.inEpochs = p
-			return sp
-		}
 		return index(id, p, keySuccessor(p))
 	}
 	timeOrNil := func(t time.Time) []byte {
@@ -247,13 +237,16 @@ func (q *Query) plan(epochs bool) scanPlan {
 		return timeKey(t)
 	}
 	switch {
+	case q.SPIFFEID != "" && epochs:
+		sp := index(idxSPIFFEID, nil, nil)
+		sp.inEpochs = nameHash(q.SPIFFEID)
+		return sp
 	case q.SPIFFEID != "":
 		return prefix(idxSPIFFEID, append([]byte(q.SPIFFEID), 0))
 	case q.Namespace != "":
 		return prefix(idxNamespace, append([]byte(q.Namespace), 0))
 	case q.Issuer != "":
-		fp, _ := hex.DecodeString(q.Issuer)
-		return prefix(idxIssuer, fp)
+		return prefix(idxIssuer, issuerKey(q.Issuer, epochs))
 	case !q.From.IsZero() || !q.To.IsZero():
 		return index(idxTime, timeOrNil(q.From), timeOrNil(q.To))
 	case !q.ValidAt.IsZero() || !q.ExpiringBefore.IsZero():

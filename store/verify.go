@@ -465,9 +465,9 @@ func (l *Log) findIndexProblem(ctx context.Context, tx *bolt.Tx, id indexID, n u
 			return err
 		}
 		seq, ok := uint64(0), false
-		if id == idxSerial && len(v) == 8 {
+		if seqInVal := id == idxSerial && !l.epochs; seqInVal && len(v) == 8 {
 			seq, ok = binary.BigEndian.Uint64(v), true
-		} else if id != idxSerial && len(k) >= 8 {
+		} else if !seqInVal && len(k) >= 8 {
 			seq, ok = binary.BigEndian.Uint64(k[len(k)-8:]), true
 		}
 		if !ok {
