@@ -68,6 +68,9 @@ const logMagic = "transitca issuance log"
 // still read and appended to in its own layout.
 const schemaVersion = 2
 
+// SchemaVersion is the schema of the log files this build creates.
+const SchemaVersion = schemaVersion
+
 // schemaEpochs is the first schema whose serial, SPIFFE ID and namespace
 // index keys start with the entry's epoch.
 const schemaEpochs = 2
