@@ -248,87 +248,6 @@ func newEntryScan(tx *bolt.Tx, indexes, epochs bool) *entryScan {
 	return es
 }
 
-// run checks the entries [0, n), each against the checkpoints cps, and
-// counts them by kind in res, until the first problem, which it reports
-// to s. It returns only ctx's error.
-func (es *entryScan) run(ctx context.Context, n uint64, cps []storedCheckpoint, s *scanner, res *VerifyResult, progress func(done uint64)) error {
-	nextCP, goodUntil := 0, uint64(0)
-	for i := uint64(0); i < n && !s.stopAt(i); i++ {
-		if i%4096 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if progress != nil && i > 0 && i%(1<<16) == 0 {
-				progress(i)
-			}
-		}
-		e := es.entry(i, s)
-		if e == nil {
-			break
-		}
-		for nextCP < len(cps) && cps[nextCP].Size == i+1 {
-			cp := cps[nextCP]
-			if root := rootOf(es.tb.r); !bytes.Equal(root, cp.Root) {
-				s.report(verifyErrorf(goodUntil, "checkpoint of size %d: root hash does not match the entries; entries from index %d on are not covered by a valid checkpoint", cp.Size, goodUntil))
-			}
-			goodUntil = cp.Size
-			nextCP++
-		}
-		switch e.Kind {
-		case KindIssuance:
-			res.Issuances++
-		case KindDenial:
-			res.Denials++
-		case KindAdmin:
-			res.Admin++
-		}
-		if es.acc != nil {
-			es.acc.addEntry(e, i)
-			if e.Kind == KindIssuance && e.NotAfter.Sub(e.NotBefore) > es.maxValidity {
-				s.report(verifyErrorf(i, "entry %d is valid for %v, longer than the stored maximum validity %v (ValidAt queries would miss it)", i, e.NotAfter.Sub(e.NotBefore), es.maxValidity))
-				break
-			}
-		}
-		es.ek, es.ev = es.ec.Next()
-		es.lk, es.lv = es.lc.Next()
-	}
-	return nil
-}
-
-// entry checks entry i, at the cursors, and its stored leaf hash, and adds
-// the leaf to the tree. It returns the entry, or nil after reporting the
-// problem to s.
-func (es *entryScan) entry(i uint64, s *scanner) *Entry {
-	if es.ek == nil || len(es.ek) != 8 || binary.BigEndian.Uint64(es.ek) != i {
-		s.report(verifyErrorf(i, "entry %d is missing", i))
-		return nil
-	}
-	e, err := decodeRecord(es.ev)
-	if err != nil {
-		s.report(verifyErrorf(i, "entry does not decode: %w", err))
-		return nil
-	}
-	if e.Seq != i {
-		s.report(verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq))
-		return nil
-	}
-	leaf := leafHash(es.ev)
-	if es.lk == nil || len(es.lk) != 8 || binary.BigEndian.Uint64(es.lk) != i {
-		s.report(verifyErrorf(i, "stored leaf hash of entry %d is missing", i))
-		return nil
-	}
-	if !bytes.Equal(es.lv, leaf) {
-		s.report(verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i))
-		return nil
-	}
-	es.tb.append(leaf)
-	if es.tb.bad != nil {
-		s.report(es.tb.bad)
-		return nil
-	}
-	return e
-}
-
 // checkRest reports what lies beyond the entries checked, once all of
 // them were: entries and leaf hashes past the tree (written behind the
 // log's back), a bucket sequence, tree state or node count that does not
@@ -384,7 +303,6 @@ func keyIndex(k []byte, def uint64) uint64 {
 type indexAccumulator struct {
 	seeds  [2]maphash.Seed
 	want   [numIndexes]indexDigest
-	puts   []indexPut
 	epochs bool // the file's layout
 }
 
@@ -409,11 +327,10 @@ func (a *indexAccumulator) add(d *indexDigest, k, v []byte) {
 	}
 }
 
-func (a *indexAccumulator) addEntry(e *Entry, seq uint64) {
-	a.puts = indexPuts(e, seq, a.epochs, a.puts[:0])
-	for _, p := range a.puts {
-		a.add(&a.want[p.idx], p.key, p.val)
-	}
+func (d *indexDigest) merge(o indexDigest) {
+	d.n += o.n
+	d.sums[0] += o.sums[0]
+	d.sums[1] += o.sums[1]
 }
 
 // checkIndexes compares every index bucket with the accumulated digest and,
