@@ -91,12 +91,6 @@ func epochKey(epoch uint32, k []byte) []byte {
 	return append(binary.BigEndian.AppendUint32(make([]byte, 0, epochLen+len(k)), epoch), k...)
 }
 
-// epochPrefixed reports whether index id has epoch-prefixed keys in a file
-// of the given layout (true: schema 2 or later).
-func epochPrefixed(id indexID, epochs bool) bool {
-	return epochs && (id == idxSerial || id == idxSPIFFEID)
-}
-
 // nameHashLen is the length of nameHash.
 const nameHashLen = 8
 

@@ -78,7 +78,7 @@ func (pc *planCursor) settle(k, v []byte) ([]byte, []byte) {
 	if p == nil {
 		return k, v
 	}
-	for k != nil && len(k) >= epochLen {
+	for len(k) >= epochLen {
 		e := binary.BigEndian.Uint32(k)
 		start := epochKey(e, p)
 		cmp := bytes.Compare(k, start)

@@ -132,7 +132,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	if err := measureAppends(ctx, filepath.Join(dir, "new.db"), res.LargeLog, opts, res); err != nil {
 		return nil, err
 	}

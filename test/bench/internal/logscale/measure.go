@@ -216,7 +216,7 @@ func measureAppends(ctx context.Context, newPath, largePath string, opts Options
 func verifyLog(ctx context.Context, path string, opts Options) (time.Duration, string, error) {
 	start := time.Now()
 	if opts.CABinary != "" {
-		cmd := exec.CommandContext(ctx, opts.CABinary, "log", "verify", "--db", path, "--verifier-key", path+".vkey")
+		cmd := exec.CommandContext(ctx, opts.CABinary, "log", "verify", "--db", path, "--verifier-key", path+".vkey") //nolint:gosec // the ca binary the benchmark driver built
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			return 0, "", fmt.Errorf("ca log verify: %w: %s", err, out)
@@ -235,7 +235,7 @@ func verifyLog(ctx context.Context, path string, opts Options) (time.Duration, s
 	if err != nil {
 		return 0, "", err
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	if _, err := l.Verify(ctx, nil); err != nil {
 		return 0, "", err
 	}
