@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -336,20 +338,41 @@ func (d *indexDigest) merge(o indexDigest) {
 // checkIndexes compares every index bucket with the accumulated digest and,
 // for a bucket that differs, finds the lowest bad index.
 func (l *Log) checkIndexes(ctx context.Context, tx *bolt.Tx, acc *indexAccumulator, n uint64) (uint64, error) {
+	// The buckets are read concurrently, each by its own cursor of tx
+	// (read-only cursors share nothing but the memory map).
+	var got [numIndexes]indexDigest
+	var errs [numIndexes]error
+	buckets := make([]*bolt.Bucket, numIndexes)
+	for id := range buckets {
+		buckets[id] = tx.Bucket(indexBuckets[id])
+	}
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for id := range buckets {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			// A damaged page panics in bbolt: an error, as in the caller.
+			defer recoverCorrupt(l.path, &errs[id])
+			c := buckets[id].Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if got[id].n%4096 == 0 {
+					if errs[id] = ctx.Err(); errs[id] != nil {
+						return
+					}
+				}
+				acc.add(&got[id], k, v)
+			}
+		})
+	}
+	wg.Wait()
 	var total uint64
 	for id := indexID(0); id < numIndexes; id++ {
-		var got indexDigest
-		c := tx.Bucket(indexBuckets[id]).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if got.n%4096 == 0 {
-				if err := ctx.Err(); err != nil {
-					return 0, err
-				}
-			}
-			acc.add(&got, k, v)
+		if errs[id] != nil {
+			return 0, errs[id]
 		}
-		total += got.n
-		if got != acc.want[id] {
+		total += got[id].n
+		if got[id] != acc.want[id] {
 			return 0, l.findIndexProblem(ctx, tx, id, n)
 		}
 	}
