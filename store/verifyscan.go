@@ -3,7 +3,9 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"hash"
 	"runtime"
 )
 
@@ -97,10 +99,12 @@ func (es *entryScan) read(start, m uint64) *scanChunk {
 // check checks the entries of a chunk, on a worker.
 func (es *entryScan) check(c *scanChunk) {
 	c.leaves = make([][]byte, 0, len(c.items))
+	lh := leafHasher{h: sha256.New(), buf: make([]byte, 0, sha256.Size*len(c.items))}
 	var puts []indexPut
+	e := new(Entry)
 	for j, it := range c.items {
 		i := c.start + uint64(j)
-		e, leaf, bad := checkEntry(i, it)
+		leaf, bad := checkEntry(i, it, e, &lh)
 		if bad != nil {
 			c.bad, c.badAt = bad, j
 			return
@@ -121,27 +125,42 @@ func (es *entryScan) check(c *scanChunk) {
 	}
 }
 
-// checkEntry checks entry i and its stored leaf hash, and returns the
-// entry and its leaf hash, or the problem.
-func checkEntry(i uint64, it scanItem) (*Entry, []byte, *VerifyError) {
+// leafHasher computes RFC 6962 leaf hashes (as leafHash) into one buffer
+// per chunk, with one SHA-256 state.
+type leafHasher struct {
+	h   hash.Hash
+	buf []byte
+}
+
+func (lh *leafHasher) sum(rec []byte) []byte {
+	lh.h.Reset()
+	lh.h.Write([]byte{0}) // RFC 6962 leaf prefix
+	lh.h.Write(rec)
+	lh.buf = lh.h.Sum(lh.buf)
+	return lh.buf[len(lh.buf)-sha256.Size:]
+}
+
+// checkEntry checks entry i and its stored leaf hash: it decodes the entry
+// into e (a view of the record: see decodeRecordInto) and returns its leaf
+// hash, or the problem.
+func checkEntry(i uint64, it scanItem, e *Entry, lh *leafHasher) ([]byte, *VerifyError) {
 	if it.ek == nil || len(it.ek) != 8 || binary.BigEndian.Uint64(it.ek) != i {
-		return nil, nil, verifyErrorf(i, "entry %d is missing", i)
+		return nil, verifyErrorf(i, "entry %d is missing", i)
 	}
-	e, err := decodeRecord(it.ev)
-	if err != nil {
-		return nil, nil, verifyErrorf(i, "entry does not decode: %w", err)
+	if err := decodeRecordInto(e, it.ev, true); err != nil {
+		return nil, verifyErrorf(i, "entry does not decode: %w", err)
 	}
 	if e.Seq != i {
-		return nil, nil, verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq)
+		return nil, verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq)
 	}
-	leaf := leafHash(it.ev)
+	leaf := lh.sum(it.ev)
 	if it.lk == nil || len(it.lk) != 8 || binary.BigEndian.Uint64(it.lk) != i {
-		return nil, nil, verifyErrorf(i, "stored leaf hash of entry %d is missing", i)
+		return nil, verifyErrorf(i, "stored leaf hash of entry %d is missing", i)
 	}
 	if !bytes.Equal(it.lv, leaf) {
-		return nil, nil, verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i)
+		return nil, verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i)
 	}
-	return e, leaf, nil
+	return leaf, nil
 }
 
 // consumer takes the checked chunks in order: it builds the tree and
