@@ -198,29 +198,31 @@
 // pages, and an append cost three times what it costs in a new log. Schema
 // 2 therefore keeps the keys an append writes inside a bounded range:
 //
-//   - The time, NotAfter, issuer and namespace keys end in the seq, under
-//     few distinct prefixes (times grow with seq; a few intermediates; a
-//     few hundred namespaces): new keys go to the end of a few key ranges
-//     and the pages behind them are never written again. The time,
-//     NotAfter and issuer buckets are filled to 100% (bbolt FillPercent 1),
-//     the namespace bucket to 90% (a full page in the middle of the key
-//     space splits badly; measured).
-//   - The serial and SPIFFE ID keys start with the entry's epoch, seq>>16
-//     (4 bytes): an append only writes into the part of the index of the
-//     last 65,536 entries, whatever the size of the log. The epoch is
-//     derived from the seq, not from time, so that it bounds the work
-//     whatever the spread of the entries' times (Append takes the caller's
-//     time, and clocks step), and so that the keys of one name stay in seq
-//     order across epochs: a query by SPIFFE ID returns entries by seq as
-//     in schema 1, and its page token (the last key) works unchanged. A
-//     query visits every epoch with one seek each (about 150 in a log of
-//     ten million entries) and skips epochs without the name. Within an
-//     epoch these keys are random, so those buckets keep bbolt's default
-//     fill.
-//   - Names are stored as the first 8 bytes of their SHA-256 (nameHash),
-//     and issuer fingerprints as their first 8 bytes: the keys are 20 and
-//     16 bytes instead of about 54 and 40. Entries whose names share a hash
-//     are read and dropped by the filter.
+//   - The time, NotAfter and issuer keys end in the seq, under few
+//     distinct prefixes (times grow with seq; a few intermediates): new
+//     keys go to the end of the key space or of a few key ranges, and the
+//     pages behind them are never written again. These buckets are filled
+//     to 100% (bbolt FillPercent 1).
+//   - The serial, SPIFFE ID and namespace keys start with the entry's
+//     epoch, seq>>16 (4 bytes): an append only writes into the part of
+//     the index of the last 65,536 entries, whatever the size of the log
+//     (without it, a namespace index of a few hundred namespaces dirties,
+//     in a large log, a leaf page and its own branch page per namespace
+//     and commit). The epoch is derived from the seq, not from time, so
+//     that it bounds the work whatever the spread of the entries' times
+//     (Append takes the caller's time, and clocks step), and so that the
+//     keys of one name stay in seq order across epochs: a query by SPIFFE
+//     ID or namespace returns entries by seq as in schema 1, and its page
+//     token (the last key) works unchanged. A query visits every epoch
+//     with one seek each (about 150 in a log of ten million entries) and
+//     skips epochs without the name. Within an epoch serials and SPIFFE
+//     IDs land anywhere, so those buckets keep bbolt's default fill; the
+//     namespace bucket is filled to 90% (a full page in the middle of the
+//     key space splits badly; measured).
+//   - Serials and SPIFFE IDs are stored as the first 8 bytes of their
+//     SHA-256 (nameHash), and issuer fingerprints as their first 8 bytes:
+//     the keys are 20 and 16 bytes instead of about 54 and 40. Entries
+//     whose names share a hash are read and dropped by the filter.
 //
 // A serial lookup reads the serial index of every epoch. So that Append's
 // duplicate-serial check does not, the committer keeps in memory a Bloom

@@ -27,8 +27,8 @@ var (
 
 	// Index buckets. Except for the serial index of schema 1, keys end in
 	// the 8-byte seq of the entry and values are empty. In schema 2 the
-	// keys of the serial and SPIFFE ID indexes start with the 4-byte epoch
-	// of the entry (see epochOf).
+	// keys of the serial, SPIFFE ID and namespace indexes start with the
+	// 4-byte epoch of the entry (see epochOf).
 
 	// bucketBySerial: in schema 1 it maps an issuance's serial (hex) to
 	// its seq; in schema 2 its keys are epoch || nameHash(serial) || seq.
@@ -36,7 +36,8 @@ var (
 	// bucketBySPIFFEID: SPIFFE ID || 0x00 || seq in schema 1,
 	// epoch || nameHash(SPIFFE ID) || seq in schema 2; for every kind.
 	bucketBySPIFFEID = []byte("idx_spiffe_id")
-	// bucketByNamespace: namespace || 0x00 || seq, for every kind.
+	// bucketByNamespace: [epoch (schema 2) ||] namespace || 0x00 || seq,
+	// for every kind.
 	bucketByNamespace = []byte("idx_namespace")
 	// bucketByTime: time key of Entry.Time || seq, for every entry.
 	bucketByTime = []byte("idx_time")
@@ -176,7 +177,11 @@ func indexPuts(e *Entry, seq uint64, epochs bool, dst []indexPut) []indexPut {
 		}
 	}
 	if e.Namespace != "" {
-		dst = append(dst, indexPut{idx: idxNamespace, key: stringSeqKey(e.Namespace, seq)})
+		k := stringSeqKey(e.Namespace, seq)
+		if epochs {
+			k = epochKey(epochOf(seq), k)
+		}
+		dst = append(dst, indexPut{idx: idxNamespace, epoch: epochs, key: k})
 	}
 	dst = append(dst, indexPut{idx: idxTime, key: timeSeqKey(e.Time, seq)})
 	if e.IssuerFingerprint != "" {

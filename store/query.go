@@ -227,8 +227,11 @@ func (q *Query) plan(epochs bool) scanPlan {
 	index := func(id indexID, lo, hi []byte) scanPlan {
 		return scanPlan{id: 1 + byte(id), bucket: indexBuckets[id], lo: lo, hi: hi}
 	}
-	prefix := func(id indexID, p []byte) scanPlan {
-		return index(id, p, keySuccessor(p))
+	prefix := func(id indexID, p []byte) scanPlan { return index(id, p, keySuccessor(p)) }
+	inEpochs := func(id indexID, p []byte) scanPlan {
+		sp := index(id, nil, nil)
+		sp.inEpochs = p
+		return sp
 	}
 	timeOrNil := func(t time.Time) []byte {
 		if t.IsZero() {
@@ -238,11 +241,11 @@ func (q *Query) plan(epochs bool) scanPlan {
 	}
 	switch {
 	case q.SPIFFEID != "" && epochs:
-		sp := index(idxSPIFFEID, nil, nil)
-		sp.inEpochs = nameHash(q.SPIFFEID)
-		return sp
+		return inEpochs(idxSPIFFEID, nameHash(q.SPIFFEID))
 	case q.SPIFFEID != "":
 		return prefix(idxSPIFFEID, append([]byte(q.SPIFFEID), 0))
+	case q.Namespace != "" && epochs:
+		return inEpochs(idxNamespace, append([]byte(q.Namespace), 0))
 	case q.Namespace != "":
 		return prefix(idxNamespace, append([]byte(q.Namespace), 0))
 	case q.Issuer != "":
