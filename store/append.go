@@ -13,6 +13,7 @@ import (
 // appendReq is one Append call waiting for the committer.
 type appendReq struct {
 	rec      []byte        // record bytes; the committer writes the seq into them
+	serial   string        // of an issuance
 	idx      []indexPut    // index records; the committer writes the seq into them
 	validity time.Duration // NotAfter - NotBefore of an issuance
 	seq      uint64        // set by the committer
@@ -20,15 +21,16 @@ type appendReq struct {
 	done     chan struct{}
 }
 
-// newAppendReq encodes a validated entry for the committer.
-func newAppendReq(e *Entry) *appendReq {
+// newAppendReq encodes a validated entry for the committer of l.
+func (l *Log) newAppendReq(e *Entry) *appendReq {
 	r := &appendReq{
 		rec:  appendRecord(make([]byte, 0, e.encodedSizeHint()), e),
-		idx:  indexPuts(e, 0, make([]indexPut, 0, numIndexes)),
+		idx:  indexPuts(e, 0, l.epochs, make([]indexPut, 0, numIndexes)),
 		done: make(chan struct{}),
 	}
 	if e.Kind == KindIssuance {
 		r.validity = e.NotAfter.Sub(e.NotBefore)
+		r.serial = e.Serial
 	}
 	return r
 }
@@ -63,7 +65,7 @@ func (l *Log) Append(ctx context.Context, e *Entry) (uint64, error) {
 	if err := c.validate(); err != nil {
 		return 0, err
 	}
-	req := newAppendReq(&c)
+	req := l.newAppendReq(&c)
 
 	l.closeMu.RLock()
 	if l.closed {
@@ -239,15 +241,7 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 	var idx [numIndexes]*bolt.Bucket
 	for i, name := range indexBuckets {
 		idx[i] = tx.Bucket(name)
-		// Keys of these indexes end in a growing seq and have few distinct
-		// prefixes, so new keys land at the end of a few key ranges: a page
-		// that splits keeps what it has, so fill it. (Serials are random
-		// and SPIFFE IDs too many: bbolt's default suits them better,
-		// measured.)
-		switch indexID(i) {
-		case idxNamespace, idxTime, idxIssuer, idxNotAfter:
-			idx[i].FillPercent = 0.9
-		}
+		idx[i].FillPercent = indexFillPercent(indexID(i), l.epochs)
 	}
 
 	// The stored state must be the state this Log committed last.
@@ -268,9 +262,15 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 		}
 	}
 	for _, r := range batch {
-		if len(r.idx) > 0 && r.idx[0].idx == idxSerial && idx[idxSerial].Get(r.idx[0].key) != nil {
-			r.err = fmt.Errorf("append: serial %s: %w", r.idx[0].key, ErrDuplicateSerial)
-			continue
+		if r.serial != "" {
+			taken, err := l.serialTaken(idx[idxSerial], entries, r.serial, seq)
+			if err != nil {
+				return err
+			}
+			if taken {
+				r.err = fmt.Errorf("append: serial %s: %w", r.serial, ErrDuplicateSerial)
+				continue
+			}
 		}
 		binary.BigEndian.PutUint64(r.rec[seqOffset:], seq)
 		leaf := leafHash(r.rec)
@@ -294,6 +294,9 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 				return err
 			}
 		}
+		if r.serial != "" && l.epochs {
+			l.addSerial(r.serial)
+		}
 		r.seq = seq
 		seq++
 	}
@@ -307,6 +310,27 @@ func (l *Log) writeBatch(batch []*appendReq, next *compact.Range) (err error) {
 		return err
 	}
 	return tx.Commit()
+}
+
+// indexFillPercent is the bbolt fill percent of index bucket id.
+//
+// Keys of the time, issuer and NotAfter indexes end in a growing seq under
+// few distinct prefixes (times grow with seq): new keys land at the end of
+// the key space or of a few key ranges, and a page that splits keeps what
+// it has, so schema 2 fills them. The namespace index has a few hundred
+// such ranges: a full page at the end of one range splits badly, so it
+// keeps 0.9 (measured). Serial and SPIFFE ID hashes land anywhere in their
+// epoch: bbolt's default suits random keys better (measured), and the
+// pages of past epochs are never split again. Schema 1 files keep the fill
+// they were written with.
+func indexFillPercent(id indexID, epochs bool) float64 {
+	switch {
+	case id == idxSerial, id == idxSPIFFEID:
+		return bolt.DefaultFillPercent
+	case id == idxNamespace, !epochs:
+		return 0.9
+	}
+	return 1
 }
 
 // raiseMaxValidity raises the stored maximum validity to cover the

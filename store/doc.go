@@ -100,10 +100,27 @@
 //
 // The file is a bbolt database. Bucket names are the bucket* variables of
 // this package. The meta bucket holds the magic "transitca issuance log",
-// the schema version (4 bytes, big-endian; this build writes and reads 1)
-// and the tree state. Open refuses, without writing, a file that is not
-// bbolt, is truncated, has no meta bucket or another magic, or has a newer
-// schema version; it tells which file and what is wrong.
+// the schema version (4 bytes, big-endian; this build creates schema 2
+// files and reads and appends to schema 1 and 2) and the tree state. Open
+// refuses, without writing, a file that is not bbolt, is truncated, has no
+// meta bucket or another magic, or has a newer schema version; it tells
+// which file and what is wrong.
+//
+// Both schemas have the same buckets, and the same entries, leaf hashes,
+// subtree nodes, checkpoints and meta keys; they differ only in the keys of
+// three indexes (see Indexes and queries): in schema 2 the serial and
+// SPIFFE ID index keys are epoch || 8-byte name hash || seq and the issuer
+// index keys start with 8 bytes of the fingerprint, where schema 1 has the
+// whole serial (mapped to the seq), SPIFFE ID and fingerprint. A schema-1
+// file is never converted: this build reads both layouts and appends to a
+// schema-1 file in schema 1 (l.epochs says which), so opening an old file,
+// even for writing, changes nothing but what appends add, and the file
+// stays readable by the build that wrote it. (Rebuilding its indexes in
+// place would save space but rewrite every index page of a large file in
+// one transaction, for no gain in what the file proves.) A new file is
+// created in schema 2. testdata/golden-log-schema1.db pins that this build
+// opens, verifies, queries and appends to a schema-1 file, and writes one
+// exactly as the earlier build did.
 //
 // bbolt keeps two meta pages and, when the newer one is damaged, silently
 // uses the older: the file rolls back one transaction, and the entries and
@@ -169,7 +186,67 @@
 //
 // Index buckets (serial, SPIFFE ID, namespace, time, issuer, NotAfter) are
 // written in the same transaction as the entry. Query scans one index and
-// filters on the other fields, in pages bounded in size and in work.
+// filters on the other fields, in pages bounded in size and in work; the
+// filter also checks every field the scanned index stands for, so an index
+// whose keys are hashes or prefixes returns exactly what a key of the whole
+// value would.
+//
+// bbolt writes every page a transaction changes, and an index whose new
+// keys fall anywhere in a large key range changes one page per key: in a
+// log of a million entries in schema 1, the serial (random hex) and SPIFFE
+// ID (thousands of identities) indexes made each append dirty its own
+// pages, and an append cost three times what it costs in a new log. Schema
+// 2 therefore keeps the keys an append writes inside a bounded range:
+//
+//   - The time, NotAfter and issuer keys end in the seq, under few
+//     distinct prefixes (times grow with seq; a few intermediates): new
+//     keys go to the end of the key space or of a few key ranges, and the
+//     pages behind them are never written again. These buckets are filled
+//     to 100% (bbolt FillPercent 1).
+//   - The serial, SPIFFE ID and namespace keys start with the entry's
+//     epoch, seq>>16 (4 bytes): an append only writes into the part of
+//     the index of the last 65,536 entries, whatever the size of the log
+//     (without it, a namespace index of a few hundred namespaces dirties,
+//     in a large log, a leaf page and its own branch page per namespace
+//     and commit). The epoch is derived from the seq, not from time, so
+//     that it bounds the work whatever the spread of the entries' times
+//     (Append takes the caller's time, and clocks step), and so that the
+//     keys of one name stay in seq order across epochs: a query by SPIFFE
+//     ID or namespace returns entries by seq as in schema 1, and its page
+//     token (the last key) works unchanged. A query visits every epoch
+//     with one seek each (about 150 in a log of ten million entries) and
+//     skips epochs without the name. Within an epoch serials and SPIFFE
+//     IDs land anywhere, so those buckets keep bbolt's default fill; the
+//     namespace bucket is filled to 90% (a full page in the middle of the
+//     key space splits badly; measured).
+//   - Serials and SPIFFE IDs are stored as the first 8 bytes of their
+//     SHA-256 (nameHash), and issuer fingerprints as their first 8 bytes:
+//     the keys are 20 and 16 bytes instead of about 54 and 40. Entries
+//     whose names share a hash are read and dropped by the filter.
+//
+// A serial lookup reads the serial index of every epoch. So that Append's
+// duplicate-serial check does not, the committer keeps in memory a Bloom
+// filter of the serial hashes in the log (10 bits each, about 1% false
+// positives; 25 MB for ten million entries), built from the serial index
+// when the first append after Open needs it and rebuilt twice as large
+// when full; only a serial the filter cannot rule out is looked up.
+//
+// Measured in bytes of file per entry (pages of each bucket over the
+// entries; the same 200,000 entries of the benchmark's mix in both
+// schemas, issuances of about 810 bytes of record with a P-256 leaf and
+// the caller's pod; schema 1 → schema 2): entries 1,007 → 1,007, leaf
+// hashes 57 → 57, serial 81 → 52, SPIFFE ID 102 → 54, issuer 63 → 32,
+// namespace 41 → 55, time 36 → 33, NotAfter 35 → 32; the whole file
+// 1,556 → 1,415 (free pages and bbolt's allocation step included). The
+// entries bucket holds each record once (the certificate is stored in the
+// record only) and dominates. bbolt keeps a record whole in a 4 KiB page,
+// with a 16-byte element header: records of up to 800 bytes go five to a
+// page (about 820 bytes of file each), longer ones four (about 1,000).
+// The namespace index is kept although a namespace query could scan the
+// SPIFFE IDs ("spiffe://<trust domain>/ns/<ns>/sa/<sa>"): denials of
+// unauthenticated callers have neither, but an entry may carry a
+// namespace under another trust domain or SPIFFE ID form, and the results
+// must not change.
 //
 // # Size of denials
 //
@@ -179,10 +256,13 @@
 // most 1 KiB plus a truncation marker and its Detail a few hundred bytes,
 // whatever the request carried: a denial of an unauthenticated caller is
 // at most 1.5 KiB of record, and MUST take at most 4 KiB of the file with
-// its leaf hash, index keys and page overhead (measured: about 1.1 KiB of
-// record and 2.2 KiB of file); an authenticated caller's denial adds its
-// validated identity fields and MUST take at most 8 KiB of the file
-// (measured at the largest identity: 2.5 KiB of record, 5.3 KiB of file).
+// its leaf hash, index keys and page overhead (measured in schema 2, with
+// a 300-byte Detail and a 64-byte cluster ID: 1.4 KiB of record and 2.1
+// KiB of file); an authenticated caller's denial adds its validated
+// identity fields and MUST take at most 8 KiB of the file (measured with a
+// 330-byte SPIFFE ID, a 253-byte service account, pod and node name: 3.5
+// KiB of record, 4.3 KiB of file in schema 2, 6.2 KiB in schema 1, whose
+// SPIFFE ID and namespace keys hold the whole names).
 // The file itself grows in bbolt's allocation steps. A denial entry that
 // stands for several requests carries "count=<n>" in its Detail; one
 // without it stands for one request. Requests refused by the gRPC

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Kind is the kind of a log entry. The zero Kind is invalid.
@@ -296,8 +297,20 @@ func recordSeq(rec []byte) (uint64, bool) {
 // wrapping ErrCorrupt.
 // The returned Certificate aliases data; copy it if data is not retained.
 func decodeRecord(data []byte) (*Entry, error) {
+	e := new(Entry)
+	if err := decodeRecordInto(e, data, false); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// decodeRecordInto decodes data into e, as decodeRecord. With view, the
+// strings of e share the bytes of data instead of copying them: e is then
+// valid only while data is, and must not be kept (the entry scan of Verify
+// and Open, which reads every record once and keeps nothing of it).
+func decodeRecordInto(e *Entry, data []byte, view bool) error {
 	if len(data) < recordHeaderSize {
-		return nil, fmt.Errorf("%w: record of %d bytes is shorter than its header", ErrCorrupt, len(data))
+		return fmt.Errorf("%w: record of %d bytes is shorter than its header", ErrCorrupt, len(data))
 	}
 	version := data[0]
 	end := tagEnd
@@ -308,19 +321,19 @@ func decodeRecord(data []byte) (*Entry, error) {
 		end = tagEndV2
 	case recordV3:
 	default:
-		return nil, fmt.Errorf("%w: record version %d is not supported (this build reads versions %d to %d)", ErrCorrupt, version, recordV1, recordV3)
+		return fmt.Errorf("%w: record version %d is not supported (this build reads versions %d to %d)", ErrCorrupt, version, recordV1, recordV3)
 	}
-	e := &Entry{Kind: Kind(data[1]), Seq: binary.BigEndian.Uint64(data[seqOffset:])}
+	*e = Entry{Kind: Kind(data[1]), Seq: binary.BigEndian.Uint64(data[seqOffset:])}
 	if !e.Kind.valid() {
-		return nil, fmt.Errorf("%w: record has unknown kind %d", ErrCorrupt, data[1])
+		return fmt.Errorf("%w: record has unknown kind %d", ErrCorrupt, data[1])
 	}
-	d := decoder{b: data[recordHeaderSize:]}
+	d := decoder{b: data[recordHeaderSize:], view: view}
 	last := byte(0)
 	for len(d.b) > 0 && d.err == nil {
 		tag := d.b[0]
 		d.b = d.b[1:]
 		if tag <= last || tag >= end {
-			return nil, fmt.Errorf("%w: record version %d has tag %d after tag %d", ErrCorrupt, version, tag, last)
+			return fmt.Errorf("%w: record version %d has tag %d after tag %d", ErrCorrupt, version, tag, last)
 		}
 		last = tag
 		switch tag {
@@ -379,17 +392,18 @@ func decodeRecord(data []byte) (*Entry, error) {
 		}
 	}
 	if d.err != nil {
-		return nil, fmt.Errorf("%w: record field %d: %w", ErrCorrupt, last, d.err)
+		return fmt.Errorf("%w: record field %d: %w", ErrCorrupt, last, d.err)
 	}
 	if version == recordV2 && last < tagEndV1 || version == recordV3 && last < tagEndV2 {
-		return nil, fmt.Errorf("%w: record version %d holds no field of version %d (its canonical encoding is an older version)", ErrCorrupt, version, version)
+		return fmt.Errorf("%w: record version %d holds no field of version %d (its canonical encoding is an older version)", ErrCorrupt, version, version)
 	}
-	return e, nil
+	return nil
 }
 
 type decoder struct {
-	b   []byte
-	err error
+	b    []byte
+	err  error
+	view bool // strings share b (see decodeRecordInto)
 }
 
 var (
@@ -470,7 +484,13 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
-func (d *decoder) string() string { return string(d.bytes()) }
+func (d *decoder) string() string {
+	b := d.bytes()
+	if d.view && len(b) > 0 {
+		return unsafe.String(&b[0], len(b)) //nolint:gosec // G103: a view for decodeRecordInto's caller, which keeps nothing of it
+	}
+	return string(b)
+}
 
 func (d *decoder) fixed(n int) []byte {
 	if d.err != nil {

@@ -247,6 +247,19 @@ func checkSchema(tx *bolt.Tx, path string) error {
 	return nil
 }
 
+// storedSchema returns the schema version of a log that checkSchema
+// accepted.
+func storedSchema(tx *bolt.Tx) uint32 {
+	if v := tx.Bucket(bucketMeta).Get(metaKeySchema); len(v) == 4 {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+// newFileSchema is the schema of the files this build creates: a variable
+// for tests, which also create schema-1 files.
+var newFileSchema uint32 = schemaVersion
+
 // initSchema creates the buckets and meta keys of a new log.
 func initSchema(tx *bolt.Tx, now time.Time) error {
 	for _, name := range allBuckets {
@@ -257,7 +270,7 @@ func initSchema(tx *bolt.Tx, now time.Time) error {
 	meta := tx.Bucket(bucketMeta)
 	puts := []struct{ k, v []byte }{
 		{metaKeyMagic, []byte(logMagic)},
-		{metaKeySchema, binary.BigEndian.AppendUint32(nil, schemaVersion)},
+		{metaKeySchema, binary.BigEndian.AppendUint32(nil, newFileSchema)},
 		{metaKeyCreated, []byte(now.UTC().Format(time.RFC3339Nano))},
 		{metaKeyTree, encodeTreeState(0, nil)},
 		{metaKeyMaxValidity, binary.BigEndian.AppendUint64(nil, 0)},

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -136,7 +137,7 @@ func TestOpenRefusesFiles(t *testing.T) {
 				_ = db.Close()
 				return path
 			},
-			want: ErrSchemaTooNew, says: "schema version 2, this build reads up to version 1",
+			want: ErrSchemaTooNew, says: fmt.Sprintf("schema version %d, this build reads up to version %d", schemaVersion+1, schemaVersion),
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

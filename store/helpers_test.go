@@ -166,7 +166,7 @@ func fillLogBatched(t testing.TB, l *Log, from, n, batch int, gen func(i int) *E
 			if err := e.validate(); err != nil {
 				t.Fatal(err)
 			}
-			reqs = append(reqs, newAppendReq(e))
+			reqs = append(reqs, l.newAppendReq(e))
 		}
 		l.commit(reqs)
 		for _, r := range reqs {

@@ -25,18 +25,24 @@ var (
 	// bucketCheckpoints maps a tree size (8 bytes) to a signed checkpoint.
 	bucketCheckpoints = []byte("checkpoints")
 
-	// Index buckets. Except for the serial index, keys end in the 8-byte
-	// seq of the entry and values are empty.
+	// Index buckets. Except for the serial index of schema 1, keys end in
+	// the 8-byte seq of the entry and values are empty. In schema 2 the
+	// keys of the serial, SPIFFE ID and namespace indexes start with the
+	// 4-byte epoch of the entry (see epochOf).
 
-	// bucketBySerial maps an issuance's serial (hex) to its seq.
+	// bucketBySerial: in schema 1 it maps an issuance's serial (hex) to
+	// its seq; in schema 2 its keys are epoch || nameHash(serial) || seq.
 	bucketBySerial = []byte("idx_serial")
-	// bucketBySPIFFEID: SPIFFE ID || 0x00 || seq, for every kind.
+	// bucketBySPIFFEID: SPIFFE ID || 0x00 || seq in schema 1,
+	// epoch || nameHash(SPIFFE ID) || seq in schema 2; for every kind.
 	bucketBySPIFFEID = []byte("idx_spiffe_id")
-	// bucketByNamespace: namespace || 0x00 || seq, for every kind.
+	// bucketByNamespace: [epoch (schema 2) ||] namespace || 0x00 || seq,
+	// for every kind.
 	bucketByNamespace = []byte("idx_namespace")
 	// bucketByTime: time key of Entry.Time || seq, for every entry.
 	bucketByTime = []byte("idx_time")
-	// bucketByIssuer: issuer fingerprint (32 raw bytes) || seq.
+	// bucketByIssuer: issuer fingerprint (32 raw bytes; the first 8 in
+	// schema 2) || seq.
 	bucketByIssuer = []byte("idx_issuer")
 	// bucketByNotAfter: time key of NotAfter || seq, for issuances.
 	bucketByNotAfter = []byte("idx_not_after")
@@ -57,9 +63,45 @@ var (
 // logMagic identifies a file as an issuance log.
 const logMagic = "transitca issuance log"
 
-// schemaVersion is the schema this build writes and the newest it reads.
-// Bump it (and keep reading older versions) when the bucket layout changes.
-const schemaVersion = 1
+// schemaVersion is the schema this build writes into a new file and the
+// newest it reads. Bump it (and keep reading older versions) when the
+// bucket layout changes. Schema 1 (no epoch prefix in the index keys) is
+// still read and appended to in its own layout.
+const schemaVersion = 2
+
+// SchemaVersion is the schema of the log files this build creates.
+const SchemaVersion = schemaVersion
+
+// schemaEpochs is the first schema whose serial, SPIFFE ID and namespace
+// index keys start with the entry's epoch.
+const schemaEpochs = 2
+
+// An epoch is 1<<epochBits consecutive sequence numbers. Prefixing an index
+// key with the epoch keeps the keys an append writes inside the part of
+// the index that belongs to the last epoch, whatever their values.
+const (
+	epochBits = 16
+	epochLen  = 4
+)
+
+// epochOf returns the epoch of sequence number seq.
+func epochOf(seq uint64) uint32 { return uint32(seq >> epochBits) }
+
+// epochKey returns epoch || k.
+func epochKey(epoch uint32, k []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(make([]byte, 0, epochLen+len(k)), epoch), k...)
+}
+
+// nameHashLen is the length of nameHash.
+const nameHashLen = 8
+
+// nameHash is the key of a serial or SPIFFE ID in a schema-2 index: the
+// first 8 bytes of its SHA-256. Two names may share it; a query reads the
+// entries and keeps those that match.
+func nameHash(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:nameHashLen]
+}
 
 // nodeStride is the level spacing of the stored subtree hashes.
 const nodeStride = 8
@@ -100,29 +142,50 @@ var allBuckets = [][]byte{
 	bucketBySerial, bucketBySPIFFEID, bucketByNamespace, bucketByTime, bucketByIssuer, bucketByNotAfter,
 }
 
-// indexPut is one index record of an entry. For idxSerial the seq is the
-// value; for the others it is the last 8 bytes of the key.
+// indexPut is one index record of an entry. The seq is the value of a
+// schema-1 serial record (seqInVal) and the last 8 bytes of every other
+// key. When epoch is set the key starts with the epoch of the seq.
 type indexPut struct {
-	idx indexID
-	key []byte
-	val []byte
+	idx      indexID
+	epoch    bool
+	seqInVal bool
+	key      []byte
+	val      []byte
 }
 
-// indexPuts returns the index records of e for sequence number seq.
-func indexPuts(e *Entry, seq uint64, dst []indexPut) []indexPut {
+// indexPuts returns the index records of e for sequence number seq, in the
+// layout of a file with (epochs) or without epoch-prefixed keys.
+func indexPuts(e *Entry, seq uint64, epochs bool, dst []indexPut) []indexPut {
+	// In schema 2 a serial or SPIFFE ID record is epoch || nameHash || seq.
+	hashed := func(id indexID, s string) {
+		k := append(epochKey(epochOf(seq), nameHash(s)), make([]byte, 8)...)
+		binary.BigEndian.PutUint64(k[len(k)-8:], seq)
+		dst = append(dst, indexPut{idx: id, epoch: true, key: k})
+	}
 	if e.Kind == KindIssuance && e.Serial != "" {
-		dst = append(dst, indexPut{idx: idxSerial, key: []byte(e.Serial), val: seqKey(seq)})
+		if epochs {
+			hashed(idxSerial, e.Serial)
+		} else {
+			dst = append(dst, indexPut{idx: idxSerial, seqInVal: true, key: []byte(e.Serial), val: seqKey(seq)})
+		}
 	}
 	if e.SPIFFEID != "" {
-		dst = append(dst, indexPut{idx: idxSPIFFEID, key: stringSeqKey(e.SPIFFEID, seq)})
+		if epochs {
+			hashed(idxSPIFFEID, e.SPIFFEID)
+		} else {
+			dst = append(dst, indexPut{idx: idxSPIFFEID, key: stringSeqKey(e.SPIFFEID, seq)})
+		}
 	}
 	if e.Namespace != "" {
-		dst = append(dst, indexPut{idx: idxNamespace, key: stringSeqKey(e.Namespace, seq)})
+		k := stringSeqKey(e.Namespace, seq)
+		if epochs {
+			k = epochKey(epochOf(seq), k)
+		}
+		dst = append(dst, indexPut{idx: idxNamespace, epoch: epochs, key: k})
 	}
 	dst = append(dst, indexPut{idx: idxTime, key: timeSeqKey(e.Time, seq)})
 	if e.IssuerFingerprint != "" {
-		k := make([]byte, sha256.Size, sha256.Size+8)
-		_, _ = hex.Decode(k, []byte(e.IssuerFingerprint))
+		k := issuerKey(e.IssuerFingerprint, epochs)
 		dst = append(dst, indexPut{idx: idxIssuer, key: binary.BigEndian.AppendUint64(k, seq)})
 	}
 	if e.Kind == KindIssuance && !e.NotAfter.IsZero() {
@@ -131,9 +194,24 @@ func indexPuts(e *Entry, seq uint64, dst []indexPut) []indexPut {
 	return dst
 }
 
-// setSeq rewrites the seq carried by an index record.
+// issuerKey is the issuer index key prefix of a fingerprint (hex, checked):
+// its 32 bytes in schema 1, its first nameHashLen bytes in schema 2 (a
+// query reads the entries and keeps those that match).
+func issuerKey(fp string, epochs bool) []byte {
+	k := make([]byte, sha256.Size, sha256.Size+8)
+	_, _ = hex.Decode(k, []byte(fp))
+	if epochs {
+		k = k[:nameHashLen]
+	}
+	return k
+}
+
+// setSeq rewrites the seq (and the epoch) carried by an index record.
 func (p *indexPut) setSeq(seq uint64) {
-	if p.idx == idxSerial {
+	if p.epoch {
+		binary.BigEndian.PutUint32(p.key, epochOf(seq))
+	}
+	if p.seqInVal {
 		binary.BigEndian.PutUint64(p.val, seq)
 		return
 	}

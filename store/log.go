@@ -107,7 +107,11 @@ type Log struct {
 	origin    string
 	verifiers note.Verifiers
 	logger    *slog.Logger
-	txid      int // bbolt transaction id seen by newLog
+	txid      int  // bbolt transaction id seen by newLog
+	epochs    bool // schema 2 or later: epoch-prefixed index keys
+	// serials is the committer's filter of the serials in a schema-2
+	// log (see serialTaken); nil until the first append needs it.
+	serials *serialFilter
 
 	// Append → committer.
 	reqs          chan *appendReq
@@ -338,6 +342,7 @@ func newLog(path string, db *bolt.DB, opts Options) (*Log, error) {
 		defer recoverCorrupt(path, &err)
 		return db.View(func(tx *bolt.Tx) error {
 			l.txid = tx.ID()
+			l.epochs = storedSchema(tx) >= schemaEpochs
 			tree, err := readTree(tx)
 			if err != nil {
 				return fmt.Errorf("log file %q: %w", path, err)

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -66,6 +65,9 @@ type scanPlan struct {
 	id     byte // 0: the entries bucket; 1+indexID: an index
 	bucket []byte
 	lo, hi []byte // [lo, hi); nil means unbounded
+	// inEpochs, when set, is the key prefix scanned inside every epoch of
+	// an epoch-prefixed index (the keys epoch || inEpochs || ...).
+	inEpochs []byte
 }
 
 const planEntries = 0
@@ -84,7 +86,7 @@ func (l *Log) Query(ctx context.Context, q Query) ([]*Entry, string, error) {
 	if q.Serial != "" {
 		return l.querySerial(ctx, &q)
 	}
-	plan := q.plan()
+	plan := q.plan(l.epochs)
 	fp := q.fingerprint()
 	if q.PageToken != "" {
 		last, err := decodeToken(q.PageToken, plan.id, fp)
@@ -112,35 +114,10 @@ func (l *Log) Query(ctx context.Context, q Query) ([]*Entry, string, error) {
 			}
 		}
 		entries := tx.Bucket(bucketEntries)
-		c := tx.Bucket(plan.bucket).Cursor()
-		var k, v []byte
-		var step func() ([]byte, []byte)
-		inRange := func(k []byte) bool {
-			if k == nil {
-				return false
-			}
-			if q.Newest {
-				return plan.lo == nil || bytes.Compare(k, plan.lo) >= 0
-			}
-			return plan.hi == nil || bytes.Compare(k, plan.hi) < 0
-		}
-		if q.Newest {
-			step = c.Prev
-			if plan.hi == nil {
-				k, v = c.Last()
-			} else if k, _ = c.Seek(plan.hi); k == nil {
-				k, v = c.Last()
-			} else {
-				k, v = c.Prev()
-			}
-		} else {
-			step = c.Next
-			if plan.lo == nil {
-				k, v = c.First()
-			} else {
-				k, v = c.Seek(plan.lo)
-			}
-		}
+		sc := newPlanCursor(tx.Bucket(plan.bucket).Cursor(), &plan, q.Newest)
+		k, v := sc.first()
+		step := sc.next
+		inRange := sc.inRange
 		for scanned := 0; inRange(k); k, v = step() {
 			if scanned++; scanned%1024 == 0 {
 				if err := ctx.Err(); err != nil {
@@ -187,17 +164,14 @@ func (l *Log) querySerial(ctx context.Context, q *Query) ([]*Entry, string, erro
 	}
 	var out []*Entry
 	err := l.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketBySerial).Get([]byte(q.Serial))
-		if v == nil {
+		entries := tx.Bucket(bucketEntries)
+		last := epochOf(max(entries.Sequence(), 1) - 1)
+		seq, rec, found, err := findSerial(tx.Bucket(bucketBySerial), entries, q.Serial, l.epochs, last)
+		if err != nil {
+			return fmt.Errorf("log %q: %w", l.path, err)
+		}
+		if !found {
 			return nil
-		}
-		if len(v) != 8 {
-			return fmt.Errorf("log %q: %w: serial index value %x", l.path, ErrCorrupt, v)
-		}
-		seq := binary.BigEndian.Uint64(v)
-		rec := tx.Bucket(bucketEntries).Get(v)
-		if rec == nil {
-			return fmt.Errorf("log %q: %w: serial index points to missing entry %d", l.path, ErrCorrupt, seq)
 		}
 		e, err := decodeStored(rec, seq)
 		if err != nil {
@@ -248,11 +222,17 @@ func (q *Query) normalize() error {
 	return nil
 }
 
-func (q *Query) plan() scanPlan {
+// plan chooses the index a query scans, in a file of the given layout.
+func (q *Query) plan(epochs bool) scanPlan {
 	index := func(id indexID, lo, hi []byte) scanPlan {
 		return scanPlan{id: 1 + byte(id), bucket: indexBuckets[id], lo: lo, hi: hi}
 	}
 	prefix := func(id indexID, p []byte) scanPlan { return index(id, p, keySuccessor(p)) }
+	inEpochs := func(id indexID, p []byte) scanPlan {
+		sp := index(id, nil, nil)
+		sp.inEpochs = p
+		return sp
+	}
 	timeOrNil := func(t time.Time) []byte {
 		if t.IsZero() {
 			return nil
@@ -260,13 +240,16 @@ func (q *Query) plan() scanPlan {
 		return timeKey(t)
 	}
 	switch {
+	case q.SPIFFEID != "" && epochs:
+		return inEpochs(idxSPIFFEID, nameHash(q.SPIFFEID))
 	case q.SPIFFEID != "":
 		return prefix(idxSPIFFEID, append([]byte(q.SPIFFEID), 0))
+	case q.Namespace != "" && epochs:
+		return inEpochs(idxNamespace, append([]byte(q.Namespace), 0))
 	case q.Namespace != "":
 		return prefix(idxNamespace, append([]byte(q.Namespace), 0))
 	case q.Issuer != "":
-		fp, _ := hex.DecodeString(q.Issuer)
-		return prefix(idxIssuer, fp)
+		return prefix(idxIssuer, issuerKey(q.Issuer, epochs))
 	case !q.From.IsZero() || !q.To.IsZero():
 		return index(idxTime, timeOrNil(q.From), timeOrNil(q.To))
 	case !q.ValidAt.IsZero() || !q.ExpiringBefore.IsZero():

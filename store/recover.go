@@ -194,9 +194,11 @@ func (l *Log) reopen(ack uint64, ackRoot []byte, cause error) (*compact.Range, e
 	e := &Entry{Kind: KindAdmin, Time: l.opts.Now().UTC(), Action: ActionRecovered, Actor: "transitca",
 		Detail: truncate(fmt.Sprintf("appends resumed after a failed commit (%d entries were acknowledged, the file holds %d): %v",
 			ack, fresh.tree.End(), cause), 1024)}
-	req := newAppendReq(e)
+	req := l.newAppendReq(e)
 	next := cloneRange(fresh.tree)
 	l.db = db
+	// The file may hold serials of a commit that failed after all.
+	l.serials = nil
 	if err := l.writeBatch([]*appendReq{req}, next); err != nil {
 		l.db = nil
 		_ = db.Close()

@@ -136,7 +136,7 @@ func TestTamperDetection(t *testing.T) {
 				if err := tx.Bucket(bucketLeaves).Put(key, leafHash(rec)); err != nil {
 					return err
 				}
-				for _, p := range indexPuts(e, tamperLogSize, nil) {
+				for _, p := range indexPuts(e, tamperLogSize, true, nil) {
 					if err := tx.Bucket(indexBuckets[p.idx]).Put(p.key, p.val); err != nil {
 						return err
 					}
@@ -237,18 +237,41 @@ func TestTamperDetection(t *testing.T) {
 		{
 			name: "point a serial at another entry",
 			tamper: func(t *testing.T, tx *bolt.Tx) error {
-				e := testEntry(5, KindIssuance)
-				return tx.Bucket(bucketBySerial).Put([]byte(e.Serial), seqKey(6))
+				k := indexKeyOf(testEntry(5, KindIssuance), 5, idxSerial)
+				if err := tx.Bucket(bucketBySerial).Delete(k); err != nil {
+					return err
+				}
+				binary.BigEndian.PutUint64(k[len(k)-8:], 6)
+				return tx.Bucket(bucketBySerial).Put(k, nil)
 			},
 			wantIndex: 5, reason: "serial index",
 		},
 		{
 			name: "drop an entry from the SPIFFE ID index",
 			tamper: func(t *testing.T, tx *bolt.Tx) error {
-				e := testEntry(42, kindOf(42))
-				return tx.Bucket(bucketBySPIFFEID).Delete(stringSeqKey(e.SPIFFEID, 42))
+				return tx.Bucket(bucketBySPIFFEID).Delete(indexKeyOf(testEntry(42, kindOf(42)), 42, idxSPIFFEID))
 			},
 			wantIndex: 42, reason: "missing from the SPIFFE ID index",
+		},
+		{
+			name: "move an index record to another epoch",
+			tamper: func(t *testing.T, tx *bolt.Tx) error {
+				k := indexKeyOf(testEntry(42, kindOf(42)), 42, idxSPIFFEID)
+				b := tx.Bucket(bucketBySPIFFEID)
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+				return b.Put(epochKey(epochOf(42)+1, k[epochLen:]), nil)
+			},
+			wantIndex: 42, reason: "does not match entry 42",
+		},
+		{
+			name: "a serial record without its epoch",
+			tamper: func(t *testing.T, tx *bolt.Tx) error {
+				k := indexKeyOf(testEntry(5, KindIssuance), 5, idxSerial)
+				return tx.Bucket(bucketBySerial).Put(k[epochLen:], nil)
+			},
+			wantIndex: 5, reason: "serial index record",
 		},
 		{
 			name: "lower the stored maximum validity",
@@ -303,6 +326,17 @@ func TestTamperDetection(t *testing.T) {
 	}
 }
 
+// indexKeyOf returns the key of the index id record of entry e at seq, in
+// the layout of a new file.
+func indexKeyOf(e *Entry, seq uint64, id indexID) []byte {
+	for _, p := range indexPuts(e, seq, newFileSchema >= schemaEpochs, nil) {
+		if p.idx == id {
+			return p.key
+		}
+	}
+	return nil
+}
+
 func checkVerifyError(t *testing.T, what string, err error, wantIndex uint64, reason string) {
 	t.Helper()
 	var ve *VerifyError
@@ -346,5 +380,35 @@ func TestVerifyIntactLog(t *testing.T) {
 	}
 	if got := binary.BigEndian.Uint64(seqKey(7)); got != 7 {
 		t.Fatal(got)
+	}
+}
+
+// A schema-1 file keeps its own index layout, and Verify checks it.
+func TestTamperDetectionSchema1(t *testing.T) {
+	withFileSchema(t, 1)
+	orig := buildTamperLog(t)
+	for _, tc := range []struct {
+		name      string
+		tamper    func(tx *bolt.Tx) error
+		wantIndex uint64
+		reason    string
+	}{
+		{"point a serial at another entry", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketBySerial).Put([]byte(testEntry(5, KindIssuance).Serial), seqKey(6))
+		}, 5, "serial index"},
+		{"drop an entry from the SPIFFE ID index", func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketBySPIFFEID).Delete(indexKeyOf(testEntry(42, kindOf(42)), 42, idxSPIFFEID))
+		}, 42, "missing from the SPIFFE ID index"},
+		{"a record with an epoch in a schema-1 index", func(tx *bolt.Tx) error {
+			k := indexKeyOf(testEntry(42, kindOf(42)), 42, idxSPIFFEID)
+			return tx.Bucket(bucketBySPIFFEID).Put(epochKey(0, k), nil)
+		}, 42, "does not match entry 42"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := tamper(t, orig, tc.tamper)
+			l := openTest(t, path, Options{ReadOnly: true, Verifiers: noteVerifiers(testVerifier(t))})
+			_, err := l.Verify(context.Background(), nil)
+			checkVerifyError(t, "Verify", err, tc.wantIndex, tc.reason)
+		})
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -143,7 +145,7 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 	}
 	n := tree.End()
 	cps := l.scanCheckpoints(tx, n, &s)
-	es := newEntryScan(tx, so.indexes)
+	es := newEntryScan(tx, so.indexes, l.epochs)
 	if err := es.run(ctx, n, cps, &s, &res, so.progress); err != nil {
 		return res, err
 	}
@@ -232,7 +234,7 @@ type entryScan struct {
 	maxValidity    time.Duration
 }
 
-func newEntryScan(tx *bolt.Tx, indexes bool) *entryScan {
+func newEntryScan(tx *bolt.Tx, indexes, epochs bool) *entryScan {
 	es := &entryScan{
 		entries:     tx.Bucket(bucketEntries),
 		lc:          tx.Bucket(bucketLeaves).Cursor(),
@@ -243,90 +245,9 @@ func newEntryScan(tx *bolt.Tx, indexes bool) *entryScan {
 	es.ek, es.ev = es.ec.First()
 	es.lk, es.lv = es.lc.First()
 	if indexes {
-		es.acc = newIndexAccumulator()
+		es.acc = newIndexAccumulator(epochs)
 	}
 	return es
-}
-
-// run checks the entries [0, n), each against the checkpoints cps, and
-// counts them by kind in res, until the first problem, which it reports
-// to s. It returns only ctx's error.
-func (es *entryScan) run(ctx context.Context, n uint64, cps []storedCheckpoint, s *scanner, res *VerifyResult, progress func(done uint64)) error {
-	nextCP, goodUntil := 0, uint64(0)
-	for i := uint64(0); i < n && !s.stopAt(i); i++ {
-		if i%4096 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if progress != nil && i > 0 && i%(1<<16) == 0 {
-				progress(i)
-			}
-		}
-		e := es.entry(i, s)
-		if e == nil {
-			break
-		}
-		for nextCP < len(cps) && cps[nextCP].Size == i+1 {
-			cp := cps[nextCP]
-			if root := rootOf(es.tb.r); !bytes.Equal(root, cp.Root) {
-				s.report(verifyErrorf(goodUntil, "checkpoint of size %d: root hash does not match the entries; entries from index %d on are not covered by a valid checkpoint", cp.Size, goodUntil))
-			}
-			goodUntil = cp.Size
-			nextCP++
-		}
-		switch e.Kind {
-		case KindIssuance:
-			res.Issuances++
-		case KindDenial:
-			res.Denials++
-		case KindAdmin:
-			res.Admin++
-		}
-		if es.acc != nil {
-			es.acc.addEntry(e, i)
-			if e.Kind == KindIssuance && e.NotAfter.Sub(e.NotBefore) > es.maxValidity {
-				s.report(verifyErrorf(i, "entry %d is valid for %v, longer than the stored maximum validity %v (ValidAt queries would miss it)", i, e.NotAfter.Sub(e.NotBefore), es.maxValidity))
-				break
-			}
-		}
-		es.ek, es.ev = es.ec.Next()
-		es.lk, es.lv = es.lc.Next()
-	}
-	return nil
-}
-
-// entry checks entry i, at the cursors, and its stored leaf hash, and adds
-// the leaf to the tree. It returns the entry, or nil after reporting the
-// problem to s.
-func (es *entryScan) entry(i uint64, s *scanner) *Entry {
-	if es.ek == nil || len(es.ek) != 8 || binary.BigEndian.Uint64(es.ek) != i {
-		s.report(verifyErrorf(i, "entry %d is missing", i))
-		return nil
-	}
-	e, err := decodeRecord(es.ev)
-	if err != nil {
-		s.report(verifyErrorf(i, "entry does not decode: %w", err))
-		return nil
-	}
-	if e.Seq != i {
-		s.report(verifyErrorf(i, "entry %d holds the record of entry %d (entries moved or swapped)", i, e.Seq))
-		return nil
-	}
-	leaf := leafHash(es.ev)
-	if es.lk == nil || len(es.lk) != 8 || binary.BigEndian.Uint64(es.lk) != i {
-		s.report(verifyErrorf(i, "stored leaf hash of entry %d is missing", i))
-		return nil
-	}
-	if !bytes.Equal(es.lv, leaf) {
-		s.report(verifyErrorf(i, "entry %d does not match its stored leaf hash (the entry or the hash was changed)", i))
-		return nil
-	}
-	es.tb.append(leaf)
-	if es.tb.bad != nil {
-		s.report(es.tb.bad)
-		return nil
-	}
-	return e
 }
 
 // checkRest reports what lies beyond the entries checked, once all of
@@ -382,9 +303,9 @@ func keyIndex(k []byte, def uint64) uint64 {
 // checks every index in one pass over each bucket, without holding the
 // expected records in memory.
 type indexAccumulator struct {
-	seeds [2]maphash.Seed
-	want  [numIndexes]indexDigest
-	puts  []indexPut
+	seeds  [2]maphash.Seed
+	want   [numIndexes]indexDigest
+	epochs bool // the file's layout
 }
 
 type indexDigest struct {
@@ -392,8 +313,8 @@ type indexDigest struct {
 	sums [2]uint64
 }
 
-func newIndexAccumulator() *indexAccumulator {
-	return &indexAccumulator{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+func newIndexAccumulator(epochs bool) *indexAccumulator {
+	return &indexAccumulator{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}, epochs: epochs}
 }
 
 func (a *indexAccumulator) add(d *indexDigest, k, v []byte) {
@@ -408,30 +329,50 @@ func (a *indexAccumulator) add(d *indexDigest, k, v []byte) {
 	}
 }
 
-func (a *indexAccumulator) addEntry(e *Entry, seq uint64) {
-	a.puts = indexPuts(e, seq, a.puts[:0])
-	for _, p := range a.puts {
-		a.add(&a.want[p.idx], p.key, p.val)
-	}
+func (d *indexDigest) merge(o indexDigest) {
+	d.n += o.n
+	d.sums[0] += o.sums[0]
+	d.sums[1] += o.sums[1]
 }
 
 // checkIndexes compares every index bucket with the accumulated digest and,
 // for a bucket that differs, finds the lowest bad index.
 func (l *Log) checkIndexes(ctx context.Context, tx *bolt.Tx, acc *indexAccumulator, n uint64) (uint64, error) {
+	// The buckets are read concurrently, each by its own cursor of tx
+	// (read-only cursors share nothing but the memory map).
+	var got [numIndexes]indexDigest
+	var errs [numIndexes]error
+	buckets := make([]*bolt.Bucket, numIndexes)
+	for id := range buckets {
+		buckets[id] = tx.Bucket(indexBuckets[id])
+	}
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for id := range buckets {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			// A damaged page panics in bbolt: an error, as in the caller.
+			defer recoverCorrupt(l.path, &errs[id])
+			c := buckets[id].Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if got[id].n%4096 == 0 {
+					if errs[id] = ctx.Err(); errs[id] != nil {
+						return
+					}
+				}
+				acc.add(&got[id], k, v)
+			}
+		})
+	}
+	wg.Wait()
 	var total uint64
 	for id := indexID(0); id < numIndexes; id++ {
-		var got indexDigest
-		c := tx.Bucket(indexBuckets[id]).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if got.n%4096 == 0 {
-				if err := ctx.Err(); err != nil {
-					return 0, err
-				}
-			}
-			acc.add(&got, k, v)
+		if errs[id] != nil {
+			return 0, errs[id]
 		}
-		total += got.n
-		if got != acc.want[id] {
+		total += got[id].n
+		if got[id] != acc.want[id] {
 			return 0, l.findIndexProblem(ctx, tx, id, n)
 		}
 	}
@@ -454,7 +395,7 @@ func (l *Log) findIndexProblem(ctx context.Context, tx *bolt.Tx, id indexID, n u
 		if err != nil {
 			return nil, false
 		}
-		puts = indexPuts(e, seq, puts[:0])
+		puts = indexPuts(e, seq, l.epochs, puts[:0])
 		return puts, true
 	}
 	// Records that do not belong to their entry.
@@ -464,9 +405,9 @@ func (l *Log) findIndexProblem(ctx context.Context, tx *bolt.Tx, id indexID, n u
 			return err
 		}
 		seq, ok := uint64(0), false
-		if id == idxSerial && len(v) == 8 {
+		if seqInVal := id == idxSerial && !l.epochs; seqInVal && len(v) == 8 {
 			seq, ok = binary.BigEndian.Uint64(v), true
-		} else if id != idxSerial && len(k) >= 8 {
+		} else if !seqInVal && len(k) >= 8 {
 			seq, ok = binary.BigEndian.Uint64(k[len(k)-8:]), true
 		}
 		if !ok {
