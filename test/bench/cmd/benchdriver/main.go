@@ -53,11 +53,14 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.StormSpread, "storm-spread", cfg.StormSpread, "window the storm's workloads start in")
 	fs.IntVar(&cfg.KubeServices, "kube-services", cfg.KubeServices, "services restarting in the Kubernetes storm")
 	fs.IntVar(&cfg.KubeReplicas, "kube-replicas", cfg.KubeReplicas, "replicas per service in the Kubernetes storm")
+	fs.IntVar(&cfg.LogEntries, "log-entries", cfg.LogEntries, "entries of the large issuance log (generated once, then cached)")
+	fs.IntVar(&cfg.LogAppends, "log-appends", cfg.LogAppends, "durable appends measured into the large log and into a new one")
+	fs.StringVar(&cfg.LogCache, "log-cache", "", "directory of the cached large log (default: ${XDG_CACHE_HOME:-$HOME/.cache}/transitca)")
 	fs.IntVar(&cfg.Identities, "identities", cfg.Identities, "service accounts in the steady-state runs")
 	fs.IntVar(&cfg.Pool, "csrs", cfg.Pool, "ECDSA P-256 CSRs generated before timing, cycled")
 	fs.IntVar(&cfg.RSAPool, "rsa-csrs", cfg.RSAPool, "RSA-2048 CSRs generated before timing, cycled")
 	only := fs.String("only", "", "comma-separated system ids to run (crypto, istio-ecdsa, istio-rsa, vault-pki, vault-pki-nostore, vault-transit, transitca-memory, transitca-vault)")
-	skip := fs.String("skip", "", "comma-separated parts to leave out: profile, rsa, open, storm, kubestorm")
+	skip := fs.String("skip", "", "comma-separated parts to leave out: profile, rsa, open, storm, kubestorm, logscale")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
 		return err

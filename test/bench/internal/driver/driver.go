@@ -55,11 +55,16 @@ type Config struct {
 
 	OpenDuration time.Duration // each open-loop window
 
-	StormServices int           // services restarting in the storm
-	StormReplicas int           // replicas of each
+	StormServices int // services restarting in the storm
+	StormReplicas int // replicas of each
 	// KubeServices × KubeReplicas pods restart in the Kubernetes storm.
 	KubeServices, KubeReplicas int
-	StormSpread   time.Duration // window the restarts start in
+	// LogEntries is the size of the large issuance log, cached in
+	// LogCache (default: the user cache directory's transitca/), into which
+	// LogAppends durable appends are measured against a new log.
+	LogEntries, LogAppends int
+	LogCache               string
+	StormSpread            time.Duration // window the restarts start in
 
 	Identities int // distinct service accounts in the steady-state runs
 	Pool       int // pre-generated ECDSA P-256 CSRs, cycled
@@ -81,6 +86,7 @@ func DefaultConfig() Config {
 		OpenDuration:  8 * time.Second,
 		StormServices: 250, StormReplicas: 20, StormSpread: time.Second,
 		KubeServices: 500, KubeReplicas: 20,
+		LogEntries: 10_000_000, LogAppends: 200_000,
 		Identities: 250, Pool: 16384, RSAPool: 128,
 	}
 }

@@ -112,6 +112,7 @@ func (e *env) render(r *results) string {
 	renderProfiles(&b, r.profiles)
 	e.renderOtherRuns(&b, r)
 	renderKubeStorm(&b, r.kube)
+	renderLogScale(&b, r.log)
 	e.renderPerfTargets(&b, r, rows)
 	e.renderTargets(&b, r, rows)
 	return b.String()

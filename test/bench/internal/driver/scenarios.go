@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/transitca/transitca/test/bench/internal/kubestorm"
+	"github.com/transitca/transitca/test/bench/internal/logscale"
 	"github.com/transitca/transitca/test/bench/loadgen"
 )
 
@@ -29,6 +30,8 @@ type results struct {
 	disk *diskLatency
 	// kube is the Kubernetes restart storm.
 	kube *kubestorm.Result
+	// log is the issuance log at scale.
+	log *logscale.Result
 }
 
 type labeled struct {
@@ -152,6 +155,17 @@ func (e *env) runAll(ctx context.Context) (*results, error) {
 			return nil, fmt.Errorf("kubernetes storm: %w", err)
 		}
 		r.kube = k
+	}
+	if !e.skip("logscale") {
+		e.logf("issuance log at %d entries against a new log", e.cfg.LogEntries)
+		l, err := logscale.Run(ctx, logscale.Options{
+			CacheDir: e.cfg.LogCache, Entries: e.cfg.LogEntries, Appends: e.cfg.LogAppends, Writers: logWriters,
+			CABinary: e.cfg.CABinary, TempDir: e.dir, Logf: e.logf,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("log at scale: %w", err)
+		}
+		r.log = l
 	}
 	r.finished = time.Now()
 	return r, ctx.Err()

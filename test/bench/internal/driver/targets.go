@@ -2,10 +2,12 @@ package driver
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/transitca/transitca/test/bench/internal/kubestorm"
+	"github.com/transitca/transitca/test/bench/internal/logscale"
 	"github.com/transitca/transitca/test/bench/loadgen"
 )
 
@@ -72,7 +74,40 @@ func (e *env) renderPerfTargets(b *strings.Builder, r *results, rows []row) {
 			fmt.Sprintf("at most %.0f reviews for %d tokens in a round (counted by the API server and by the daemon)", worst, k.Tokens),
 			worst <= float64(k.Tokens))
 	}
+	if l := r.log; l != nil {
+		verdict(b, "append rate into a 10M-entry log within 20% of a new log's",
+			fmt.Sprintf("%.2f× (%.0f/s into %d entries vs %.0f/s into a new log)", l.Ratio, l.Large.Rate, l.Large.Before, l.New.Rate), l.Ratio >= 0.8)
+		verdict(b, "bytes per entry ≤ 900", fmt.Sprintf("%.0f in the large log, %.0f in the new one", l.Large.BytesPerEntry, l.New.BytesPerEntry),
+			max(l.Large.BytesPerEntry, l.New.BytesPerEntry) <= 900)
+		verdict(b, "`ca log verify` of the large log < 30 s", fmt.Sprintf("%s for %d entries (%s)", fmtDur(l.VerifyTime), l.Large.Before+uint64(l.Large.Appends), l.VerifiedBy),
+			l.VerifyTime < 30*time.Second)
+	}
 	fmt.Fprintf(b, "\n")
+}
+
+// logWriters append concurrently in the log-at-scale measurement.
+const logWriters = 256
+
+// renderLogScale writes the issuance log at scale.
+func renderLogScale(b *strings.Builder, l *logscale.Result) {
+	if l == nil {
+		return
+	}
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("### The issuance log at scale\n\n")
+	p("Durable appends (fsync on, group commit, %d writers) of the same kind of entries into a new log and into a log of %d entries (`%s`, generated once and cached outside the clone", logWriters, l.Large.Before, filepath.Base(l.LargeLog))
+	if l.Generated {
+		p("; this run generated it, in %s", fmtDur(l.GenerateTime))
+	}
+	p("), in alternating rounds so that both see the same machine. Bytes per entry are the file's size over its entries.\n\n")
+	p("| log | entries before | appended | appends/s | p50 | p99 | entries per commit | bytes per entry |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, a := range []struct {
+		name string
+		x    logscale.Appends
+	}{{"new", l.New}, {"large", l.Large}} {
+		p("| %s | %d | %d | %.0f | %s | %s | %.0f | %.0f |\n", a.name, a.x.Before, a.x.Appends, a.x.Rate, fmtDur(a.x.P50), fmtDur(a.x.P99), a.x.EntriesPerCommit, a.x.BytesPerEntry)
+	}
+	p("\nThe large log's full check (`%s`: every record re-hashed, the tree and every checkpoint recomputed, every index checked): %s.\n\n", l.VerifiedBy, fmtDur(l.VerifyTime))
 }
 
 func kubeRounds(k *kubestorm.Result) string {
