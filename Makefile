@@ -60,7 +60,7 @@ FUZZTIME ?= 2m
 fuzz:
 	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
 
-bench: vault
+bench: vault kube
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./issuer/
 	cd test/bench && $(GO) run ./cmd/benchdriver -out ../../docs/benchmarks.md -command "make bench"
 
