@@ -332,25 +332,8 @@ func vaultVersion(ctx context.Context, v *peers.Vault) string {
 // startTransitca starts "ca serve" from binary in mode, on Vault mounts of
 // its own (named after id).
 func (e *env) startTransitca(ctx context.Context, id, binary, mode string) (*peers.Transitca, error) {
-	transit, kv := "transit-"+id, "kv-"+id
-	if err := e.vault.Mount(ctx, transit, "transit", nil); err != nil {
-		return nil, err
-	}
-	if err := e.vault.MountKV(ctx, kv); err != nil {
-		return nil, err
-	}
-	addr, err := peers.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	metrics, err := peers.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	t, err := peers.StartTransitca(ctx, peers.TransitcaConfig{
-		Binary: binary, Dir: filepath.Join(e.dir, id), Addr: addr, Mode: mode, MetricsAddr: metrics,
-		VaultAddr: e.vault.Server.Addr, VaultToken: e.vault.Server.RootToken,
-		TransitMount: transit, KVMount: kv, JWKSFile: e.jwks, Issuer: tokenIssuer,
+	t, err := peers.StartTransitcaOn(ctx, e.vault, id, peers.TransitcaConfig{
+		Binary: binary, Dir: filepath.Join(e.dir, id), Mode: mode, JWKSFile: e.jwks, Issuer: tokenIssuer,
 	})
 	if err != nil {
 		return nil, err

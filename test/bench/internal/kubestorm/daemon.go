@@ -50,34 +50,17 @@ func (r *run) startDaemon(ctx context.Context, round int, bin string, auth peers
 		r.vault = v
 	}
 	v := r.vault
-	transit, kv := fmt.Sprintf("transit-r%d", round), fmt.Sprintf("kv-r%d", round)
-	if err := v.Mount(ctx, transit, "transit", nil); err != nil {
-		return nil, err
-	}
-	if err := v.MountKV(ctx, kv); err != nil {
-		return nil, err
-	}
-	addr, err := peers.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	metrics, err := peers.FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	t, err := peers.StartTransitca(ctx, peers.TransitcaConfig{
-		Binary: bin, Dir: filepath.Join(r.dir, fmt.Sprintf("transitca-r%d", round)), Addr: addr, Mode: "memory",
-		VaultAddr: v.Server.Addr, VaultToken: v.Server.RootToken, TransitMount: transit, KVMount: kv,
-		Kubeconfig: auth.Kubeconfig, JWKSFile: auth.JWKSFile, Issuer: auth.Issuer, MetricsAddr: metrics,
-		MaxInFlight: r.opts.MaxInFlight,
+	t, err := peers.StartTransitcaOn(ctx, v, fmt.Sprintf("r%d", round), peers.TransitcaConfig{
+		Binary: bin, Dir: filepath.Join(r.dir, fmt.Sprintf("transitca-r%d", round)), Mode: "memory",
+		Kubeconfig: auth.Kubeconfig, JWKSFile: auth.JWKSFile, Issuer: auth.Issuer, MaxInFlight: r.opts.MaxInFlight,
 	})
 	if err != nil {
 		return nil, err
 	}
 	r.cleanup = append(r.cleanup, t.Stop)
 	return &daemon{
-		proc: t, metricsAddr: metrics,
-		target: loadgen.Target{Addr: addr, RootCertFile: t.RootFile, SAN: "localhost"},
+		proc: t, metricsAddr: t.MetricsAddr,
+		target: loadgen.Target{Addr: t.Addr, RootCertFile: t.RootFile, SAN: "localhost"},
 	}, nil
 }
 

@@ -117,3 +117,25 @@ func (c TransitcaConfig) limitsConfig() string {
 	}
 	return fmt.Sprintf("limits:\n  max_in_flight: %d\n", c.MaxInFlight)
 }
+
+// StartTransitcaOn starts "ca serve" with c on Transit and KV mounts of its
+// own in v, named after name, listening on free loopback ports for gRPC
+// and for metrics and profiles.
+func StartTransitcaOn(ctx context.Context, v *Vault, name string, c TransitcaConfig) (*Transitca, error) {
+	c.TransitMount, c.KVMount = "transit-"+name, "kv-"+name
+	if err := v.Mount(ctx, c.TransitMount, "transit", nil); err != nil {
+		return nil, err
+	}
+	if err := v.MountKV(ctx, c.KVMount); err != nil {
+		return nil, err
+	}
+	var err error
+	if c.Addr, err = FreeAddr(); err != nil {
+		return nil, err
+	}
+	if c.MetricsAddr, err = FreeAddr(); err != nil {
+		return nil, err
+	}
+	c.VaultAddr, c.VaultToken = v.Server.Addr, v.Server.RootToken
+	return StartTransitca(ctx, c)
+}
