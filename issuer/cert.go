@@ -54,8 +54,8 @@ func createCert(ctx context.Context, tmpl, parent *x509.Certificate, pub crypto.
 	t := *tmpl
 	t.SerialNumber = serial
 	var der []byte
-	if _, ok := sigAlgFor(parent.PublicKey); ok && isWorkloadLeaf(&t) {
-		der, err = signLeaf(&t, parent, pub, bind(ctx, signer))
+	if alg, ok := sigAlgFor(parent.PublicKey); ok && isWorkloadLeaf(&t) {
+		der, err = signLeaf(&t, parent, alg, pub, bind(ctx, signer))
 	} else {
 		der, err = x509.CreateCertificate(rand.Reader, &t, parent, pub, bind(ctx, signer))
 	}

@@ -243,13 +243,10 @@ func checkIA5(s string) error {
 	return nil
 }
 
-// signLeaf encodes the workload leaf t, signs it with signer for parent and
-// checks the signature under parent's public key, which signer must hold.
-func signLeaf(t, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) ([]byte, error) {
-	alg, ok := sigAlgFor(parent.PublicKey)
-	if !ok {
-		return nil, errors.New("unsupported issuer key")
-	}
+// signLeaf encodes the workload leaf t, signs it with signer for parent
+// with alg (sigAlgFor of parent's key) and checks the signature under
+// parent's public key, which signer must hold.
+func signLeaf(t, parent *x509.Certificate, alg leafSigAlg, pub crypto.PublicKey, signer crypto.Signer) ([]byte, error) {
 	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, err

@@ -96,7 +96,7 @@ func TestLeafEncodingMatchesCreateCertificate(t *testing.T) {
 					if !bytes.Equal(tbs, wantCert.RawTBSCertificate) {
 						t.Fatalf("TBSCertificate differs from x509.CreateCertificate's:\ngot  %x\nwant %x", tbs, wantCert.RawTBSCertificate)
 					}
-					der, err := signLeaf(tmpl, parent, sub.Public(), signer)
+					der, err := signLeaf(tmpl, parent, alg, sub.Public(), signer)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -171,6 +171,7 @@ func TestOnlyWorkloadLeavesAreEncodedDirectly(t *testing.T) {
 // hold the issuer's key, and a name that is not IA5, yield no certificate.
 func TestSignLeafRefusesWhatCreateCertificateRefuses(t *testing.T) {
 	parent, _ := testCA(t, KeyECDSAP256)
+	alg, _ := sigAlgFor(parent.PublicKey)
 	other, err := GenerateKey(KeyECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -185,11 +186,11 @@ func TestSignLeafRefusesWhatCreateCertificateRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	tmpl.SerialNumber = big.NewInt(42)
-	if _, err := signLeaf(tmpl, parent, sub.Public(), other); err == nil || !strings.Contains(err.Error(), "does not hold the issuer's key") {
+	if _, err := signLeaf(tmpl, parent, alg, sub.Public(), other); err == nil || !strings.Contains(err.Error(), "does not hold the issuer's key") {
 		t.Errorf("signer with another key: %v", err)
 	}
 	tmpl.DNSNames = []string{"wéb.example"}
-	if _, err := signLeaf(tmpl, parent, sub.Public(), other); err == nil || !strings.Contains(err.Error(), "IA5String") {
+	if _, err := signLeaf(tmpl, parent, alg, sub.Public(), other); err == nil || !strings.Contains(err.Error(), "IA5String") {
 		t.Errorf("non-IA5 DNS name: %v", err)
 	}
 }
@@ -200,6 +201,7 @@ func TestSignLeafRefusesWhatCreateCertificateRefuses(t *testing.T) {
 // parse of the result.
 func BenchmarkLeafEncoding(b *testing.B) {
 	parent, signer := testCA(b, KeyECDSAP256)
+	alg, _ := sigAlgFor(parent.PublicKey)
 	sub, err := GenerateKey(KeyECDSAP256)
 	if err != nil {
 		b.Fatal(err)
@@ -215,7 +217,7 @@ func BenchmarkLeafEncoding(b *testing.B) {
 		name string
 		sign func() ([]byte, error)
 	}{
-		{"direct", func() ([]byte, error) { return signLeaf(tmpl, parent, sub.Public(), signer) }},
+		{"direct", func() ([]byte, error) { return signLeaf(tmpl, parent, alg, sub.Public(), signer) }},
 		{"x509.CreateCertificate", func() ([]byte, error) {
 			return x509.CreateCertificate(rand.Reader, tmpl, parent, sub.Public(), signer)
 		}},
