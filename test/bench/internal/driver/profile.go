@@ -68,9 +68,13 @@ type stageProfile struct {
 	allocBytes, allocObjects int64
 }
 
+// issuances is how many certificates were issued over the profile's
+// window.
+func (p *stageProfile) issuances() float64 { return p.res.Throughput() * p.seconds }
+
 // perIssuance is d spread over the issuances the profile covers.
 func (p *stageProfile) perIssuance(d time.Duration) time.Duration {
-	n := p.res.Throughput() * p.seconds
+	n := p.issuances()
 	if n <= 0 {
 		return 0
 	}
@@ -237,7 +241,11 @@ func renderProfiles(b *strings.Builder, profiles []*stageProfile) {
 	}
 	p("\n| allocated per certificate |")
 	for _, sp := range profiles {
-		n := sp.res.Throughput() * sp.seconds
+		n := sp.issuances()
+		if n <= 0 {
+			p(" — | |")
+			continue
+		}
 		p(" %.1f KB in %.0f objects | |", float64(sp.allocBytes)/n/1000, float64(sp.allocObjects)/n)
 	}
 	p("\n\n")
