@@ -261,6 +261,12 @@ type TokenReview struct {
 	CacheTTL Duration `yaml:"cache_ttl"`
 	// CacheSize bounds the number of cached reviews.
 	CacheSize int `yaml:"cache_size"`
+	// Issuers are the iss values of the cluster's service-account tokens
+	// (kube-apiserver's --service-account-issuer, all of them while it
+	// changes). A token naming another issuer is refused without a
+	// review; empty accepts any issuer. Every token must be a well-formed
+	// signed JWT to be reviewed either way.
+	Issuers []string `yaml:"issuers"`
 }
 
 // MaxTokenReviewCacheTTL bounds auth.tokenreview.cache_ttl: the point of
