@@ -266,13 +266,13 @@ func TestImpersonationKubeTerminatingPods(t *testing.T) {
 	waitFor(t, "api-0, deleted with no grace, to stop counting", refused("api"))
 	if time.Until(web.DeletionTimestamp.Time) > time.Second {
 		if err := ask("web"); err != nil {
-			t.Fatalf("ztunnel asking for web during web-0's grace period (until %s): %v", web.DeletionTimestamp.Time.Format(time.RFC3339), err)
+			t.Fatalf("ztunnel asking for web during web-0's grace period (until %s): %v", web.DeletionTimestamp.Format(time.RFC3339), err)
 		}
 	}
 	deadline := time.Now().Add(grace*time.Second + 15*time.Second)
 	for !refused("web")() {
 		if time.Now().After(deadline) {
-			t.Fatalf("ztunnel may still ask for web at %s, past web-0's deletionTimestamp %s", time.Now().Format(time.RFC3339), web.DeletionTimestamp.Time.Format(time.RFC3339))
+			t.Fatalf("ztunnel may still ask for web at %s, past web-0's deletionTimestamp %s", time.Now().Format(time.RFC3339), web.DeletionTimestamp.Format(time.RFC3339))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
