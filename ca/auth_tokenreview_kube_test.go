@@ -581,11 +581,11 @@ func TestTokenReviewKubeScreensTokensBeforeReview(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := reviews.n.Load()
 			_, err := withIssuers.Authenticate(t.Context(), ca.Credentials{Token: tc.token})
-			if !errors.Is(err, ca.ErrUnauthenticated) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("with the cluster's issuers: error = %v, want ErrUnauthenticated containing %q", err, tc.want)
-			}
 			if n := reviews.n.Load() - before; n != 0 {
 				t.Errorf("with the cluster's issuers: %d tokenreviews sent, want none", n)
+			}
+			if !errors.Is(err, ca.ErrUnauthenticated) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("with the cluster's issuers: error = %v, want ErrUnauthenticated containing %q", err, tc.want)
 			}
 			before = reviews.n.Load()
 			_, err = anyIssuer.Authenticate(t.Context(), ca.Credentials{Token: tc.token})

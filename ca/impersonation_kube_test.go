@@ -268,6 +268,8 @@ func TestImpersonationKubeTerminatingPods(t *testing.T) {
 		if err := ask("web"); err != nil {
 			t.Fatalf("ztunnel asking for web during web-0's grace period (until %s): %v", web.DeletionTimestamp.Format(time.RFC3339), err)
 		}
+	} else {
+		t.Logf("web-0's grace period had nearly run out (until %s) before it could be checked", web.DeletionTimestamp.Format(time.RFC3339))
 	}
 	deadline := time.Now().Add(grace*time.Second + 15*time.Second)
 	for !refused("web")() {
