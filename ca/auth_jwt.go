@@ -200,7 +200,7 @@ func (a *JWTAuthenticator) verifySignature(ctx context.Context, token string) ([
 	if err := checkTokenSize(token); err != nil {
 		return nil, err
 	}
-	jws, err := parseCompact(token)
+	jws, err := parseCompact(token, jwtAlgorithms)
 	if err != nil {
 		return nil, err
 	}
@@ -230,9 +230,9 @@ type compactJWS struct {
 
 // parseCompact checks that token is a canonical JWS compact serialization
 // (three base64url parts, no padding, no stray characters, no non-canonical
-// trailing bits) and decodes it. It refuses forbidden algorithms by name
-// before anything else is looked at.
-func parseCompact(token string) (*compactJWS, error) {
+// trailing bits) and decodes it. It refuses an algorithm not in algs by
+// name before anything else is looked at.
+func parseCompact(token string, algs []jose.SignatureAlgorithm) (*compactJWS, error) {
 	switch n := strings.Count(token, ".") + 1; n {
 	case 3:
 	case 5:
@@ -260,7 +260,7 @@ func parseCompact(token string) (*compactJWS, error) {
 		return nil, fmt.Errorf("%w: token header names no algorithm", ErrUnauthenticated)
 	}
 	j.alg = jose.SignatureAlgorithm(j.hdr.Alg)
-	if !slices.Contains(jwtAlgorithms, j.alg) {
+	if !slices.Contains(algs, j.alg) {
 		return nil, fmt.Errorf("%w: token algorithm %s is not allowed", ErrUnauthenticated, quote(j.hdr.Alg))
 	}
 	if j.hdr.Crit != nil || j.hdr.B64 != nil {

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	josejson "github.com/go-jose/go-jose/v4/json"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -79,6 +81,13 @@ type TokenReviewOptions struct {
 	// Clusters lists the accepted clusterid values. Empty means
 	// [DefaultCluster].
 	Clusters []string
+	// Issuers are the iss values of the cluster's service-account tokens
+	// (kube-apiserver's --service-account-issuer, every one of them while
+	// the issuer changes; a legacy Secret-based token carries
+	// kubernetes/serviceaccount). A token naming another issuer is refused
+	// without a review. Empty accepts any issuer; a token must still be a
+	// well-formed signed JWT (see TokenReviewAuthenticator.Authenticate).
+	Issuers []string
 	// CacheTTL is how long an accepted token is trusted without asking the
 	// API again, never beyond the token's own expiry. Refusals and errors
 	// are not cached. Zero disables the cache. A token revoked (its pod
@@ -114,6 +123,7 @@ type TokenReviewAuthenticator struct {
 	timeout     time.Duration
 	trustDomain string
 	clusters    []string
+	issuers     []string     // empty: any
 	cache       *reviewCache // nil when disabled
 	flights     *reviewFlights
 	slots       reviewSlots
@@ -148,11 +158,15 @@ func NewTokenReviewAuthenticator(opts TokenReviewOptions) (*TokenReviewAuthentic
 	if slots < 0 {
 		return nil, fmt.Errorf("tokenreview authenticator: max concurrent reviews %d is negative", slots)
 	}
+	if slices.Contains(opts.Issuers, "") {
+		return nil, errors.New("tokenreview authenticator: issuer list holds an empty issuer")
+	}
 	a := &TokenReviewAuthenticator{
 		audiences:   audiences,
 		timeout:     timeout,
 		trustDomain: opts.TrustDomain,
 		clusters:    clusters,
+		issuers:     slices.Clone(opts.Issuers),
 		flights:     newReviewFlights(),
 		slots:       make(reviewSlots, slots),
 		metrics:     opts.Metrics,
@@ -265,13 +279,14 @@ type apiStatus struct {
 // serviceAccountsGroup is the group of every service account user.
 const serviceAccountsGroup = "system:serviceaccounts"
 
-// Authenticate implements Authenticator. A token the API refuses wraps
-// ErrUnauthenticated; an API that cannot be reached, times out or answers
-// 429/5xx wraps ErrUnavailable; an API that refuses this CA's own
-// credentials (401/403) is a configuration fault and wraps neither. An
-// accepted token is cached (see TokenReviewOptions.CacheTTL); concurrent
-// requests with one token share one review; the cluster is checked on
-// every request, cached or not.
+// Authenticate implements Authenticator. A token that cannot be a
+// service-account token is refused before any review (see screen); a
+// token the API refuses wraps ErrUnauthenticated; an API that cannot be
+// reached, times out or answers 429/5xx wraps ErrUnavailable; an API that
+// refuses this CA's own credentials (401/403) is a configuration fault and
+// wraps neither. An accepted token is cached (see
+// TokenReviewOptions.CacheTTL); concurrent requests with one token share
+// one review; the cluster is checked on every request, cached or not.
 func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Credentials) (*Caller, error) {
 	cluster, err := checkCluster(cred.ClusterID, a.clusters)
 	if err != nil {
@@ -287,6 +302,9 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Creden
 			return id.caller(a.trustDomain, cluster), nil
 		}
 	}
+	if err := a.screen(cred.Token); err != nil {
+		return nil, err
+	}
 	id, shared, err := a.flights.do(ctx, key, func(ctx context.Context) (*reviewedIdentity, error) {
 		return a.reviewToken(ctx, key, cred.Token)
 	})
@@ -301,6 +319,38 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, cred Creden
 		return nil, err
 	}
 	return id.caller(a.trustDomain, cluster), nil
+}
+
+// reviewAlgorithms are the signature algorithms a token may name to be
+// reviewed: those kube-apiserver signs service-account tokens with (RS256,
+// ES256, ES384, ES512) and the other asymmetric ones offline checks
+// accept; never "none", never an HMAC.
+var reviewAlgorithms = append(slices.Clip(jwtAlgorithms), jose.ES512)
+
+// screen refuses, without a review, a token that cannot be a
+// service-account token: not a signed JWT in compact form (three canonical
+// base64url parts), a header that is not a JSON object naming one of
+// reviewAlgorithms, a payload that is not a JSON object with a string iss,
+// or, with TokenReviewOptions.Issuers, an iss that is not one of them. The
+// signature is the API server's to check.
+func (a *TokenReviewAuthenticator) screen(token string) error {
+	jws, err := parseCompact(token, reviewAlgorithms)
+	if err != nil {
+		return err
+	}
+	var claims struct {
+		Issuer string `json:"iss"`
+	}
+	if err := josejson.Unmarshal(jws.payload, &claims); err != nil {
+		return fmt.Errorf("%w: token payload is not a json object with a string iss: %w", ErrUnauthenticated, err)
+	}
+	if claims.Issuer == "" {
+		return fmt.Errorf("%w: token names no issuer (iss claim)", ErrUnauthenticated)
+	}
+	if len(a.issuers) > 0 && !slices.Contains(a.issuers, claims.Issuer) {
+		return fmt.Errorf("%w: token issuer %s is not this cluster's (%s)", ErrUnauthenticated, quote(claims.Issuer), clip(a.issuers))
+	}
+	return nil
 }
 
 // reviewToken sends one TokenReview, in a free slot, checks its answer and

@@ -11,7 +11,7 @@ import (
 // fakeJWT is shaped like a JWT with the given exp claim; only its payload
 // is read.
 func fakeJWT(exp int64, salt int) string {
-	payload := base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, `{"exp":%d,"jti":"%d"}`, exp, salt))
+	payload := base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, `{"iss":"https://kubernetes.default.svc.cluster.local","exp":%d,"jti":"%d"}`, exp, salt))
 	return "eyJhbGciOiJSUzI1NiJ9." + payload + ".c2ln"
 }
 
@@ -106,7 +106,7 @@ func TestReviewCacheKeepsNoToken(t *testing.T) {
 	e := newTokenReviewEnv(t, 2*time.Second)
 	e.auth.cache = newReviewCache(10*time.Second, 10, time.Now)
 	token := fakeJWT(time.Now().Add(time.Hour).Unix(), 1)
-	e.api.set(func(f *fakeAPIServer) { f.users[token] = f.users["sleep-token"] })
+	e.api.set(func(f *fakeAPIServer) { f.users[token] = f.users[shapedToken("sleep")] })
 	for range 3 {
 		if _, err := e.auth.Authenticate(t.Context(), Credentials{Token: token}); err != nil {
 			t.Fatal(err)

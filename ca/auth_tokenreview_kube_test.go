@@ -3,6 +3,7 @@ package ca_test
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"strings"
@@ -171,9 +172,9 @@ func TestTokenReviewKube(t *testing.T) {
 			wantSubstr: `cluster "east" is not served by this ca`, wantReviews: 0,
 		},
 		{
-			name:       "not a token",
+			name:       "not a token, never reviewed",
 			cred:       ca.Credentials{Token: "not-a-jwt"},
-			wantSubstr: "kubernetes rejected the token", wantReviews: 1,
+			wantSubstr: "token is not a jwt", wantReviews: 0,
 		},
 	}
 	for _, tc := range tests {
@@ -534,4 +535,81 @@ func TestTokenReviewKubeConcurrencyBound(t *testing.T) {
 	if got := counter.maxSeen.Load(); got > limit {
 		t.Fatalf("%d tokenreviews in flight at once, want at most %d", got, limit)
 	}
+}
+
+// TestTokenReviewKubeScreensTokensBeforeReview: a bearer string that cannot
+// be a service-account token costs no TokenReview on the real API server:
+// not a JWT (8 KiB of garbage), a header or payload that is not JSON, an
+// algorithm that is none or an HMAC, no issuer, an encrypted JWT. With the
+// cluster's issuers configured, a well-formed token of another issuer is
+// refused without a review too; without them, it is reviewed (and refused
+// by the API server). A token the API server minted is still reviewed and
+// accepted, with or without the issuers.
+func TestTokenReviewKubeScreensTokensBeforeReview(t *testing.T) {
+	env := kubetest.New(t)
+	var reviews reviewCounter
+	client := reviewerClient(t, env, &reviews)
+	reg := prometheus.NewRegistry()
+	metrics := ca.NewMetrics(reg, nil)
+	withIssuers := newKubeAuthenticator(t, client, func(o *ca.TokenReviewOptions) {
+		o.Issuers = []string{kubetest.Issuer}
+		o.Metrics = metrics
+	})
+	anyIssuer := newKubeAuthenticator(t, client, func(o *ca.TokenReviewOptions) { o.Metrics = metrics })
+	env.ServiceAccount(t, "web")
+	pod := env.Pod(t, "web-0", "web", "node-a")
+	valid := env.Token(t, "web", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: pod})
+
+	b64 := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	sig := b64(strings.Repeat("s", 256))
+	claims := `{"iss":"` + kubetest.Issuer + `","sub":"system:serviceaccount:` + env.Namespace + `:web","aud":["istio-ca"],"exp":4102444800}`
+	cases := []struct {
+		name, token, want      string
+		reviewedWithoutIssuers bool
+	}{
+		{"8 KiB that is not a jwt", strings.Repeat("A", 8<<10), "token is not a jwt: expected 3 dot-separated parts, got 1", false},
+		{"8 KiB in three parts, not base64url json", strings.Repeat("A", 4<<10) + "." + strings.Repeat("B", 2<<10) + "." + strings.Repeat("C", 2<<10-2), "token header is not a json object", false},
+		{"algorithm none", b64(`{"alg":"none"}`) + "." + b64(claims) + ".", `token algorithm "none" is not allowed`, false},
+		{"hmac", b64(`{"alg":"HS256"}`) + "." + b64(claims) + "." + sig, `token algorithm "HS256" is not allowed`, false},
+		{"payload not json", b64(`{"alg":"RS256"}`) + "." + b64("not json") + "." + sig, "token payload is not a json object", false},
+		{"no issuer", b64(`{"alg":"RS256"}`) + "." + b64(`{"sub":"system:serviceaccount:`+env.Namespace+`:web"}`) + "." + sig, "token names no issuer", false},
+		{"encrypted jwt", "a.b.c.d.e", "token is an encrypted jwt", false},
+		{"another issuer", b64(`{"alg":"RS256","kid":"k"}`) + "." + b64(`{"iss":"https://attacker.example","sub":"system:serviceaccount:`+env.Namespace+`:web"}`) + "." + sig,
+			`token issuer "https://attacker.example" is not this cluster's`, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := reviews.n.Load()
+			_, err := withIssuers.Authenticate(t.Context(), ca.Credentials{Token: tc.token})
+			if n := reviews.n.Load() - before; n != 0 {
+				t.Errorf("with the cluster's issuers: %d tokenreviews sent, want none", n)
+			}
+			if !errors.Is(err, ca.ErrUnauthenticated) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("with the cluster's issuers: error = %v, want ErrUnauthenticated containing %q", err, tc.want)
+			}
+			before = reviews.n.Load()
+			_, err = anyIssuer.Authenticate(t.Context(), ca.Credentials{Token: tc.token})
+			if !errors.Is(err, ca.ErrUnauthenticated) {
+				t.Fatalf("without issuers: error = %v, want ErrUnauthenticated", err)
+			}
+			want := int32(0)
+			if tc.reviewedWithoutIssuers {
+				want = 1
+			}
+			if n := reviews.n.Load() - before; n != want {
+				t.Errorf("without issuers: %d tokenreviews sent, want %d (%v)", n, want, err)
+			}
+		})
+	}
+	checkCounter(t, reg, ca.MetricTokenReviewRequests, "result", "refused", 1)
+	for name, a := range map[string]*ca.TokenReviewAuthenticator{"with the cluster's issuers": withIssuers, "without issuers": anyIssuer} {
+		before := reviews.n.Load()
+		if c, err := a.Authenticate(t.Context(), ca.Credentials{Token: valid}); err != nil || c.PodUID != string(pod.UID) {
+			t.Fatalf("%s: the api server's own token: %+v, %v", name, c, err)
+		}
+		if n := reviews.n.Load() - before; n != 1 {
+			t.Errorf("%s: the api server's own token sent %d tokenreviews, want 1", name, n)
+		}
+	}
+	checkCounter(t, reg, ca.MetricTokenReviewRequests, "result", "authenticated", 2)
 }

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -19,6 +20,18 @@ import (
 
 	fakeclientset "k8s.io/client-go/kubernetes/fake"
 )
+
+// shapedToken is a token in the form of a service-account token (a JWT
+// naming the cluster's issuer, RS256) for the fake API server, which knows
+// its users by the whole token; its signature means nothing here.
+func shapedToken(name string) string {
+	return jwtParts(`{"alg":"RS256","kid":"k1"}`, fmt.Sprintf(`{"iss":"https://kubernetes.default.svc.cluster.local","sub":%q}`, name)) + ".c2ln"
+}
+
+// jwtParts is header.payload, each base64url-encoded.
+func jwtParts(header, payload string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(header)) + "." + base64.RawURLEncoding.EncodeToString([]byte(payload))
+}
 
 // fakeUser is what the fake API server knows about a workload token.
 type fakeUser struct {
@@ -53,17 +66,17 @@ func newFakeAPIServer(t *testing.T) *fakeAPIServer {
 		reviewer: "reviewer-token-1",
 		release:  make(chan struct{}),
 		users: map[string]fakeUser{
-			"sleep-token": {
+			shapedToken("sleep"): {
 				username:  "system:serviceaccount:default:sleep",
 				groups:    []string{"system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"},
 				audiences: []string{"istio-ca"},
 			},
-			"api-audience-token": {
+			shapedToken("api-audience"): {
 				username:  "system:serviceaccount:default:sleep",
 				groups:    []string{"system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"},
 				audiences: []string{"https://kubernetes.default.svc.cluster.local"},
 			},
-			"alice-token": {
+			shapedToken("alice"): {
 				username:  "alice",
 				groups:    []string{"system:authenticated"},
 				audiences: []string{"istio-ca"},
@@ -257,30 +270,30 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 	}{
 		{
 			name:  "service account token",
-			token: "sleep-token",
+			token: shapedToken("sleep"),
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: DefaultCluster,
 				Method: AuthTokenReview, Subject: "system:serviceaccount:default:sleep",
 				PodName: "sleep-7d9f8b-x2x4z", PodUID: "2d0f4f1e-0b1c-4f5e-8f7c-6a8d2e9c1b0a"},
 			wantRequests: 1,
 		},
 		{
-			name: "unknown token", token: "forged-token",
+			name: "unknown token", token: shapedToken("forged"),
 			wantErr: ErrUnauthenticated, wantSubstr: "kubernetes rejected the token: [invalid bearer token",
 			wantRequests: 1,
 		},
 		{
-			name: "token for another audience", token: "api-audience-token",
+			name: "token for another audience", token: shapedToken("api-audience"),
 			wantErr:      ErrUnauthenticated,
 			wantSubstr:   `token audiences ["https://kubernetes.default.svc.cluster.local"] is invalid for the target audiences ["istio-ca"]`,
 			wantRequests: 1,
 		},
 		{
-			name: "user that is not a service account", token: "alice-token",
+			name: "user that is not a service account", token: shapedToken("alice"),
 			wantErr: ErrUnauthenticated, wantSubstr: `token belongs to "alice", which is not a kubernetes service account`,
 			wantRequests: 1,
 		},
 		{
-			name: "authenticated without confirming the audience", token: "sleep-token",
+			name: "authenticated without confirming the audience", token: shapedToken("sleep"),
 			setup: func(f *fakeAPIServer) {
 				f.answer = &tokenReviewStatus{Authenticated: true, User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"}}}
 			},
@@ -288,7 +301,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 			wantRequests: 1,
 		},
 		{
-			name: "service account name outside the service account group", token: "sleep-token",
+			name: "service account name outside the service account group", token: shapedToken("sleep"),
 			setup: func(f *fakeAPIServer) {
 				f.answer = &tokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
 					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:authenticated"}}}
@@ -297,7 +310,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 			wantRequests: 1,
 		},
 		{
-			name: "authenticated with an error", token: "sleep-token",
+			name: "authenticated with an error", token: shapedToken("sleep"),
 			setup: func(f *fakeAPIServer) {
 				f.answer = &tokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"}, Error: "webhook degraded",
 					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"}}}
@@ -306,7 +319,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 			wantRequests: 1,
 		},
 		{
-			name: "malformed pod name", token: "sleep-token",
+			name: "malformed pod name", token: shapedToken("sleep"),
 			setup: func(f *fakeAPIServer) {
 				f.answer = &tokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
 					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"},
@@ -316,7 +329,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 			wantRequests: 1,
 		},
 		{
-			name: "two pod uids", token: "sleep-token",
+			name: "two pod uids", token: shapedToken("sleep"),
 			setup: func(f *fakeAPIServer) {
 				f.answer = &tokenReviewStatus{Authenticated: true, Audiences: []string{"istio-ca"},
 					User: userInfo{Username: "system:serviceaccount:default:sleep", Groups: []string{"system:serviceaccounts"},
@@ -326,31 +339,31 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 			wantRequests: 1,
 		},
 		{
-			name: "reviewer token refused", token: "sleep-token",
+			name: "reviewer token refused", token: shapedToken("sleep"),
 			setup:     func(f *fakeAPIServer) { f.reviewer = "some-other-token" },
 			wantOther: true, wantSubstr: "kubernetes api refused this ca's reviewer token (401 Unauthorized): Unauthorized",
 			wantRequests: 1,
 		},
 		{
-			name: "reviewer without rbac", token: "sleep-token",
+			name: "reviewer without rbac", token: shapedToken("sleep"),
 			setup:     func(f *fakeAPIServer) { f.forbidden = true },
 			wantOther: true, wantSubstr: "grant its service account system:auth-delegator (403 Forbidden)",
 			wantRequests: 1,
 		},
 		{
-			name: "api server overloaded", token: "sleep-token",
+			name: "api server overloaded", token: shapedToken("sleep"),
 			setup:   func(f *fakeAPIServer) { f.outage = http.StatusTooManyRequests },
 			wantErr: ErrUnavailable, wantSubstr: "kubernetes api answered 429 Too Many Requests",
 			wantRequests: 1,
 		},
 		{
-			name: "api server down", token: "sleep-token",
+			name: "api server down", token: shapedToken("sleep"),
 			setup:   func(f *fakeAPIServer) { f.outage = http.StatusServiceUnavailable },
 			wantErr: ErrUnavailable, wantSubstr: "kubernetes api answered 503 Service Unavailable",
 			wantRequests: 1,
 		},
 		{
-			name: "wrong cluster never reaches the api", token: "sleep-token", cluster: "east",
+			name: "wrong cluster never reaches the api", token: shapedToken("sleep"), cluster: "east",
 			wantErr: ErrUnauthenticated, wantSubstr: `cluster "east" is not served by this ca; allowed clusters: Kubernetes`,
 		},
 		{
@@ -360,6 +373,42 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 		{
 			name: "empty token never reaches the api", token: "",
 			wantErr: ErrUnauthenticated, wantSubstr: "no bearer token",
+		},
+		{
+			name: "8 KiB that is not a jwt never reaches the api", token: strings.Repeat("A", 8<<10),
+			wantErr: ErrUnauthenticated, wantSubstr: "token is not a jwt: expected 3 dot-separated parts, got 1",
+		},
+		{
+			name: "header that is not json never reaches the api", token: jwtParts("not json", `{"iss":"x"}`) + ".c2ln",
+			wantErr: ErrUnauthenticated, wantSubstr: "token header is not a json object",
+		},
+		{
+			name: "algorithm none never reaches the api", token: jwtParts(`{"alg":"none"}`, `{"iss":"x"}`) + ".c2ln",
+			wantErr: ErrUnauthenticated, wantSubstr: `token algorithm "none" is not allowed`,
+		},
+		{
+			name: "hmac never reaches the api", token: jwtParts(`{"alg":"HS256"}`, `{"iss":"x"}`) + ".c2ln",
+			wantErr: ErrUnauthenticated, wantSubstr: `token algorithm "HS256" is not allowed`,
+		},
+		{
+			name: "payload that is not json never reaches the api", token: jwtParts(`{"alg":"RS256"}`, "not json") + ".c2ln",
+			wantErr: ErrUnauthenticated, wantSubstr: "token payload is not a json object with a string iss",
+		},
+		{
+			name: "issuer that is not a string never reaches the api", token: jwtParts(`{"alg":"ES512"}`, `{"iss":5}`) + ".c2ln",
+			wantErr: ErrUnauthenticated, wantSubstr: "token payload is not a json object with a string iss",
+		},
+		{
+			name: "no issuer never reaches the api", token: jwtParts(`{"alg":"RS256"}`, `{"sub":"system:serviceaccount:default:sleep"}`) + ".c2ln",
+			wantErr: ErrUnauthenticated, wantSubstr: "token names no issuer (iss claim)",
+		},
+		{
+			name: "no signature never reaches the api", token: jwtParts(`{"alg":"RS256"}`, `{"iss":"x"}`) + ".",
+			wantErr: ErrUnauthenticated, wantSubstr: "token signature is missing",
+		},
+		{
+			name: "encrypted jwt never reaches the api", token: "a.b.c.d.e",
+			wantErr: ErrUnauthenticated, wantSubstr: "token is an encrypted jwt (jwe)",
 		},
 	}
 	for _, tc := range tests {
@@ -392,7 +441,7 @@ func TestTokenReviewAuthenticator(t *testing.T) {
 func TestTokenReviewReviewerTokenRotation(t *testing.T) {
 	e := newTokenReviewEnv(t, 2*time.Second)
 	ctx := context.Background()
-	if _, err := e.auth.Authenticate(ctx, Credentials{Token: "sleep-token"}); err != nil {
+	if _, err := e.auth.Authenticate(ctx, Credentials{Token: shapedToken("sleep")}); err != nil {
 		t.Fatal(err)
 	}
 	// The kubelet rotates the projected token: a new file replaces the old.
@@ -404,7 +453,7 @@ func TestTokenReviewReviewerTokenRotation(t *testing.T) {
 	if err := os.Rename(tmp, e.tokenFile); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.auth.Authenticate(ctx, Credentials{Token: "sleep-token"}); err != nil {
+	if _, err := e.auth.Authenticate(ctx, Credentials{Token: shapedToken("sleep")}); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
 }
@@ -412,7 +461,7 @@ func TestTokenReviewReviewerTokenRotation(t *testing.T) {
 func TestTokenReviewReviewerTokenRetryAfter401(t *testing.T) {
 	e := newTokenReviewEnv(t, 2*time.Second)
 	ctx := context.Background()
-	if _, err := e.auth.Authenticate(ctx, Credentials{Token: "sleep-token"}); err != nil {
+	if _, err := e.auth.Authenticate(ctx, Credentials{Token: shapedToken("sleep")}); err != nil {
 		t.Fatal(err)
 	}
 	// Same size and modification time: only the 401 reveals the change.
@@ -428,7 +477,7 @@ func TestTokenReviewReviewerTokenRetryAfter401(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := e.api.requests.Load()
-	if _, err := e.auth.Authenticate(ctx, Credentials{Token: "sleep-token"}); err != nil {
+	if _, err := e.auth.Authenticate(ctx, Credentials{Token: shapedToken("sleep")}); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
 	if n := e.api.requests.Load() - before; n != 2 {
@@ -440,7 +489,7 @@ func TestTokenReviewTimeout(t *testing.T) {
 	e := newTokenReviewEnv(t, 200*time.Millisecond)
 	e.api.set(func(f *fakeAPIServer) { f.delay = 5 * time.Second })
 	start := time.Now()
-	_, err := e.auth.Authenticate(context.Background(), Credentials{Token: "sleep-token"})
+	_, err := e.auth.Authenticate(context.Background(), Credentials{Token: shapedToken("sleep")})
 	checkErr(t, err, ErrUnavailable, "tokenreview: kubernetes api")
 	if elapsed := time.Since(start); elapsed > 2*time.Second {
 		t.Fatalf("review took %s despite a 200ms timeout", elapsed)
@@ -450,7 +499,7 @@ func TestTokenReviewTimeout(t *testing.T) {
 func TestTokenReviewUnreachable(t *testing.T) {
 	e := newTokenReviewEnv(t, time.Second)
 	e.api.srv.Close()
-	_, err := e.auth.Authenticate(context.Background(), Credentials{Token: "sleep-token"})
+	_, err := e.auth.Authenticate(context.Background(), Credentials{Token: shapedToken("sleep")})
 	checkErr(t, err, ErrUnavailable, "tokenreview: kubernetes api")
 }
 
@@ -459,7 +508,7 @@ func TestTokenReviewCallerCanceled(t *testing.T) {
 	e.api.set(func(f *fakeAPIServer) { f.delay = 5 * time.Second })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	_, err := e.auth.Authenticate(ctx, Credentials{Token: "sleep-token"})
+	_, err := e.auth.Authenticate(ctx, Credentials{Token: shapedToken("sleep")})
 	checkErr(t, err, ErrUnavailable, "tokenreview")
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("error %q does not wrap context.DeadlineExceeded", err)
@@ -472,7 +521,7 @@ func TestTokenReviewCallerCanceled(t *testing.T) {
 func TestTokenReviewSharedReview(t *testing.T) {
 	e := newTokenReviewEnv(t, 5*time.Second)
 	e.api.set(func(f *fakeAPIServer) { f.delay = time.Second })
-	const token = "sleep-token"
+	token := shapedToken("sleep")
 	authenticate := func(ctx context.Context) <-chan error {
 		done := make(chan error, 1)
 		go func() {

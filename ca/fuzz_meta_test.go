@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/metadata"
+	fakeclientset "k8s.io/client-go/kubernetes/fake"
 )
 
 // FuzzCredentialsFromMetadata feeds the request metadata a caller controls
@@ -71,6 +72,45 @@ func FuzzLoadJWKSFile(f *testing.F) {
 			if !k.IsPublic() {
 				t.Fatalf("accepted a set holding a non-public key %q", k.KeyID)
 			}
+		}
+	})
+}
+
+// FuzzTokenReviewScreen feeds the screen that runs before any TokenReview
+// arbitrary bearer strings: it must never panic, a refusal wraps
+// ErrUnauthenticated, and what it lets through to a review is three
+// base64url parts naming an allowed algorithm and, with issuers
+// configured, one of them.
+func FuzzTokenReviewScreen(f *testing.F) {
+	a, err := NewTokenReviewAuthenticator(TokenReviewOptions{Client: fakeclientset.NewClientset(), TrustDomain: testTrustDomain,
+		Issuers: []string{"https://kubernetes.default.svc.cluster.local"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(shapedToken("sleep"))
+	f.Add(jwtParts(`{"alg":"none"}`, `{"iss":"https://kubernetes.default.svc.cluster.local"}`) + ".")
+	f.Add(jwtParts(`{"alg":"RS256"}`, `{"iss":"https://attacker.example"}`) + ".c2ln")
+	f.Add(jwtParts(`{"alg":"ES512"}`, `{"iss":5}`) + ".c2ln")
+	f.Add(strings.Repeat("A", 8<<10))
+	f.Add("a.b.c.d.e")
+	f.Add("..")
+	f.Fuzz(func(t *testing.T, token string) {
+		err := a.screen(token)
+		if err != nil {
+			if !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("refusal does not wrap ErrUnauthenticated: %v", err)
+			}
+			return
+		}
+		if strings.Count(token, ".") != 2 {
+			t.Fatalf("screen let through %q, not three parts", token)
+		}
+		jws, err := parseCompact(token, reviewAlgorithms)
+		if err != nil {
+			t.Fatalf("screen let through %q, which does not parse: %v", token, err)
+		}
+		if !strings.Contains(string(jws.payload), "kubernetes.default.svc.cluster.local") {
+			t.Fatalf("screen let through a payload without the issuer: %q", jws.payload)
 		}
 	})
 }

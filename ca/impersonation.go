@@ -27,7 +27,9 @@ type PodInfo struct {
 }
 
 // NodePods is one cluster's view of its pods, kept current by an informer.
-// Pods that have terminated (phase Succeeded or Failed) are not in it.
+// Pods that have terminated (phase Succeeded or Failed) are not in it, nor
+// are pods being deleted whose grace period has run out (their
+// deletionTimestamp has passed).
 type NodePods interface {
 	// Pod returns the pod namespace/name, or false when there is none.
 	Pod(namespace, name string) (PodInfo, bool)

@@ -163,3 +163,135 @@ func TestImpersonationKube(t *testing.T) {
 		t.Fatalf("asking for web after its pod terminated: %v, want PermissionDenied", err)
 	}
 }
+
+// deletePod deletes a pod with a grace period, as kubectl delete does: the
+// pod stays, terminating, with its deletionTimestamp grace seconds ahead,
+// until its kubelet confirms its end, and none runs here (as when a node
+// is lost). It returns the pod as the API then has it.
+func deletePod(t *testing.T, env *kubetest.Env, name string, grace int64) *corev1.Pod {
+	t.Helper()
+	if err := env.Client.CoreV1().Pods(env.Namespace).Delete(t.Context(), name, *metav1.NewDeleteOptions(grace)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := env.Client.CoreV1().Pods(env.Namespace).Get(t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("pod %s after a graceful delete: %v", name, err)
+	}
+	if p.DeletionTimestamp == nil {
+		t.Fatalf("pod %s has no deletionTimestamp after a graceful delete", name)
+	}
+	return p
+}
+
+// podWithFinalizer creates a pod on node that a finalizer keeps in the API
+// after its deletion, terminating; the finalizer is removed when the test
+// ends.
+func podWithFinalizer(t *testing.T, env *kubetest.Env, name, sa, node string) *corev1.Pod {
+	t.Helper()
+	pods := env.Client.CoreV1().Pods(env.Namespace)
+	p, err := pods.Create(t.Context(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Finalizers: []string{"transitca.test/hold"}},
+		Spec: corev1.PodSpec{ServiceAccountName: sa, NodeName: node,
+			Containers: []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cur, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return
+		}
+		cur.Finalizers = nil
+		_, _ = pods.Update(ctx, cur, metav1.UpdateOptions{})
+	})
+	return p
+}
+
+// TestImpersonationKubeTerminatingPods: a pod that is being deleted counts
+// for the node check only until its deletionTimestamp (the end of its
+// grace period). Past it the pod is gone for authorization, although the
+// API still lists it: a lost node's kubelet never confirms the end, and a
+// finalizer holds the object. This holds for the identity asked for and
+// for the node agent's own pod.
+func TestImpersonationKubeTerminatingPods(t *testing.T) {
+	env := kubetest.New(t)
+	auth := newKubeAuthenticator(t, reviewerClient(t, env, nil), nil)
+	idx := podIndex(t, env.Client)
+	nodes, err := ca.NewNodeAuthorizer([]string{env.Namespace + "/ztunnel"}, map[string]ca.NodePods{ca.DefaultCluster: idx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newLoggedService(t, func(o *ca.ServiceOptions) {
+		o.Authenticator = ca.NewMultiAuthenticator(nil, auth)
+		o.Nodes = nodes
+	})
+	for _, sa := range []string{"ztunnel", "web", "api", "db"} {
+		env.ServiceAccount(t, sa)
+	}
+	zt := podWithFinalizer(t, env, "ztunnel-a", "ztunnel", "node-a")
+	env.Pod(t, "web-0", "web", "node-a")
+	podWithFinalizer(t, env, "api-0", "api", "node-a")
+	env.Pod(t, "db-0", "db", "node-a")
+	waitFor(t, "the pods in the index", func() bool {
+		return idx.ServiceAccountOnNode("node-a", env.Namespace, "web") && idx.ServiceAccountOnNode("node-a", env.Namespace, "api") &&
+			idx.ServiceAccountOnNode("node-a", env.Namespace, "db")
+	})
+	ztToken := env.Token(t, "ztunnel", kubetest.TokenOptions{Audiences: []string{istioCA}, Pod: zt})
+	ask := func(sa string) error {
+		id := spiffe(env.Namespace, sa)
+		_, err := s.impersonating(ztToken, id, csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(id)}))
+		return err
+	}
+	for _, sa := range []string{"web", "api", "db"} {
+		if err := ask(sa); err != nil {
+			t.Fatalf("ztunnel asking for %s with its pod running on node-a: %v", sa, err)
+		}
+	}
+
+	// api-0, held by its finalizer, deleted with no grace: gone at once.
+	deletePod(t, env, "api-0", 0)
+	// web-0 deleted with a grace period: still counts during it, not after.
+	const grace = 8
+	web := deletePod(t, env, "web-0", grace)
+	noPod := "no pod of service account " + env.Namespace + "/"
+	refused := func(sa string) func() bool {
+		return func() bool {
+			err := ask(sa)
+			return status.Code(err) == codes.PermissionDenied && strings.Contains(status.Convert(err).Message(), noPod+sa+" runs on its node")
+		}
+	}
+	waitFor(t, "api-0, deleted with no grace, to stop counting", refused("api"))
+	if time.Until(web.DeletionTimestamp.Time) > time.Second {
+		if err := ask("web"); err != nil {
+			t.Fatalf("ztunnel asking for web during web-0's grace period (until %s): %v", web.DeletionTimestamp.Format(time.RFC3339), err)
+		}
+	} else {
+		t.Logf("web-0's grace period had nearly run out (until %s) before it could be checked", web.DeletionTimestamp.Format(time.RFC3339))
+	}
+	deadline := time.Now().Add(grace*time.Second + 15*time.Second)
+	for !refused("web")() {
+		if time.Now().After(deadline) {
+			t.Fatalf("ztunnel may still ask for web at %s, past web-0's deletionTimestamp %s", time.Now().Format(time.RFC3339), web.DeletionTimestamp.Format(time.RFC3339))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := env.Client.CoreV1().Pods(env.Namespace).Get(t.Context(), "web-0", metav1.GetOptions{}); err != nil {
+		t.Fatalf("web-0 should still be in the API, terminating: %v", err)
+	}
+
+	// The node agent's own pod terminated (its token still passes
+	// TokenReview for a minute past the deletionTimestamp): its node no
+	// longer vouches for anything.
+	deletePod(t, env, zt.Name, 0)
+	waitFor(t, "ztunnel's own terminated pod to stop counting", func() bool {
+		err := ask("db")
+		return status.Code(err) == codes.PermissionDenied && strings.Contains(status.Convert(err).Message(), "its pod "+env.Namespace+"/"+zt.Name+" is not running")
+	})
+	e := lastEntry(t, s.log)
+	if e.Kind != store.KindDenial || e.CallerID != spiffe(env.Namespace, "ztunnel") {
+		t.Fatalf("entry: %v by %s, want a denial by ztunnel", e.Kind, e.CallerID)
+	}
+}

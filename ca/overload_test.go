@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -139,5 +140,47 @@ func TestIdentityRateLimit(t *testing.T) {
 	mu.Unlock()
 	if err := h.ask(t, "default", "web"); err != nil {
 		t.Fatalf("after the bucket refilled: %v", err)
+	}
+}
+
+// The per-identity rate table holds only identities that authenticated
+// and whose CSR passed: requests whose CSR names another identity are
+// refused for that (PermissionDenied) and take no slot, and with the table
+// full of identities that did take one, an identity never seen before is
+// served on its first request, while an identity beyond its rate that is
+// still tracked stays refused.
+func TestIdentityRateTableNeverRefusesAFirstRequest(t *testing.T) {
+	now := time.Now()
+	h := newHarnessWith(t, func(o *ca.ServiceOptions) {
+		o.IdentityLimits = ca.IdentityLimits{PerSecond: 1, Burst: 3, MaxIdentities: 4}
+		o.Now = func() time.Time { return now }
+	})
+	client := h.client(t, nil)
+	wrongSAN := csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(spiffe("payments", "api"))})
+	for i := range 20 {
+		_, err := client.CreateCertificate(withToken(h.token(t, "default", fmt.Sprintf("other-%d", i))), &pb.IstioCertificateRequest{Csr: wrongSAN})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("identity other-%d with a CSR naming another identity: %v, want PermissionDenied", i, err)
+		}
+	}
+	if err := h.ask(t, "default", "first-time"); err != nil {
+		t.Fatalf("a never-seen identity after 20 refused CSRs: %v", err)
+	}
+	for i := range 4 {
+		for j := range 3 {
+			if err := h.ask(t, "default", fmt.Sprintf("busy-%d", i)); err != nil {
+				t.Fatalf("busy-%d request %d: %v", i, j, err)
+			}
+		}
+	}
+	for i := range 10 {
+		if err := h.ask(t, "default", fmt.Sprintf("new-%d", i)); err != nil {
+			t.Fatalf("never-seen identity new-%d with the table full: %v", i, err)
+		}
+		if i == 0 {
+			if err := h.ask(t, "default", "busy-3"); status.Code(err) != codes.ResourceExhausted {
+				t.Fatalf("busy-3 beyond its burst, still tracked: %v, want ResourceExhausted", err)
+			}
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"container/list"
 	"context"
 	"sync"
 	"time"
@@ -11,8 +12,8 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 )
 
-// tokenBuckets are token buckets keyed by a string (a peer address, an
-// identity): each holds up to burst tokens and refills at rate per second.
+// tokenBuckets are token buckets keyed by peer address: each holds up to
+// burst tokens and refills at rate per second.
 // At most max keys are tracked; beyond, new keys share the bucket of
 // otherPeers. The caller serializes access.
 type tokenBuckets struct {
@@ -20,6 +21,12 @@ type tokenBuckets struct {
 	burst int
 	max   int
 	m     map[string]*peerBucket
+}
+
+// peerBucket is a token bucket.
+type peerBucket struct {
+	tokens float64
+	last   time.Time
 }
 
 func newTokenBuckets(rate float64, burst, max int) *tokenBuckets {
@@ -74,33 +81,65 @@ type IdentityLimits struct {
 	PerSecond float64
 	// Burst is how many requests an identity may make at once.
 	Burst int
-	// MaxIdentities caps the identities tracked at once; beyond it, new
-	// identities share one bucket.
+	// MaxIdentities caps the identities tracked at once. Only a request
+	// that authenticated and whose CSR passed takes a place; with the
+	// table full, a new identity takes the place of the one that asked
+	// least recently (whose bucket has usually refilled), so that an
+	// identity's first request is never refused for want of room.
 	MaxIdentities int
 }
 
 func (l IdentityLimits) enabled() bool { return l.PerSecond > 0 }
 
-// identityLimiter applies IdentityLimits.
+// identityLimiter applies IdentityLimits: one token bucket per identity,
+// at most MaxIdentities of them, the least recently used first out.
 type identityLimiter struct {
-	mu      sync.Mutex
-	buckets *tokenBuckets
-	swept   time.Time
+	rate  float64
+	burst int
+	max   int
+
+	mu  sync.Mutex
+	m   map[string]*list.Element // of *identityBucket
+	lru *list.List               // front: least recently used
+}
+
+// identityBucket is one identity's token bucket.
+type identityBucket struct {
+	id string
+	peerBucket
 }
 
 func newIdentityLimiter(l IdentityLimits) *identityLimiter {
-	return &identityLimiter{buckets: newTokenBuckets(l.PerSecond, l.Burst, l.MaxIdentities)}
+	return &identityLimiter{rate: l.PerSecond, burst: l.Burst, max: l.MaxIdentities, m: map[string]*list.Element{}, lru: list.New()}
 }
 
-// allow reports whether id may make a request now.
+// allow takes a token from id's bucket and reports whether there was one.
+// An identity not tracked gets a full bucket, in the place of the least
+// recently used one when the table is full.
 func (l *identityLimiter) allow(id string, now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if now.Sub(l.swept) > time.Minute {
-		l.buckets.forgetFull(now)
-		l.swept = now
+	e, ok := l.m[id]
+	if ok {
+		l.lru.MoveToBack(e)
+	} else {
+		if l.lru.Len() >= l.max {
+			old := l.lru.Remove(l.lru.Front()).(*identityBucket)
+			delete(l.m, old.id)
+		}
+		e = l.lru.PushBack(&identityBucket{id: id, peerBucket: peerBucket{tokens: float64(l.burst), last: now}})
+		l.m[id] = e
 	}
-	return l.buckets.allow(id, now)
+	b := e.Value.(*identityBucket)
+	if el := now.Sub(b.last); el > 0 {
+		b.tokens = min(float64(l.burst), b.tokens+el.Seconds()*l.rate)
+		b.last = now
+	}
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	return false
 }
 
 // admit bounds the CreateCertificate calls in flight, counted from the

@@ -199,11 +199,6 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	if caller, err = s.impersonate(ctx, req, caller); err != nil {
 		return caller, "", nil, stage("impersonate", err)
 	}
-	// Per identity the certificate is for: a node proxy asking for many
-	// workloads is limited per workload.
-	if s.rate != nil && !s.rate.allow(caller.SPIFFEID, s.now()) {
-		return caller, "", nil, stage("rate", fmt.Errorf("%w: %s asks more often than its limit; retry later", ErrRateLimited, quote(caller.SPIFFEID)))
-	}
 	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
 		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
 	}
@@ -214,6 +209,13 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	csr, err := CheckCSR(req.GetCsr(), caller, csrPolicy)
 	if err != nil {
 		return caller, tier, nil, stage("csr", err)
+	}
+	// Per identity the certificate is for (a node proxy asking for many
+	// workloads is limited per workload), counted only once the caller has
+	// authenticated and its CSR has passed, so that requests naming
+	// identities they cannot have take no place in the table.
+	if s.rate != nil && !s.rate.allow(caller.SPIFFEID, s.now()) {
+		return caller, tier, nil, stage("rate", fmt.Errorf("%w: %s asks more often than its limit; retry later", ErrRateLimited, quote(caller.SPIFFEID)))
 	}
 	requested := time.Duration(req.GetValidityDuration()) * time.Second
 	granted := decision.Tier.Grant(requested)

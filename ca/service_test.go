@@ -80,6 +80,7 @@ func (r *countingRecorder) counts() (int, int) {
 // harness is a running certificate service over real TLS on loopback.
 type harness struct {
 	addr      string
+	svc       *ca.Service
 	authority *issuer.Authority
 	minter    *ca.TokenMinter
 	tokKey    *ecdsa.PrivateKey
@@ -167,7 +168,7 @@ func newHarnessWith(t *testing.T, opt func(*ca.ServiceOptions)) *harness {
 	t.Cleanup(srv.Stop)
 	ms := httptest.NewServer(ca.MetricsHandler(reg, func() (bool, string) { return true, "" }))
 	t.Cleanup(ms.Close)
-	return &harness{addr: lis.Addr().String(), authority: authority, minter: minter, tokKey: tokKey, rec: rec, reg: reg, roots: authority.RootPool(), metrics: ms}
+	return &harness{addr: lis.Addr().String(), svc: svc, authority: authority, minter: minter, tokKey: tokKey, rec: rec, reg: reg, roots: authority.RootPool(), metrics: ms}
 }
 
 func (h *harness) client(t *testing.T, clientCert *tls.Certificate) pb.IstioCertificateServiceClient {

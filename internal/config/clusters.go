@@ -25,6 +25,9 @@ type Cluster struct {
 	// instead of TokenReview: issuer and one of jwks_file or discovery; a
 	// zero leeway means auth.jwt.leeway.
 	JWT JWT `yaml:"jwt"`
+	// TokenReviewIssuers are, for a cluster checked by TokenReview, the iss
+	// values of its service-account tokens (see auth.tokenreview.issuers).
+	TokenReviewIssuers []string `yaml:"tokenreview_issuers"`
 }
 
 // jwtSet reports whether any JWT verification setting is given.
@@ -41,6 +44,22 @@ func (c *Config) ClusterIDs() []string {
 		ids[i] = cl.ID
 	}
 	return ids
+}
+
+// validIssuers checks a list of token issuers: no empty or repeated one.
+func validIssuers(key string, issuers []string) []error {
+	var errs []error
+	seen := map[string]bool{}
+	for _, iss := range issuers {
+		switch {
+		case strings.TrimSpace(iss) == "":
+			errs = append(errs, fmt.Errorf("%s: an issuer is empty", key))
+		case seen[iss]:
+			errs = append(errs, fmt.Errorf("%s: %q is listed twice", key, iss))
+		}
+		seen[iss] = true
+	}
+	return errs
 }
 
 // validateClusters checks clusters, auth.trusted_node_accounts and the
@@ -72,6 +91,10 @@ func (c *Config) validateClusters() []error {
 		if cl.JWT.Leeway < 0 {
 			bad("%s.jwt.leeway: must not be negative", key)
 		}
+		if len(cl.TokenReviewIssuers) > 0 && cl.JWT.jwtSet() {
+			bad("%s.tokenreview_issuers: the cluster's tokens are checked offline by jwt (its issuer is jwt.issuer), not by TokenReview; remove it", key)
+		}
+		errs = append(errs, validIssuers(key+".tokenreview_issuers", cl.TokenReviewIssuers)...)
 		if cl.Kubeconfig == "" {
 			if own >= 0 {
 				bad("%s.kubeconfig: must be set: clusters[%d] is already the daemon's own cluster (no kubeconfig)", key, own)
@@ -85,6 +108,9 @@ func (c *Config) validateClusters() []error {
 		}
 		if c.Auth.TokenReview.Enabled {
 			bad("auth.tokenreview.enabled: with clusters, a cluster without jwt is checked by its own TokenReview API; remove it (cache_ttl and cache_size still apply)")
+		}
+		if len(c.Auth.TokenReview.Issuers) > 0 {
+			bad("auth.tokenreview.issuers: with clusters, each cluster names its own (clusters[].tokenreview_issuers); move them there")
 		}
 		if !slices.Equal(c.Auth.Clusters, Default().Auth.Clusters) {
 			bad("auth.clusters: replaced by clusters[].id; remove it")

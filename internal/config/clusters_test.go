@@ -14,6 +14,7 @@ clusters:
   - id: east
   - id: west
     kubeconfig: /etc/transitca/west.kubeconfig
+    tokenreview_issuers: [https://west.example, https://kubernetes.default.svc.cluster.local]
   - id: north
     kubeconfig: /etc/transitca/north.kubeconfig
     jwt: {issuer: https://north.example, jwks_file: /etc/transitca/north.jwks}
@@ -70,6 +71,10 @@ func TestClustersRejects(t *testing.T) {
 		{"jwt with both key sources", "clusters:\n  - id: east\n    jwt: {issuer: i, jwks_file: /j, discovery: true}\n", []string{"clusters[0].jwt: set exactly one of jwks_file and discovery"}},
 		{"auth.jwt beside clusters", "auth:\n  jwt: {issuer: i, jwks_file: /j}\nclusters:\n  - id: east\n", []string{"auth.jwt: with clusters, each cluster names its own token verifier"}},
 		{"auth.tokenreview beside clusters", "auth:\n  tokenreview: {enabled: true}\nclusters:\n  - id: east\n", []string{"auth.tokenreview.enabled: with clusters"}},
+		{"auth.tokenreview.issuers beside clusters", "auth:\n  tokenreview: {issuers: [https://k]}\nclusters:\n  - id: east\n", []string{"auth.tokenreview.issuers: with clusters, each cluster names its own (clusters[].tokenreview_issuers)"}},
+		{"tokenreview issuers of a jwt cluster", "clusters:\n  - id: east\n    jwt: {issuer: i, jwks_file: /j}\n    tokenreview_issuers: [i]\n", []string{"clusters[0].tokenreview_issuers: the cluster's tokens are checked offline by jwt"}},
+		{"empty tokenreview issuer", "clusters:\n  - id: east\n    tokenreview_issuers: ['']\n", []string{"clusters[0].tokenreview_issuers: an issuer is empty"}},
+		{"tokenreview issuer twice", "auth:\n  tokenreview: {enabled: true, issuers: [https://k, https://k]}\n", []string{`auth.tokenreview.issuers: "https://k" is listed twice`}},
 		{"auth.clusters beside clusters", "auth:\n  clusters: [east]\nclusters:\n  - id: east\n", []string{"auth.clusters: replaced by clusters[].id"}},
 		{"node account without namespace", "auth:\n  trusted_node_accounts: [ztunnel]\n", []string{`auth.trusted_node_accounts: "ztunnel" is not <namespace>/<service-account>`}},
 		{"node account twice", "auth:\n  trusted_node_accounts: [istio-system/ztunnel, istio-system/ztunnel]\n", []string{`auth.trusted_node_accounts: "istio-system/ztunnel" is listed twice`}},

@@ -141,7 +141,9 @@ type Limits struct {
 	// DenialWindow is how often counted denials are written.
 	DenialWindow Duration `yaml:"denial_window"`
 	// DenialPeers caps the peers tracked at once; beyond it, new peers
-	// share one bucket, recorded under the peer name "other".
+	// share one bucket, recorded under the peer name "other". Four times
+	// as many distinct reasons of counted denials are held at once (see
+	// ca.DenialLimits).
 	DenialPeers int `yaml:"denial_peers"`
 	// MaxInFlight caps the certificate requests handled at once; beyond
 	// it a request is refused at once with ResourceExhausted. 0 is no cap.
@@ -154,7 +156,8 @@ type Limits struct {
 	// IdentityBurst is how many requests an identity may make at once.
 	IdentityBurst int `yaml:"identity_burst"`
 	// Identities caps the identities whose rate is tracked at once; beyond
-	// it, new identities share one bucket.
+	// it, a new identity takes the place of the one that asked least
+	// recently.
 	Identities int `yaml:"identities"`
 }
 
@@ -258,6 +261,12 @@ type TokenReview struct {
 	CacheTTL Duration `yaml:"cache_ttl"`
 	// CacheSize bounds the number of cached reviews.
 	CacheSize int `yaml:"cache_size"`
+	// Issuers are the iss values of the cluster's service-account tokens
+	// (kube-apiserver's --service-account-issuer, all of them while it
+	// changes). A token naming another issuer is refused without a
+	// review; empty accepts any issuer. Every token must be a well-formed
+	// signed JWT to be reviewed either way.
+	Issuers []string `yaml:"issuers"`
 }
 
 // MaxTokenReviewCacheTTL bounds auth.tokenreview.cache_ttl: the point of

@@ -171,6 +171,7 @@ func (c *Config) validateAuth() []error {
 	if c.Auth.TokenReview.CacheSize < 1 {
 		bad("auth.tokenreview.cache_size: must be at least 1")
 	}
+	errs = append(errs, validIssuers("auth.tokenreview.issuers", c.Auth.TokenReview.Issuers)...)
 	if !jwt && !c.Auth.TokenReview.Enabled && !c.Auth.ClientCertificates && !c.Dev && len(c.Clusters) == 0 {
 		bad("auth: no way to authenticate callers: configure jwt, tokenreview or client_certificates")
 	}

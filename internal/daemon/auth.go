@@ -38,7 +38,7 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 		token = c
 	case a.TokenReview.Enabled:
 		opts := ca.TokenReviewOptions{
-			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: a.Clusters,
+			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: a.Clusters, Issuers: a.TokenReview.Issuers,
 			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
 		}
 		if kc != nil {

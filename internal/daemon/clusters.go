@@ -61,7 +61,7 @@ func buildClusterAuthenticator(cfg *config.Config, clients map[string]*kube.Clie
 			continue
 		}
 		opts := ca.TokenReviewOptions{
-			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: []string{cl.ID},
+			Audiences: a.Audiences, TrustDomain: cfg.TrustDomain, Clusters: []string{cl.ID}, Issuers: cl.TokenReviewIssuers,
 			CacheTTL: a.TokenReview.CacheTTL.Std(), CacheSize: a.TokenReview.CacheSize, Metrics: metrics,
 		}
 		if c := clients[cl.ID]; c != nil {

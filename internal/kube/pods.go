@@ -22,10 +22,15 @@ const runningPods = "status.phase!=Failed,status.phase!=Succeeded"
 
 // PodIndex is one cluster's pods that have not terminated, indexed by node
 // and service account, for the node authorization of ambient mode
-// (ca.NodePods). It keeps only the fields that authorization reads. It
-// needs get, list and watch on pods in every namespace.
+// (ca.NodePods). It keeps only the fields that authorization reads. A pod
+// being deleted counts until its deletionTimestamp, the end of the grace
+// period the deletion gave it; past it the pod is gone for authorization,
+// although the API may list it for long after (a lost node's kubelet
+// never confirms the end, a finalizer holds the object). It needs get,
+// list and watch on pods in every namespace.
 type PodIndex struct {
 	informer cache.SharedIndexInformer
+	now      func() time.Time
 }
 
 // NewPodIndex returns the index; Run fills it and keeps it current.
@@ -43,7 +48,7 @@ func NewPodIndex(client kubernetes.Interface, resync time.Duration) (*PodIndex, 
 	}}); err != nil {
 		return nil, fmt.Errorf("pod index: %w", err)
 	}
-	return &PodIndex{informer: inf}, nil
+	return &PodIndex{informer: inf, now: time.Now}, nil
 }
 
 // Run lists and watches the pods until ctx ends.
@@ -64,7 +69,7 @@ func (x *PodIndex) Pod(namespace, name string) (ca.PodInfo, bool) {
 		return ca.PodInfo{}, false
 	}
 	p, ok := obj.(*corev1.Pod)
-	if !ok {
+	if !ok || !x.present(p) {
 		return ca.PodInfo{}, false
 	}
 	return ca.PodInfo{UID: string(p.UID), ServiceAccount: p.Spec.ServiceAccountName, Node: p.Spec.NodeName}, true
@@ -72,8 +77,23 @@ func (x *PodIndex) Pod(namespace, name string) (ca.PodInfo, bool) {
 
 // ServiceAccountOnNode implements ca.NodePods.
 func (x *PodIndex) ServiceAccountOnNode(node, namespace, serviceAccount string) bool {
-	keys, err := x.informer.GetIndexer().IndexKeys(podsByNodeAccount, nodeAccountKey(node, namespace, serviceAccount))
-	return err == nil && len(keys) > 0
+	objs, err := x.informer.GetIndexer().ByIndex(podsByNodeAccount, nodeAccountKey(node, namespace, serviceAccount))
+	if err != nil {
+		return false
+	}
+	for _, obj := range objs {
+		if p, ok := obj.(*corev1.Pod); ok && x.present(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// present reports whether p still counts: it is not being deleted, or its
+// deletion's grace period (which ends at its deletionTimestamp) has not
+// run out.
+func (x *PodIndex) present(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil || x.now().Before(p.DeletionTimestamp.Time)
 }
 
 // nodeAccountKey is the index key of a node and a service account. Node,
@@ -83,7 +103,7 @@ func nodeAccountKey(node, namespace, serviceAccount string) string {
 }
 
 // stripPod keeps what the index reads of a pod: name, namespace, UID,
-// service account, node and phase.
+// deletion timestamp, service account, node and phase.
 func stripPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
