@@ -12,9 +12,12 @@ import (
 	"math/big"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chartutil"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -159,6 +162,52 @@ func rbacView(t *testing.T, o runtime.Object) string {
 	return ""
 }
 
+// "helm template transitca deploy/charts/transitca -n istio-system", as a
+// user types it: no --kube-version, so Helm's default capabilities (its
+// offline Kubernetes version, far older than the test server's, and API
+// versions without kinds). The chart renders, admission policies
+// included. Rendered against a cluster, as "helm install" renders it (the
+// server's version and API versions, kinds included), it renders for the
+// test server and refuses a cluster that does not serve
+// ValidatingAdmissionPolicy, naming what it lacks.
+func TestHelmTemplateWithDefaultCapabilities(t *testing.T) {
+	r, err := renderWith(t, "istio-system", nil)
+	if err != nil {
+		t.Fatalf("helm template without --kube-version: %v", err)
+	}
+	for _, kind := range []string{"StatefulSet", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+		if len(r.ofKind(kind)) == 0 {
+			t.Errorf("helm template without --kube-version rendered no %s", kind)
+		}
+	}
+
+	c, err := kubetest.Shared(t).AdminClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	served, err := action.GetVersionSet(c.Discovery())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := renderWith(t, "istio-system", func(i *action.Install) {
+		i.KubeVersion, i.APIVersions = serverVersion(t), served
+	}); err != nil {
+		t.Fatalf("rendered for the test server's capabilities: %v", err)
+	}
+	var old []string
+	for _, v := range served {
+		if !strings.HasPrefix(v, "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") {
+			old = append(old, v)
+		}
+	}
+	_, err = renderWith(t, "istio-system", func(i *action.Install) {
+		i.KubeVersion, i.APIVersions = mustParseKubeVersion(t, "v1.29.4"), old
+	})
+	if err == nil || !strings.Contains(err.Error(), "ValidatingAdmissionPolicy") || !strings.Contains(err.Error(), "1.30") {
+		t.Fatalf("rendered for a cluster without ValidatingAdmissionPolicy: %v, want a refusal naming it and Kubernetes 1.30", err)
+	}
+}
+
 // The chart's RBAC and admission policies on the real API server, in a
 // release namespace of their own (their names and the service account's
 // user name come from the values), acting as the chart's service account
@@ -293,6 +342,15 @@ func TestChartRBACRefusesEscalations(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+func mustParseKubeVersion(t *testing.T, v string) *chartutil.KubeVersion {
+	t.Helper()
+	kv, err := chartutil.ParseKubeVersion(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }
 
 // tlsPair is a self-signed certificate and its key, PEM: what a Secret of

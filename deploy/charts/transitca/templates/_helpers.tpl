@@ -94,6 +94,17 @@ on unless set false, and the Kubernetes features not turned off). */}}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "transitca.fullname" . }}
 {{- end -}}
 
+{{/* The admission policies are admissionregistration.k8s.io/v1, served from Kubernetes 1.30
+on. Rendered against a cluster (helm install, upgrade, template --validate), whose API
+versions name their kinds, the chart refuses a cluster without them; rendered offline
+("helm template", whose API versions are Helm's defaults) it renders them. */}}
+{{- define "transitca.checkAdmissionPolicyAPI" -}}
+{{- $caps := .Capabilities.APIVersions -}}
+{{- if and ($caps.Has "apps/v1/StatefulSet") (not ($caps.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")) -}}
+{{- fail (printf "this cluster (Kubernetes %s) does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy, which the chart's admission policies need: Kubernetes 1.30 or later" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Lease rules of deploy/rbac/role.yaml, in the Lease's namespace. */}}
 {{- define "transitca.leaseRules" }}
   # Leader election: the one Lease by name; create cannot be limited by
