@@ -27,6 +27,12 @@ const pageSize = 500
 // namespaces can apply: the mesh-wide ones, and rules whose host is in
 // namespace).
 func Read(ctx context.Context, kube kubernetes.Interface, istio istioclient.Interface, namespace string) (Objects, error) {
+	return read(ctx, kube, istio, namespace, true)
+}
+
+// read is Read, with the pods only when pods is true: the namespace-wide
+// policy needs none.
+func read(ctx context.Context, kube kubernetes.Interface, istio istioclient.Interface, namespace string, pods bool) (Objects, error) {
 	var objs Objects
 	if namespace != "" {
 		ns, err := kube.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{})
@@ -47,6 +53,9 @@ func Read(ctx context.Context, kube kubernetes.Interface, istio istioclient.Inte
 		return objs, err
 	}
 
+	if !pods {
+		return objs, readIstio(ctx, istio, &objs)
+	}
 	running := fields.AndSelectors(
 		fields.OneTermNotEqualSelector("status.phase", string(corev1.PodSucceeded)),
 		fields.OneTermNotEqualSelector("status.phase", string(corev1.PodFailed)),
@@ -64,7 +73,11 @@ func Read(ctx context.Context, kube kubernetes.Interface, istio istioclient.Inte
 	}); err != nil {
 		return objs, err
 	}
+	return objs, readIstio(ctx, istio, &objs)
+}
 
+// readIstio lists every PeerAuthentication and DestinationRule.
+func readIstio(ctx context.Context, istio istioclient.Interface, objs *Objects) error {
 	if err := list(ctx, func(ctx context.Context, o metav1.ListOptions) (string, error) {
 		l, err := istio.SecurityV1().PeerAuthentications(metav1.NamespaceAll).List(ctx, o)
 		if err != nil {
@@ -73,19 +86,16 @@ func Read(ctx context.Context, kube kubernetes.Interface, istio istioclient.Inte
 		objs.PeerAuthentications = append(objs.PeerAuthentications, l.Items...)
 		return l.Continue, nil
 	}); err != nil {
-		return objs, err
+		return err
 	}
-	if err := list(ctx, func(ctx context.Context, o metav1.ListOptions) (string, error) {
+	return list(ctx, func(ctx context.Context, o metav1.ListOptions) (string, error) {
 		l, err := istio.NetworkingV1().DestinationRules(metav1.NamespaceAll).List(ctx, o)
 		if err != nil {
 			return "", crdError("DestinationRules", err)
 		}
 		objs.DestinationRules = append(objs.DestinationRules, l.Items...)
 		return l.Continue, nil
-	}); err != nil {
-		return objs, err
-	}
-	return objs, nil
+	})
 }
 
 // list pages through a list call until its continue token is empty.
