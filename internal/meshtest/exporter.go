@@ -77,14 +77,15 @@ type Proxy struct {
 	Namespace, Pod string
 	Path           string
 
-	reg                    *prometheus.Registry
-	requests               *prometheus.CounterVec
-	duration, reqB, respB  *prometheus.HistogramVec
-	opened, closed         *prometheus.CounterVec
-	sent, received         *prometheus.CounterVec
-	certMu                 sync.Mutex
-	certExpiry             time.Time
-	certRegistered, failed bool
+	reg                   *prometheus.Registry
+	requests              *prometheus.CounterVec
+	duration, reqB, respB *prometheus.HistogramVec
+	opened, closed        *prometheus.CounterVec
+	sent, received        *prometheus.CounterVec
+	certMu                sync.Mutex
+	certExpiry            time.Time
+	certRegistered        bool
+	failedCSR             *prometheus.CounterVec
 }
 
 // Exporter serves, for each Proxy, Istio's standard metric families as
@@ -194,6 +195,20 @@ func (p *Proxy) SetCertificate(t time.Time) {
 		defer p.certMu.Unlock()
 		return time.Until(p.certExpiry).Seconds()
 	}))
+}
+
+// FailCSR makes the sidecar's istio-agent count n certificate requests
+// that failed (istio_agent_num_failed_outgoing_requests{request_type="csr"};
+// Istio exports its counters without a _total suffix).
+func (p *Proxy) FailCSR(n int) {
+	p.certMu.Lock()
+	defer p.certMu.Unlock()
+	if p.failedCSR == nil {
+		p.failedCSR = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_agent_num_failed_outgoing_requests",
+			Help: "Number of failed outgoing requests (e.g. to a token exchange server, CA, etc.)"}, []string{"request_type"})
+		p.reg.MustRegister(p.failedCSR)
+	}
+	p.failedCSR.WithLabelValues("csr").Add(float64(n))
 }
 
 // SetDown makes the proxy's scrapes fail (404) or work again.
