@@ -11,5 +11,5 @@ func freeSpace(dir string) (int64, bool) {
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return 0, false
 	}
-	return int64(st.Bavail) * int64(st.Bsize), true //nolint:gosec // block counts and sizes of a real file system fit
+	return int64(st.Bavail) * int64(st.Bsize), true //nolint:gosec,unconvert // counts of a real file system fit; Bsize is int64 on Linux, uint32 on macOS
 }
