@@ -71,14 +71,18 @@ const AdminCallAction = "admin-call"
 // finish records one admin call and turns its error into the status the
 // caller gets. The status is made once, so that the outcome recorded in
 // the log (an Internal error's reference included) is the one the caller
-// sees. A call whose record cannot be written fails with the recording
-// error, so that no action goes unrecorded unnoticed.
+// sees. The record is written whatever became of the caller's context (a
+// caller that went away, a call past its deadline). A call whose record
+// cannot be written fails with the recording error, so that no action
+// goes unrecorded unnoticed.
 func (a *AdminAuthorizer) finish(ctx context.Context, caller *Caller, method string, req any, callErr error) error {
 	var st *status.Status
 	if callErr != nil {
 		st = adminStatusOf(ctx, a.Logger, callErr)
 	}
-	if err := a.audit(ctx, caller, method, req, st); err != nil && st == nil {
+	rctx, cancel := recordContext(ctx)
+	defer cancel()
+	if err := a.audit(rctx, caller, method, req, st); err != nil && st == nil {
 		st = adminStatusOf(ctx, a.Logger, err)
 	}
 	return st.Err()
@@ -134,19 +138,20 @@ func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller
 }
 
 // NewAdminServer returns the admin gRPC server over TLS, with every call
-// authorized by authz.
-func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorizer) *grpc.Server {
+// authorized by authz, and ended, counted and recorded as port says.
+func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorizer, port AdminPort) *grpc.Server {
 	if authz.Logger == nil {
 		authz.Logger = slog.Default()
 	}
+	p := newAdminPort(authz, port)
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			caller, err := authz.authorize(ctx, info.FullMethod)
-			var resp any
-			if err == nil {
-				resp, err = h(WithAdminCaller(ctx, caller), req)
+			if err != nil {
+				return nil, p.refuse(ctx, caller, info.FullMethod, req, err)
 			}
+			resp, err := h(WithAdminCaller(ctx, caller), req)
 			if err := authz.finish(ctx, caller, info.FullMethod, req, err); err != nil {
 				return nil, err
 			}
@@ -155,15 +160,17 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			ctx := ss.Context()
 			caller, err := authz.authorize(ctx, info.FullMethod)
-			if err == nil {
-				err = h(srv, &callerStream{ServerStream: ss, ctx: WithAdminCaller(ctx, caller)})
+			if err != nil {
+				return p.refuse(ctx, caller, info.FullMethod, nil, err)
 			}
+			err = h(srv, &callerStream{ServerStream: ss, ctx: WithAdminCaller(ctx, caller)})
 			return authz.finish(ctx, caller, info.FullMethod, nil, err)
 		}),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 	}
-	s := grpc.NewServer(append(opts, connectionLimits()...)...)
+	opts = append(append(opts, connectionLimits()...), p.serverOptions()...)
+	s := grpc.NewServer(opts...)
 	adminv1.RegisterAdminServiceServer(s, svc)
 	return s
 }
@@ -363,10 +370,28 @@ func (s *AdminService) VerifyLog(ctx context.Context, _ *adminv1.VerifyLogReques
 	return &adminv1.VerifyLogResponse{TreeSize: res.Size, RootHash: res.Root, CheckpointsChecked: uint64(res.Checkpoints)}, nil
 }
 
-// Backup streams a consistent snapshot of the log file.
+// Backup streams a consistent snapshot of the log file. The snapshot is
+// taken whole first (store.Log.Snapshot), so that no transaction of the
+// log waits on the pace of the caller.
 func (s *AdminService) Backup(_ *adminv1.BackupRequest, stream adminv1.AdminService_BackupServer) error {
-	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&adminv1.BackupResponse{Data: b}) }}
-	if _, err := s.log.WriteTo(w); err != nil {
+	ctx := stream.Context()
+	snap, err := s.log.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = snap.Close() }()
+	w := &chunkWriter{send: func(b []byte) error {
+		if err := stream.Send(&adminv1.BackupResponse{Data: b}); err != nil {
+			// The caller went away or the call's deadline passed: say
+			// which, not how the transport noticed.
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			return err
+		}
+		return nil
+	}}
+	if _, err := io.Copy(w, snap); err != nil {
 		return err
 	}
 	return w.flush()

@@ -66,7 +66,8 @@ func adminStatusOf(ctx context.Context, log *slog.Logger, err error) *status.Sta
 	}
 	switch {
 	case errors.Is(err, issuer.ErrRotationRefused), errors.Is(err, issuer.ErrNoPreparedRoot),
-		errors.Is(err, issuer.ErrNoStateStore), errors.Is(err, ErrRotationDisabled):
+		errors.Is(err, issuer.ErrNoStateStore), errors.Is(err, ErrRotationDisabled),
+		errors.Is(err, store.ErrNoSpace):
 		// The step is not allowed now; the message says why and when.
 		return status.New(codes.FailedPrecondition, boundMessage(err.Error()))
 	case errors.Is(err, issuer.ErrStateConflict):

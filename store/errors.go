@@ -67,6 +67,11 @@ var (
 	// acknowledged are gone, or were replaced.
 	ErrRolledBack = errors.New("log is behind or diverges from a checkpoint it published")
 
+	// ErrNoSpace is returned by Snapshot when the copy would leave too
+	// little free space for the log to go on appending. Nothing is
+	// written.
+	ErrNoSpace = errors.New("not enough free space for a snapshot")
+
 	// ErrInvalidProof is returned when an inclusion or consistency proof
 	// does not verify against a checkpoint.
 	ErrInvalidProof = errors.New("invalid proof")

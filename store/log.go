@@ -102,6 +102,7 @@ type Log struct {
 	// the file at all.
 	dbMu      sync.RWMutex
 	db        *bolt.DB
+	snapMu    sync.Mutex // one Snapshot at a time
 	opts      Options
 	readOnly  bool
 	origin    string
@@ -584,7 +585,10 @@ func decodeStored(v []byte, seq uint64) (*Entry, error) {
 var _ io.WriterTo = (*Log)(nil)
 
 // WriteTo writes a consistent snapshot of the log file (a bbolt database
-// that Open accepts) to w, for backups. Appends continue meanwhile.
+// that Open accepts) to w, for backups. Appends continue meanwhile, but
+// the read transaction it holds until w has taken everything keeps bbolt
+// from reusing pages: w must be as fast as a local file. For a reader of
+// its own pace, use Snapshot.
 func (l *Log) WriteTo(w io.Writer) (int64, error) {
 	if l.isClosed() {
 		return 0, ErrClosed

@@ -187,6 +187,10 @@ type Admin struct {
 	// Identities are the SPIFFE IDs whose client certificates may call the
 	// admin API.
 	Identities []string `yaml:"identities"`
+	// CallTimeout ends every admin call, a Backup stream included, this
+	// long after it began; an admin connection is closed at twice this
+	// age.
+	CallTimeout Duration `yaml:"call_timeout"`
 }
 
 // Server is the gRPC and metrics listeners and the TLS they serve.

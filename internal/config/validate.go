@@ -201,6 +201,9 @@ func (c *Config) validateLog() []error {
 			bad("admin.identities: %q is not a SPIFFE ID", id)
 		}
 	}
+	if d := c.Admin.CallTimeout; d < Duration(time.Second) || d > Duration(24*time.Hour) {
+		bad("admin.call_timeout: %v is outside 1s to 24h", time.Duration(d))
+	}
 	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
 		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)
 	}

@@ -105,7 +105,8 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		d.adminSvc = ca.NewAdminService(d.ilog, d.vkey, d.log)
 		d.adminSvc.EnableRotation(d.rotationOptions(metrics))
 		d.adminSrv = ca.NewAdminServer(tlsCfg, d.adminSvc,
-			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Audit: d.recorder})
+			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Audit: d.recorder},
+			ca.AdminPort{CallTimeout: cfg.Admin.CallTimeout.Std(), Metrics: metrics, Denials: svc})
 	}
 	return nil
 }
