@@ -200,6 +200,7 @@ func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogReques
 		Cluster:   req.GetCluster(),
 		Newest:    req.GetNewestFirst(),
 		Limit:     int(req.GetLimit()),
+		MaxBytes:  AdminPageBytes,
 		PageToken: req.GetPageToken(),
 	}
 	if k := req.GetKind(); k != adminv1.Kind_KIND_UNSPECIFIED {
