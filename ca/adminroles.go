@@ -88,6 +88,9 @@ func (r *AdminRoles) Role(id string) AdminRole {
 // method fullMethod. A refusal wraps ErrPermissionDenied and names the
 // role the caller has.
 func (r *AdminRoles) authorize(caller *Caller, fullMethod string) error {
+	if err := r.checkCertCluster(caller); err != nil {
+		return err
+	}
 	switch r.Role(caller.SPIFFEID) {
 	case AdminOperator:
 		return nil
@@ -99,6 +102,20 @@ func (r *AdminRoles) authorize(caller *Caller, fullMethod string) error {
 			ErrPermissionDenied, caller.SPIFFEID, fullMethod[strings.LastIndex(fullMethod, "/")+1:])
 	}
 	return fmt.Errorf("%w: %s is not an admin identity", ErrPermissionDenied, caller.SPIFFEID)
+}
+
+// checkCertCluster refuses an admin caller whose certificate is known to
+// have been issued for a cluster not in Clusters (one issued before
+// admin.clusters was enforced). The cluster is known when the
+// authenticator reads it from the certificate and sets caller.ClusterID;
+// NewAdminCertAuthenticator leaves it empty, and then issuance
+// (checkIssuance) is what binds admin identities to their clusters.
+func (r *AdminRoles) checkCertCluster(caller *Caller) error {
+	if caller.ClusterID == "" || r.Role(caller.SPIFFEID) == AdminNone || slices.Contains(r.Clusters, caller.ClusterID) {
+		return nil
+	}
+	return fmt.Errorf("%w: the certificate of %s was issued for cluster %s, which may not hold an admin identity (admin.clusters: %s)",
+		ErrPermissionDenied, caller.SPIFFEID, quote(caller.ClusterID), strings.Join(r.Clusters, ", "))
 }
 
 // checkIssuance refuses to issue an admin identity to a caller of a

@@ -37,6 +37,16 @@ func TestAdminRolesAuthorize(t *testing.T) {
 			t.Errorf("%s calling %s: %v, want permission denied saying %q", tc.id, tc.method, err, tc.want)
 		}
 	}
+	// A certificate known to be issued for a cluster that may not hold an
+	// admin identity does not make an admin.
+	r.Clusters = []string{"primary"}
+	if err := r.authorize(&Caller{SPIFFEID: operator, ClusterID: "remote"}, adminv1.AdminService_Status_FullMethodName); !errors.Is(err, ErrPermissionDenied) ||
+		!strings.Contains(err.Error(), `issued for cluster "remote"`) {
+		t.Errorf("an operator's certificate of cluster remote: %v, want permission denied", err)
+	}
+	if err := r.authorize(&Caller{SPIFFEID: operator, ClusterID: "primary"}, adminv1.AdminService_Status_FullMethodName); err != nil {
+		t.Errorf("an operator's certificate of cluster primary: %v", err)
+	}
 	var none *AdminRoles
 	if err := none.authorize(&Caller{SPIFFEID: operator}, adminv1.AdminService_Status_FullMethodName); !errors.Is(err, ErrPermissionDenied) {
 		t.Errorf("no roles: %v, want permission denied", err)
