@@ -17,7 +17,7 @@ import (
 type CertAuthenticator struct {
 	roots       func() *x509.CertPool
 	trustDomain string
-	clusters    []string
+	clusters    []string // nil: no clusterid is read (NewAdminCertAuthenticator)
 	now         func() time.Time
 }
 
@@ -38,15 +38,31 @@ func NewCertAuthenticator(roots func() *x509.CertPool, trustDomain string, clust
 	return &CertAuthenticator{roots: roots, trustDomain: trustDomain, clusters: cl, now: time.Now}, nil
 }
 
+// NewAdminCertAuthenticator returns a CertAuthenticator for the admin
+// API, which serves no cluster's workloads: the client certificate alone
+// says who calls, no clusterid is needed or read, and the caller's
+// ClusterID is left empty.
+func NewAdminCertAuthenticator(roots func() *x509.CertPool, trustDomain string) (*CertAuthenticator, error) {
+	a, err := NewCertAuthenticator(roots, trustDomain, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.clusters = nil
+	return a, nil
+}
+
 // Authenticate implements Authenticator. The leaf is cred.PeerChains[0][0];
 // the rest of that chain serves as intermediates. The leaf must not be a CA,
 // must chain to the current roots for client authentication at the current
 // time, and must carry exactly one URI SAN, a workload SPIFFE ID in this
 // CA's trust domain. Every refusal wraps ErrUnauthenticated.
 func (a *CertAuthenticator) Authenticate(_ context.Context, cred Credentials) (*Caller, error) {
-	cluster, err := checkCluster(cred.ClusterID, a.clusters)
-	if err != nil {
-		return nil, err
+	var cluster string
+	if a.clusters != nil {
+		var err error
+		if cluster, err = checkCluster(cred.ClusterID, a.clusters); err != nil {
+			return nil, err
+		}
 	}
 	if len(cred.PeerChains) == 0 || len(cred.PeerChains[0]) == 0 || cred.PeerChains[0][0] == nil {
 		return nil, fmt.Errorf("%w: no client certificate", ErrUnauthenticated)

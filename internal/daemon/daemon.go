@@ -317,10 +317,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 				errc <- fmt.Errorf("admin server: %w", err)
 			}
 		})
-		if len(d.cfg.Admin.Identities) == 0 {
-			d.log.WarnContext(ctx, "admin.identities is empty: the admin API refuses every caller")
+		if len(d.cfg.Admin.Identities)+len(d.cfg.Admin.Readers) == 0 {
+			d.log.WarnContext(ctx, "admin.identities and admin.readers are empty: the admin API refuses every caller")
 		}
-		d.log.InfoContext(ctx, "admin API listening", slog.String("addr", d.AdminAddr()), slog.Any("identities", d.cfg.Admin.Identities))
+		d.log.InfoContext(ctx, "admin API listening", slog.String("addr", d.AdminAddr()), slog.Any("operators", d.cfg.Admin.Identities),
+			slog.Any("readers", d.cfg.Admin.Readers), slog.Any("admin_clusters", d.cfg.AdminClusters()))
 	}
 	background(func() { d.authority.Run(ctx) })
 	background(func() { d.serving.Load().Run(ctx, servingEvery) })
