@@ -777,3 +777,123 @@ policy:
 		t.Fatalf("a command of the report ran the tier name's command: %s exists", marker)
 	}
 }
+
+// docRecomputeChecks maps the figure named by a command of
+// docs/auditing.md's re-compute block to the report's check.
+var docRecomputeChecks = map[string]string{
+	"issued.by_tier":            checkByTier,
+	"validity, longest_seconds": checkLongest,
+	"validity, over_control":    checkOverControl,
+	"denials.by_reason":         checkDenials,
+	"events":                    checkEvents,
+	"drills":                    checkDrills,
+	"service.events":            checkService,
+}
+
+var docReportFigure = regexp.MustCompile(`\(report: ([^)]+)\)\s*$`)
+
+// The re-compute block of docs/auditing.md, run as written against a log
+// that ca serve wrote (aggregated denials, a drill, a restart with a
+// loosened tier), with the report's period: each command prints the
+// report's figure.
+func TestAuditingDocRecomputes(t *testing.T) {
+	s := newScenarioCA(t, false)
+	from := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	s.start("limits: {denials_per_peer_per_second: 0.01, denial_burst: 1, denial_window: 1s}\n")
+	s.request("shop", "web")
+	bad := filepath.Join(t.TempDir(), "token")
+	writeFile(t, bad, "not-a-token")
+	for range 6 {
+		if _, errs, code := runCA(t, "request", "--addr", s.addr, "--token-file", bad, "--root-cert", s.root,
+			"--server-name", "localhost", "--identity", "spiffe://cluster.local/ns/shop/sa/web", "--out", t.TempDir()); code == 0 {
+			t.Fatalf("a forged token got a certificate: %s", errs)
+		}
+	}
+	s.adminCmd("drill")
+	s.stop()
+	s.start("tiers:\n  service: {max_ttl: 1080h, default_ttl: 24h}\n  privileged: {max_ttl: 168h, default_ttl: 24h}\nca: {intermediate_ttl: 2400h}\n")
+	s.request("shop", "web", "--ttl", "2000h")
+	s.stop()
+	db := s.copyLog()
+
+	out, errs, code := runCA(t, "report", "evidence", "--db", db, "--verifier-key", s.vkey(), "--from", from,
+		"--control", "service=720h,privileged=168h", "-o", "json")
+	if code != 0 {
+		t.Fatalf("ca report evidence: %s", errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	export, _, _ := runCA(t, "log", "export", "--db", db)
+	if entries := strings.Count(export, `"kind":"denial"`); r.Denials.Total != 6 || entries >= 6 {
+		t.Fatalf("%d denials in %d entries: want 6 requests, some in an aggregated entry", r.Denials.Total, entries)
+	}
+	over := 0
+	for _, v := range r.Validity {
+		over += len(v.OverControl)
+	}
+	if over != 1 {
+		t.Fatalf("%d certificates over the control, want the 45-day one", over)
+	}
+
+	dir := t.TempDir()
+	b, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "issuance.db"), string(b))
+	lines := docBlock(t, "docs/auditing.md", "## Re-compute the figures yourself")
+	var script strings.Builder
+	var checks []string
+	pending := ""
+	for _, line := range lines {
+		switch {
+		case strings.HasPrefix(line, "FROM="):
+			fmt.Fprintf(&script, "FROM=%s TO=%s\n", r.From, r.To)
+		case strings.HasPrefix(line, "#"):
+			if m := docReportFigure.FindStringSubmatch(line); m != nil {
+				pending = m[1]
+			}
+		case strings.TrimSpace(line) == "":
+		default:
+			fmt.Fprintf(&script, "%s\necho \"@@@ %d $?\"\n", line, len(checks))
+			checks = append(checks, pending)
+			pending = ""
+		}
+	}
+	sh := exec.Command("bash", "-c", script.String())
+	sh.Dir, sh.Env = dir, caOnPath(t)
+	got, err := sh.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the block's shell: %v\n%s", err, got)
+	}
+	segments, codes := splitByMarkers(t, string(got), len(checks))
+	compared := 0
+	for i, label := range checks {
+		if codes[i] != 0 {
+			t.Errorf("command %d exited %d:\n%s", i, codes[i], segments[i])
+			continue
+		}
+		if label == "" {
+			continue
+		}
+		check, ok := docRecomputeChecks[label]
+		if !ok {
+			t.Errorf("the block names the figure %q, which this test does not know", label)
+			continue
+		}
+		var v any
+		if err := json.Unmarshal([]byte(segments[i]), &v); err != nil {
+			t.Errorf("%s: output is not JSON: %v\n%s", label, err, segments[i])
+			continue
+		}
+		if g, w := canonicalJSON(t, v), canonicalJSON(t, evidenceFigure(t, &r, check)); g != w {
+			t.Errorf("%s: the report says\n%s\nthe documented command computes\n%s", label, w, g)
+		}
+		compared++
+	}
+	if compared != len(docRecomputeChecks) {
+		t.Errorf("%d documented commands compared, want %d", compared, len(docRecomputeChecks))
+	}
+}
