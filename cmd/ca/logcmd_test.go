@@ -85,11 +85,16 @@ func TestLogVerifyVerifierKey(t *testing.T) {
 		{"right key text", testNoteSigner(t).VerifierKey(), 0, "log verified: 5 entries"},
 		{"missing file", missing, 1, missing},
 		{"garbage file", garbage, 1, garbage},
-		{"another log's key", other, 1, "not signed by a known key"},
+		{"another log's key", other, 1, "does not match the log's checkpoints"},
+		{"no key", "", 0, "log structure verified, checkpoint signatures NOT checked (no --verifier-key): 5 entries"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			out, errs, code := runCA(t, "log", "verify", "--db", db, "--verifier-key", tc.key)
+			args := []string{"log", "verify", "--db", db}
+			if tc.key != "" {
+				args = append(args, "--verifier-key", tc.key)
+			}
+			out, errs, code := runCA(t, args...)
 			got := errs
 			if tc.code == 0 {
 				got = out
@@ -99,6 +104,12 @@ func TestLogVerifyVerifierKey(t *testing.T) {
 			}
 			if code != 0 && strings.Contains(out, "log verified") {
 				t.Fatalf("failed but says verified: %s", out)
+			}
+			if tc.key == "" && strings.Contains(out, "log verified") {
+				t.Fatalf("no signature was checked, but it says log verified: %s", out)
+			}
+			if tc.key == other && (strings.Contains(errs, "corrupt") || !strings.Contains(errs, otherSigner.VerifierKey()[:20])) {
+				t.Fatalf("a wrong key is reported as corruption, or without the key named: %s", errs)
 			}
 		})
 	}
