@@ -287,3 +287,27 @@ func TestLogVerifyRolledBack(t *testing.T) {
 		})
 	}
 }
+
+// ca log prove --since a checkpoint of a longer log says that the log is
+// shorter than the checkpoint, not that the query is invalid.
+func TestLogProveSinceOnAShorterLog(t *testing.T) {
+	db, vkey := writeTestLog(t, 20)
+	old, _ := os.ReadFile(db)
+	appendTestLog(t, db, 20, 10, nil)
+	saved := filepath.Join(t.TempDir(), "checkpoint-30")
+	out, errs, code := runCA(t, "log", "checkpoint", "--db", db)
+	if code != 0 {
+		t.Fatalf("log checkpoint: %s", errs)
+	}
+	os.WriteFile(saved, []byte(out), 0o600)
+	if out, errs, code := runCA(t, "log", "prove", "--db", db, "--seq", "3", "--verifier-key", vkey, "--since", saved); code != 0 || !strings.Contains(out, "consistency proof verified") {
+		t.Fatalf("prove on the log the checkpoint is of: exit %d: %s%s", code, out, errs)
+	}
+	short := filepath.Join(t.TempDir(), "issuance.db")
+	os.WriteFile(short, old, 0o600)
+	out, errs, code = runCA(t, "log", "prove", "--db", short, "--seq", "3", "--verifier-key", vkey, "--since", saved)
+	want := "the log is shorter than the checkpoint in " + saved + ": its latest checkpoint has 20 entries, that one 30: it was rolled back, or it is not the log the checkpoint is of"
+	if code != 1 || !strings.Contains(errs, want) || strings.Contains(out, "consistency proof verified") {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant exit 1 and %q", code, out, errs, want)
+	}
+}
