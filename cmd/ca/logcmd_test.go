@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -209,17 +214,43 @@ func TestLogVerifyDamagedMeta(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, fmt.Sprint(txid)) {
 		t.Fatalf("accept-damage with the wrong txid: exit %d: %s", code, errs)
 	}
-	out, errs, code = runCA(t, "log", "accept-damage", "--db", damaged, "--confirm-txid", fmt.Sprint(txid), "--actor", "alice")
-	if code != 0 || !strings.Contains(out, "accepted") {
-		t.Fatalf("accept-damage: exit %d: %s %s", code, out, errs)
+	// The command verify printed, run as printed, where $USER is not set
+	// (a container, a service account's shell).
+	_, errs, _ = runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
+	printed := regexp.MustCompile(`ca log accept-damage [^\n]*`).FindString(errs)
+	sh := exec.Command("bash", "-c", printed)
+	for _, kv := range caOnPath(t) {
+		if !strings.HasPrefix(kv, "USER=") {
+			sh.Env = append(sh.Env, kv)
+		}
+	}
+	b, err := sh.CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "accepted") {
+		t.Fatalf("%s: %v\n%s", printed, err, b)
 	}
 	out, errs, code = runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
 	if code != 0 {
 		t.Fatalf("verify after accept-damage: exit %d: %s %s", code, out, errs)
 	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, errs, code = runCA(t, "log", "query", "--db", damaged, "--kind", "admin", "--newest", "--limit", "1", "--json")
-	if code != 0 || !strings.Contains(out, `"action":"accept-damage"`) || !strings.Contains(out, `"actor":"alice"`) {
-		t.Fatalf("no accept-damage entry: exit %d: %s %s", code, out, errs)
+	if code != 0 || !strings.Contains(out, `"action":"accept-damage"`) || !strings.Contains(out, `"actor":"`+me.Username+`"`) {
+		t.Fatalf("no accept-damage entry by %s: exit %d: %s %s", me.Username, code, out, errs)
+	}
+	// The evidence report lists it.
+	out, errs, code = runCA(t, "report", "evidence", "--db", damaged, "--verifier-key", vkey, "--from", "-1h", "-o", "json")
+	if code != 0 {
+		t.Fatalf("report: exit %d: %s", code, errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(r.Events, func(e evidenceEvent) bool { return e.Action == "accept-damage" }); i < 0 || r.Events[i].Actor != me.Username {
+		t.Fatalf("the report's events %+v lack the accept-damage entry", r.Events)
 	}
 }
 
