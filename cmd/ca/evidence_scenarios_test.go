@@ -897,3 +897,39 @@ func TestAuditingDocRecomputes(t *testing.T) {
 		t.Errorf("%d documented commands compared, want %d", compared, len(docRecomputeChecks))
 	}
 }
+
+// The tier query of docs/operations.md counts every issuance of the log,
+// not the first page of them.
+func TestOperationsTierQueryReadsEveryPage(t *testing.T) {
+	s := newScenarioCA(t, false)
+	s.start("")
+	const n = 60 // beyond the 50 entries of one page
+	for range n {
+		s.request("shop", "web")
+	}
+	s.stop()
+	db := s.copyLog()
+	var line string
+	for _, l := range docBlock(t, "docs/operations.md", "did every certificate respect its tier") {
+		if strings.Contains(l, "ca log query") {
+			line = l
+		}
+	}
+	sh := exec.Command("bash", "-c", "A='--db "+db+"'\n"+line)
+	sh.Env = caOnPath(t)
+	out, err := sh.Output()
+	if err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	total := 0
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var c int
+		if _, err := fmt.Sscan(l, &c); err == nil {
+			total += c
+		}
+	}
+	// The CA's own serving certificate and the admin's are issuances too.
+	if total < n+2 {
+		t.Fatalf("%s counts %d issuances, want every one of the %d and more in the log:\n%s", line, total, n+2, out)
+	}
+}
