@@ -232,6 +232,10 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 		return nil
 	})
 	allowUnverified := fs.Bool("allow-unverified", false, "write the report and exit 0 even when a log fails verification (every page is stamped)")
+	sign := fs.Bool("sign", false, "sign the report (--out) with the log's checkpoint key, reached through the CA's configuration (--config, with VAULT_ADDR and VAULT_TOKEN; or --dev --data-dir of a dev CA), into <out>.sig")
+	var caFlags commonFlags
+	fs.BoolVar(&caFlags.dev, "dev", false, "with --sign: the CA is a dev CA whose keys are in --data-dir")
+	fs.StringVar(&caFlags.dataDir, "data-dir", "", "with --sign: the CA's data directory (overrides data_dir)")
 	output := fs.String("o", "html", "output: html or json")
 	outFile := fs.String("out", "", "write the report to this file instead of standard output")
 	opts := evidenceOptions{}
@@ -251,6 +255,13 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 		if opts.vkey, err = lf.verifierKeyText(); err != nil {
 			return err
 		}
+		if *sign && *outFile == "" {
+			return errors.New("--sign needs --out: the signature is of the report file")
+		}
+		if *sign && *configFile == "" && !caFlags.dev {
+			return errors.New("--sign needs the CA's configuration: --config FILE (Vault through VAULT_ADDR and VAULT_TOKEN), or --dev --data-dir DIR")
+		}
+		caFlags.config = *configFile
 		opts.since = since
 		opts.fallback, err = tierFallback(*configFile)
 		return err
@@ -284,6 +295,13 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	if err != nil {
 		return err
+	}
+	if *sign {
+		sig, err := signReport(ctx, caFlags, *outFile, r.Logs)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "signed: %s (check it with: ca report verify --verifier-key KEY %s)\n", sig, *outFile)
 	}
 	if r.Verification == logFailed && !*allowUnverified {
 		var why []string
