@@ -27,8 +27,9 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"rollout":  reportRollout,
 		"evidence": reportEvidence,
 		"verify":   reportVerify,
+		"sample":   reportSample,
 	}
-	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence|verify [flags]
+	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence|verify|sample [flags]
 
 rollout: per namespace, the service accounts that hold a live certificate and
 those that run pods without one: the list to check before a namespace goes STRICT.
@@ -40,6 +41,9 @@ it with the log's checkpoint key.
 
 verify --verifier-key KEY REPORT: checks a signed report against its signature
 (REPORT.sig): signed with that key, and byte for byte the report that was signed.
+
+sample --from T1 --n 25 --seed S: for a test of controls, issuances picked
+reproducibly, each with its inclusion proof and the facts to check.
 `)
 }
 
