@@ -933,3 +933,30 @@ func TestOperationsTierQueryReadsEveryPage(t *testing.T) {
 		t.Fatalf("%s counts %d issuances, want every one of the %d and more in the log:\n%s", line, total, n+2, out)
 	}
 }
+
+// A backup taken right after activity ends under a signed checkpoint: the
+// daemon signs one before the snapshot, so the report on the backup is
+// verified, not partly.
+func TestBackupIsCheckpointedFirst(t *testing.T) {
+	s := newScenarioCA(t, false)
+	from := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	s.start("")
+	s.request("shop", "web")
+	s.request("shop", "api")
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	if out, errs, code := runCA(t, append([]string{"log", "backup", "--out", backup, "--verifier-key", s.vkey()}, s.adminFlags()...)...); code != 0 {
+		t.Fatalf("ca log backup: %s%s", out, errs)
+	}
+	s.stop()
+	out, errs, code := runCA(t, "report", "evidence", "--db", backup, "--verifier-key", s.vkey(), "--from", from, "-o", "json")
+	if code != 0 {
+		t.Fatalf("report on the backup: %s", errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	if lg := r.Logs[0]; lg.State != logVerified || lg.AfterCheckpoint != 0 || lg.CheckpointSize != lg.Entries {
+		t.Fatalf("the backup's log: state %s, checkpoint of %d of %d entries; want every entry under the checkpoint", lg.State, lg.CheckpointSize, lg.Entries)
+	}
+}
