@@ -960,3 +960,48 @@ func TestBackupIsCheckpointedFirst(t *testing.T) {
 		t.Fatalf("the backup's log: state %s, checkpoint of %d of %d entries; want every entry under the checkpoint", lg.State, lg.CheckpointSize, lg.Entries)
 	}
 }
+
+// The commands of a report made from a file named relatively run in the
+// directory of that file: the copy is not a copy of the file onto itself.
+// The report also says what it cannot show.
+func TestEvidenceCommandsRunWhereTheLogIs(t *testing.T) {
+	s := newScenarioCA(t, false)
+	from := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	s.start("")
+	s.request("shop", "web")
+	s.stop()
+	dir := filepath.Dir(s.copyLog())
+	writeFile(t, filepath.Join(dir, "log-verifier.vkey"), mustRead(t, s.vkey()))
+	t.Chdir(dir)
+	out, errs, code := runCA(t, "report", "evidence", "--db", "issuance.db", "--verifier-key", "log-verifier.vkey", "--from", from, "-o", "json")
+	if code != 0 {
+		t.Fatalf("report: %s", errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	env := caOnPath(t)
+	for _, c := range r.Commands {
+		sh := exec.Command("bash", "-c", c.Command)
+		sh.Dir, sh.Env = dir, env
+		if b, err := sh.CombinedOutput(); err != nil {
+			t.Fatalf("%s, run where the log is: %v\n%s", c.Command, err, b)
+		}
+	}
+	cannot := strings.Join(r.CannotShow, "\n")
+	for _, want := range []string{"mutual TLS on the wire", "beyond what Vault itself reported", "Downtime outside the log", "rolled back"} {
+		if !strings.Contains(cannot, want) {
+			t.Errorf("what the report cannot show lacks %q:\n%s", want, cannot)
+		}
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
