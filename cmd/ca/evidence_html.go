@@ -179,7 +179,8 @@ func longestGap(gaps []serviceGap) string {
 // custodyCard says where the keys were, as the log recorded it.
 func (v *evidenceView) custodyCard() evidenceCard {
 	c := evidenceCard{ID: "custody", Label: "where the keys were, as recorded"}
-	local, leave, vault, unanswered := false, false, false, false
+	local, vault, unanswered := false, false, false
+	var leave []string
 	for _, seen := range v.Custody {
 		for _, k := range seen.Keys {
 			switch {
@@ -189,15 +190,21 @@ func (v *evidenceView) custodyCard() evidenceCard {
 				unanswered = true
 			case k.Where == ca.KeyInVault:
 				vault = true
-				leave = leave || len(k.CanLeave()) > 0
+				if settings := k.CanLeave(); len(settings) > 0 {
+					what := fmt.Sprintf("%s key %s: %s", k.Role, k.Name, strings.Join(settings, ", "))
+					if !slices.Contains(leave, what) {
+						leave = append(leave, what)
+					}
+				}
 			}
 		}
 	}
 	switch {
 	case local:
 		c.Value, c.Label, c.Class = "local files", "DEV MODE: the keys were local software keys, not in Vault", "bad"
-	case leave:
-		c.Value, c.Label, c.Class = "exportable", "Vault reported a key whose private part can leave Vault", "bad"
+	case len(leave) > 0:
+		c.Value, c.Label, c.Class = "can leave Vault", "Vault reported a key whose private part can leave Vault", "bad"
+		c.Note = strings.Join(leave, "; ")
 	case unanswered:
 		c.Value, c.Label, c.Class = "Vault?", "Vault did not answer for a key", "warn"
 	case vault:

@@ -1005,3 +1005,73 @@ func mustRead(t *testing.T, path string) string {
 	}
 	return string(b)
 }
+
+// A CA on Vault: the report carries no dev banner; each start and drill
+// recorded Vault's own answer about the keys, and the report shows it: a
+// key Vault reports as backed up in plaintext is red, and the sentence on
+// the checkpoint key says so. The report signs with the checkpoint key in
+// Vault.
+func TestEvidenceVaultKeyCustody(t *testing.T) {
+	s := newScenarioCA(t, true)
+	from := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+	s.start("")
+	s.request("shop", "web")
+	s.adminCmd("drill")
+	s.stop()
+	mid := time.Now().Add(time.Second).UTC().Format(time.RFC3339)
+	time.Sleep(1100 * time.Millisecond)
+	clean := renderReport(t, "vault-custody", "--db", s.copyLog(), "--verifier-key", s.vkey(), "--from", from, "--to", mid)
+	if tag, _ := element(clean.dom, "dev-banner"); tag != "" || clean.json.Dev {
+		t.Errorf("a Vault CA's report has a dev banner")
+	}
+	if d := clean.json.Drills; d.Total != 1 || d.Passed != 1 || d.NotChecked != 0 {
+		t.Errorf("drills %+v: want the drill passed, its Vault step checked", d)
+	}
+	if tag, text := element(clean.dom, "custody"); !hasClass(tag, "ok") || !strings.Contains(text, "none exportable") {
+		t.Errorf("custody card %s %q: want green, Vault's answer", tag, text)
+	}
+	if !strings.Contains(clean.dom, "Vault answered exportable=false, allow_plaintext_backup=false") {
+		t.Errorf("the report does not give Vault's answer about the checkpoint key")
+	}
+	seen := map[string]bool{}
+	for _, c := range clean.json.Custody {
+		for _, k := range c.Keys {
+			if k.Role == "intermediate" {
+				continue // in memory
+			}
+			if k.Where != "vault-transit" || k.Mount != s.vault.Transit || k.LatestVersion < 1 || k.Error != "" {
+				t.Errorf("%s at %s: %+v, want Vault's answer", k.Role, c.At, k)
+			}
+			seen[c.At+" "+k.Role] = true
+		}
+	}
+	if !seen["start root"] || !seen["start checkpoint"] || !seen["drill root"] || !seen["drill checkpoint"] {
+		t.Errorf("key custody recorded %v: want the root and checkpoint keys at the start and at the drill", seen)
+	}
+
+	// The checkpoint key now allows a plaintext backup: the next drill
+	// records it, and the report shows it in red.
+	if _, err := s.vault.Client.Logical().Write(s.vault.Transit+"/keys/transitca-log/config", map[string]any{"allow_plaintext_backup": true}); err != nil {
+		t.Fatal(err)
+	}
+	s.start("")
+	s.adminCmd("drill")
+	s.stop()
+	after := renderReport(t, "vault-custody-plaintext-backup", "--db", s.copyLog(), "--verifier-key", s.vkey(), "--from", from)
+	if tag, text := element(after.dom, "custody"); !hasClass(tag, "bad") || !strings.Contains(text, "can leave Vault") {
+		t.Errorf("custody card %s %q: want red, a key that can leave Vault", tag, text)
+	}
+	if !strings.Contains(after.dom, "CAN leave Vault") {
+		t.Errorf("the sentence on the checkpoint key does not say it can leave Vault")
+	}
+
+	// Signed with the checkpoint key in Vault.
+	out := filepath.Join(t.TempDir(), "report.html")
+	if _, errs, code := runCA(t, "report", "evidence", "--db", s.copyLog(), "--verifier-key", s.vkey(), "--from", from, "--out", out,
+		"--sign", "--config", s.config("")); code != 0 {
+		t.Fatalf("--sign with Vault: %s", errs)
+	}
+	if stdout, errs, code := runCA(t, "report", "verify", "--verifier-key", s.vkey(), out); code != 0 {
+		t.Fatalf("verify: %s%s", stdout, errs)
+	}
+}
