@@ -224,7 +224,7 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs, lf := newLogFlagSet("ca report evidence", stderr)
 	from := fs.String("from", "", "start of the period, inclusive (RFC 3339 or a duration from now such as -720h; required)")
 	to := fs.String("to", "now", "end of the period, exclusive (RFC 3339, \"now\" or a duration from now)")
-	configFile := fs.String("config", "", "configuration whose tiers apply where the log records no policy (a log written before start entries did)")
+	configFile := fs.String("config", "", "the CA's configuration: its tiers apply where the log records no policy (a log written before start entries did); with --sign, it names the checkpoint key")
 	control := fs.String("control", "", "the stated lifetime control, tier=duration,… (for example service=720h,privileged=168h); default: the tiers in force when the period began")
 	var since []string
 	fs.Func("since", "a signed checkpoint kept from an earlier audit (\"ca log checkpoint\"): the log must extend it; repeat for several logs", func(v string) error {
