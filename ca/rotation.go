@@ -31,6 +31,9 @@ type RotationOptions struct {
 	Keys KeyInspector
 	// RootKey is the Transit name of the root key.
 	RootKey string
+	// Custody, when set, tells where each of the CA's keys is kept and
+	// what Vault answers about it now: each drill records it.
+	Custody func(ctx context.Context) []KeyCustody
 	// MinOverlap is how long a prepared root must be in the bundle before
 	// ActivateRoot is allowed without force.
 	MinOverlap time.Duration

@@ -94,7 +94,9 @@
 // Open re-hashes every entry, compares with the stored leaf hashes and
 // recomputes the root for every stored checkpoint before it accepts a file;
 // Verify also checks the indexes and the consistency between checkpoints.
-// Both name the first bad index (*VerifyError).
+// Both name the first bad index (*VerifyError). Given Options.Verifiers
+// that signed none of the stored checkpoints, both return ErrWrongKey
+// instead: a key of another log says nothing about the entries.
 //
 // # File layout
 //

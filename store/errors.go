@@ -75,6 +75,12 @@ var (
 	// ErrInvalidProof is returned when an inclusion or consistency proof
 	// does not verify against a checkpoint.
 	ErrInvalidProof = errors.New("invalid proof")
+
+	// ErrWrongKey is returned by Open and Verify, given Options.Verifiers,
+	// when no stored checkpoint is signed by any of them: the key is that
+	// of another log or CA (or the whole log was re-signed), which says
+	// nothing about the entries.
+	ErrWrongKey = errors.New("the verifier key does not match the log's checkpoints")
 )
 
 // VerifyError reports the first index at which a log failed an integrity

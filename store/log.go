@@ -143,6 +143,10 @@ type Log struct {
 	cpKick       chan struct{}
 	cpStop       chan struct{}
 	cpDone       chan struct{}
+
+	// witnessAtOpen is what the witness held when the log was opened
+	// (nil: nothing); set once by Open.
+	witnessAtOpen []byte
 }
 
 // Open opens the log file at path, creating it if it does not exist.

@@ -120,6 +120,7 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 		Authority: d.authority, Service: d.svc, Audit: d.recorder, RootKey: d.cfg.CA.RootKey,
 		MinOverlap: d.cfg.MinOverlap(), AllowRootDrill: d.cfg.Rotation.AllowRootDrill,
 		DrillIdentity: d.cfg.DrillIdentity(), Metrics: metrics, OnChange: d.hierarchyChanged,
+		Custody: d.keyCustody,
 	}
 	if d.backend.Transit != nil {
 		o.Keys = d.backend.Transit
