@@ -247,21 +247,33 @@ func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, af := newAdminFlagSet("ca admin revoke-intermediate", stderr)
-	fp := fs.String("fingerprint", "", "hex SHA-256 of the intermediate (default: the current one)")
+	fp := fs.String("fingerprint", "", "hex SHA-256 of the intermediate (default: the current one); it must be one the CA issued, never a root's")
 	reason := fs.String("reason", "", "why, recorded in the log")
+	force := fs.Bool("force", false, "revoke a fingerprint no replica named can show the CA issued (needs --reason)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *force && strings.TrimSpace(*reason) == "" {
+		return errors.New("--force needs --reason: the override is recorded in the log")
+	}
 	client := af.client
 	if af.conn.several() {
-		client = af.clientFirst // the step runs on the first replica named
+		// The step runs on the first replica whose log records the
+		// intermediate, else on the first named.
+		at, err := af.revokeTarget(ctx, *fp)
+		if err != nil {
+			return err
+		}
+		client = func(ctx context.Context) (adminv1.AdminServiceClient, context.Context, func(), error) {
+			return af.clientAt(ctx, at)
+		}
 	}
 	c, ctx, done, err := client(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	stream, err := c.RevokeIntermediate(ctx, &adminv1.RevokeIntermediateRequest{Fingerprint: *fp, Reason: *reason})
+	stream, err := c.RevokeIntermediate(ctx, &adminv1.RevokeIntermediateRequest{Fingerprint: *fp, Reason: *reason, Force: *force})
 	if err != nil {
 		return err
 	}

@@ -13,10 +13,11 @@ import (
 )
 
 // Each replica answers "root retire" and "revoke-intermediate" from its own
-// log. Given every replica's --addr, "ca admin root retire" and
-// "revoke-intermediate" run the step on the first and search every
-// replica's log: for the certificates under the root before retiring it,
-// for those the intermediate signed after revoking it.
+// log. Given every replica's --addr, "ca admin root retire" runs the step
+// on the first and "revoke-intermediate" on the first whose log records
+// the intermediate, and both search every replica's log: for the
+// certificates under the root before retiring it, for those the
+// intermediate signed after revoking it.
 
 // several reports whether the flags name several daemons.
 func (f *logFlags) several() bool { return f.single() != nil }
@@ -24,6 +25,12 @@ func (f *logFlags) several() bool { return f.single() != nil }
 // clientFirst connects to the first daemon the flags name, and bounds the
 // call by --timeout.
 func (f *adminFlags) clientFirst(ctx context.Context) (adminv1.AdminServiceClient, context.Context, func(), error) {
+	return f.clientAt(ctx, 0)
+}
+
+// clientAt connects to the i-th daemon the flags name, and bounds the call
+// by --timeout.
+func (f *adminFlags) clientAt(ctx context.Context, i int) (adminv1.AdminServiceClient, context.Context, func(), error) {
 	if f.output != "text" && f.output != "json" {
 		return nil, nil, nil, fmt.Errorf("-o %q: want text or json", f.output)
 	}
@@ -31,7 +38,10 @@ func (f *adminFlags) clientFirst(ctx context.Context) (adminv1.AdminServiceClien
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	conn, err := f.conn.dialTarget(ts[0])
+	if i >= len(ts) {
+		return nil, nil, nil, fmt.Errorf("daemon %d of %d named", i+1, len(ts))
+	}
+	conn, err := f.conn.dialTarget(ts[i])
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -98,6 +108,31 @@ func (f *adminFlags) checkRetireShards(ctx context.Context, c adminv1.AdminServi
 	}
 	return fmt.Errorf("%d unexpired certificates in the replicas' logs chain only to root version %d (%s); the last expires at %s; retire after that, or force with a reason",
 		n, version, strings.Join(where, ", "), last.UTC().Format(time.RFC3339))
+}
+
+// revokeTarget returns which of the daemons named (their order in
+// openShards) a revocation of the intermediate fp runs on: the first whose
+// log records it (in the memory mode, the replica that issued it: the
+// only one that can tell the CA did), else the first.
+func (f *adminFlags) revokeTarget(ctx context.Context, fp string) (int, error) {
+	if fp == "" {
+		return 0, nil
+	}
+	shards, ctx, done, err := f.conn.openShards(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	for i, sh := range shards {
+		resp, err := sh.api.QueryLog(ctx, &adminv1.QueryLogRequest{Issuer: strings.ToLower(fp), Limit: 1})
+		if err != nil {
+			return 0, fmt.Errorf("%s: look up intermediate %s: %w", sh.name, fp, err)
+		}
+		if len(resp.GetEntries()) > 0 {
+			return i, nil
+		}
+	}
+	return 0, nil
 }
 
 // signedByInShards returns the unexpired certificates the intermediate
