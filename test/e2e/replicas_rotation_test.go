@@ -247,6 +247,9 @@ func TestRevokeListsEveryReplicasCertificates(t *testing.T) {
 	if !slices.Contains(listed, probe.leaf.SerialNumber.Text(16)) {
 		t.Fatalf("revoke-intermediate through replica 1 does not list the certificate replica 0 issued (%s):\n%s", probe.leaf.SerialNumber.Text(16), out)
 	}
+	// The revoked intermediate signed the operator's certificate too: a new
+	// one, from the replica that took the step.
+	requestCert(t, rs.replicas[1], "security", "auditor", rs.opDir)
 	rs.eventually(t, "the revocation", -1, func(st *adminv1.StatusResponse) bool {
 		return slices.Contains(st.GetCompromisedIntermediates(), fingerprint(probe.inter)) && st.GetIntermediate().GetFingerprint() != fingerprint(probe.inter)
 	})
