@@ -161,11 +161,11 @@ type affectedLine struct {
 	Serials  []string `json:"serials"`
 }
 
-// docs/operations.md's compromise response for an intermediate, run
-// word for word against two replicas sharing one Vault, in both
-// intermediate modes: "ca admin status", then "ca admin
-// revoke-intermediate --reason … > affected.jsonl" with every replica's
-// --addr. Afterwards no certificate the revoked intermediate signed
+// docs/operations.md's compromise response for an intermediate, its two
+// steps as the guide gives them, against two replicas sharing one Vault,
+// in both intermediate modes: "ca admin status" on the replica whose
+// intermediate is compromised, then "ca admin revoke-intermediate --reason
+// … > affected.jsonl" with its --fingerprint and every replica's --addr. Afterwards no certificate the revoked intermediate signed
 // authenticates anywhere: not to renew on the Istio port, not on the admin
 // port (every method), on either replica, nor after a restart; and
 // affected.jsonl lists every certificate it signed, from both replicas'
