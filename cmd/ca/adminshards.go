@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
@@ -133,6 +136,75 @@ func (f *adminFlags) revokeTarget(ctx context.Context, fp string) (int, error) {
 		}
 	}
 	return 0, nil
+}
+
+// errOwnCertRevoked means the caller's own admin certificate chains
+// through the intermediate it revoked: the replicas refuse it from then
+// on, so it cannot search their logs.
+var errOwnCertRevoked = errors.New("the revoked intermediate signed your admin certificate, which every replica refuses from now on")
+
+// waitRevoked waits until every daemon the flags name has followed the
+// revocation of the intermediate fp: its status lists fp as compromised
+// and another intermediate as current, so that it signs nothing more with
+// it and its log holds all it signed. A daemon that refuses the caller's
+// certificate because its chain passes through a compromised intermediate
+// has followed it too, but cannot be searched with that certificate
+// (errOwnCertRevoked).
+// A fingerprint no daemon lists as compromised is an error at once.
+func (f *adminFlags) waitRevoked(ctx context.Context, fp string) error {
+	ts, err := f.conn.targets(ctx)
+	if err != nil {
+		return err
+	}
+	clients := make([]adminv1.AdminServiceClient, len(ts))
+	for i, t := range ts {
+		conn, err := f.conn.dialTarget(t)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		clients[i] = adminv1.NewAdminServiceClient(conn)
+	}
+	known := false
+	for _, c := range clients {
+		st, err := c.Status(ctx, &adminv1.StatusRequest{})
+		if err != nil || slices.Contains(st.GetCompromisedIntermediates(), fp) {
+			known = true // a refusal is looked at below
+			break
+		}
+	}
+	if !known {
+		return fmt.Errorf("no daemon named lists intermediate %s as compromised: revoke it first (ca admin revoke-intermediate)", fp)
+	}
+	for i, c := range clients {
+		if err := waitFollowed(ctx, c, fp); errors.Is(err, errOwnCertRevoked) {
+			return err
+		} else if err != nil {
+			return fmt.Errorf("%s: %w", ts[i].addr, err)
+		}
+	}
+	return nil
+}
+
+// waitFollowed polls one daemon's status until it has followed the
+// revocation of fp.
+func waitFollowed(ctx context.Context, c adminv1.AdminServiceClient, fp string) error {
+	for {
+		st, err := c.Status(ctx, &adminv1.StatusRequest{})
+		switch {
+		case err == nil && slices.Contains(st.GetCompromisedIntermediates(), fp) && st.GetIntermediate().GetFingerprint() != fp:
+			return nil
+		case status.Code(err) == codes.Unauthenticated && strings.Contains(status.Convert(err).Message(), "compromised"):
+			return errOwnCertRevoked
+		case err != nil:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("it has not followed the revocation of %s (rotation.state_poll_interval): %w", fp, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // signedByInShards returns the unexpired certificates the intermediate

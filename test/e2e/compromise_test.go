@@ -161,11 +161,14 @@ type affectedLine struct {
 	Serials  []string `json:"serials"`
 }
 
-// docs/operations.md's compromise response for an intermediate, its two
-// steps as the guide gives them, against two replicas sharing one Vault,
-// in both intermediate modes: "ca admin status" on the replica whose
-// intermediate is compromised, then "ca admin revoke-intermediate --reason
-// … > affected.jsonl" with its --fingerprint and every replica's --addr. Afterwards no certificate the revoked intermediate signed
+// docs/operations.md's compromise response for an intermediate, its steps
+// as the guide gives them, against two replicas sharing one Vault, in both
+// intermediate modes: "ca admin status" on the replica whose intermediate
+// is compromised; "ca admin revoke-intermediate --fingerprint …" with
+// every replica's --addr, which takes the step and, since the operator's
+// own certificate was signed by the intermediate, says that the list needs
+// a new one; a new admin certificate; "ca admin affected --fingerprint … >
+// affected.jsonl". Afterwards no certificate the revoked intermediate signed
 // authenticates anywhere: not to renew on the Istio port, not on the admin
 // port (every method), on either replica, nor after a restart; and
 // affected.jsonl lists every certificate it signed, from both replicas'
@@ -176,9 +179,11 @@ func TestCompromiseResponseFromTheOperationsGuide(t *testing.T) {
 	for _, mode := range []string{"vault", "memory"} {
 		t.Run(mode, func(t *testing.T) {
 			rs := startReplicas(t, 2, mode)
-			guide := docBlockLines(t, "docs/operations.md", "**An intermediate is compromised**")
-			if len(guide) != 2 || !strings.HasPrefix(guide[0], "ca admin status $A") ||
-				!strings.HasPrefix(guide[1], `ca admin revoke-intermediate $A --reason "INC-1234: node compromise" > affected.jsonl`) {
+			guide := append(docBlockLines(t, "docs/operations.md", "**An intermediate is compromised**"),
+				docBlockLines(t, "docs/operations.md", "write the list with")...)
+			if len(guide) != 3 || !strings.HasPrefix(guide[0], "ca admin status $A") ||
+				!strings.HasPrefix(guide[1], `ca admin revoke-intermediate $A --fingerprint <sha256> --reason "INC-1234: node compromise" > affected.jsonl`) ||
+				guide[2] != "ca admin affected $A --fingerprint <sha256> > affected.jsonl" {
 				t.Fatalf("docs/operations.md's steps changed; this test runs them: %q", guide)
 			}
 
@@ -233,17 +238,28 @@ func TestCompromiseResponseFromTheOperationsGuide(t *testing.T) {
 				}
 			}
 
-			// ca admin revoke-intermediate $A --reason "INC-1234: node compromise" > affected.jsonl
+			// ca admin revoke-intermediate $A --fingerprint <sha256> --reason "INC-1234: node compromise" > affected.jsonl
 			addrs := []string{"--addr", rs.admin[0], "--addr", rs.admin[1]}
 			if mode == "memory" {
 				addrs = []string{"--addr", rs.admin[1], "--addr", rs.admin[0]}
 			}
-			args := append([]string{"admin", "revoke-intermediate", "--fingerprint", revoked, "--reason", "INC-1234: node compromise"}, addrs...)
-			args = append(args, "--server-name", "localhost", "--cert", filepath.Join(rs.opDir, "cert-chain.pem"),
+			conn := append(addrs, "--server-name", "localhost", "--cert", filepath.Join(rs.opDir, "cert-chain.pem"),
 				"--key", filepath.Join(rs.opDir, "key.pem"), "--root-cert", rs.replicas[0].RootFile)
-			out, err := runCAStdout(t, rs.replicas[0], args...)
+			out, err := runCAStdout(t, rs.replicas[0], append([]string{"admin", "revoke-intermediate", "--fingerprint", revoked,
+				"--reason", "INC-1234: node compromise"}, conn...)...)
+			// The operator's certificate was among those it signed: the
+			// step is taken, and the command says the list needs a new one.
+			if err == nil || !strings.Contains(err.Error(), "intermediate revoked, but the revoked intermediate signed your admin certificate") ||
+				!strings.Contains(err.Error(), "ca admin affected --fingerprint "+revoked) || out != "" {
+				t.Fatalf("ca admin revoke-intermediate with the operator's certificate under it: %v\nstdout: %q", err, out)
+			}
+
+			// A new admin certificate, then
+			// ca admin affected $A --fingerprint <sha256> > affected.jsonl
+			requestCert(t, rs.replicas[0], "security", "auditor", rs.opDir)
+			out, err = runCAStdout(t, rs.replicas[0], append([]string{"admin", "affected", "--fingerprint", revoked}, conn...)...)
 			if err != nil {
-				t.Fatalf("ca admin revoke-intermediate: %v", err)
+				t.Fatalf("ca admin affected: %v", err)
 			}
 			affected := filepath.Join(t.TempDir(), "affected.jsonl")
 			if err := os.WriteFile(affected, []byte(out), 0o600); err != nil {
@@ -301,9 +317,6 @@ func TestCompromiseResponseFromTheOperationsGuide(t *testing.T) {
 				}
 			}
 			refusedEverywhere("after the revocation")
-
-			// The operator's certificate was one of them: a new one works.
-			requestCert(t, rs.replicas[0], "security", "auditor", rs.opDir)
 			rs.eventually(t, "the revocation", -1, func(st *adminv1.StatusResponse) bool {
 				return slices.Contains(st.GetCompromisedIntermediates(), revoked) && st.GetIntermediate().GetFingerprint() != revoked
 			})
