@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/transitca/transitca/issuer"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 	"github.com/transitca/transitca/store"
 )
@@ -50,8 +51,8 @@ func NewAdminService(l *store.Log, verifierKey string, logger *slog.Logger) *Adm
 // transitca's roots and carries an admin SPIFFE ID, to the methods of its
 // role. An admin call names no cluster: the clusterid header is not read.
 type AdminAuthorizer struct {
-	// Certs authenticates the client certificate
-	// (NewAdminCertAuthenticator).
+	// Certs authenticates the client certificate (a CertAuthenticator
+	// with the chain check, as on the Istio port).
 	Certs Authenticator
 	// Roles give each admin identity its role.
 	Roles  *AdminRoles
@@ -98,7 +99,9 @@ func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method stri
 	}
 	actor := "unauthenticated"
 	if caller != nil {
-		actor = caller.SPIFFEID
+		actor = callerActor(caller)
+	} else if cert := presentedCert(ctx); cert != "" {
+		actor += " " + cert
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		actor += " from " + p.Addr.String()
@@ -114,11 +117,51 @@ func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method stri
 		outcome = st.Code().String() + ": " + st.Message()
 	}
 	detail = boundMessage(detail + " outcome=" + outcome)
-	if err := a.Audit.RecordAdmin(ctx, AdminCallAction, bound(actor, MaxQuotedBytes), detail); err != nil {
+	if err := a.Audit.RecordAdmin(ctx, AdminCallAction, bound(actor, 2*MaxQuotedBytes), detail); err != nil {
 		a.Logger.ErrorContext(ctx, "record admin call", slog.String("method", method), slog.Any("error", err))
 		return fmt.Errorf("record admin call: %w", err)
 	}
 	return nil
+}
+
+// callerActor names an admin caller in the log: its SPIFFE ID and, for a
+// client certificate, the certificate's serial and the SHA-256 of the CA
+// certificate that signed it, so that two certificates for one identity
+// (a real one and one an attacker had signed) are told apart.
+func callerActor(c *Caller) string {
+	id := bound(c.SPIFFEID, MaxQuotedBytes)
+	if c.ClientCert == nil {
+		return id
+	}
+	return id + " cert serial=" + bound(c.Subject, maxSerialText) + " issuer=" + c.ClientCertIssuer
+}
+
+// maxSerialText bounds a certificate serial in hex in an actor: 20 octets,
+// the most RFC 5280 allows, are 40 digits.
+const maxSerialText = 64
+
+// presentedCert names the client certificate of a call that did not
+// authenticate: its serial and the SHA-256 of the next certificate the
+// client sent (its claimed issuer), "" without one.
+func presentedCert(ctx context.Context) string {
+	cred, err := CredentialsFromContext(ctx)
+	if err != nil || len(cred.PeerChains) == 0 || len(cred.PeerChains[0]) == 0 || cred.PeerChains[0][0] == nil {
+		return ""
+	}
+	chain := cred.PeerChains[0]
+	s := "cert serial=" + bound(chain[0].SerialNumber.Text(16), maxSerialText)
+	if len(chain) > 1 && chain[1] != nil {
+		s += " issuer=" + issuer.Fingerprint(chain[1])
+	}
+	return s
+}
+
+// adminCredentials drops what an admin call's credentials must not decide:
+// the clusterid header. The certificate alone says who calls and the
+// cluster it was issued for.
+func adminCredentials(cred Credentials) Credentials {
+	cred.ClusterID = ""
+	return cred
 }
 
 func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller, error) {
@@ -129,8 +172,7 @@ func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller
 	if len(cred.PeerChains) == 0 {
 		return nil, fmt.Errorf("%w: the admin API needs a client certificate carrying an admin SPIFFE ID", ErrUnauthenticated)
 	}
-	cred.ClusterID = "" // the certificate alone says who calls
-	caller, err := a.Certs.Authenticate(ctx, cred)
+	caller, err := a.Certs.Authenticate(ctx, adminCredentials(cred))
 	if err != nil {
 		return nil, err
 	}

@@ -104,12 +104,12 @@ func (r *AdminRoles) authorize(caller *Caller, fullMethod string) error {
 	return fmt.Errorf("%w: %s is not an admin identity", ErrPermissionDenied, caller.SPIFFEID)
 }
 
-// checkCertCluster refuses an admin caller whose certificate is known to
-// have been issued for a cluster not in Clusters (one issued before
-// admin.clusters was enforced). The cluster is known when the
-// authenticator reads it from the certificate and sets caller.ClusterID;
-// NewAdminCertAuthenticator leaves it empty, and then issuance
-// (checkIssuance) is what binds admin identities to their clusters.
+// checkCertCluster refuses an admin caller whose certificate was issued
+// for a cluster not in Clusters (one issued before admin.clusters was
+// enforced). The CertAuthenticator sets caller.ClusterID from the
+// certificate (its cluster extension, or the CA's own cluster for a
+// certificate without one); issuance (checkIssuance) is what keeps such
+// certificates from being issued in the first place.
 func (r *AdminRoles) checkCertCluster(caller *Caller) error {
 	if caller.ClusterID == "" || r.Role(caller.SPIFFEID) == AdminNone || slices.Contains(r.Clusters, caller.ClusterID) {
 		return nil

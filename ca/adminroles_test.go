@@ -74,25 +74,25 @@ func TestAdminRolesCheckIssuance(t *testing.T) {
 	}
 }
 
-// The admin API's certificate authenticator reads no clusterid: the
-// certificate alone says who calls, whatever the header claims and
-// whichever clusters the CA serves.
-func TestAdminCertAuthenticatorReadsNoCluster(t *testing.T) {
+// On the admin API the certificate alone says who calls and for which
+// cluster it was issued: the authorizer drops the clusterid header, so no
+// header is needed, and the caller's cluster is the certificate's.
+func TestAdminAuthorizerReadsNoClusterHeader(t *testing.T) {
 	pki := newTestPKI(t, "mesh")
 	roots := pki.pool()
-	a, err := NewAdminCertAuthenticator(func() *x509.CertPool { return roots }, testTrustDomain)
+	a, err := NewCertAuthenticator(func() *x509.CertPool { return roots }, testTrustDomain, []string{"east", "west"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	leaf := pki.leaf(t, nil)
-	for _, cluster := range []string{"", DefaultCluster, "anything"} {
-		c, err := a.Authenticate(t.Context(), Credentials{ClusterID: cluster, PeerChains: [][]*x509.Certificate{{leaf, pki.inter}}})
-		if err != nil || c.SPIFFEID != testID || c.ClusterID != "" {
-			t.Fatalf("clusterid %q: %+v, %v; want %s with no cluster", cluster, c, err, testID)
+	for _, cluster := range []string{"", DefaultCluster, "anything", "west"} {
+		c, err := a.Authenticate(t.Context(), adminCredentials(Credentials{ClusterID: cluster, PeerChains: [][]*x509.Certificate{{leaf, pki.inter}}}))
+		if err != nil || c.SPIFFEID != testID || c.ClusterID != "east" {
+			t.Fatalf("clusterid %q: %+v, %v; want %s of the CA's own cluster east (the certificate has no cluster extension)", cluster, c, err, testID)
 		}
 	}
 	other := newTestPKI(t, "other")
-	if _, err := a.Authenticate(t.Context(), Credentials{PeerChains: [][]*x509.Certificate{{other.leaf(t, nil), other.inter}}}); !errors.Is(err, ErrUnauthenticated) {
+	if _, err := a.Authenticate(t.Context(), adminCredentials(Credentials{PeerChains: [][]*x509.Certificate{{other.leaf(t, nil), other.inter}}})); !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("a certificate of other roots: %v, want unauthenticated", err)
 	}
 }

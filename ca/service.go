@@ -239,9 +239,15 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 		return caller, tier, nil, fmt.Errorf("caller identity %s: %w", quote(caller.SPIFFEID), err)
 	}
 	now := s.now()
-	tmpl, err := issuer.LeafTemplate(issuer.LeafRequest{
-		SPIFFEID: id, DNSNames: csr.DNSNames, PublicKey: csr.PublicKey, Now: now, TTL: granted,
-	})
+	lr := issuer.LeafRequest{
+		SPIFFEID: id, DNSNames: csr.DNSNames, PublicKey: csr.PublicKey, Now: now, TTL: granted, Cluster: caller.ClusterID,
+	}
+	if caller.ClientCert != nil {
+		// A renewal re-keys but never extends: whoever holds a certificate
+		// gets no longer life out of it than it has.
+		lr.NotAfter = caller.ClientCert.NotAfter
+	}
+	tmpl, err := issuer.LeafTemplate(lr)
 	if err != nil {
 		return caller, tier, nil, err
 	}

@@ -98,7 +98,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		d.metricsSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	}
 	if cfg.Admin.Listen != "" {
-		certAuth, err := ca.NewAdminCertAuthenticator(a.RootPool, cfg.TrustDomain)
+		certAuth, err := newCertAuthenticator(cfg, a)
 		if err != nil {
 			return fmt.Errorf("admin authenticator: %w", err)
 		}
