@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/config"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 	"github.com/transitca/transitca/store"
@@ -183,9 +182,11 @@ admin:
 		if qerr != nil {
 			t.Fatal(qerr)
 		}
-		if e.Kind != store.KindAdmin || e.Action != ca.AdminCallAction || !strings.HasPrefix(e.Actor, readerID) ||
-			!strings.Contains(e.Detail, "method="+m.method) || !strings.Contains(e.Detail, "outcome=PermissionDenied") {
-			t.Errorf("reader calling %s: the last entry is %v %q by %q: %q; want the refused call recorded", m.method, e.Kind, e.Action, e.Actor, e.Detail)
+		// A refused admin call is a denial, as a refused certificate
+		// request is: under the caller's identity, with the method.
+		if e.Kind != store.KindDenial || e.SPIFFEID != readerID || e.Code != codes.PermissionDenied.String() ||
+			!strings.Contains(e.Reason, "admin call "+m.method+" refused") || !strings.Contains(e.Detail, "class=admin_permission_denied") {
+			t.Errorf("reader calling %s: the last entry is %v by %q (%s): %q, %q; want the refused call recorded as the reader's denial", m.method, e.Kind, e.SPIFFEID, e.Code, e.Reason, e.Detail)
 		}
 	}
 	after := statusOf()

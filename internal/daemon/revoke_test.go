@@ -145,7 +145,8 @@ func TestRevokedIntermediateStopsVouching(t *testing.T) {
 				t.Fatalf("%s: %s with an admin certificate of the revoked intermediate: %v, want Unauthenticated (compromised)", when, name, err)
 			}
 			e := d.lastEntry(t)
-			if e.Action != ca.AdminCallAction || !strings.Contains(e.Detail, "outcome=Unauthenticated") || !strings.Contains(e.Detail, "method="+name) {
+			if e.Kind != store.KindDenial || e.Code != codes.Unauthenticated.String() || !strings.Contains(e.Reason, "admin call "+name+" refused") ||
+				!strings.Contains(e.Reason, revoked) || !strings.Contains(e.Detail, "class=admin_unauthenticated") {
 				t.Fatalf("%s: the refused %s is recorded as %+v", when, name, e)
 			}
 		}
