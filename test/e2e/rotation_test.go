@@ -820,7 +820,7 @@ func TestRotationAdminRefusesNonAdmins(t *testing.T) {
 			if who == "" {
 				who = "unauthenticated"
 			}
-			if e.Kind != "denial" || !strings.HasPrefix(c.actor, who+" from ") || e.Code != c.code.String() ||
+			if e.Kind != "denial" || !strings.HasPrefix(c.actor, who+" ") || e.Code != c.code.String() ||
 				!strings.Contains(e.Detail, "class=admin_") {
 				continue
 			}
