@@ -9,6 +9,7 @@ require (
 	github.com/transitca/transitca v0.0.0-00010101000000-000000000000
 	google.golang.org/grpc v1.85.0
 	istio.io/api v1.32.0
+	istio.io/client-go v1.31.0-rc.0.0.20260824155257-512e1cfc6c15
 )
 
 require (
@@ -17,7 +18,6 @@ require (
 	go.step.sm/crypto v0.92.0 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20261019180522-ce908d29299b // indirect
-	istio.io/client-go v1.31.0-rc.0.0.20260824155257-512e1cfc6c15 // indirect
 )
 
 require (
@@ -98,8 +98,8 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
-	k8s.io/api v0.37.2 // indirect
-	k8s.io/apimachinery v0.37.2 // indirect
+	k8s.io/api v0.37.2
+	k8s.io/apimachinery v0.37.2
 	k8s.io/client-go v0.37.2 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
 	k8s.io/kube-openapi v0.0.0-20260721132016-d427ff9ee9ad // indirect
