@@ -59,11 +59,9 @@ var (
 	wBatch    = meshtest.Workload{Namespace: meshLegacy, Name: "batch", ServiceAccount: "batch", App: "batch", Version: "v1", Service: "batch"}
 )
 
-// newTestMesh builds the six namespaces: their labels, PeerAuthentications
-// (mesh-wide PERMISSIVE in istio-system), the DestinationRule, pods, live
-// certificates for every workload in the mesh, and one proxy per pod (a
-// ztunnel for the ambient one), scraped every second.
-func newTestMesh(t *testing.T) *testMesh {
+// newMeshCluster is a kube-apiserver with Istio's CRDs, its clients and
+// a kubeconfig for ca; the caller adds namespaces, policies and pods.
+func newMeshCluster(t *testing.T) *testMesh {
 	t.Helper()
 	s, err := kubetest.Start()
 	if err != nil {
@@ -80,6 +78,16 @@ func newTestMesh(t *testing.T) *testMesh {
 	if err := s.WriteKubeconfig(m.kubeconfig, s.AdminToken, ""); err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+// newTestMesh builds the six namespaces: their labels, PeerAuthentications
+// (mesh-wide PERMISSIVE in istio-system), the DestinationRule, pods, live
+// certificates for every workload in the mesh, and one proxy per pod (a
+// ztunnel for the ambient one), scraped every second.
+func newTestMesh(t *testing.T) *testMesh {
+	t.Helper()
+	m := newMeshCluster(t)
 
 	m.namespace("istio-system", nil)
 	m.peerAuthentication("istio-system", "default", nil, securityapi.PeerAuthentication_MutualTLS_PERMISSIVE)
@@ -475,5 +483,102 @@ func TestReportEncryption(t *testing.T) {
 	// The first period is unchanged by what came after.
 	if r := m.report(t, from, to, "--namespace", meshStrict); r.Namespaces[0].Requests.Plaintext != 0 {
 		t.Errorf("the first period now shows %d plaintext requests", r.Namespaces[0].Requests.Plaintext)
+	}
+}
+
+// cc67Mesh is the cluster and the telemetry behind the CC6.7 section
+// of the evidence test: shop is STRICT, its web and api hold the
+// evidence daemon's certificates and talk mTLS only (30 requests, 4
+// connections); store is PERMISSIVE, a client without a proxy sends till 7
+// plaintext requests and web 3 mTLS ones; legacy is not in the mesh.
+// api's proxy is not scraped for a few seconds: a gap in its series. It
+// returns the flags that point ca report evidence at it.
+func cc67Mesh(t *testing.T) []string {
+	t.Helper()
+	m := newMeshCluster(t)
+	m.namespace("istio-system", nil)
+	m.namespace("shop", map[string]string{mesh.LabelInjection: "enabled"})
+	m.peerAuthentication("shop", "default", nil, securityapi.PeerAuthentication_MutualTLS_STRICT)
+	m.namespace("store", map[string]string{mesh.LabelInjection: "enabled"})
+	m.namespace("legacy", nil)
+	web := meshtest.Workload{Namespace: "shop", Name: "web", ServiceAccount: "web", App: "web", Version: "v1", Service: "web"}
+	api := meshtest.Workload{Namespace: "shop", Name: "api", ServiceAccount: "api", App: "api", Version: "v1", Service: "api"}
+	till := meshtest.Workload{Namespace: "store", Name: "till", ServiceAccount: "till", App: "till", Version: "v1", Service: "till"}
+	batch := meshtest.Workload{Namespace: "legacy", Name: "batch", ServiceAccount: "batch", App: "batch", Version: "v1", Service: "batch"}
+	m.exporter = meshtest.NewExporter(t)
+	proxies := map[string]*meshtest.Proxy{}
+	for _, w := range []meshtest.Workload{web, api, till, batch} {
+		m.pod(w)
+		if w.Namespace != "legacy" {
+			proxies[w.Name] = m.exporter.Sidecar(w, w.Name+"-0")
+			proxies[w.Name].SetCertificate(time.Now().Add(23 * time.Hour))
+		}
+	}
+	m.prom = promtest.Start(t, promtest.Options{ScrapeConfigs: m.exporter.ScrapeConfig("istio-proxies", time.Second)})
+	_, end := m.period()
+	m.must(m.exporter.Request(web, api, true, 30, 200))
+	m.must(m.exporter.Connection(web, api, true, 4))
+	m.must(m.exporter.Request(meshtest.NoProxy, till, false, 7, 200))
+	m.must(m.exporter.Request(web, till, true, 3, 200))
+	m.prom.WaitScraped(t, time.Now(), time.Minute)
+	m.exporter.SetDown(proxies["api"], true)
+	time.Sleep(5 * time.Second)
+	m.exporter.SetDown(proxies["api"], false)
+	end()
+	return []string{"--kubeconfig", m.kubeconfig, "--prometheus", m.prom.URL, "--step", "1s"}
+}
+
+// cc67JSON runs ca report evidence -o json over cc67Mesh and checks
+// the CC6.7 section's figures against what the exporter served.
+func cc67JSON(t *testing.T, args []string) {
+	t.Helper()
+	out, errs, code := runCA(t, args...)
+	if code != 0 {
+		t.Fatalf("ca report evidence exited %d: %s", code, errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	e := r.Encryption
+	if e == nil || !e.Checked || e.Assessment == nil || !e.TrafficChecked {
+		t.Fatalf("the CC6.7 section was not checked: %+v", e)
+	}
+	ns := map[string]*mesh.NamespaceAssessment{}
+	for _, n := range e.Namespaces {
+		ns[n.Namespace] = n
+	}
+	share := func(n *mesh.NamespaceAssessment) float64 {
+		if n.MTLSShare == nil {
+			return -1
+		}
+		return *n.MTLSShare
+	}
+	if n := ns["shop"]; n == nil || n.Verdict != mesh.Encrypted || n.Requests.MutualTLS != 30 || n.Requests.Plaintext != 0 ||
+		n.Connections.MutualTLS != 4 || share(n) != 1 {
+		t.Errorf("shop: %+v, want ENCRYPTED, 30 mTLS requests and 4 connections, share 1", n)
+	}
+	if n := ns["store"]; n == nil || n.Verdict != mesh.PlaintextSeen || n.Requests.MutualTLS != 3 || n.Requests.Plaintext != 7 || share(n) != 0.3 ||
+		!slices.Equal(pairsOf(n), []string{"unknown (a client without a proxy) → till: 7 requests, 0 connections"}) {
+		t.Errorf("store: %+v, want PLAINTEXT SEEN, 3 mTLS and 7 plaintext requests, share 0.3, one pair", n)
+	}
+	if n := ns["legacy"]; n == nil || n.Verdict != mesh.NotInMesh {
+		t.Errorf("legacy: %+v, want NOT IN MESH", n)
+	}
+	if e.MTLSShare == nil || *e.MTLSShare != float64(30+4+3)/float64(30+4+3+7) {
+		t.Errorf("mesh-wide mTLS share %v, want 37/44", e.MTLSShare)
+	}
+	if !slices.ContainsFunc(e.Gaps, func(g mesh.Gap) bool { return g.Namespace == "shop" && g.Target == "api-0" }) {
+		t.Errorf("gaps %+v lack the stretch api-0 was not scraped", e.Gaps)
+	}
+	cannot := strings.Join(e.CannotShow, "\n")
+	t.Logf("CC6.7: %d namespaces, mTLS share %s, cannot show:\n%s\nrecheck: %s", len(e.Namespaces), percent(e.MTLSShare), cannot, e.Recheck)
+	for _, want := range []string{"Kubernetes keeps no history", "legacy", "shop/api-0", "retention"} {
+		if !strings.Contains(cannot, want) {
+			t.Errorf("the section's cannot-show lacks %q:\n%s", want, cannot)
+		}
+	}
+	if !strings.Contains(e.Recheck, "ca report encryption") || !strings.Contains(e.Recheck, "--from "+r.From) {
+		t.Errorf("recheck %q", e.Recheck)
 	}
 }
