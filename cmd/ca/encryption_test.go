@@ -582,3 +582,57 @@ func cc67JSON(t *testing.T, args []string) {
 		t.Errorf("recheck %q", e.Recheck)
 	}
 }
+
+// The walkthroughs of docs/rollout.md ("What the wire shows") and
+// docs/auditing.md (the CC6.7 section) run as printed on the six-namespace
+// mesh, $LOG, $VKEY, $KUBECONFIG and $PROMETHEUS set to it: every command
+// succeeds and prints what the page says.
+func TestEncryptionDocsWalkthrough(t *testing.T) {
+	m := newTestMesh(t)
+	t.Setenv("KUBECONFIG", "")
+	_, end := m.period()
+	m.must(m.exporter.Request(wWeb, wAPI, true, 120, 200))
+	m.must(m.exporter.Request(wFrontend, wCart, true, 50, 200))
+	m.must(m.exporter.Request(wFrontend, wShop, true, 20, 200))
+	m.must(m.exporter.Request(meshtest.NoProxy, wShop, false, 7, 200))
+	m.must(m.exporter.Connection(meshtest.NoProxy, wShop, false, 2))
+	m.must(m.exporter.Request(wFrontend, wLedger, true, 10, 200))
+	m.must(m.exporter.Connection(wFrontend, wRatings, true, 9))
+	end()
+
+	vkey := filepath.Join(t.TempDir(), "log-verifier.vkey")
+	writeFile(t, vkey, testNoteSigner(t).VerifierKey()+"\n")
+	vars := map[string]string{"LOG": m.db, "VKEY": vkey, "KUBECONFIG": m.kubeconfig, "PROMETHEUS": m.prom.URL}
+	dir := t.TempDir()
+	for _, doc := range []struct{ file, marker string }{
+		{"docs/rollout.md", "### What the wire shows"},
+		{"docs/auditing.md", "To make the section"},
+	} {
+		cmds := quickstartCommands(docBlock(t, doc.file, doc.marker))
+		if len(cmds) < 2 {
+			t.Fatalf("%s: %d commands after %q", doc.file, len(cmds), doc.marker)
+		}
+		for _, c := range cmds {
+			words, outFile := shellWords(c.line, vars)
+			if len(words) == 0 || words[0] != "ca" {
+				t.Fatalf("%s: %q is not a ca command", doc.file, c.line)
+			}
+			out, errOut, code := runCA(t, words[1:]...)
+			if code != 0 {
+				t.Errorf("%s: %s: exit %d: %s", doc.file, c.line, code, errOut)
+				continue
+			}
+			if outFile != "" {
+				writeFile(t, filepath.Join(dir, outFile), out)
+			}
+			if len(c.expect) == 0 {
+				t.Errorf("%s: %s: the page says nothing of what it prints", doc.file, c.line)
+			}
+			for _, want := range c.expect {
+				if !strings.Contains(out, want) {
+					t.Errorf("%s: %s printed\n%s\nthe page says it prints %q", doc.file, c.line, out, want)
+				}
+			}
+		}
+	}
+}
