@@ -45,7 +45,8 @@ cluster's PeerAuthentications and DestinationRules, the live certificates and, w
 evidence --from T1 [--to T2]: for an auditor, what was issued in the period, against
 the tiers' policy; denials; rotations and drills; the checkpoint and the commands that
 recompute every figure from a backup of the log (HTML, or -o json); --sign signs
-it with the log's checkpoint key.
+it with the log's checkpoint key. With --kubeconfig and --prometheus, a CC6.7
+section: the report encryption data over the period, and what it cannot show.
 
 verify --verifier-key KEY REPORT: checks a signed report against its signature
 (REPORT.sig): signed with that key, and byte for byte the report that was signed.
