@@ -1,10 +1,11 @@
 # transitca — "make test" is the one command that runs every test, building
-# what the tests need (the pinned Vault server, kube-apiserver and etcd) first.
+# what the tests need (the pinned Vault server, kube-apiserver, etcd and
+# Prometheus) first.
 
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build release image test test-e2e test-deps soak fuzz vault kube lint bench fmt vet generate generate-check
+.PHONY: all build release image test test-e2e test-deps soak fuzz vault kube prometheus lint bench fmt vet generate generate-check
 
 all: build
 
@@ -31,11 +32,17 @@ vault:
 kube:
 	./scripts/build-kube.sh
 
+# The Prometheus server and promtool the tests run (the traffic figures of
+# "ca report encryption", the alert rules and their unit tests), built the
+# same way from test/prometheus.
+prometheus:
+	./scripts/build-prometheus.sh
+
 # Programs the tests run that come from Debian packages (openssl).
 test-deps:
 	./scripts/install-test-deps.sh
 
-test: test-deps vault kube generate-check
+test: test-deps vault kube prometheus generate-check
 	$(GO) vet ./...
 	$(MAKE) lint
 	$(GO) test $(GOTEST_FLAGS) ./...

@@ -52,6 +52,9 @@ type evidenceReport struct {
 	Service  evidenceService  `json:"service"`
 	Custody  []custodySeen    `json:"key_custody"`
 	Live     []*liveNamespace `json:"live_at_to"`
+	// Encryption is the CC6.7 section: the mesh's mTLS policy and the
+	// traffic Istio's proxies reported.
+	Encryption *evidenceEncryption `json:"encryption_in_transit"`
 	// Logs are the logs the figures come from: one per replica (shard).
 	Logs []*evidenceLog `json:"logs"`
 	// CannotShow is what no log can prove, whatever its figures say.
@@ -214,6 +217,8 @@ type evidenceOptions struct {
 	since []string
 	// vkey is the --verifier-key text, "" when not given.
 	vkey string
+	// mesh is where the CC6.7 section reads the policy and the traffic.
+	mesh *evidenceMesh
 }
 
 // errUnverified is returned, after the report is written, when a log
@@ -238,7 +243,8 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&caFlags.dataDir, "data-dir", "", "with --sign: the CA's data directory (overrides data_dir)")
 	output := fs.String("o", "html", "output: html or json")
 	outFile := fs.String("out", "", "write the report to this file instead of standard output")
-	opts := evidenceOptions{}
+	opts := evidenceOptions{mesh: &evidenceMesh{}}
+	opts.mesh.register(fs)
 	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
 		if *output != "html" && *output != "json" {
 			return fmt.Errorf("-o %q: want html or json", *output)
@@ -263,6 +269,9 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		caFlags.config = *configFile
 		opts.since = since
+		if err := opts.mesh.prepare(stderr); err != nil {
+			return err
+		}
 		opts.fallback, err = tierFallback(*configFile)
 		return err
 	})
@@ -457,6 +466,10 @@ func buildEvidence(ctx context.Context, shards []shard, lf *logFlags, o evidence
 		case lg.State == logPartial && r.Verification == logVerified:
 			r.Verification = logPartial
 		}
+	}
+	var err error
+	if r.Encryption, err = encryptionEvidence(ctx, shards, lf, o.mesh, start, end); err != nil {
+		return nil, err
 	}
 	r.CannotShow = cannotShow(r)
 	return r, nil

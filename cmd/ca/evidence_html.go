@@ -155,7 +155,7 @@ func newEvidenceView(r *evidenceReport, chart template.HTML) *evidenceView {
 		sn = append(sn, "longest gap "+g)
 	}
 	sc.Note = strings.Join(sn, "; ")
-	v.Cards = append(v.Cards, dc, sc, v.custodyCard(), v.verificationCard())
+	v.Cards = append(v.Cards, dc, sc, v.custodyCard(), v.encryptionCard(), v.verificationCard())
 	if v.Failed {
 		for i := range v.Cards {
 			v.Cards[i].Class = "grey"
@@ -338,6 +338,11 @@ var evidenceTemplate = template.Must(template.New("evidence").Funcs(template.Fun
 	"join":   strings.Join,
 	"where":  custodyWhere,
 	"yesno":  yesNo,
+	// The CC6.7 section's.
+	"pct":      percent,
+	"mtls":     countsText,
+	"vclass":   verdictClass,
+	"modefrom": modeFrom,
 }).Parse(evidenceHTML))
 
 // custodyWhere says where a key was, for the key custody table.

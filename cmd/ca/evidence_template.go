@@ -134,6 +134,30 @@ and against the tier's <code>max_ttl</code> that the daemon's last start before 
 {{range .Live}}<tr><td>{{none .Namespace}}</td><td>{{range $sa, $n := .ServiceAccounts}}{{$sa}} ({{$n}}) {{end}}</td></tr>
 {{end}}</table>
 
+<h2 id="cc67">CC6.7 Encryption in transit</h2>
+{{with .Encryption}}{{if not .Checked}}<p class="{{$.C "warn"}}" id="cc67-not-checked">{{.NotChecked}}.</p>
+{{else}}<p>The mTLS policy of every namespace as the cluster held it at <b>{{.PolicyAt}}</b>: PeerAuthentications resolved as istiod resolves them
+(mesh-wide in {{.RootNamespace}}: {{if .MeshWide}}{{.MeshWide}}, {{.MeshMode}}{{else}}none, Istio's default PERMISSIVE{{end}}), namespaces in the mesh by their labels,
+DestinationRules that disable mTLS, and the live certificates of the service accounts that run pods at that time.
+{{if .Traffic}}The traffic is what the destinations' proxies reported (<code>reporter="destination"</code>, <code>connection_security_policy</code>) to Prometheus at {{.Traffic.Prometheus}}
+from {{.Traffic.From}} to {{.Traffic.To}}, read at a resolution of {{.Traffic.Step}}.{{else}}<b class="{{$.C "warn"}}">No traffic was read (no --prometheus): no plaintext could be seen.</b>{{end}}</p>
+<p>ENCRYPTED: STRICT for every workload and port, every service account that runs pods holds a live certificate, and no plaintext was reported.
+PERMISSIVE-CLEAN: no plaintext was reported, but plaintext would be accepted. PLAINTEXT SEEN: a destination reported plaintext. NOT IN MESH: no proxy enforces mTLS or reports traffic.</p>
+{{if .MTLSShare}}<p id="cc67-share">Across the mesh, <b>{{pct .MTLSShare}}</b> of the requests and connections reported in the period were mTLS.</p>{{end}}
+<table id="cc67-namespaces"><tr><th>namespace</th><th>dataplane</th><th>mode at {{.PolicyAt}}</th><th>verdict</th><th>mTLS share</th><th>requests mTLS / plaintext</th><th>connections mTLS / plaintext</th><th>reason</th></tr>
+{{range .Namespaces}}<tr id="cc67-{{.Namespace}}"><td>{{.Namespace}}</td><td>{{.Dataplane}}</td><td>{{if eq .Dataplane "none"}}-{{else}}{{.Mode}} ({{modefrom .ModeFrom}}){{end}}</td><td{{with vclass .Verdict}} class="{{$.C .}}"{{end}}>{{.Verdict}}</td><td class="n">{{pct .MTLSShare}}</td><td class="n">{{mtls .Requests}}</td><td class="n">{{mtls .Connections}}</td><td class="detail">{{.Reason}}{{range .DisabledTLS}}<br>DestinationRule {{.}}{{end}}{{range .Notes}}<br>{{.}}{{end}}</td></tr>
+{{end}}</table>
+<table id="cc67-pairs"><tr><th>plaintext from</th><th>to</th><th>service</th><th>requests</th><th>connections</th><th>first seen</th><th>last seen</th></tr>
+{{range .Namespaces}}{{$ns := .Namespace}}{{range .Plaintext}}<tr class="{{$.C "bad"}}"><td>{{.Source}}</td><td>{{$ns}}/{{.DestinationWorkload}}</td><td>{{none .DestinationService}}</td><td class="n">{{.Requests}}</td><td class="n">{{.Connections}}</td><td>{{.First}}</td><td>{{.Last}}</td></tr>
+{{end}}{{end}}</table>
+{{if .Recheck}}<p>Read the same figures again, while Prometheus keeps the period:</p>
+<pre id="cc67-recheck">{{.Recheck}}</pre>{{end}}
+{{end}}<p>What the policy and the telemetry cannot show:</p>
+<ul id="cc67-cannot-show">
+{{range .CannotShow}}<li>{{.}}</li>
+{{end}}</ul>
+{{end}}
+
 <h2>The logs behind these figures</h2>
 {{range .Logs}}<h3>{{.Shard}}</h3>
 {{if eq .State "failed"}}<p class="{{$.C "bad"}}">The {{.Failure}}. No figure of this log is evidence.</p>

@@ -342,9 +342,14 @@ func TestReportEvidenceRendersInChromium(t *testing.T) {
 	}
 	start := time.Now().Add(-time.Minute)
 	admin, _ := evidenceDaemon(t)
+	// CC6.7: the cluster's policy and Istio's telemetry (see cc67Mesh).
+	meshArgs := cc67Mesh(t)
+	end := time.Now().Add(time.Second)
+	period := []string{"--from", start.Format(time.RFC3339), "--to", end.Format(time.RFC3339)}
+	cc67JSON(t, append(append(append([]string{"report", "evidence", "-o", "json"}, period...), meshArgs...), admin...))
 	dir := t.TempDir()
 	html := filepath.Join(dir, "evidence.html")
-	args := append([]string{"report", "evidence", "--from", start.Format(time.RFC3339), "--out", html}, admin...)
+	args := append(append(append([]string{"report", "evidence", "--out", html}, period...), meshArgs...), admin...)
 	if out, errs, code := runCA(t, args...); code != 0 {
 		t.Fatalf("ca report evidence exited %d: %s%s", code, out, errs)
 	}
@@ -385,6 +390,15 @@ func TestReportEvidenceRendersInChromium(t *testing.T) {
 		regexp.MustCompile(`id="issued-total"><b>[1-9][0-9]*<`), regexp.MustCompile(`class="card ok" id="over-total"><b>0<`),
 		regexp.MustCompile(`class="card ok" id="log-verified"><b>verified<`), regexp.MustCompile(`<svg[^>]*>`),
 		regexp.MustCompile(`<td>privileged</td><td class="n">1</td>`),
+		// The CC6.7 section: each namespace's verdict and mTLS share, the
+		// plaintext pair, the gap in api's series, the headline card.
+		regexp.MustCompile(`<h2 id="cc67">CC6.7 Encryption in transit</h2>`),
+		regexp.MustCompile(`<tr id="cc67-shop"><td>shop</td><td>sidecar</td><td>STRICT[^<]*</td><td class="ok">ENCRYPTED</td><td class="n">100.0%</td><td class="n">30 / 0</td><td class="n">4 / 0</td>`),
+		regexp.MustCompile(`<tr id="cc67-store"><td>store</td><td>sidecar</td><td>PERMISSIVE[^<]*</td><td class="bad">PLAINTEXT SEEN</td><td class="n">30.0%</td><td class="n">3 / 7</td><td class="n">0 / 0</td>`),
+		regexp.MustCompile(`<tr id="cc67-legacy"><td>legacy</td><td>none</td><td>-</td><td>NOT IN MESH</td>`),
+		regexp.MustCompile(`<tr class="bad"><td>unknown \(a client without a proxy\)</td><td>store/till</td><td>[^<]*</td><td class="n">7</td><td class="n">0</td>`),
+		regexp.MustCompile(`(?s)<ul id="cc67-cannot-show">.*shop/api-0.*</ul>`),
+		regexp.MustCompile(`class="card bad" id="cc67-plaintext"><b>1<`),
 	} {
 		if !want.MatchString(dom) {
 			t.Errorf("the rendered DOM lacks %s:\n%s", want, dom)

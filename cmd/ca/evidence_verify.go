@@ -218,8 +218,12 @@ func unmatchedSince(since []string, logs []*evidenceLog) error {
 
 // cannotShow is what the report cannot show, whatever its figures say.
 func cannotShow(r *evidenceReport) []string {
+	wire := "That traffic used mutual TLS on the wire: the log shows which certificates were issued, not how they were used. Check that PeerAuthentication is STRICT in every namespace (kubectl get peerauthentication -A) and the rollout report (ca report rollout)."
+	if r.Encryption != nil && r.Encryption.Checked {
+		wire = "Encryption in transit beyond what the CC6.7 section shows from the cluster's policy and Istio's telemetry: that section lists what they cannot show."
+	}
 	out := []string{
-		"That traffic used mutual TLS on the wire: the log shows which certificates were issued, not how they were used. Check that PeerAuthentication is STRICT in every namespace (kubectl get peerauthentication -A) and the rollout report (ca report rollout).",
+		wire,
 		"That no key could leave Vault beyond what Vault itself reported: the log keeps Vault's answers (exportable, allow_plaintext_backup, deletion_allowed) at each start and drill, not who could change them in between. Vault's audit log and policies show that.",
 		"Downtime outside the log: starts, stops and the gaps between are shown, but not a time when the CA ran and could not be reached, nor requests that never reached it (see monitoring).",
 		"Certificates that other CAs trusted by the mesh issued, or that were signed with a copy of a key outside transitca.",

@@ -19,25 +19,34 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/transitca/transitca/internal/kube"
+	"github.com/transitca/transitca/internal/mesh"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 )
 
 func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	subs := map[string]runFunc{
-		"rollout":  reportRollout,
-		"evidence": reportEvidence,
-		"verify":   reportVerify,
-		"sample":   reportSample,
+		"rollout":    reportRollout,
+		"encryption": reportEncryption,
+		"evidence":   reportEvidence,
+		"verify":     reportVerify,
+		"sample":     reportSample,
 	}
-	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence|verify|sample [flags]
+	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|encryption|evidence|verify|sample [flags]
 
 rollout: per namespace, the service accounts that hold a live certificate and
-those that run pods without one: the list to check before a namespace goes STRICT.
+those that run pods without one: the list to check before a namespace goes STRICT;
+with --prometheus, the traffic each received, mTLS and plaintext.
+
+encryption [--prometheus URL] [--from T1] [--to T2]: per namespace, one verdict
+(ENCRYPTED, PERMISSIVE-CLEAN, PLAINTEXT SEEN, NOT IN MESH) and its reason, from the
+cluster's PeerAuthentications and DestinationRules, the live certificates and, with
+--prometheus, the traffic Istio's proxies reported: the plaintext pairs.
 
 evidence --from T1 [--to T2]: for an auditor, what was issued in the period, against
 the tiers' policy; denials; rotations and drills; the checkpoint and the commands that
 recompute every figure from a backup of the log (HTML, or -o json); --sign signs
-it with the log's checkpoint key.
+it with the log's checkpoint key. With --kubeconfig and --prometheus, a CC6.7
+section: the report encryption data over the period, and what it cannot show.
 
 verify --verifier-key KEY REPORT: checks a signed report against its signature
 (REPORT.sig): signed with that key, and byte for byte the report that was signed.
@@ -53,8 +62,12 @@ type rolloutReport struct {
 	At string `json:"at"`
 	// PodsChecked is false when no API server was reachable: then only
 	// certificates are listed and no namespace is judged ready.
-	PodsChecked bool                `json:"pods_checked"`
-	Namespaces  []*rolloutNamespace `json:"namespaces"`
+	PodsChecked bool `json:"pods_checked"`
+	// TrafficChecked is whether --prometheus was given; Traffic then says
+	// where from and over which period.
+	TrafficChecked bool                `json:"traffic_checked"`
+	Traffic        *mesh.TrafficSource `json:"traffic,omitempty"`
+	Namespaces     []*rolloutNamespace `json:"namespaces"`
 }
 
 type rolloutNamespace struct {
@@ -66,6 +79,19 @@ type rolloutNamespace struct {
 	// Missing are the service accounts that run pods but hold no live
 	// certificate, sorted.
 	Missing []string `json:"missing"`
+	// Traffic is what the namespace's destinations reported in the
+	// period, when traffic was checked.
+	Traffic *rolloutTraffic `json:"traffic,omitempty"`
+}
+
+// rolloutTraffic is a namespace's traffic in the rollout report.
+type rolloutTraffic struct {
+	Requests    mesh.Counts `json:"requests"`
+	Connections mesh.Counts `json:"connections"`
+	// MTLSShare is the share of requests and connections that were mTLS,
+	// nil when there were none.
+	MTLSShare *float64     `json:"mtls_share"`
+	Plaintext []*mesh.Pair `json:"plaintext_pairs"`
 }
 
 type rolloutServiceAccount struct {
@@ -78,6 +104,10 @@ type rolloutServiceAccount struct {
 	LiveCertificates int `json:"live_certificates"`
 	// LatestNotAfter is when the last of them expires.
 	LatestNotAfter string `json:"latest_not_after,omitempty"`
+	// Requests and Connections are what its workloads received, when
+	// traffic was checked.
+	Requests    *mesh.Counts `json:"requests,omitempty"`
+	Connections *mesh.Counts `json:"connections,omitempty"`
 }
 
 // podsClient is the client of the cluster whose pods rollout checks: of
@@ -100,9 +130,13 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 	at := fs.String("at", "now", "certificates live at this time (RFC 3339, \"now\" or a duration from now); pods are always as of now")
 	kubeconfig := fs.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster whose pods to check (default $KUBECONFIG, else in-cluster)")
 	output := fs.String("o", "table", "output: table or json")
+	var mf meshFlags
+	mf.registerTraffic(fs)
+	window := fs.Duration("window", 24*time.Hour, "with --prometheus, the traffic of this long a period ending at --at")
 	var (
 		when time.Time
 		pods kubernetes.Interface
+		prom *mesh.Prometheus
 	)
 	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() error {
 		if *output != "table" && *output != "json" {
@@ -113,6 +147,14 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return fmt.Errorf("--at: %w", err)
 		}
 		when = ts.AsTime()
+		if *window <= 0 {
+			return fmt.Errorf("--window %s: want a positive duration", *window)
+		}
+		if mf.prometheus != "" {
+			if prom, err = mf.prometheusClient(stderr); err != nil {
+				return err
+			}
+		}
 		pods, err = podsClient(*kubeconfig, stderr)
 		return err
 	})
@@ -142,14 +184,39 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 			return fmt.Errorf("issuance log %s: %w", sh.name, err)
 		}
 	}
+	// The service account of each workload, for its traffic.
+	workloadAccount := map[[2]string]string{}
 	if pods != nil {
 		if err := runningPods(ctx, pods, *namespace, func(p *corev1.Pod) {
-			account(p.Namespace, cmp.Or(p.Spec.ServiceAccountName, "default")).Pods++
+			sa := cmp.Or(p.Spec.ServiceAccountName, "default")
+			account(p.Namespace, sa).Pods++
+			workloadAccount[[2]string{p.Namespace, mesh.WorkloadName(p)}] = sa
 		}); err != nil {
 			return fmt.Errorf("pods: %w", err)
 		}
 	}
+	var traffic *mesh.Traffic
+	if prom != nil {
+		if traffic, err = prom.Traffic(ctx, mesh.TrafficOptions{From: when.Add(-*window), To: when, Namespace: *namespace, Step: mf.step}); err != nil {
+			return err
+		}
+		r.TrafficChecked = true
+		r.Traffic = &mesh.TrafficSource{Prometheus: traffic.Prometheus, From: traffic.From, To: traffic.To, Step: traffic.Step, Retention: traffic.Retention}
+		for _, w := range traffic.Workloads {
+			if sa := trafficAccount(w, workloadAccount); sa != "" {
+				a := account(w.Namespace, sa)
+				if a.Requests == nil {
+					a.Requests, a.Connections = &mesh.Counts{}, &mesh.Counts{}
+				}
+				addCounts(a.Requests, w.Requests)
+				addCounts(a.Connections, w.Connections)
+			}
+		}
+	}
 	r.Namespaces = groupRollout(accounts, pods != nil)
+	if traffic != nil {
+		addRolloutTraffic(r, traffic)
+	}
 
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)
@@ -158,6 +225,66 @@ func reportRollout(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	writeRolloutTable(stdout, r)
 	return nil
+}
+
+// trafficAccount is the service account a destination workload runs as:
+// that of its pods, else the one of the SPIFFE ID it served mTLS with;
+// "" when neither says.
+func trafficAccount(w *mesh.WorkloadTraffic, workloadAccount map[[2]string]string) string {
+	if sa := workloadAccount[[2]string{w.Namespace, w.Workload}]; sa != "" {
+		return sa
+	}
+	for _, p := range w.Principals {
+		if _, sa, ok := strings.Cut(p, "/sa/"); ok && strings.HasPrefix(p, "spiffe://") && strings.Contains(p, "/ns/"+w.Namespace+"/") {
+			return sa
+		}
+	}
+	return ""
+}
+
+func addCounts(dst *mesh.Counts, c mesh.Counts) {
+	dst.MutualTLS += c.MutualTLS
+	dst.Plaintext += c.Plaintext
+	dst.Other += c.Other
+}
+
+// addRolloutTraffic gives every namespace its traffic (a namespace that
+// only received traffic is added), the plaintext pairs included.
+func addRolloutTraffic(r *rolloutReport, t *mesh.Traffic) {
+	byNS := map[string]*rolloutNamespace{}
+	for _, n := range r.Namespaces {
+		n.Traffic = &rolloutTraffic{Plaintext: []*mesh.Pair{}}
+		byNS[n.Namespace] = n
+	}
+	get := func(ns string) *rolloutTraffic {
+		n := byNS[ns]
+		if n == nil {
+			n = &rolloutNamespace{Namespace: ns, ServiceAccounts: []*rolloutServiceAccount{}, Missing: []string{}, Traffic: &rolloutTraffic{Plaintext: []*mesh.Pair{}}}
+			if r.PodsChecked {
+				ready := true
+				n.Ready = &ready
+			}
+			byNS[ns] = n
+			r.Namespaces = append(r.Namespaces, n)
+		}
+		return n.Traffic
+	}
+	for _, w := range t.Workloads {
+		tr := get(w.Namespace)
+		addCounts(&tr.Requests, w.Requests)
+		addCounts(&tr.Connections, w.Connections)
+	}
+	for _, p := range t.Plaintext {
+		tr := get(p.DestinationNamespace)
+		tr.Plaintext = append(tr.Plaintext, p)
+	}
+	for _, n := range r.Namespaces {
+		if total := n.Traffic.Requests.Total() + n.Traffic.Connections.Total(); total > 0 {
+			share := float64(n.Traffic.Requests.MutualTLS+n.Traffic.Connections.MutualTLS) / float64(total)
+			n.Traffic.MTLSShare = &share
+		}
+	}
+	slices.SortFunc(r.Namespaces, func(a, b *rolloutNamespace) int { return strings.Compare(a.Namespace, b.Namespace) })
 }
 
 // liveCertificates calls f with every issuance entry of the log, in the
@@ -243,6 +370,9 @@ func groupRollout(accounts map[[2]string]*rolloutServiceAccount, podsChecked boo
 
 func writeRolloutTable(w io.Writer, r *rolloutReport) {
 	fmt.Fprintf(w, "live certificates at %s\n", r.At)
+	if r.Traffic != nil {
+		fmt.Fprintf(w, "traffic from %s to %s as the destinations reported it, from %s\n", r.Traffic.From, r.Traffic.To, r.Traffic.Prometheus)
+	}
 	if len(r.Namespaces) == 0 {
 		fmt.Fprintln(w, "\nno live certificates and no pods")
 	}
@@ -256,8 +386,23 @@ func writeRolloutTable(w io.Writer, r *rolloutReport) {
 			verdict = fmt.Sprintf("NOT READY: no live certificate for %s", strings.Join(n.Missing, ", "))
 		}
 		fmt.Fprintf(w, "\nnamespace %s: %s\n", n.Namespace, verdict)
+		if t := n.Traffic; t != nil {
+			fmt.Fprintf(w, "  traffic: %s mTLS of %d requests and %d connections", percent(t.MTLSShare), t.Requests.Total(), t.Connections.Total())
+			if plain := t.Requests.Plaintext + t.Connections.Plaintext; plain > 0 {
+				var pairs []string
+				for _, p := range t.Plaintext {
+					pairs = append(pairs, fmt.Sprintf("%s → %s (%d)", p.Source(), p.DestinationWorkload, p.Requests+p.Connections))
+				}
+				fmt.Fprintf(w, "; PLAINTEXT %d: %s", plain, strings.Join(pairs, ", "))
+			}
+			fmt.Fprintln(w)
+		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SERVICE ACCOUNT\tPODS\tLIVE CERTIFICATES\tLATEST EXPIRY")
+		header := "  SERVICE ACCOUNT\tPODS\tLIVE CERTIFICATES\tLATEST EXPIRY"
+		if r.TrafficChecked {
+			header += "\tMTLS\tPLAINTEXT"
+		}
+		fmt.Fprintln(tw, header)
 		for _, a := range n.ServiceAccounts {
 			pods := fmt.Sprint(a.Pods)
 			if !r.PodsChecked {
@@ -267,6 +412,15 @@ func writeRolloutTable(w io.Writer, r *rolloutReport) {
 			mark := ""
 			if a.Pods > 0 && a.LiveCertificates == 0 {
 				mark = "MISSING"
+			}
+			if r.TrafficChecked {
+				var tls, plain int64
+				if a.Requests != nil {
+					tls = a.Requests.MutualTLS + a.Connections.MutualTLS
+					plain = a.Requests.Plaintext + a.Connections.Plaintext
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%d\t%d\t%s\n", a.Name, pods, a.LiveCertificates, expiry, tls, plain, mark)
+				continue
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", a.Name, pods, a.LiveCertificates, expiry, mark)
 		}

@@ -58,6 +58,9 @@ type Kubernetes struct {
 	// Istiod is istiod's serving certificate (the istiod-tls Secret); see
 	// istiod.go.
 	Istiod Istiod `yaml:"istiod"`
+	// MeshPolicy exports the mesh's mTLS policy as metrics; see
+	// meshpolicy.go.
+	MeshPolicy MeshPolicy `yaml:"mesh_policy"`
 }
 
 // TrustBundle is the istio-ca-root-cert ConfigMap writer.

@@ -68,7 +68,8 @@ func Default() *Config {
 				RenewDeadline: Duration(10 * time.Second),
 				RetryPeriod:   Duration(2 * time.Second),
 			},
-			Istiod: defaultIstiod(),
+			Istiod:     defaultIstiod(),
+			MeshPolicy: defaultMeshPolicy(),
 		},
 		Rotation: Rotation{
 			Schedule:          RotationSchedule{CheckEvery: Duration(time.Hour)},

@@ -72,6 +72,7 @@ func (c *Config) Validate() error {
 		c.validateRotation(), c.validateDenials(), c.validateOverload())
 	errs = append(errs, c.validateKubernetes()...)
 	errs = append(errs, c.validateIstiod()...)
+	errs = append(errs, c.validateMeshPolicy()...)
 	errs = append(errs, c.validateClusters()...)
 	errs = append(errs, c.validateAdmin()...)
 	if err := c.IssuancePolicy().Validate(); err != nil {

@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 
 	"github.com/transitca/transitca/internal/kube"
+	"github.com/transitca/transitca/internal/mesh"
 )
 
 // Metrics of the Kubernetes side.
@@ -87,6 +89,20 @@ func (d *Daemon) openKube(_ context.Context) error {
 	}
 	if istiod != nil {
 		k.runners = append(k.runners, kube.RunnerFunc(istiod))
+	}
+	if mp := cfg.MeshPolicy; mp.Enabled {
+		ic, err := istioclient.NewForConfig(client.Config)
+		if err != nil {
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+		pm, err := mesh.NewPolicyMetrics(mesh.PolicyMetricsOptions{
+			Kube: client.Clientset, Istio: ic, Options: mesh.Options{RootNamespace: mp.RootNamespace, Domain: mp.Domain},
+			Interval: mp.Resync.Std(), Registerer: d.reg, Logger: d.log,
+		})
+		if err != nil {
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+		k.runners = append(k.runners, pm)
 	}
 	leading := prometheus.NewGauge(prometheus.GaugeOpts{Name: MetricKubernetesLeader,
 		Help: "1 while this replica holds the leader Lease and writes to the cluster."})

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/transitca/transitca/internal/promtest"
 )
 
 var (
@@ -74,6 +76,8 @@ func TestAlertRules(t *testing.T) {
 		"TransitcaRootExpiring", "TransitcaIntermediateExpiring", "TransitcaServingCertificateExpiring",
 		"TransitcaVaultUnreachable", "TransitcaLogFailed", "TransitcaCheckpointStale",
 		"TransitcaDrillFailed", "TransitcaDrillOverdue", "TransitcaLeaderMissing",
+		"TransitcaPlaintextFallback", "TransitcaPlaintextShareHigh", "TransitcaWorkloadWithoutCertificate",
+		"TransitcaMeshPolicyStale",
 	}
 	seen := map[string]bool{}
 	for _, g := range rgs.Groups {
@@ -193,20 +197,27 @@ func TestDashboardDatasource(t *testing.T) {
 }
 
 // Every metric the alerts and the dashboard query is one a running daemon
-// exports, and every transitca_ metric it exports is on the dashboard.
+// or Istio's proxies export, and every transitca_ metric the daemon
+// exports is on the dashboard.
 func TestQueriesUseExportedMetrics(t *testing.T) {
 	rgs := loadRules(t)
 	exprs, templated, _ := dashboardQueries(t)
 	if len(exprs) < 20 {
 		t.Fatalf("the dashboard has %d panels with queries", len(exprs))
 	}
-	have := exported(t)
+	have := map[string]bool{}
+	for n := range exported(t) {
+		have[n] = true
+	}
+	for n := range istioExported(t) {
+		have[n] = true
+	}
 	var list []string
 	for n := range have {
 		list = append(list, n)
 	}
 	sort.Strings(list)
-	t.Logf("the daemon exports %d series names", len(list))
+	t.Logf("the daemon and Istio's proxies export %d series names", len(list))
 
 	check := func(where, expr string) []string {
 		names, err := metricNames(expr)
@@ -219,7 +230,7 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		}
 		for _, n := range names {
 			if !have[n] {
-				t.Errorf("%s: metric %q is not exported by the daemon (exported: %s)", where, n, strings.Join(list, " "))
+				t.Errorf("%s: metric %q is exported neither by the daemon nor by Istio's proxies (exported: %s)", where, n, strings.Join(list, " "))
 			}
 		}
 		return names
@@ -243,7 +254,7 @@ func TestQueriesUseExportedMetrics(t *testing.T) {
 		}
 	}
 	for _, n := range list {
-		if !strings.HasPrefix(n, "transitca_") {
+		if !strings.HasPrefix(n, "transitca_") || !exported(t)[n] {
 			continue
 		}
 		base := n
@@ -271,5 +282,19 @@ func TestChartShipsTheseAlerts(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("deploy/charts/transitca/files/alerts.yaml differs from deploy/observability/alerts.yaml: copy it again")
+	}
+}
+
+// The alert rules' unit tests (deploy/observability/alerts_test.yaml, in
+// promtool's format) pass when Prometheus's own rule engine evaluates the
+// rules over their synthetic series, with the pinned promtool.
+func TestAlertRuleUnitTests(t *testing.T) {
+	out, err := promtest.TestRules(t, filepath.Join("..", "..", "deploy", "observability", "alerts_test.yaml"))
+	t.Logf("promtool test rules:\n%s", out)
+	if err != nil {
+		t.Fatalf("promtool test rules: %v", err)
+	}
+	if !strings.Contains(out, "SUCCESS") {
+		t.Fatal("promtool did not report SUCCESS")
 	}
 }

@@ -30,6 +30,8 @@ import (
 	"github.com/transitca/transitca/internal/daemon"
 	"github.com/transitca/transitca/internal/daemontest"
 	"github.com/transitca/transitca/internal/kubetest"
+	"github.com/transitca/transitca/internal/mesh"
+	"github.com/transitca/transitca/internal/meshtest"
 	"github.com/transitca/transitca/issuer"
 )
 
@@ -78,6 +80,8 @@ func scrapeDaemon(t *testing.T) map[string]bool {
 	t.Cleanup(srv.Stop)
 	env := kubetest.NewOn(t, srv)
 	env.Apply(t, kubetest.RBACManifests()...)
+	// Istio's CRDs, so that the leader exports the mesh's policy.
+	meshtest.InstallCRDs(t, srv)
 	system := &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
 
 	cfg, err := config.Load("")
@@ -111,15 +115,25 @@ func scrapeDaemon(t *testing.T) map[string]bool {
 		}
 	}
 
-	names := gatherNames(t, scrape(t, "http://"+d.MetricsAddr()+"/metrics"))
+	// The mesh policy's series appear once the leader has read it.
+	deadline := time.Now().Add(time.Minute)
+	fams := scrape(t, "http://"+d.MetricsAddr()+"/metrics")
+	for len(fams[mesh.MetricMTLSMode].GetMetric()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s a minute after the daemon started", mesh.MetricMTLSMode)
+		}
+		time.Sleep(200 * time.Millisecond)
+		fams = scrape(t, "http://"+d.MetricsAddr()+"/metrics")
+	}
+	names := gatherNames(t, fams)
 	reg := prometheus.NewRegistry()
 	ca.NewMetrics(reg, nil).ObserveVault("sign", time.Millisecond, nil)
-	fams, err := reg.Gather()
+	vaultFams, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	vault := map[string]*dto.MetricFamily{}
-	for _, f := range fams {
+	for _, f := range vaultFams {
 		if f.GetName() == ca.MetricVaultDuration {
 			vault[f.GetName()] = f
 		}
@@ -198,6 +212,39 @@ func gatherNames(t *testing.T, fams map[string]*dto.MetricFamily) map[string]boo
 			names[name], names[name+"_sum"], names[name+"_count"] = true, true, true
 		default:
 			names[name] = true
+		}
+	}
+	return names
+}
+
+// istioExported returns the series names Istio's proxies export that the
+// rules and the dashboard may query: those of the meshtest exporter, which
+// serves Istio's standard metric families and istio-agent's certificate
+// metrics with the names and labels Istio documents, for a sidecar and a
+// ztunnel that carried requests and connections, and Prometheus's own up.
+func istioExported(t *testing.T) map[string]bool {
+	t.Helper()
+	e := meshtest.NewExporter(t)
+	web := meshtest.Workload{Namespace: "shop", Name: "web", ServiceAccount: "web", App: "web", Version: "v1", Service: "web"}
+	api := meshtest.Workload{Namespace: "shop", Name: "api", ServiceAccount: "api", App: "api", Version: "v1", Service: "api"}
+	db := meshtest.Workload{Namespace: "data", Name: "db", ServiceAccount: "db", App: "db", Version: "v1", Service: "db"}
+	e.Sidecar(web, "web-0").SetCertificate(time.Now().Add(time.Hour))
+	p := e.Sidecar(api, "api-0")
+	p.SetCertificate(time.Now().Add(time.Hour))
+	p.FailCSR(1)
+	e.Ztunnel("node-a", db)
+	for _, err := range []error{
+		e.Request(web, api, true, 1, 200), e.Request(meshtest.NoProxy, api, false, 1, 200),
+		e.Connection(web, db, true, 1), e.Connection(meshtest.NoProxy, db, false, 1),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	names := map[string]bool{"up": true}
+	for _, px := range e.Proxies() {
+		for n := range gatherNames(t, scrape(t, e.URL+px.Path)) {
+			names[n] = true
 		}
 	}
 	return names
