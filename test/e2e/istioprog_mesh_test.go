@@ -332,9 +332,11 @@ func (m *istioMesh) startIstiod(t *testing.T) {
 func (m *istioMesh) newAgent(t *testing.T, s agentSpec, token string) (*istioAgent, error) {
 	dir := podDir(t, s.pod)
 	a := &istioAgent{agentSpec: s, statusPort: freePort(t)}
+	a.watch = &agentWatch{a: a, counters: map[int]agentCounters{}, provisioned: map[string]bool{}}
+	a.xds = &xdsStandIn{dir: dir}
 	if s.vm {
 		a.certDir = filepath.Join(dir, vmCertDir)
-		if err := m.provisionVM(t, a.certDir); err != nil {
+		if err := m.provisionVM(t, a); err != nil {
 			return nil, err
 		}
 	} else {
@@ -362,17 +364,15 @@ func (m *istioMesh) newAgent(t *testing.T, s agentSpec, token string) (*istioAge
 	_, istiodPort, _ := strings.Cut(m.istiod.secureAddr, ":")
 	a.program = newProgram(s.pod, dir, istioBinary(t, "pilot-agent"),
 		agentEnv(s, m.ca.Addr, "localhost:"+istiodPort, a.statusPort), "proxy", mode)
-	a.watch = &agentWatch{a: a, counters: map[int]agentCounters{}}
-	a.xds = &xdsStandIn{dir: dir}
 	return a, nil
 }
 
-// provisionVM writes a VM's bootstrap certificate into certDir (key.pem,
-// cert-chain.pem, root-cert.pem): one "ca request" with the VM's service
-// account token, as a VM's provisioning does once. It may run outside the
-// test's goroutine.
-func (m *istioMesh) provisionVM(t *testing.T, certDir string) error {
-	if err := os.MkdirAll(certDir, 0o755); err != nil {
+// provisionVM writes a VM's bootstrap certificate into its certificate
+// directory (key.pem, cert-chain.pem, root-cert.pem): one "ca request" with
+// the VM's service account token, as a VM's provisioning does once. It may
+// run outside the test's goroutine.
+func (m *istioMesh) provisionVM(t *testing.T, a *istioAgent) error {
+	if err := os.MkdirAll(a.certDir, 0o755); err != nil {
 		return err
 	}
 	tok := filepath.Join(t.TempDir(), "vm.jwt")
@@ -380,10 +380,15 @@ func (m *istioMesh) provisionVM(t *testing.T, certDir string) error {
 		return err
 	}
 	out, err := m.ca.command("request", "--addr", m.ca.Addr, "--server-name", "localhost", "--token-file", tok,
-		"--root-cert", m.ca.RootFile, "--out", certDir, "--ttl", agentSecretTTL.String()).CombinedOutput()
+		"--root-cert", m.ca.RootFile, "--out", a.certDir, "--ttl", agentSecretTTL.String()).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ca request for the VM: %w\n%s", err, out)
 	}
+	chain, err := readPEMFile(filepath.Join(a.certDir, "cert-chain.pem"))
+	if err != nil {
+		return err
+	}
+	a.watch.markProvisioned(chain[0].SerialNumber.String())
 	return nil
 }
 
@@ -419,13 +424,13 @@ func (m *istioMesh) dumpLogs(t *testing.T) {
 	t.Logf("transitca log (last 6000 bytes):\n%s", tail(m.ca.Logs(), 6000))
 }
 
-// waitRenewals waits until each agent has written n+1 certificates since
-// it started (its first and n renewals).
+// waitRenewals waits until each agent has written n+1 certificates (its
+// first and n renewals).
 func waitRenewals(t *testing.T, agents []*istioAgent, n int, limit time.Duration) {
 	t.Helper()
 	if err := eventually(limit, 250*time.Millisecond, func() error {
 		for _, a := range agents {
-			if got := len(a.watch.issued()); got < n+1 {
+			if got := len(a.watch.written()); got < n+1 {
 				return fmt.Errorf("%s wrote %d certificates, want %d", a.name, got, n+1)
 			}
 		}

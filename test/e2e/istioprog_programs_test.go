@@ -114,12 +114,16 @@ func agentEnv(s agentSpec, caAddr, istiodAddr string, statusPort int) []string {
 	return env
 }
 
-// issuedCert is one certificate an agent wrote, as first seen.
+// issuedCert is one certificate found in an agent's OUTPUT_CERTS, as first
+// seen.
 type issuedCert struct {
 	seen   time.Time
 	leaf   *x509.Certificate
 	chain  []*x509.Certificate // leaf first, then the intermediate
 	bundle []*x509.Certificate // root-cert.pem at that moment
+	// provisioned is set for a VM's bootstrap certificate, put there
+	// before the agent started; the others the agent wrote.
+	provisioned bool
 }
 
 // agentWatch follows an agent from outside, as an operator would: the
@@ -138,6 +142,9 @@ type agentWatch struct {
 	// counters.
 	counters  map[int]agentCounters
 	scrapeErr error
+	// provisioned are the serials of the bootstrap certificates given to
+	// a VM.
+	provisioned map[string]bool
 }
 
 type agentCounters struct {
@@ -176,7 +183,15 @@ func (w *agentWatch) readCerts() {
 	if n := len(w.certs); n > 0 && w.certs[n-1].leaf.Equal(chain[0]) {
 		return
 	}
-	w.certs = append(w.certs, issuedCert{seen: time.Now(), leaf: chain[0], chain: chain, bundle: bundle})
+	w.certs = append(w.certs, issuedCert{seen: time.Now(), leaf: chain[0], chain: chain, bundle: bundle,
+		provisioned: w.provisioned[chain[0].SerialNumber.String()]})
+}
+
+// markProvisioned notes a VM's bootstrap certificate.
+func (w *agentWatch) markProvisioned(serial string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.provisioned[serial] = true
 }
 
 func (w *agentWatch) scrapeMetrics(ctx context.Context) {
@@ -208,6 +223,17 @@ func (w *agentWatch) issued() []issuedCert {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]issuedCert(nil), w.certs...)
+}
+
+// written returns the certificates the agent wrote itself.
+func (w *agentWatch) written() []issuedCert {
+	var out []issuedCert
+	for _, c := range w.issued() {
+		if !c.provisioned {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // totals sums the counters of every process the agent ran as.
