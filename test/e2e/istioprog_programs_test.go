@@ -134,9 +134,10 @@ type agentWatch struct {
 	mu     sync.Mutex
 	certs  []issuedCert
 	bundle []*x509.Certificate // last root-cert.pem read
-	// minExpiry is the least istio_agent_cert_expiry_seconds scraped; NaN
-	// before the first.
+	// minExpiry is the least istio_agent_cert_expiry_seconds scraped, of
+	// expiries scrapes.
 	minExpiry float64
+	expiries  int
 	scrapes   int
 	// counters holds, per process (pid), the last values of the agent's
 	// counters.
@@ -207,8 +208,11 @@ func (w *agentWatch) scrapeMetrics(ctx context.Context) {
 		return
 	}
 	w.scrapes++
-	if v, ok := metric(s, "istio_agent_cert_expiry_seconds", `resource_name="default"`); ok && (w.scrapes == 1 || v < w.minExpiry || w.minExpiry != w.minExpiry) {
-		w.minExpiry = v
+	if v, ok := metric(s, "istio_agent_cert_expiry_seconds", `resource_name="default"`); ok {
+		if w.expiries == 0 || v < w.minExpiry {
+			w.minExpiry = v
+		}
+		w.expiries++
 	}
 	var c agentCounters
 	c.csr, _ = metric(s, "istio_agent_num_outgoing_requests", `request_type="csr"`)

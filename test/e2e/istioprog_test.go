@@ -42,6 +42,7 @@ func TestIstioPrograms(t *testing.T) {
 				{"gateway", m.testGateway},
 				{"vm", m.testVM},
 				{"istiod", m.testIstiod},
+				{"root rotation", m.testRootRotation},
 			} {
 				stBegan := time.Now()
 				t.Run(st.name, st.run)
@@ -348,9 +349,12 @@ func (m *istioMesh) testRootRotation(t *testing.T) {
 		return nil
 	})
 
+	m.istiodFollows(t, "prepare", both, oldRoot)
+
 	act := &adminv1.ActivateRootResponse{}
 	m.op.refresh(t)
 	m.op.adminJSON(t, act, "root", "activate", "--force", "--reason", "e2e: the agents renew every few seconds")
+	m.istiodFollows(t, "activate", both, newRoot)
 	m.waitAgents(t, "chain under the new root after activate", func(a *istioAgent, c issuedCert) error {
 		if err := c.chain[1].CheckSignatureFrom(newRoot); err != nil {
 			return err
@@ -368,35 +372,15 @@ func (m *istioMesh) testRootRotation(t *testing.T) {
 		}
 		return checkChain(a, c)
 	})
-	// istiod's mounts follow: ca.crt of istiod-tls, and the certificate it
-	// serves is under the new root.
-	if err := eventually(2*time.Minute, 250*time.Millisecond, func() error {
-		caCrt, err := readPEMFile(filepath.Join(m.istiod.dir, istiodTLSDir, kube.CACertKey))
-		if err != nil {
-			return err
-		}
-		if !slices.Equal(certsOf(caCrt), only) {
-			return fmt.Errorf("istiod's ca.crt holds %d roots", len(caCrt))
-		}
-		chain, err := m.istiod.servingChain()
-		if err != nil {
-			return err
-		}
-		if len(chain) < 2 || chain[1].CheckSignatureFrom(newRoot) != nil {
-			return fmt.Errorf("istiod serves a certificate not under the new root")
-		}
-		return nil
-	}); err != nil {
-		t.Error(err)
-	}
+	m.istiodFollows(t, "retire", only, newRoot)
 	t.Logf("rotation done %v after prepare", time.Since(began).Round(time.Millisecond))
 
 	for _, a := range agents {
 		a.watch.mu.Lock()
-		minExpiry, scrapes := a.watch.minExpiry, a.watch.scrapes
+		minExpiry, expiries := a.watch.minExpiry, a.watch.expiries
 		a.watch.mu.Unlock()
-		if scrapes == 0 || !(minExpiry > 0) {
-			t.Errorf("%s: istio_agent_cert_expiry_seconds fell to %v (%d scrapes)", a.name, minExpiry, scrapes)
+		if expiries == 0 || !(minExpiry > 0) {
+			t.Errorf("%s: istio_agent_cert_expiry_seconds fell to %v (%d samples)", a.name, minExpiry, expiries)
 		}
 		certs := a.watch.issued()
 		for i := 1; i < len(certs); i++ {
@@ -412,6 +396,38 @@ func (m *istioMesh) testRootRotation(t *testing.T) {
 			t.Logf("%s: %d XDS streams ended during the test; last: %v", a.name, len(sessions), sessions[len(sessions)-1].err)
 		}
 	}
+}
+
+// istiodFollows waits until istiod has what transitca writes after a
+// rotation step, as fast as the ConfigMaps follow: its mounted ca.crt of
+// istiod-tls and root-cert.pem of istio-ca-root-cert hold the bundle, and
+// the certificate it serves chains to root.
+func (m *istioMesh) istiodFollows(t *testing.T, step string, bundle []string, root *x509.Certificate) {
+	t.Helper()
+	began := time.Now()
+	if err := eventually(10*time.Second, 100*time.Millisecond, func() error {
+		for _, f := range []string{filepath.Join(istiodTLSDir, kube.CACertKey), filepath.Join(istiodCADir, kube.RootCertKey)} {
+			certs, err := readPEMFile(filepath.Join(m.istiod.dir, f))
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(certsOf(certs), bundle) {
+				return fmt.Errorf("istiod's %s holds %d roots, not the bundle", f, len(certs))
+			}
+		}
+		chain, err := m.istiod.servingChain()
+		if err != nil {
+			return err
+		}
+		if len(chain) < 2 || chain[1].CheckSignatureFrom(root) != nil {
+			return fmt.Errorf("istiod serves serial %x, not under the root it should", chain[0].SerialNumber)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("after %s: %v", step, err)
+		return
+	}
+	t.Logf("istiod follows %s after %v", step, time.Since(began).Round(time.Millisecond))
 }
 
 // checkCSRRecovered fails the test when an agent's log shows a CSR that
