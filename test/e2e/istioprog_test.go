@@ -43,6 +43,7 @@ func TestIstioPrograms(t *testing.T) {
 				{"vm", m.testVM},
 				{"istiod", m.testIstiod},
 				{"root rotation", m.testRootRotation},
+				{"intermediate revocation", m.testRevocation},
 			} {
 				stBegan := time.Now()
 				t.Run(st.name, st.run)
