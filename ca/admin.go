@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/transitca/transitca/issuer"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
 	"github.com/transitca/transitca/store"
 )
@@ -48,11 +48,15 @@ func NewAdminService(l *store.Log, verifierKey string, logger *slog.Logger) *Adm
 }
 
 // AdminAuthorizer admits only callers whose client certificate chains to
-// transitca's roots and carries one of the configured admin SPIFFE IDs.
+// transitca's roots and carries an admin SPIFFE ID, to the methods of its
+// role. An admin call names no cluster: the clusterid header is not read.
 type AdminAuthorizer struct {
-	Certs      Authenticator
-	Identities []string
-	Logger     *slog.Logger
+	// Certs authenticates the client certificate (a CertAuthenticator
+	// with the chain check, as on the Istio port).
+	Certs Authenticator
+	// Roles give each admin identity its role.
+	Roles  *AdminRoles
+	Logger *slog.Logger
 	// Audit, when set, records every admin call, allowed or refused, with
 	// its caller, method, arguments and outcome.
 	Audit AdminAudit
@@ -71,14 +75,18 @@ const AdminCallAction = "admin-call"
 // finish records one admin call and turns its error into the status the
 // caller gets. The status is made once, so that the outcome recorded in
 // the log (an Internal error's reference included) is the one the caller
-// sees. A call whose record cannot be written fails with the recording
-// error, so that no action goes unrecorded unnoticed.
+// sees. The record is written whatever became of the caller's context (a
+// caller that went away, a call past its deadline). A call whose record
+// cannot be written fails with the recording error, so that no action
+// goes unrecorded unnoticed.
 func (a *AdminAuthorizer) finish(ctx context.Context, caller *Caller, method string, req any, callErr error) error {
 	var st *status.Status
 	if callErr != nil {
 		st = adminStatusOf(ctx, a.Logger, callErr)
 	}
-	if err := a.audit(ctx, caller, method, req, st); err != nil && st == nil {
+	rctx, cancel := recordContext(ctx)
+	defer cancel()
+	if err := a.audit(rctx, caller, method, req, st); err != nil && st == nil {
 		st = adminStatusOf(ctx, a.Logger, err)
 	}
 	return st.Err()
@@ -91,7 +99,9 @@ func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method stri
 	}
 	actor := "unauthenticated"
 	if caller != nil {
-		actor = caller.SPIFFEID
+		actor = callerActor(caller)
+	} else if cert := presentedCert(ctx); cert != "" {
+		actor += " " + cert
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		actor += " from " + p.Addr.String()
@@ -107,11 +117,51 @@ func (a *AdminAuthorizer) audit(ctx context.Context, caller *Caller, method stri
 		outcome = st.Code().String() + ": " + st.Message()
 	}
 	detail = boundMessage(detail + " outcome=" + outcome)
-	if err := a.Audit.RecordAdmin(ctx, AdminCallAction, bound(actor, MaxQuotedBytes), detail); err != nil {
+	if err := a.Audit.RecordAdmin(ctx, AdminCallAction, bound(actor, 2*MaxQuotedBytes), detail); err != nil {
 		a.Logger.ErrorContext(ctx, "record admin call", slog.String("method", method), slog.Any("error", err))
 		return fmt.Errorf("record admin call: %w", err)
 	}
 	return nil
+}
+
+// callerActor names an admin caller in the log: its SPIFFE ID and, for a
+// client certificate, the certificate's serial and the SHA-256 of the CA
+// certificate that signed it, so that two certificates for one identity
+// (a real one and one an attacker had signed) are told apart.
+func callerActor(c *Caller) string {
+	id := bound(c.SPIFFEID, MaxQuotedBytes)
+	if c.ClientCert == nil {
+		return id
+	}
+	return id + " cert serial=" + bound(c.Subject, maxSerialText) + " issuer=" + c.ClientCertIssuer
+}
+
+// maxSerialText bounds a certificate serial in hex in an actor: 20 octets,
+// the most RFC 5280 allows, are 40 digits.
+const maxSerialText = 64
+
+// presentedCert names the client certificate of a call that did not
+// authenticate: its serial and the SHA-256 of the next certificate the
+// client sent (its claimed issuer), "" without one.
+func presentedCert(ctx context.Context) string {
+	cred, err := CredentialsFromContext(ctx)
+	if err != nil || len(cred.PeerChains) == 0 || len(cred.PeerChains[0]) == 0 || cred.PeerChains[0][0] == nil {
+		return ""
+	}
+	chain := cred.PeerChains[0]
+	s := "cert serial=" + bound(chain[0].SerialNumber.Text(16), maxSerialText)
+	if len(chain) > 1 && chain[1] != nil {
+		s += " issuer=" + issuer.Fingerprint(chain[1])
+	}
+	return s
+}
+
+// adminCredentials drops what an admin call's credentials must not decide:
+// the clusterid header. The certificate alone says who calls and the
+// cluster it was issued for.
+func adminCredentials(cred Credentials) Credentials {
+	cred.ClusterID = ""
+	return cred
 }
 
 func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller, error) {
@@ -122,31 +172,33 @@ func (a *AdminAuthorizer) authorize(ctx context.Context, method string) (*Caller
 	if len(cred.PeerChains) == 0 {
 		return nil, fmt.Errorf("%w: the admin API needs a client certificate carrying an admin SPIFFE ID", ErrUnauthenticated)
 	}
-	caller, err := a.Certs.Authenticate(ctx, cred)
+	caller, err := a.Certs.Authenticate(ctx, adminCredentials(cred))
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(a.Identities, caller.SPIFFEID) {
-		return caller, fmt.Errorf("%w: %s is not an admin identity", ErrPermissionDenied, caller.SPIFFEID)
+	if err := a.Roles.authorize(caller, method); err != nil {
+		return caller, err
 	}
-	a.Logger.InfoContext(ctx, "admin call", slog.String("method", method), slog.String("caller", caller.SPIFFEID))
+	a.Logger.InfoContext(ctx, "admin call", slog.String("method", method), slog.String("caller", caller.SPIFFEID),
+		slog.String("role", a.Roles.Role(caller.SPIFFEID).String()))
 	return caller, nil
 }
 
 // NewAdminServer returns the admin gRPC server over TLS, with every call
-// authorized by authz.
-func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorizer) *grpc.Server {
+// authorized by authz, and ended, counted and recorded as port says.
+func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorizer, port AdminPort) *grpc.Server {
 	if authz.Logger == nil {
 		authz.Logger = slog.Default()
 	}
+	p := newAdminPort(authz, port)
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			caller, err := authz.authorize(ctx, info.FullMethod)
-			var resp any
-			if err == nil {
-				resp, err = h(WithAdminCaller(ctx, caller), req)
+			if err != nil {
+				return nil, p.refuse(ctx, caller, info.FullMethod, req, err)
 			}
+			resp, err := h(WithAdminCaller(ctx, caller), req)
 			if err := authz.finish(ctx, caller, info.FullMethod, req, err); err != nil {
 				return nil, err
 			}
@@ -155,15 +207,17 @@ func NewAdminServer(tlsCfg *tls.Config, svc *AdminService, authz *AdminAuthorize
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			ctx := ss.Context()
 			caller, err := authz.authorize(ctx, info.FullMethod)
-			if err == nil {
-				err = h(srv, &callerStream{ServerStream: ss, ctx: WithAdminCaller(ctx, caller)})
+			if err != nil {
+				return p.refuse(ctx, caller, info.FullMethod, nil, err)
 			}
+			err = h(srv, &callerStream{ServerStream: ss, ctx: WithAdminCaller(ctx, caller)})
 			return authz.finish(ctx, caller, info.FullMethod, nil, err)
 		}),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 	}
-	s := grpc.NewServer(append(opts, connectionLimits()...)...)
+	opts = append(append(opts, connectionLimits()...), p.serverOptions()...)
+	s := grpc.NewServer(opts...)
 	adminv1.RegisterAdminServiceServer(s, svc)
 	return s
 }
@@ -200,6 +254,7 @@ func (s *AdminService) QueryLog(ctx context.Context, req *adminv1.QueryLogReques
 		Cluster:   req.GetCluster(),
 		Newest:    req.GetNewestFirst(),
 		Limit:     int(req.GetLimit()),
+		MaxBytes:  AdminPageBytes,
 		PageToken: req.GetPageToken(),
 	}
 	if k := req.GetKind(); k != adminv1.Kind_KIND_UNSPECIFIED {
@@ -363,10 +418,34 @@ func (s *AdminService) VerifyLog(ctx context.Context, _ *adminv1.VerifyLogReques
 	return &adminv1.VerifyLogResponse{TreeSize: res.Size, RootHash: res.Root, CheckpointsChecked: uint64(res.Checkpoints)}, nil
 }
 
-// Backup streams a consistent snapshot of the log file.
+// Backup signs a checkpoint over the entries appended since the last one,
+// so that the backup's newest entries can be proven too, then streams a
+// consistent snapshot of the log file. A checkpoint that cannot be signed
+// (Vault down) is logged and the backup is still made. The snapshot is
+// taken whole first (store.Log.Snapshot), so that no transaction of the
+// log waits on the pace of the caller.
 func (s *AdminService) Backup(_ *adminv1.BackupRequest, stream adminv1.AdminService_BackupServer) error {
-	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&adminv1.BackupResponse{Data: b}) }}
-	if _, err := s.log.WriteTo(w); err != nil {
+	ctx := stream.Context()
+	if _, err := s.latest(ctx); err != nil {
+		s.logger.WarnContext(ctx, "backup: no checkpoint signed before the snapshot; its newest entries are not under one", slog.Any("error", err))
+	}
+	snap, err := s.log.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = snap.Close() }()
+	w := &chunkWriter{send: func(b []byte) error {
+		if err := stream.Send(&adminv1.BackupResponse{Data: b}); err != nil {
+			// The caller went away or the call's deadline passed: say
+			// which, not how the transport noticed.
+			if cerr := ctx.Err(); cerr != nil {
+				return cerr
+			}
+			return err
+		}
+		return nil
+	}}
+	if _, err := io.Copy(w, snap); err != nil {
 		return err
 	}
 	return w.flush()

@@ -7,11 +7,15 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
+	"fmt"
 	"math/big"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/transitca/transitca/issuer"
 )
 
 // testPKI is a root and an issuing intermediate, like the CA's own hierarchy.
@@ -103,6 +107,16 @@ func TestCertAuthenticator(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := pki.leaf(t, nil)
+	inCluster := func(cluster string) func(c *x509.Certificate) {
+		return func(c *x509.Certificate) {
+			ext, err := issuer.ClusterExtension(cluster)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.ExtraExtensions = []pkix.Extension{ext}
+		}
+	}
+	vm := pki.leaf(t, inCluster("vm-fleet"))
 	tests := []struct {
 		name       string
 		chains     [][]*x509.Certificate
@@ -116,14 +130,44 @@ func TestCertAuthenticator(t *testing.T) {
 			name:   "verified chain from tls",
 			chains: [][]*x509.Certificate{{good, pki.inter, pki.root}},
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: DefaultCluster,
-				Method: AuthClientCert, Subject: good.SerialNumber.Text(16)},
+				Method: AuthClientCert, Subject: good.SerialNumber.Text(16), ClientCert: good, ClientCertIssuer: issuer.Fingerprint(pki.inter)},
 		},
 		{
 			name:    "client's own chain, vm cluster",
-			chains:  [][]*x509.Certificate{{good, pki.inter}},
+			chains:  [][]*x509.Certificate{{vm, pki.inter}},
 			cluster: "vm-fleet",
 			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: "vm-fleet",
-				Method: AuthClientCert, Subject: good.SerialNumber.Text(16)},
+				Method: AuthClientCert, Subject: vm.SerialNumber.Text(16), ClientCert: vm, ClientCertIssuer: issuer.Fingerprint(pki.inter)},
+		},
+		{
+			name:   "vm cluster certificate without a clusterid",
+			chains: [][]*x509.Certificate{{vm, pki.inter}},
+			want: &Caller{SPIFFEID: testID, Namespace: "default", ServiceAccount: "sleep", ClusterID: "vm-fleet",
+				Method: AuthClientCert, Subject: vm.SerialNumber.Text(16), ClientCert: vm, ClientCertIssuer: issuer.Fingerprint(pki.inter)},
+		},
+		{
+			name:    "vm cluster certificate presented as another cluster",
+			chains:  [][]*x509.Certificate{{vm, pki.inter}},
+			cluster: DefaultCluster,
+			wantErr: ErrUnauthenticated, wantSubstr: `was issued for cluster "vm-fleet" and cannot be presented as cluster "Kubernetes"`,
+		},
+		{
+			name:    "certificate without a cluster presented as another than the own",
+			chains:  [][]*x509.Certificate{{good, pki.inter}},
+			cluster: "vm-fleet",
+			wantErr: ErrUnauthenticated, wantSubstr: `was issued for cluster "Kubernetes" and cannot be presented as cluster "vm-fleet"`,
+		},
+		{
+			name:    "certificate of a cluster no longer served",
+			chains:  [][]*x509.Certificate{{pki.leaf(t, inCluster("east")), pki.inter}},
+			wantErr: ErrUnauthenticated, wantSubstr: `cluster "east" is not served by this ca; allowed clusters: Kubernetes, vm-fleet`,
+		},
+		{
+			name: "malformed cluster extension",
+			chains: [][]*x509.Certificate{{pki.leaf(t, func(c *x509.Certificate) {
+				c.ExtraExtensions = []pkix.Extension{{Id: issuer.OIDCluster, Value: []byte{2, 1, 7}}}
+			}), pki.inter}},
+			wantErr: ErrUnauthenticated, wantSubstr: "malformed cluster extension",
 		},
 		{
 			name:    "missing intermediate",
@@ -203,7 +247,7 @@ func TestCertAuthenticator(t *testing.T) {
 			name:    "cluster not served",
 			chains:  [][]*x509.Certificate{{good, pki.inter}},
 			cluster: "east",
-			wantErr: ErrUnauthenticated, wantSubstr: `cluster "east" is not served by this ca; allowed clusters: Kubernetes, vm-fleet`,
+			wantErr: ErrUnauthenticated, wantSubstr: `cannot be presented as cluster "east"`,
 		},
 	}
 	for _, tc := range tests {
@@ -218,6 +262,40 @@ func TestCertAuthenticator(t *testing.T) {
 				t.Fatalf("caller = %+v, want %+v", *got, *tc.want)
 			}
 		})
+	}
+}
+
+// The chain check sees every verified chain; its refusal is the caller's
+// Unauthenticated, with its reason.
+func TestCertAuthenticatorChainCheck(t *testing.T) {
+	pki := newTestPKI(t, "mesh")
+	roots := pki.pool()
+	distrusted := map[string]bool{}
+	check := func(chain []*x509.Certificate) error {
+		for _, c := range chain[1:] {
+			if distrusted[issuer.Fingerprint(c)] {
+				return fmt.Errorf("%w: %s is a compromised intermediate", issuer.ErrCompromised, issuer.Fingerprint(c))
+			}
+		}
+		return nil
+	}
+	a, err := NewCertAuthenticator(func() *x509.CertPool { return roots }, testTrustDomain, nil, WithChainCheck(check))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := pki.leaf(t, nil)
+	cred := Credentials{PeerChains: [][]*x509.Certificate{{leaf, pki.inter}}}
+	if _, err := a.Authenticate(context.Background(), cred); err != nil {
+		t.Fatal(err)
+	}
+	distrusted[issuer.Fingerprint(pki.inter)] = true
+	_, err = a.Authenticate(context.Background(), cred)
+	checkErr(t, err, ErrUnauthenticated, "is a compromised intermediate")
+	if !errors.Is(err, issuer.ErrCompromised) {
+		t.Fatalf("%v does not wrap issuer.ErrCompromised", err)
+	}
+	if _, err := NewCertAuthenticator(func() *x509.CertPool { return roots }, testTrustDomain, []string{"east"}, WithOwnCluster("west")); err == nil {
+		t.Fatal("an own cluster that is not served was accepted")
 	}
 }
 

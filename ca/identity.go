@@ -1,5 +1,7 @@
 package ca
 
+import "crypto/x509"
+
 // AuthMethod names how a caller proved its identity. It is recorded with every
 // issuance.
 type AuthMethod string
@@ -20,14 +22,20 @@ type Caller struct {
 	SPIFFEID       string
 	Namespace      string
 	ServiceAccount string
-	// ClusterID is the cluster the caller said it belongs to (the clusterid
-	// header), checked against the configured clusters.
+	// ClusterID is the cluster the caller belongs to, one of the configured
+	// clusters: the one its client certificate was issued for, or the one
+	// its clusterid header names for a token.
 	ClusterID string
 	// Method is how the caller authenticated.
 	Method AuthMethod
 	// Subject is the credential's own subject: the token's "sub" claim, or
 	// the client certificate's serial number in hex.
 	Subject string
+	// ClientCert is the client certificate the caller authenticated with
+	// (Method AuthClientCert), nil otherwise, and ClientCertIssuer the hex
+	// SHA-256 of the CA certificate that signed it.
+	ClientCert       *x509.Certificate
+	ClientCertIssuer string
 	// PodName and PodUID name the pod the caller's token is bound to, as the
 	// Kubernetes TokenReview API reported it (the user's extra fields
 	// authentication.kubernetes.io/pod-name and pod-uid) or, for a token

@@ -160,7 +160,8 @@ func (a *NodeAuthorizer) callerNode(caller *Caller) (string, error) {
 
 // impersonate returns the caller a certificate is issued to: the caller
 // itself or, when the request names an ImpersonatedIdentity, that identity
-// if the node authorizer allows it. When it refuses it returns the caller
+// if the node authorizer allows it and it is not protected
+// (checkImpersonation). When it refuses it returns the caller
 // to record, which names both identities if the requested one parses.
 func (s *Service) impersonate(ctx context.Context, req *pb.IstioCertificateRequest, caller *Caller) (*Caller, error) {
 	id, err := impersonatedIdentity(req)
@@ -168,6 +169,9 @@ func (s *Service) impersonate(ctx context.Context, req *pb.IstioCertificateReque
 		return caller, err
 	}
 	w, err := s.nodes.Impersonate(caller, id)
+	if err == nil {
+		err = s.checkImpersonation(w)
+	}
 	if err != nil {
 		s.log.WarnContext(ctx, "impersonation refused", slog.String("caller", caller.SPIFFEID),
 			slog.String("identity", quote(id)), slog.String("cluster", caller.ClusterID), slog.Any("error", err))

@@ -86,12 +86,16 @@ func TestImpersonationKube(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// web is privileged, so that its tier is told from ztunnel's; a
+	// privileged identity is protected, so it is named as one node
+	// agents may still be issued.
 	policy := issuer.DefaultPolicy()
 	policy.Rules = append([]issuer.Rule{{Tier: issuer.TierPrivileged, ServiceAccounts: []string{"web"}}}, policy.Rules...)
 	s := newLoggedService(t, func(o *ca.ServiceOptions) {
 		o.Authenticator = ca.NewMultiAuthenticator(nil, auth)
 		o.Nodes = nodes
 		o.Policy = policy
+		o.Protected = ca.Protected{Allow: []string{spiffe(env.Namespace, "web")}}
 	})
 	for _, sa := range []string{"ztunnel", "web", "db", "rogue"} {
 		env.ServiceAccount(t, sa)

@@ -62,11 +62,23 @@ func (r LogRecorder) RecordAdmin(ctx context.Context, action, actor, detail stri
 	return err
 }
 
+// IntermediateActivatedAction is the action of the admin entry recorded
+// for every issuing intermediate put to use.
+const IntermediateActivatedAction = "intermediate-activated"
+
 // RecordIntermediate appends an admin entry for an issuing intermediate
-// put to use, so that the log names every key that signed its leaves.
+// put to use, so that the log names every key that signed its leaves. The
+// entry carries the intermediate's fingerprint as its issuer fingerprint
+// (the issuer index finds it with the leaves it signed), its validity,
+// and, last in the detail, the fingerprint of its key (key=).
 func (r LogRecorder) RecordIntermediate(ctx context.Context, in *issuer.Intermediate) error {
-	detail := fmt.Sprintf("mode=%s fingerprint=%s serial=%s subject=%q not_before=%s not_after=%s key_version=%d",
+	detail := fmt.Sprintf("mode=%s fingerprint=%s serial=%s subject=%q not_before=%s not_after=%s key_version=%d key=%s",
 		in.Mode, in.Fingerprint, store.SerialHex(in.Cert.SerialNumber), in.Cert.Subject.String(),
-		in.Cert.NotBefore.UTC().Format(time.RFC3339), in.Cert.NotAfter.UTC().Format(time.RFC3339), in.KeyVersion)
-	return r.RecordAdmin(ctx, "intermediate-activated", "transitca", detail)
+		in.Cert.NotBefore.UTC().Format(time.RFC3339), in.Cert.NotAfter.UTC().Format(time.RFC3339), in.KeyVersion,
+		issuer.KeyFingerprint(in.Cert.PublicKey))
+	_, err := r.Log.Append(ctx, &store.Entry{
+		Kind: store.KindAdmin, Time: time.Now(), Action: IntermediateActivatedAction, Actor: "transitca", Detail: detail,
+		IssuerFingerprint: in.Fingerprint, NotBefore: in.Cert.NotBefore, NotAfter: in.Cert.NotAfter,
+	})
+	return err
 }

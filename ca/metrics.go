@@ -21,6 +21,7 @@ const (
 	MetricDrillSuccess        = "transitca_drill_last_success"
 	MetricTokenReviewCache    = "transitca_tokenreview_cache_total"
 	MetricTokenReviewRequests = "transitca_tokenreview_requests_total"
+	MetricAdminRefused        = "transitca_admin_refused_total"
 )
 
 // Results of a TokenReview cache lookup.
@@ -53,6 +54,8 @@ type Metrics struct {
 	tokenReviewCache *prometheus.CounterVec
 	// tokenReviews counts the TokenReviews sent, by result.
 	tokenReviews *prometheus.CounterVec
+	// adminRefused counts the admin calls refused, by reason.
+	adminRefused *prometheus.CounterVec
 }
 
 // NewMetrics registers the service's metrics with reg. certs names the CA's
@@ -103,6 +106,10 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 			Help: "Kubernetes TokenReviews sent, by result (authenticated, refused, error: no answer or an API error).",
 		}, []string{"result"}),
 	}
+	m.adminRefused = newAdminRefused()
+	for _, r := range adminRefusedReasons {
+		m.adminRefused.WithLabelValues(r)
+	}
 	// Export zeros before the first lookup and review.
 	for _, r := range []string{cacheHit, cacheMiss, cacheShared} {
 		m.tokenReviewCache.WithLabelValues(r)
@@ -111,7 +118,7 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 		m.tokenReviews.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault, m.drillLast, m.drillSuccess,
-		m.tokenReviewCache, m.tokenReviews)
+		m.tokenReviewCache, m.tokenReviews, m.adminRefused)
 	for name, get := range certs {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        MetricCertExpiry,

@@ -31,6 +31,9 @@ type RotationOptions struct {
 	Keys KeyInspector
 	// RootKey is the Transit name of the root key.
 	RootKey string
+	// Custody, when set, tells where each of the CA's keys is kept and
+	// what Vault answers about it now: each drill records it.
+	Custody func(ctx context.Context) []KeyCustody
 	// MinOverlap is how long a prepared root must be in the bundle before
 	// ActivateRoot is allowed without force.
 	MinOverlap time.Duration
@@ -95,7 +98,7 @@ func (r *rotation) record(ctx context.Context, action, detail string) error {
 	}
 	actor := "transitca"
 	if c := AdminCallerFrom(ctx); c != nil {
-		actor = c.SPIFFEID
+		actor = callerActor(c)
 	}
 	if err := r.Audit.RecordAdmin(ctx, action, actor, detail); err != nil {
 		return fmt.Errorf("record %s: %w", action, err)
@@ -287,25 +290,41 @@ func (s *AdminService) liveUnderRoot(ctx context.Context, v int, now time.Time) 
 }
 
 // RevokeIntermediate marks an intermediate compromised, rotates if it is
-// the current one, and streams what it signed that is still valid.
+// the current one, and streams what it signed that is still valid. Only
+// an intermediate this CA issued is accepted: the current one, or one this
+// replica's log records (knownIntermediate); another fingerprint needs
+// force and a reason.
 func (s *AdminService) RevokeIntermediate(req *adminv1.RevokeIntermediateRequest, stream adminv1.AdminService_RevokeIntermediateServer) error {
 	r, err := s.rotation()
 	if err != nil {
 		return err
 	}
 	ctx := stream.Context()
+	if req.GetForce() && strings.TrimSpace(req.GetReason()) == "" {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, ErrReasonRequired)
+	}
 	fp := strings.ToLower(strings.TrimSpace(req.GetFingerprint()))
 	r.mu.Lock()
 	if fp == "" {
 		fp = r.Authority.Intermediate().Fingerprint
 	}
-	old, cur, err := r.Authority.RevokeIntermediate(ctx, fp)
+	rev := issuer.Revocation{Fingerprint: fp, Force: req.GetForce()}
+	if fp != r.Authority.Intermediate().Fingerprint && issuer.CheckFingerprint(fp) == nil {
+		rev.Issued, rev.Key, rev.NotAfter, err = s.knownIntermediate(ctx, fp)
+	}
+	var old, cur *issuer.Intermediate
+	if err == nil {
+		old, cur, err = r.Authority.RevokeIntermediate(ctx, rev)
+	}
 	if err == nil {
 		r.changed(ctx)
 	}
 	r.mu.Unlock()
 	if errors.Is(err, issuer.ErrBadFingerprint) {
 		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+	}
+	if errors.Is(err, issuer.ErrUnknownIntermediate) {
+		return fmt.Errorf("%w; if another replica issued it, run this on that replica (or name every replica with --addr), else --force with a reason", err)
 	}
 	if err != nil {
 		return err
@@ -314,8 +333,12 @@ func (s *AdminService) RevokeIntermediate(req *adminv1.RevokeIntermediateRequest
 	if err != nil {
 		return err
 	}
-	if err := r.record(ctx, "intermediate-revoked", fmt.Sprintf("fingerprint=%s current=%s live_certificates=%d workloads=%d reason=%s",
-		fp, cur.Fingerprint, total, len(groups), quote(req.GetReason()))); err != nil {
+	detail := fmt.Sprintf("fingerprint=%s current=%s live_certificates=%d workloads=%d reason=%s",
+		fp, cur.Fingerprint, total, len(groups), quote(req.GetReason()))
+	if rev.Force && !rev.Issued && old == nil {
+		detail += " forced=true"
+	}
+	if err := r.record(ctx, "intermediate-revoked", detail); err != nil {
 		return err
 	}
 	first := &adminv1.RevokeIntermediateResponse{Current: intermediatePB(cur)}
@@ -333,6 +356,30 @@ func (s *AdminService) RevokeIntermediate(req *adminv1.RevokeIntermediateRequest
 		}
 	}
 	return nil
+}
+
+// knownIntermediate looks the intermediate with fingerprint fp up in the
+// log: the first entry under it in the issuer index is the
+// intermediate-activated entry recorded when it was put to use (its
+// validity, and its key last in the detail), or, in a log written before
+// those entries carried it, a certificate it signed. It returns whether
+// the log knows fp, and what it knows of it.
+func (s *AdminService) knownIntermediate(ctx context.Context, fp string) (known bool, key string, notAfter time.Time, err error) {
+	entries, _, err := s.log.Query(ctx, store.Query{Issuer: fp, Limit: 1})
+	if err != nil {
+		return false, "", time.Time{}, fmt.Errorf("look up intermediate %s in the log: %w", fp, err)
+	}
+	if len(entries) == 0 {
+		return false, "", time.Time{}, nil
+	}
+	e := entries[0]
+	if e.Kind != store.KindAdmin || e.Action != IntermediateActivatedAction {
+		return true, "", time.Time{}, nil
+	}
+	if i := strings.LastIndex(e.Detail, " key="); i >= 0 && issuer.CheckFingerprint(e.Detail[i+5:]) == nil {
+		key = e.Detail[i+5:]
+	}
+	return true, key, e.NotAfter, nil
 }
 
 // signedBy groups the unexpired certificates an intermediate signed by

@@ -22,6 +22,20 @@ import (
 // transport (ResourceExhausted) before the service runs.
 const MaxRequestBytes = 16 << 10
 
+// MaxAdminMessageBytes is the receive limit an admin API client sets
+// (gRPC's default, 4 MiB, is less than a page of the log can be): the
+// largest message the admin API sends in answer to what a client can ask.
+// A QueryLog page holds at most AdminPageBytes of entry records, which
+// with the encoding's overhead (about 130 bytes an entry, at most 10,000
+// entries a page) is well within it; a Backup chunk is 1 MiB; one entry
+// with its leaf data is at most twice the largest record, under 1 MiB.
+const MaxAdminMessageBytes = 16 << 20
+
+// AdminPageBytes bounds the entry records of one QueryLog page
+// (store.Query.MaxBytes): a page ends early rather than outgrow
+// MaxAdminMessageBytes, and its page token continues from there.
+const AdminPageBytes = 8 << 20
+
 // MaxHeaderListBytes bounds a request's metadata as a whole (HTTP/2
 // SETTINGS_MAX_HEADER_LIST_SIZE, counted as HPACK does: name, value and 32
 // bytes per field). istio-agent sends about 1.5 KiB (a projected token,

@@ -36,6 +36,8 @@ type Service struct {
 	csr       CSRPolicy
 	recorder  Recorder
 	nodes     *NodeAuthorizer  // nil: impersonation is refused
+	admin     *AdminRoles      // nil: no identity is an admin's
+	protected Protected        // identities node agents are not issued
 	clusters  []string         // served cluster IDs, recorded with unauthenticated denials
 	denials   *denialLimiter   // nil without DenialLimits
 	rate      *identityLimiter // nil without IdentityLimits
@@ -77,6 +79,13 @@ type ServiceOptions struct {
 	// Nodes authorizes node agents (ztunnel) to ask for the identities of
 	// pods on their node. Nil refuses every ImpersonatedIdentity.
 	Nodes *NodeAuthorizer
+	// Admin are the admin API's identities: an admin identity is issued
+	// only to callers of Admin.Clusters, and never by impersonation
+	// unless Protected.Allow names it. Nil: no identity is an admin's.
+	Admin *AdminRoles
+	// Protected are the other identities node agents are not issued by
+	// impersonation unless Protected.Allow names them.
+	Protected Protected
 	// Clusters are the cluster IDs served. The denial of a caller that
 	// could not be authenticated records the cluster it claimed when it is
 	// one of these.
@@ -113,13 +122,16 @@ func NewService(o ServiceOptions) (*Service, error) {
 	if l.enabled() && (l.Burst < 1 || l.Window <= 0 || l.MaxPeers < 1) {
 		return nil, errors.New("ca service: denial limits need a burst, a window and a peer cap of at least 1")
 	}
+	if err := o.Protected.validate(); err != nil {
+		return nil, fmt.Errorf("ca service: %w", err)
+	}
 	il := o.IdentityLimits
 	if il.enabled() && (il.Burst < 1 || il.MaxIdentities < 1) {
 		return nil, errors.New("ca service: identity limits need a burst and an identity cap of at least 1")
 	}
 	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
-		recorder: o.Recorder, nodes: o.Nodes, clusters: o.Clusters, metrics: o.Metrics, log: o.Logger, now: o.Now,
+		recorder: o.Recorder, nodes: o.Nodes, admin: o.Admin, protected: o.Protected, clusters: o.Clusters, metrics: o.Metrics, log: o.Logger, now: o.Now,
 		inFlight: max(o.MaxInFlight, 0),
 	}
 	if il.enabled() {
@@ -199,6 +211,9 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 	if caller, err = s.impersonate(ctx, req, caller); err != nil {
 		return caller, "", nil, stage("impersonate", err)
 	}
+	if err := s.admin.checkIssuance(caller); err != nil {
+		return caller, "", nil, stage("admin", err)
+	}
 	if req.GetValidityDuration() < 0 || req.GetValidityDuration() > MaxValidityDuration {
 		return caller, "", nil, stage("ttl", fmt.Errorf("%w: validity_duration %d is out of range (0 to %d seconds)", ErrInvalidRequest, req.GetValidityDuration(), MaxValidityDuration))
 	}
@@ -224,9 +239,15 @@ func (s *Service) issue(ctx context.Context, req *pb.IstioCertificateRequest) (*
 		return caller, tier, nil, fmt.Errorf("caller identity %s: %w", quote(caller.SPIFFEID), err)
 	}
 	now := s.now()
-	tmpl, err := issuer.LeafTemplate(issuer.LeafRequest{
-		SPIFFEID: id, DNSNames: csr.DNSNames, PublicKey: csr.PublicKey, Now: now, TTL: granted,
-	})
+	lr := issuer.LeafRequest{
+		SPIFFEID: id, DNSNames: csr.DNSNames, PublicKey: csr.PublicKey, Now: now, TTL: granted, Cluster: caller.ClusterID,
+	}
+	if caller.ClientCert != nil {
+		// A renewal re-keys but never extends: whoever holds a certificate
+		// gets no longer life out of it than it has.
+		lr.NotAfter = caller.ClientCert.NotAfter
+	}
+	tmpl, err := issuer.LeafTemplate(lr)
 	if err != nil {
 		return caller, tier, nil, err
 	}

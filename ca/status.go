@@ -66,13 +66,16 @@ func adminStatusOf(ctx context.Context, log *slog.Logger, err error) *status.Sta
 	}
 	switch {
 	case errors.Is(err, issuer.ErrRotationRefused), errors.Is(err, issuer.ErrNoPreparedRoot),
-		errors.Is(err, issuer.ErrNoStateStore), errors.Is(err, ErrRotationDisabled):
+		errors.Is(err, issuer.ErrNoStateStore), errors.Is(err, ErrRotationDisabled),
+		errors.Is(err, store.ErrNoSpace), errors.Is(err, issuer.ErrTooManyRevoked):
 		// The step is not allowed now; the message says why and when.
 		return status.New(codes.FailedPrecondition, boundMessage(err.Error()))
 	case errors.Is(err, issuer.ErrStateConflict):
 		return status.New(codes.Aborted, boundMessage(err.Error()+"; retry"))
-	case errors.Is(err, issuer.ErrBadFingerprint):
+	case errors.Is(err, issuer.ErrBadFingerprint), errors.Is(err, issuer.ErrNotAnIntermediate):
 		return status.New(codes.InvalidArgument, boundMessage(err.Error()))
+	case errors.Is(err, issuer.ErrUnknownIntermediate):
+		return status.New(codes.NotFound, boundMessage(err.Error()))
 	}
 	return statusOf(ctx, log, err)
 }

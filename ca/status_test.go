@@ -32,6 +32,9 @@ func TestStatusCodes(t *testing.T) {
 		{"a corrupt log is data loss to an operator", fmt.Errorf("verify: %w", corrupt), true, codes.DataLoss, "index 7"},
 		{"a rolled-back log is data loss to an operator", fmt.Errorf("open: %w", store.ErrRolledBack), true, codes.DataLoss, "behind"},
 		{"admin denials keep their code", fmt.Errorf("%w: not an admin", ErrPermissionDenied), true, codes.PermissionDenied, "not an admin"},
+		{"an intermediate the ca did not issue is not found", fmt.Errorf("%w: abc is not an intermediate this ca issued", issuer.ErrUnknownIntermediate), true, codes.NotFound, "not an intermediate this ca issued"},
+		{"a root is not an intermediate", fmt.Errorf("%w: abc is root version 1", issuer.ErrNotAnIntermediate), true, codes.InvalidArgument, "root version 1"},
+		{"a full list of compromised intermediates says when it frees", fmt.Errorf("%w: 1000 recorded; the first is dropped at T", issuer.ErrTooManyRevoked), true, codes.FailedPrecondition, "dropped at"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := statusOf

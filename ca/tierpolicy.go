@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -26,25 +27,32 @@ func TierPolicyDetail(maxTTL map[string]time.Duration) string {
 
 // ParseTierPolicy reads the tiers' maximum lifetimes back from a start
 // entry's detail; ok is false when the detail records none (a log written
-// before start entries did).
+// before start entries did). A field that does not read as tier=duration
+// is reported in err and the others are still returned: one odd tier name
+// leaves the other tiers checked. A duration never holds "=", so a name
+// that does is read up to the last "=".
 func ParseTierPolicy(detail string) (maxTTL map[string]time.Duration, ok bool, err error) {
-	i := strings.Index(detail, tierPolicyKey)
-	if i < 0 {
+	text, ok := DetailFields(detail)[strings.TrimSuffix(tierPolicyKey, "=")]
+	if !ok {
+		if strings.Contains(detail, tierPolicyKey) {
+			return nil, false, fmt.Errorf("start entry: %s is not a quoted string", tierPolicyKey)
+		}
 		return nil, false, nil
 	}
-	quoted, err := strconv.QuotedPrefix(detail[i+len(tierPolicyKey):])
-	if err != nil {
-		return nil, false, fmt.Errorf("start entry: %s is not a quoted string: %w", tierPolicyKey, err)
-	}
-	text, _ := strconv.Unquote(quoted)
 	maxTTL = map[string]time.Duration{}
+	var errs []error
 	for _, f := range strings.Fields(text) {
-		name, v, found := strings.Cut(f, "=")
-		d, perr := time.ParseDuration(v)
-		if !found || perr != nil || name == "" {
-			return nil, false, fmt.Errorf("start entry: %s%s: %q is not tier=duration", tierPolicyKey, quoted, f)
+		i := strings.LastIndexByte(f, '=')
+		if i <= 0 {
+			errs = append(errs, fmt.Errorf("start entry: %s: %q is not tier=duration", tierPolicyKey, f))
+			continue
 		}
-		maxTTL[name] = d
+		d, perr := time.ParseDuration(f[i+1:])
+		if perr != nil {
+			errs = append(errs, fmt.Errorf("start entry: %s: %q is not tier=duration", tierPolicyKey, f))
+			continue
+		}
+		maxTTL[f[:i]] = d
 	}
-	return maxTTL, true, nil
+	return maxTTL, true, errors.Join(errs...)
 }

@@ -151,6 +151,31 @@ type rootSet struct {
 	certs  map[int]*x509.Certificate // by root version: bundle, active, prepared, and compromised ones still stored
 	active *x509.Certificate
 	signer KeySigner // the active root's pinned version
+	// distrusted maps the fingerprints of compromised intermediates and
+	// roots, and the KeyFingerprint of their keys where known, to what
+	// they are, for CheckChain.
+	distrusted map[string]string
+}
+
+// distrust indexes what st and certs declare compromised.
+func distrust(st *RotationState, certs map[int]*x509.Certificate) map[string]string {
+	m := make(map[string]string, len(st.CompromisedIntermediates)+len(st.Revoked)+2*len(st.CompromisedRoots))
+	for _, fp := range st.CompromisedIntermediates {
+		m[fp] = "compromised intermediate " + fp
+	}
+	for _, r := range st.Revoked {
+		if r.Key != "" {
+			m[r.Key] = "the key of compromised intermediate " + r.Fingerprint
+		}
+	}
+	for _, v := range st.CompromisedRoots {
+		if c := certs[v]; c != nil {
+			what := "compromised root version " + strconv.Itoa(v)
+			m[Fingerprint(c)] = what
+			m[KeyFingerprint(c.PublicKey)] = "the key of " + what
+		}
+	}
+	return m
 }
 
 // Authority is a running CA: the roots, the trust bundle and the current
@@ -267,6 +292,7 @@ func (a *Authority) buildRoots(ctx context.Context, st *RotationState, prev *roo
 		}
 	}
 	rs.active = rs.certs[st.ActiveRoot]
+	rs.distrusted = distrust(st, rs.certs)
 	if prev != nil && prev.st.ActiveRoot == st.ActiveRoot {
 		rs.signer = prev.signer
 	} else {
@@ -338,6 +364,33 @@ func bundleOrder(st *RotationState) []int {
 		}
 	}
 	return out
+}
+
+// CheckChain returns an error wrapping ErrCompromised, naming the
+// certificate, when a CA certificate of chain (every element after the
+// leaf at chain[0]) is a compromised intermediate or root, or certifies
+// the key of one. It reads the rotation state in use: a revocation made
+// through another replica applies here once this authority has read the
+// state again (Reload, every Options.StatePollInterval).
+func (a *Authority) CheckChain(chain []*x509.Certificate) error {
+	d := a.rootsNow().distrusted
+	if len(d) == 0 {
+		return nil
+	}
+	for i, c := range chain {
+		if i == 0 || c == nil {
+			continue
+		}
+		fp := Fingerprint(c)
+		what, ok := d[fp]
+		if !ok {
+			what, ok = d[KeyFingerprint(c.PublicKey)]
+		}
+		if ok {
+			return fmt.Errorf("%w: %s (%s) is %s", ErrCompromised, fp, c.Subject.CommonName, what)
+		}
+	}
+	return nil
 }
 
 // RootPool returns the trust bundle as a pool.

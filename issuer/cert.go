@@ -84,6 +84,18 @@ func Fingerprint(cert *x509.Certificate) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// KeyFingerprint returns the hex SHA-256 of a public key's DER
+// SubjectPublicKeyInfo, "" for a key that cannot be marshaled. It names
+// the key whatever certificate carries it.
+func KeyFingerprint(pub crypto.PublicKey) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
 // keyID is the subject key identifier for pub: the SHA-256 of its DER
 // SubjectPublicKeyInfo, truncated to 160 bits.
 func keyID(pub crypto.PublicKey) []byte {

@@ -48,6 +48,20 @@ var (
 	// ErrBadFingerprint means a certificate fingerprint is not a lowercase
 	// hex SHA-256.
 	ErrBadFingerprint = errors.New("malformed fingerprint")
+	// ErrNotAnIntermediate means RevokeIntermediate was given the
+	// fingerprint of a root: a root is retired as compromised instead.
+	ErrNotAnIntermediate = errors.New("not an intermediate")
+	// ErrUnknownIntermediate means RevokeIntermediate was given a
+	// fingerprint the CA cannot tell it issued, without force.
+	ErrUnknownIntermediate = errors.New("unknown intermediate")
+	// ErrTooManyRevoked means the list of compromised intermediates holds
+	// MaxCompromisedIntermediates entries that may still matter; the
+	// message says when the first of them is dropped.
+	ErrTooManyRevoked = errors.New("too many compromised intermediates")
+	// ErrCompromised means a certificate chain passes through an
+	// intermediate or a root declared compromised, or through another
+	// certificate for the key of one.
+	ErrCompromised = errors.New("chain passes through a compromised ca certificate")
 )
 
 // VaultError is an error answered by, or on the way to, Vault. It names the

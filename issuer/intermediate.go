@@ -125,11 +125,11 @@ func (a *Authority) vaultIntermediate(ctx context.Context, rs *rootSet, rotateFr
 	if err != nil && !errors.Is(err, ErrCertNotFound) {
 		return nil, err
 	}
-	if err == nil && rs.st.IntermediateCompromised(Fingerprint(stored)) {
-		// The certificate of this key version was declared compromised:
+	if (err == nil && rs.st.CertCompromised(stored)) || rs.st.KeyCompromised(KeyFingerprint(signer.Public())) {
+		// A certificate of this key version was declared compromised:
 		// never certify this version again.
-		a.o.Logger.WarnContext(ctx, "stored intermediate is compromised; rotating its key",
-			slog.String("fingerprint", Fingerprint(stored)), slog.Int("key_version", signer.KeyVersion()))
+		a.o.Logger.WarnContext(ctx, "intermediate key version is compromised; rotating its key",
+			slog.String("key", KeyFingerprint(signer.Public())), slog.Int("key_version", signer.KeyVersion()))
 		if signer, err = a.rotateFrom(ctx, a.o.IntermediateKey, signer.KeyVersion()); err != nil {
 			return nil, err
 		}
@@ -187,7 +187,7 @@ func (a *Authority) usable(rs *rootSet, cert *x509.Certificate, pub crypto.Publi
 	if cert == nil || matchesKey(cert, pub) != nil || cert.CheckSignatureFrom(rs.active) != nil {
 		return false
 	}
-	if rs.st.IntermediateCompromised(Fingerprint(cert)) {
+	if rs.st.CertCompromised(cert) {
 		return false
 	}
 	return now.Before(HalfLife(cert))

@@ -76,11 +76,17 @@ func sigAlgFor(pub crypto.PublicKey) (leafSigAlg, bool) {
 // isWorkloadLeaf reports whether t holds nothing but what this file
 // encodes: an empty subject, URI and DNS SANs, validity, key usage, the
 // server and client auth extended key usages, basic constraints of a
-// non-CA, a subject key identifier and a serial.
+// non-CA, a subject key identifier, a serial and the cluster extension.
 func isWorkloadLeaf(t *x509.Certificate) bool {
 	c := *t
 	c.SerialNumber, c.NotBefore, c.NotAfter, c.KeyUsage = nil, time.Time{}, time.Time{}, 0
 	c.URIs, c.DNSNames, c.SubjectKeyId, c.ExtKeyUsage = nil, nil, nil, nil
+	for _, e := range t.ExtraExtensions {
+		if !e.Id.Equal(OIDCluster) || e.Critical {
+			return false
+		}
+	}
+	c.ExtraExtensions = nil
 	if !c.BasicConstraintsValid || c.IsCA || t.SerialNumber == nil || t.SerialNumber.Sign() <= 0 || len(t.URIs) == 0 {
 		return false
 	}
@@ -174,6 +180,10 @@ func addLeafExtensions(b *cryptobyte.Builder, t, parent *x509.Certificate, uris 
 			}
 		})
 	})
+	// x509.CreateCertificate appends ExtraExtensions last, as given.
+	for _, e := range t.ExtraExtensions {
+		addExtension(b, e.Id, e.Critical, func(b *cryptobyte.Builder) { b.AddBytes(e.Value) })
+	}
 }
 
 func addExtension(b *cryptobyte.Builder, oid asn1.ObjectIdentifier, critical bool, value cryptobyte.BuilderContinuation) {

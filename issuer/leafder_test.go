@@ -58,17 +58,19 @@ func TestLeafEncodingMatchesCreateCertificate(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, tc := range []struct {
-				name string
-				dns  []string
-				at   time.Time
-				ttl  time.Duration
+				name    string
+				dns     []string
+				at      time.Time
+				ttl     time.Duration
+				cluster string
 			}{
-				{"plain", nil, now, 24 * time.Hour},
-				{"dns names", []string{"istiod.istio-system.svc", "istiod-remote.istio-system.svc"}, now, 7 * 24 * time.Hour},
-				{"after 2049", nil, time.Date(2049, 12, 31, 12, 0, 0, 0, time.UTC), 48 * time.Hour},
+				{"plain", nil, now, 24 * time.Hour, ""},
+				{"dns names", []string{"istiod.istio-system.svc", "istiod-remote.istio-system.svc"}, now, 7 * 24 * time.Hour, ""},
+				{"after 2049", nil, time.Date(2049, 12, 31, 12, 0, 0, 0, time.UTC), 48 * time.Hour, ""},
+				{"a cluster", []string{"web.shop.svc"}, now, 24 * time.Hour, "prod-east"},
 			} {
 				t.Run(fmt.Sprintf("%s by %s, %s", subjectType, issuerType, tc.name), func(t *testing.T) {
-					tmpl, err := LeafTemplate(LeafRequest{SPIFFEID: id, DNSNames: tc.dns, PublicKey: sub.Public(), Now: tc.at, TTL: tc.ttl})
+					tmpl, err := LeafTemplate(LeafRequest{SPIFFEID: id, DNSNames: tc.dns, PublicKey: sub.Public(), Now: tc.at, TTL: tc.ttl, Cluster: tc.cluster})
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -110,6 +112,9 @@ func TestLeafEncodingMatchesCreateCertificate(t *testing.T) {
 					if got.SignatureAlgorithm != wantCert.SignatureAlgorithm || !bytes.Equal(got.RawTBSCertificate, wantCert.RawTBSCertificate) {
 						t.Fatalf("signed leaf: algorithm %v, want %v; TBS equal %v", got.SignatureAlgorithm, wantCert.SignatureAlgorithm, bytes.Equal(got.RawTBSCertificate, wantCert.RawTBSCertificate))
 					}
+					if cluster, ok, err := CertCluster(got); err != nil || ok != (tc.cluster != "") || cluster != tc.cluster {
+						t.Fatalf("cluster read back: %q %v %v, want %q", cluster, ok, err, tc.cluster)
+					}
 				})
 			}
 		}
@@ -147,6 +152,11 @@ func TestOnlyWorkloadLeavesAreEncodedDirectly(t *testing.T) {
 		"no basic constraints": func(c *x509.Certificate) { c.BasicConstraintsValid = false },
 		"an extra extension": func(c *x509.Certificate) {
 			c.ExtraExtensions = []pkix.Extension{{Id: oidExtKeyUsage, Value: []byte{3, 0}}}
+		},
+		"a critical cluster extension": func(c *x509.Certificate) {
+			ext, _ := ClusterExtension("prod")
+			ext.Critical = true
+			c.ExtraExtensions = []pkix.Extension{ext}
 		},
 		"another EKU":  func(c *x509.Certificate) { c.ExtKeyUsage = append(c.ExtKeyUsage, x509.ExtKeyUsageCodeSigning) },
 		"a CRL point":  func(c *x509.Certificate) { c.CRLDistributionPoints = []string{"http://crl"} },

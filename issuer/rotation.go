@@ -89,7 +89,7 @@ func (a *Authority) adopt(ctx context.Context, st *RotationState) error {
 	}
 	cur := a.Intermediate()
 	switch {
-	case st.IntermediateCompromised(cur.Fingerprint):
+	case st.CertCompromised(cur.Cert):
 		a.o.Logger.WarnContext(ctx, "issuing intermediate is compromised; replacing it", slog.String("fingerprint", cur.Fingerprint))
 		return a.renew(ctx, cur.KeyVersion)
 	case cur.RootKeyVersion != st.ActiveRoot:
@@ -305,39 +305,86 @@ func (a *Authority) RotateIntermediate(ctx context.Context) (*Intermediate, erro
 	return a.Intermediate(), nil
 }
 
-// RevokeIntermediate records the intermediate with that fingerprint (hex
-// SHA-256 of its DER, as Fingerprint; "" means the current one) as
-// compromised in the rotation state. When it is the current intermediate,
-// it is replaced at once (ModeVault: on a new key version). No authority
-// sharing the state signs with it again, also after a restart; other
-// replicas replace theirs at their next Reload.
+// Revocation names the intermediate RevokeIntermediate declares
+// compromised, and what the caller knows of it.
+type Revocation struct {
+	// Fingerprint is the intermediate's hex SHA-256 (Fingerprint); ""
+	// means the current one.
+	Fingerprint string
+	// Issued says the caller found the intermediate among those the CA
+	// issued: the issuance log records it. Key (a KeyFingerprint) and
+	// NotAfter are what the caller knows of it; zero when unknown.
+	Issued   bool
+	Key      string
+	NotAfter time.Time
+	// Force records a fingerprint the CA cannot tell it issued.
+	Force bool
+}
+
+// RevokeIntermediate records an intermediate as compromised in the
+// rotation state: no authority sharing the state signs with it again, also
+// after a restart, and CheckChain refuses every chain through it (and, when
+// its key is known, through any certificate for its key). When it is the
+// current intermediate, it is replaced at once (ModeVault: on a new key
+// version); other replicas replace theirs at their next Reload.
+//
+// Only intermediates the CA issued are accepted: the current one, or one
+// the caller found in the issuance log (r.Issued); any other fingerprint
+// is refused with an error wrapping ErrUnknownIntermediate unless r.Force.
+// A root's fingerprint is refused whatever r says (ErrNotAnIntermediate):
+// a compromised root is retired (RetireRoot). Entries are dropped from the
+// state once nothing can chain through them (RevokedIntermediate.Until);
+// beyond MaxCompromisedIntermediates live entries the call is refused
+// (ErrTooManyRevoked). A refusal changes nothing.
 //
 // It returns the revoked intermediate when it was this authority's current
 // one (nil otherwise) and the intermediate in use afterwards. Listing the
 // certificates the revoked one signed is the caller's part, from the
 // issuance log. A fingerprint already recorded is not an error.
-func (a *Authority) RevokeIntermediate(ctx context.Context, fingerprint string) (old, cur *Intermediate, err error) {
+func (a *Authority) RevokeIntermediate(ctx context.Context, r Revocation) (old, cur *Intermediate, err error) {
 	a.op.Lock()
 	defer a.op.Unlock()
 	before := a.Intermediate()
-	fp := strings.ToLower(fingerprint)
+	fp := strings.ToLower(r.Fingerprint)
 	if fp == "" {
 		fp = before.Fingerprint
 	}
-	if err := checkFingerprint(fp); err != nil {
+	if err := CheckFingerprint(fp); err != nil {
 		return nil, nil, err
 	}
+	for v, c := range a.rootsNow().certs {
+		if Fingerprint(c) == fp {
+			return nil, nil, fmt.Errorf("%w: %s is root version %d; a compromised root is retired with --compromised", ErrNotAnIntermediate, fp, v)
+		}
+	}
+	if fp == before.Fingerprint {
+		r.Issued, r.Key, r.NotAfter = true, KeyFingerprint(before.Cert.PublicKey), before.Cert.NotAfter
+	}
+	now := a.o.Now().UTC()
 	st, err := a.update(ctx, func(st *RotationState) error {
 		if st.IntermediateCompromised(fp) {
 			return errNoChange
 		}
+		if !r.Issued && !r.Force {
+			return fmt.Errorf("%w: %s is not an intermediate this ca issued: it is not the current one and the issuance log does not record it", ErrUnknownIntermediate, fp)
+		}
+		st.pruneRevoked(now)
+		if n := len(st.CompromisedIntermediates); n >= MaxCompromisedIntermediates {
+			return fmt.Errorf("%w: %d intermediates are recorded as compromised, the most kept; %s", ErrTooManyRevoked, n, firstDrop(st))
+		}
+		until := now.Add(a.o.IntermediateTTL)
+		if r.NotAfter.After(until) {
+			until = r.NotAfter.UTC()
+		}
 		st.CompromisedIntermediates = append(st.CompromisedIntermediates, fp)
+		st.Revoked = append(st.Revoked, RevokedIntermediate{Fingerprint: fp, Key: r.Key, RevokedAt: now, Until: until})
 		return nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	a.o.Logger.WarnContext(ctx, "intermediate revoked", slog.String("fingerprint", fp))
+	a.o.Logger.WarnContext(ctx, "intermediate revoked", slog.String("fingerprint", fp), slog.String("key", r.Key),
+		slog.Bool("issued", r.Issued), slog.Bool("forced", r.Force))
 	if err := a.adopt(ctx, st); err != nil {
 		return nil, nil, err
 	}
@@ -345,6 +392,20 @@ func (a *Authority) RevokeIntermediate(ctx context.Context, fingerprint string) 
 		old = before
 	}
 	return old, a.Intermediate(), nil
+}
+
+// firstDrop says when the first compromised intermediate leaves st.
+func firstDrop(st *RotationState) string {
+	var first time.Time
+	for _, r := range st.Revoked {
+		if first.IsZero() || r.Until.Before(first) {
+			first = r.Until
+		}
+	}
+	if first.IsZero() {
+		return "none of them is dropped by itself (recorded without an end)"
+	}
+	return "the first is dropped at " + first.UTC().Format(time.RFC3339)
 }
 
 // RootRole is what a root version is to the authority.

@@ -482,12 +482,12 @@ func TestRevokeIntermediate(t *testing.T) {
 				ctx := context.Background()
 				clk, rec := newClock(), &recorder{}
 				a, st := openAt(t, s, rotationOptions(mode, clk, rec))
-				if _, _, err := a.RevokeIntermediate(ctx, "not-a-fingerprint"); !errors.Is(err, issuer.ErrBadFingerprint) {
+				if _, _, err := a.RevokeIntermediate(ctx, issuer.Revocation{Fingerprint: "not-a-fingerprint"}); !errors.Is(err, issuer.ErrBadFingerprint) {
 					t.Fatalf("revoke a malformed fingerprint: %v", err)
 				}
 				first := a.Intermediate()
 				leaf := signLeaf(t, a)
-				old, cur, err := a.RevokeIntermediate(ctx, "")
+				old, cur, err := a.RevokeIntermediate(ctx, issuer.Revocation{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -517,7 +517,7 @@ func TestRevokeIntermediate(t *testing.T) {
 					t.Fatal(err)
 				}
 				// Revoking again is not an error.
-				if _, again, err := a.RevokeIntermediate(ctx, first.Fingerprint); err != nil || again != cur {
+				if _, again, err := a.RevokeIntermediate(ctx, issuer.Revocation{Fingerprint: first.Fingerprint}); err != nil || again != cur {
 					t.Fatalf("revoke twice: %v", err)
 				}
 				b, _ := openAt(t, s, rotationOptions(mode, clk, nil))
@@ -602,8 +602,9 @@ func TestReplicasAdoptRotationOnReload(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			// A revocation by one replica of the other's intermediate.
-			if _, _, err := a1.RevokeIntermediate(ctx, in.Fingerprint); err != nil {
+			// A revocation by one replica of the other's intermediate, known
+			// to it from the other's log.
+			if _, _, err := a1.RevokeIntermediate(ctx, issuer.Revocation{Fingerprint: in.Fingerprint, Issued: true}); err != nil {
 				t.Fatal(err)
 			}
 			if err := a2.Reload(ctx); err != nil {
@@ -778,7 +779,7 @@ func TestRotationWithLeastPrivilegePolicy(t *testing.T) {
 			if _, err := a.RotateIntermediate(ctx); err != nil {
 				t.Fatal(err)
 			}
-			if _, _, err := a.RevokeIntermediate(ctx, ""); err != nil {
+			if _, _, err := a.RevokeIntermediate(ctx, issuer.Revocation{}); err != nil {
 				t.Fatal(err)
 			}
 			if err := chainsTo(signLeaf(t, a), a.Roots()...); err != nil {

@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -43,18 +44,83 @@ type RotationState struct {
 	// CompromisedRoots are never trusted nor used again.
 	CompromisedRoots []int `json:"compromised_roots,omitempty"`
 	// CompromisedIntermediates are hex SHA-256 fingerprints (Fingerprint)
-	// of intermediates the authority never signs with again.
+	// of intermediates the authority never signs with again, and through
+	// which no certificate authenticates.
 	CompromisedIntermediates []string `json:"compromised_intermediates,omitempty"`
+	// Revoked describes entries of CompromisedIntermediates: the key each
+	// certified, when it was known, and until when the entry is kept. A
+	// fingerprint without a description (written by an older program) is
+	// kept for good.
+	Revoked []RevokedIntermediate `json:"revoked_intermediates,omitempty"`
 	// UpdatedAt is when the state was last written.
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
 }
+
+// RevokedIntermediate describes a compromised intermediate.
+type RevokedIntermediate struct {
+	// Fingerprint is the intermediate's, as in CompromisedIntermediates.
+	Fingerprint string `json:"fingerprint"`
+	// Key is KeyFingerprint of the key it certified, "" when unknown.
+	// Every certificate for that key is compromised too: in the vault mode
+	// a Transit key version is certified again at half its life.
+	Key string `json:"key,omitempty"`
+	// RevokedAt is when it was declared compromised.
+	RevokedAt time.Time `json:"revoked_at"`
+	// Until is when nothing can chain through it or its key any more: the
+	// intermediate's NotAfter, and at least the longest life of an
+	// intermediate certified before RevokedAt. The entry is dropped after
+	// it.
+	Until time.Time `json:"until"`
+}
+
+// MaxCompromisedIntermediates bounds CompromisedIntermediates. Only
+// intermediates the CA issued can be revoked without force, and entries
+// leave the list once nothing can chain through them, so it is reached
+// only by many forced revocations; each entry is about 200 bytes of the
+// state every replica reads at each poll.
+const MaxCompromisedIntermediates = 1000
 
 func (s *RotationState) clone() *RotationState {
 	c := *s
 	c.BundleRoots = slices.Clone(s.BundleRoots)
 	c.CompromisedRoots = slices.Clone(s.CompromisedRoots)
 	c.CompromisedIntermediates = slices.Clone(s.CompromisedIntermediates)
+	c.Revoked = slices.Clone(s.Revoked)
 	return &c
+}
+
+// KeyCompromised reports whether key (a KeyFingerprint) is the key of a
+// compromised intermediate.
+func (s *RotationState) KeyCompromised(key string) bool {
+	if key == "" {
+		return false
+	}
+	for _, r := range s.Revoked {
+		if r.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
+// CertCompromised reports whether cert is a compromised intermediate or
+// certifies the key of one.
+func (s *RotationState) CertCompromised(cert *x509.Certificate) bool {
+	return s.IntermediateCompromised(Fingerprint(cert)) || s.KeyCompromised(KeyFingerprint(cert.PublicKey))
+}
+
+// pruneRevoked drops the compromised intermediates whose Until is before
+// now: nothing chains through them any more.
+func (s *RotationState) pruneRevoked(now time.Time) {
+	gone := map[string]bool{}
+	s.Revoked = slices.DeleteFunc(s.Revoked, func(r RevokedIntermediate) bool {
+		if r.Until.Before(now) {
+			gone[r.Fingerprint] = true
+			return true
+		}
+		return false
+	})
+	s.CompromisedIntermediates = slices.DeleteFunc(s.CompromisedIntermediates, func(fp string) bool { return gone[fp] })
 }
 
 // InBundle reports whether root version v is in the trust bundle.
@@ -89,14 +155,27 @@ func (s *RotationState) Validate() error {
 		}
 	}
 	for _, fp := range s.CompromisedIntermediates {
-		if err := checkFingerprint(fp); err != nil {
+		if err := CheckFingerprint(fp); err != nil {
 			return fmt.Errorf("rotation state: compromised intermediate: %w", err)
+		}
+	}
+	for _, r := range s.Revoked {
+		if !s.IntermediateCompromised(r.Fingerprint) {
+			return fmt.Errorf("rotation state: revoked intermediate %s is not among the compromised ones", r.Fingerprint)
+		}
+		if r.Key != "" {
+			if err := CheckFingerprint(r.Key); err != nil {
+				return fmt.Errorf("rotation state: key of revoked intermediate %s: %w", r.Fingerprint, err)
+			}
 		}
 	}
 	return nil
 }
 
-func checkFingerprint(fp string) error {
+// CheckFingerprint returns an error wrapping ErrBadFingerprint unless fp
+// is a lowercase hex SHA-256, as Fingerprint and KeyFingerprint write
+// them.
+func CheckFingerprint(fp string) error {
 	if b, err := hex.DecodeString(fp); err != nil || len(b) != 32 || fp != strings.ToLower(fp) {
 		return fmt.Errorf("%w: %q is not a lowercase hex SHA-256", ErrBadFingerprint, fp)
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"net"
@@ -42,14 +43,21 @@ type LeafRequest struct {
 	// period is Validity(Now, TTL).
 	Now time.Time
 	TTL time.Duration
+	// NotAfter, when set, ends the validity period earlier than TTL would
+	// (a renewal never outlives the certificate it was authenticated by).
+	NotAfter time.Time
+	// Cluster, when set, is the cluster the certificate is issued for,
+	// recorded in it as the OIDCluster extension.
+	Cluster string
 }
 
 // LeafTemplate builds a workload certificate template: the SPIFFE ID as the
 // only URI SAN, an empty subject, key usage that follows the key type
 // (digitalSignature, plus keyEncipherment for RSA only), extended key
-// usage serverAuth and clientAuth, and a validity period of exactly the
-// TTL (see Validity). SignLeaf adds the serial number and the subject and
-// authority key identifiers.
+// usage serverAuth and clientAuth, the cluster extension when r.Cluster
+// is set, and a validity period of exactly the TTL (see Validity), ended
+// at r.NotAfter when that is earlier. SignLeaf adds the serial number and
+// the subject and authority key identifiers.
 func LeafTemplate(r LeafRequest) (*x509.Certificate, error) {
 	if r.SPIFFEID == nil {
 		return nil, errors.New("leaf certificate needs a SPIFFE ID")
@@ -59,7 +67,22 @@ func LeafTemplate(r LeafRequest) (*x509.Certificate, error) {
 		return nil, err
 	}
 	notBefore, notAfter := Validity(r.Now, r.TTL)
+	if !r.NotAfter.IsZero() && r.NotAfter.Before(notAfter) {
+		if !r.NotAfter.After(notBefore) {
+			return nil, fmt.Errorf("leaf certificate would end at %s, before it starts", r.NotAfter.UTC().Format(time.RFC3339))
+		}
+		notAfter = r.NotAfter
+	}
+	var extra []pkix.Extension
+	if r.Cluster != "" {
+		ext, err := ClusterExtension(r.Cluster)
+		if err != nil {
+			return nil, err
+		}
+		extra = []pkix.Extension{ext}
+	}
 	return &x509.Certificate{
+		ExtraExtensions:       extra,
 		URIs:                  []*url.URL{r.SPIFFEID},
 		DNSNames:              r.DNSNames,
 		NotBefore:             notBefore,

@@ -126,6 +126,12 @@ type KeyInfo struct {
 	// AllowPlaintextBackup means the key can be backed up in plaintext
 	// (transit/backup): the private key could leave Vault that way.
 	AllowPlaintextBackup bool
+	// DeletionAllowed means the key can be deleted (transit/keys/:name
+	// DELETE), and every certificate under it with it.
+	DeletionAllowed bool
+	// MinAvailableVersion and MinDecryptionVersion are Vault's trimming
+	// and decryption floors (0 and 1 when never changed).
+	MinAvailableVersion, MinDecryptionVersion int
 	// PublicKeys holds the public key of every version still kept, by version.
 	PublicKeys map[int]crypto.PublicKey
 }
@@ -155,6 +161,9 @@ func parseKeyInfo(name string, d map[string]any) (*KeyInfo, error) {
 	info.Type = KeyType(typ)
 	info.Exportable, _ = d["exportable"].(bool)
 	info.AllowPlaintextBackup, _ = d["allow_plaintext_backup"].(bool)
+	info.DeletionAllowed, _ = d["deletion_allowed"].(bool)
+	info.MinAvailableVersion, _ = jsonInt(d["min_available_version"])
+	info.MinDecryptionVersion, _ = jsonInt(d["min_decryption_version"])
 	lv, err := jsonInt(d["latest_version"])
 	if err != nil {
 		return nil, fmt.Errorf("key %s: latest_version: %w", name, err)

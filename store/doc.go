@@ -94,7 +94,9 @@
 // Open re-hashes every entry, compares with the stored leaf hashes and
 // recomputes the root for every stored checkpoint before it accepts a file;
 // Verify also checks the indexes and the consistency between checkpoints.
-// Both name the first bad index (*VerifyError).
+// Both name the first bad index (*VerifyError). Given Options.Verifiers
+// that signed none of the stored checkpoints, both return ErrWrongKey
+// instead: a key of another log says nothing about the entries.
 //
 // # File layout
 //
@@ -268,6 +270,18 @@
 // without it stands for one request. Requests refused by the gRPC
 // transport (metadata or message over the server's limits) never reach
 // the CA and are not in the log.
+//
+// # Backups
+//
+// A backup MUST NOT hold a transaction open at the pace of whoever reads
+// it: an open read transaction keeps bbolt from reusing any page freed
+// after it began, so the file grows with every commit, and a re-map of a
+// grown file waits for it. Snapshot copies the file whole, at disk speed
+// under one read transaction, into an unlinked temporary file in the
+// log's directory, which is then read with no transaction open; it is
+// refused (ErrNoSpace) when the copy would leave less free space than the
+// log takes, and at least SnapshotReserve. WriteTo copies under one
+// transaction into any writer, for writers as fast as a local file.
 //
 // Nothing in this package updates or deletes an entry.
 package store

@@ -67,9 +67,20 @@ var (
 	// acknowledged are gone, or were replaced.
 	ErrRolledBack = errors.New("log is behind or diverges from a checkpoint it published")
 
+	// ErrNoSpace is returned by Snapshot when the copy would leave too
+	// little free space for the log to go on appending. Nothing is
+	// written.
+	ErrNoSpace = errors.New("not enough free space for a snapshot")
+
 	// ErrInvalidProof is returned when an inclusion or consistency proof
 	// does not verify against a checkpoint.
 	ErrInvalidProof = errors.New("invalid proof")
+
+	// ErrWrongKey is returned by Open and Verify, given Options.Verifiers,
+	// when no stored checkpoint is signed by any of them: the key is that
+	// of another log or CA (or the whole log was re-signed), which says
+	// nothing about the entries.
+	ErrWrongKey = errors.New("the verifier key does not match the log's checkpoints")
 )
 
 // VerifyError reports the first index at which a log failed an integrity

@@ -102,6 +102,7 @@ type Log struct {
 	// the file at all.
 	dbMu      sync.RWMutex
 	db        *bolt.DB
+	snapMu    sync.Mutex // one Snapshot at a time
 	opts      Options
 	readOnly  bool
 	origin    string
@@ -142,6 +143,10 @@ type Log struct {
 	cpKick       chan struct{}
 	cpStop       chan struct{}
 	cpDone       chan struct{}
+
+	// witnessAtOpen is what the witness held when the log was opened
+	// (nil: nothing); set once by Open.
+	witnessAtOpen []byte
 }
 
 // Open opens the log file at path, creating it if it does not exist.
@@ -584,7 +589,10 @@ func decodeStored(v []byte, seq uint64) (*Entry, error) {
 var _ io.WriterTo = (*Log)(nil)
 
 // WriteTo writes a consistent snapshot of the log file (a bbolt database
-// that Open accepts) to w, for backups. Appends continue meanwhile.
+// that Open accepts) to w, for backups. Appends continue meanwhile, but
+// the read transaction it holds until w has taken everything keeps bbolt
+// from reusing pages: w must be as fast as a local file. For a reader of
+// its own pace, use Snapshot.
 func (l *Log) WriteTo(w io.Writer) (int64, error) {
 	if l.isClosed() {
 		return 0, ErrClosed

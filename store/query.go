@@ -44,6 +44,13 @@ type Query struct {
 	// Limit is the page size: default 100, at most 10000 (larger values
 	// are capped).
 	Limit int
+	// MaxBytes, when positive, bounds a page by the size of its entries'
+	// records (Entry.MarshalBinary): the page ends before the entry that
+	// would take it past MaxBytes, and its page token continues from
+	// there. A page holds at least one entry, however large. It bounds
+	// the message a page is served in; like Limit, it may change between
+	// the pages of one query.
+	MaxBytes int
 	// PageToken continues a previous Query with the same fields (except
 	// Limit) from where it stopped.
 	PageToken string
@@ -102,6 +109,8 @@ func (l *Log) Query(ctx context.Context, q Query) ([]*Entry, string, error) {
 
 	var out []*Entry
 	var token string
+	size := 0         // bytes of the records in out
+	var outKey []byte // the key of the last entry in out
 	err := l.view(func(tx *bolt.Tx) error {
 		if plan.id == 1+byte(idxNotAfter) && !q.ValidAt.IsZero() {
 			// A certificate valid at T has NotAfter <= T + the longest
@@ -139,8 +148,17 @@ func (l *Log) Query(ctx context.Context, q Query) ([]*Entry, string, error) {
 				return fmt.Errorf("log %q: entry %d: %w", l.path, seq, err)
 			}
 			if q.match(e) {
+				if q.MaxBytes > 0 && len(out) > 0 && size+len(rec) > q.MaxBytes {
+					// The next page starts with this entry.
+					token = encodeToken(plan.id, fp, outKey)
+					return nil
+				}
 				e.Certificate = bytes.Clone(e.Certificate)
 				out = append(out, e)
+				if q.MaxBytes > 0 {
+					size += len(rec)
+					outKey = append(outKey[:0], k...)
+				}
 			}
 			if len(out) == q.Limit || scanned >= maxQueryScan {
 				last := bytes.Clone(k)
@@ -196,6 +214,9 @@ func (q *Query) normalize() error {
 		q.Limit = defaultQueryLimit
 	case q.Limit > maxQueryLimit:
 		q.Limit = maxQueryLimit
+	}
+	if q.MaxBytes < 0 {
+		return bad("negative page size %d bytes", q.MaxBytes)
 	}
 	q.Serial = strings.ToLower(q.Serial)
 	if q.Serial != "" && !isLowerHex(q.Serial) {

@@ -280,3 +280,80 @@ func TestQueryCluster(t *testing.T) {
 		t.Fatalf("west's page token on a query for east: %v, want ErrInvalidQuery", err)
 	}
 }
+
+// With MaxBytes, a page ends before the entry that would bring its records
+// past MaxBytes (a page holds at least one entry, however large), and its
+// token continues from there: paging returns every match once, in order,
+// whatever the query's plan.
+func TestQueryMaxBytes(t *testing.T) {
+	ctx := context.Background()
+	l := openTest(t, filepath.Join(t.TempDir(), "log.db"), Options{NoSync: true})
+	fillLogBatched(t, l, 0, 300, 64, func(i int) *Entry {
+		e := testEntry(i, kindOf(i))
+		e.Detail = strings.Repeat("d", 200+(i%9)*300) // records of about 0.3 to 2.9 KB
+		return e
+	})
+	recordBytes := func(e *Entry) int {
+		b, err := e.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(b)
+	}
+	at := func(minutes int) time.Time { return testEpoch.Add(time.Duration(minutes) * time.Minute) }
+	for _, tc := range []struct {
+		name string
+		q    Query
+	}{
+		{"everything", Query{}},
+		{"newest first", Query{Newest: true}},
+		{"namespace", Query{Namespace: "ns-3"}},
+		{"time range", Query{From: at(20), To: at(280)}},
+		{"expiry range", Query{ValidAt: at(150)}},
+	} {
+		for _, maxBytes := range []int{1, 4000, 20000} {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, maxBytes), func(t *testing.T) {
+				want, _, err := l.Query(ctx, Query{Newest: tc.q.Newest, Namespace: tc.q.Namespace, From: tc.q.From, To: tc.q.To,
+					ValidAt: tc.q.ValidAt, Limit: maxQueryLimit})
+				if err != nil {
+					t.Fatal(err)
+				}
+				q := tc.q
+				q.Limit, q.MaxBytes = maxQueryLimit, maxBytes
+				var got []*Entry
+				for pages := 0; ; pages++ {
+					if pages > len(want)+1 {
+						t.Fatalf("more pages than entries")
+					}
+					page, next, err := l.Query(ctx, q)
+					if err != nil {
+						t.Fatal(err)
+					}
+					size := 0
+					for _, e := range page {
+						size += recordBytes(e)
+					}
+					if len(page) > 1 && size > maxBytes {
+						t.Fatalf("a page of %d entries holds %d bytes of records, more than MaxBytes %d", len(page), size, maxBytes)
+					}
+					if next != "" && len(page) == 0 {
+						t.Fatalf("an empty page with a next page")
+					}
+					got = append(got, page...)
+					if next == "" {
+						break
+					}
+					q.PageToken = next
+				}
+				if len(got) != len(want) {
+					t.Fatalf("paged with MaxBytes %d: %d entries, want %d", maxBytes, len(got), len(want))
+				}
+				for i := range got {
+					if got[i].Seq != want[i].Seq {
+						t.Fatalf("entry %d: seq %d, want %d", i, got[i].Seq, want[i].Seq)
+					}
+				}
+			})
+		}
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"hash/maphash"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,6 +127,10 @@ type storedCheckpoint struct {
 // scanner accumulates the first (lowest-index) problem found.
 type scanner struct {
 	bad *VerifyError
+	// verified counts the checkpoints whose signature a verifier checked;
+	// unknownSigners are the signers of those signed by no known key.
+	verified       int
+	unknownSigners []string
 }
 
 func (s *scanner) report(e *VerifyError) {
@@ -145,6 +151,9 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 	}
 	n := tree.End()
 	cps := l.scanCheckpoints(tx, n, &s)
+	if s.verified == 0 && len(s.unknownSigners) > 0 {
+		return res, fmt.Errorf("%w: its checkpoints are signed by %s, and by none of the keys given", ErrWrongKey, strings.Join(s.unknownSigners, ", "))
+	}
 	es := newEntryScan(tx, so.indexes, l.epochs)
 	if err := es.run(ctx, n, cps, &s, &res, so.progress); err != nil {
 		return res, err
@@ -183,6 +192,20 @@ func (l *Log) scan(ctx context.Context, tx *bolt.Tx, so scanOptions) (VerifyResu
 	return res, nil
 }
 
+// noteSigners names the keys that signed a note, as name+hash.
+func noteSigners(signed []byte) []string {
+	_, err := note.Open(signed, note.VerifierList())
+	var unverified *note.UnverifiedNoteError
+	if !errors.As(err, &unverified) {
+		return nil
+	}
+	var out []string
+	for _, sig := range unverified.Note.UnverifiedSigs {
+		out = append(out, fmt.Sprintf("%s+%08x", sig.Name, sig.Hash))
+	}
+	return out
+}
+
 // scanCheckpoints reads the stored checkpoints, oldest first, and returns
 // those that are well-formed; it reports the others to s. n is the tree
 // size.
@@ -204,6 +227,11 @@ func (l *Log) scanCheckpoints(tx *bolt.Tx, n uint64, s *scanner) []storedCheckpo
 			s.report(verifyErrorf(prevSize, "checkpoint of size %d does not parse: %w", size, err))
 		case l.verifiers != nil && !verified:
 			s.report(verifyErrorf(prevSize, "checkpoint of size %d is not signed by a known key", size))
+			for _, name := range noteSigners(v) {
+				if !slices.Contains(s.unknownSigners, name) {
+					s.unknownSigners = append(s.unknownSigners, name)
+				}
+			}
 		case cp.Size != size:
 			s.report(verifyErrorf(prevSize, "checkpoint stored under size %d says size %d", size, cp.Size))
 		case origin != "" && cp.Origin != origin:
@@ -215,6 +243,9 @@ func (l *Log) scanCheckpoints(tx *bolt.Tx, n uint64, s *scanner) []storedCheckpo
 		default:
 			cps = append(cps, storedCheckpoint{cp, verified})
 			origin = cp.Origin
+		}
+		if verified {
+			s.verified++
 		}
 		prevSize = size
 		return nil

@@ -136,8 +136,16 @@ func (l *Log) openWitness() error {
 			return err
 		}
 	}
-	l.witnessPrev, l.witnessKnown = latest, true
+	l.witnessPrev, l.witnessKnown, l.witnessAtOpen = latest, true, latest
 	return nil
+}
+
+// WitnessAtOpen returns the checkpoint the witness held when the log was
+// opened (nil when it held none) and whether the log has a witness at
+// all. A log with entries whose witness held nothing could not be checked
+// for a rollback: the witness is new, or it was removed.
+func (l *Log) WitnessAtOpen() (signed []byte, hasWitness bool) {
+	return l.witnessAtOpen, l.opts.Witness != nil
 }
 
 // checkWitness checks the log against the witness's latest checkpoint, for

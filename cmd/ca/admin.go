@@ -81,7 +81,8 @@ func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		{"status", "the roots in the bundle, the issuing intermediate, the rotation state, the last drill", adminStatus},
 		{"rotate-intermediate", "replace the issuing intermediate now", adminRotateIntermediate},
 		{"root", "staged root rotation: root prepare | activate [--force --reason R] | retire [--key-version N] [--force --reason R] [--compromised]; retire with every replica's --addr checks every replica's log", adminRoot},
-		{"revoke-intermediate", "mark an intermediate compromised, rotate, and list the workloads it signed for (JSON lines; with every replica's --addr, from every replica's log)", adminRevokeIntermediate},
+		{"revoke-intermediate", "mark an intermediate compromised, rotate, and list the workloads it signed for (JSON lines; with every replica's --addr, from every replica's log once all follow)", adminRevokeIntermediate},
+		{"affected", "list the workloads a revoked intermediate signed for (JSON lines), from every replica's --addr once all follow the revocation", adminAffected},
 		{"drill", "rehearse rotation on the running daemon and report each step (--root: a full root cycle, staging only)", adminDrill},
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
@@ -247,21 +248,33 @@ func adminRoot(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, af := newAdminFlagSet("ca admin revoke-intermediate", stderr)
-	fp := fs.String("fingerprint", "", "hex SHA-256 of the intermediate (default: the current one)")
+	fp := fs.String("fingerprint", "", "hex SHA-256 of the intermediate (default: the current one); it must be one the CA issued, never a root's")
 	reason := fs.String("reason", "", "why, recorded in the log")
+	force := fs.Bool("force", false, "revoke a fingerprint no replica named can show the CA issued (needs --reason)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *force && strings.TrimSpace(*reason) == "" {
+		return errors.New("--force needs --reason: the override is recorded in the log")
+	}
 	client := af.client
 	if af.conn.several() {
-		client = af.clientFirst // the step runs on the first replica named
+		// The step runs on the first replica whose log records the
+		// intermediate, else on the first named.
+		at, err := af.revokeTarget(ctx, *fp)
+		if err != nil {
+			return err
+		}
+		client = func(ctx context.Context) (adminv1.AdminServiceClient, context.Context, func(), error) {
+			return af.clientAt(ctx, at)
+		}
 	}
 	c, ctx, done, err := client(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
-	stream, err := c.RevokeIntermediate(ctx, &adminv1.RevokeIntermediateRequest{Fingerprint: *fp, Reason: *reason})
+	stream, err := c.RevokeIntermediate(ctx, &adminv1.RevokeIntermediateRequest{Fingerprint: *fp, Reason: *reason, Force: *force})
 	if err != nil {
 		return err
 	}
@@ -285,11 +298,46 @@ func adminRevokeIntermediate(ctx context.Context, args []string, stdout, stderr 
 		certs += len(m.GetAffected().GetSerials())
 	}
 	if af.conn.several() {
-		if groups, certs, err = af.signedByInShards(ctx, first.GetRevoked().GetFingerprint()); err != nil {
+		// The other replicas sign with it until they follow the
+		// revocation: the list is complete only after that.
+		revoked := first.GetRevoked().GetFingerprint()
+		err := af.waitRevoked(ctx, revoked)
+		if errors.Is(err, errOwnCertRevoked) {
+			return fmt.Errorf("intermediate revoked, but %w: get a new one (ca request) and list what it signed with: ca admin affected --fingerprint %s and every replica's --addr", err, revoked)
+		}
+		if err == nil {
+			groups, certs, err = af.signedByInShards(ctx, revoked)
+		}
+		if err != nil {
 			return fmt.Errorf("intermediate revoked, but the replicas' logs could not be searched for what it signed: %w", err)
 		}
 	}
 	fmt.Fprintf(stderr, "%d unexpired certificates of %d workloads were signed by it: restart those workloads\n", certs, len(groups))
+	return writeAffected(stdout, groups)
+}
+
+// adminAffected lists what a revoked intermediate signed, from every
+// replica's log, once every replica named has followed the revocation.
+func adminAffected(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, af := newAdminFlagSet("ca admin affected", stderr)
+	fp := fs.String("fingerprint", "", "hex SHA-256 of the revoked intermediate (required)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	revoked := strings.ToLower(strings.TrimSpace(*fp))
+	if revoked == "" {
+		return errors.New("--fingerprint is required: the intermediate revoke-intermediate revoked")
+	}
+	ctx, cancel := context.WithTimeout(ctx, af.conn.timeout)
+	defer cancel()
+	if err := af.waitRevoked(ctx, revoked); err != nil {
+		return err
+	}
+	groups, certs, err := af.signedByInShards(ctx, revoked)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "%d unexpired certificates of %d workloads were signed by %s: restart those workloads\n", certs, len(groups), revoked)
 	return writeAffected(stdout, groups)
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -15,7 +16,6 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/transitca/transitca/ca"
 	"github.com/transitca/transitca/internal/atomicfile"
 	"github.com/transitca/transitca/internal/config"
 	adminv1 "github.com/transitca/transitca/proto/transitca/admin/v1"
@@ -30,16 +30,33 @@ type evidenceReport struct {
 	To          string `json:"to"`
 	GeneratedAt string `json:"generated_at"`
 	Source      string `json:"source"`
+	// CommandLine is the command that made the report.
+	CommandLine string `json:"command_line"`
+	// Verification is the state of the weakest log: verified, partial
+	// (entries after the last signed checkpoint) or failed.
+	Verification string `json:"verification"`
+	// Dev is whether a daemon in force during the period ran in dev mode:
+	// local software keys, no Vault.
+	Dev bool `json:"dev"`
+
+	// Control is the lifetime control the certificates are held to.
+	Control       evidenceControl    `json:"control"`
+	PolicyChanges []policyChange     `json:"policy_changes"`
+	Privileged    evidencePrivileged `json:"privileged"`
 
 	Issued   evidenceIssued   `json:"issued"`
 	Validity []*tierValidity  `json:"validity"`
 	Denials  evidenceDenials  `json:"denials"`
 	Events   []evidenceEvent  `json:"events"`
 	Drills   evidenceDrills   `json:"drills"`
+	Service  evidenceService  `json:"service"`
+	Custody  []custodySeen    `json:"key_custody"`
 	Live     []*liveNamespace `json:"live_at_to"`
 	// Logs are the logs the figures come from: one per replica (shard).
-	Logs     []*evidenceLog    `json:"logs"`
-	Commands []evidenceCommand `json:"commands"`
+	Logs []*evidenceLog `json:"logs"`
+	// CannotShow is what no log can prove, whatever its figures say.
+	CannotShow []string          `json:"cannot_show"`
+	Commands   []evidenceCommand `json:"commands"`
 }
 
 type evidenceIssued struct {
@@ -62,13 +79,16 @@ type evidenceBucket struct {
 
 // tierValidity is, for one tier, the longest validity granted in the
 // period against the tier's maximum lifetime in force when each
-// certificate was issued.
+// certificate was issued, and against the stated control.
 type tierValidity struct {
 	Tier   string `json:"tier"`
 	Issued int    `json:"issued"`
 	// MaxTTL lists the distinct maximum lifetimes in force for the tier
 	// during the period (one, unless the configuration changed).
 	MaxTTL []string `json:"max_ttl"`
+	// Control is the lifetime the stated control allows the tier ("" when
+	// there is no control).
+	Control string `json:"control"`
 	// LongestSeconds is the longest validity (NotAfter - NotBefore)
 	// granted; LongestSerial names that certificate.
 	LongestSeconds int64  `json:"longest_seconds"`
@@ -77,6 +97,9 @@ type tierValidity struct {
 	// Over lists every certificate whose validity exceeds the tier's
 	// maximum lifetime in force when it was issued: there should be none.
 	Over []overCertificate `json:"over"`
+	// OverControl lists every certificate whose validity exceeds the
+	// stated control: a loosened policy shows here, not in Over.
+	OverControl []overCertificate `json:"over_control"`
 	// Unchecked counts certificates issued when no policy for the tier was
 	// recorded in the log (and none given with --config).
 	Unchecked int `json:"unchecked"`
@@ -98,7 +121,8 @@ type evidenceDenials struct {
 	ByReason map[string]int `json:"by_reason"`
 }
 
-// evidenceEvent is a rotation, an intermediate change or a drill.
+// evidenceEvent is a rotation, an intermediate change, a drill, or a
+// change to the log itself (accepted damage, recovery).
 type evidenceEvent struct {
 	Seq    uint64 `json:"seq"`
 	Time   string `json:"time"`
@@ -111,6 +135,9 @@ type evidenceDrills struct {
 	Total  int `json:"total"`
 	Passed int `json:"passed"`
 	Failed int `json:"failed"`
+	// NotChecked counts drills that passed with a step that could not
+	// check what it is for (no Vault to ask): not counted as passed.
+	NotChecked int `json:"not_checked"`
 }
 
 // liveNamespace is, at the end of the period, the service accounts of a
@@ -118,25 +145,6 @@ type evidenceDrills struct {
 type liveNamespace struct {
 	Namespace       string         `json:"namespace"`
 	ServiceAccounts map[string]int `json:"service_accounts"`
-}
-
-// evidenceLog is what proves a log the figures come from: its
-// verification and the signed checkpoint that covers the period.
-type evidenceLog struct {
-	// Shard is the address or file the log was read from.
-	Shard          string `json:"shard"`
-	Verified       bool   `json:"verified"`
-	VerifyError    string `json:"verify_error,omitempty"`
-	Entries        uint64 `json:"entries"`
-	Root           string `json:"root"`
-	Checkpoint     string `json:"checkpoint"`
-	CheckpointSize uint64 `json:"checkpoint_size"`
-	VerifierKey    string `json:"verifier_key"`
-	// LastSeqInPeriod is the sequence number of the period's last entry
-	// (-1: no entry); CoversPeriod is whether the checkpoint's tree holds it.
-	LastSeqInPeriod int64  `json:"last_seq_in_period"`
-	CoversPeriod    bool   `json:"covers_period"`
-	CheckpointError string `json:"checkpoint_error,omitempty"`
 }
 
 // evidenceCommand is a command an auditor runs to re-check the report;
@@ -148,7 +156,7 @@ type evidenceCommand struct {
 }
 
 // eventActions are the admin actions the report lists as key events.
-var eventActions = regexp.MustCompile(`^(root-|intermediate-|drill$)`)
+var eventActions = regexp.MustCompile(`^(root-|intermediate-|drill$|accept-damage$|log-recovered$)`)
 
 // evidencePeriod is the period --from and --to name, in whole seconds, so
 // that the recomputing commands (jq compares whole seconds) select exactly
@@ -193,39 +201,81 @@ func tierFallback(configFile string) (map[string]time.Duration, error) {
 	return fallback, nil
 }
 
+// evidenceOptions are the flags of ca report evidence that shape the
+// figures.
+type evidenceOptions struct {
+	start, end time.Time
+	// fallback is the tiers' policy of --config, for logs that recorded
+	// none.
+	fallback map[string]time.Duration
+	// control is --control (nil: the first start's tiers).
+	control map[string]time.Duration
+	// since are the --since checkpoint files.
+	since []string
+	// vkey is the --verifier-key text, "" when not given.
+	vkey string
+}
+
+// errUnverified is returned, after the report is written, when a log
+// failed verification and --allow-unverified was not given.
+var errUnverified = errors.New("a log failed verification")
+
 func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, lf := newLogFlagSet("ca report evidence", stderr)
 	from := fs.String("from", "", "start of the period, inclusive (RFC 3339 or a duration from now such as -720h; required)")
 	to := fs.String("to", "now", "end of the period, exclusive (RFC 3339, \"now\" or a duration from now)")
-	configFile := fs.String("config", "", "configuration whose tiers apply where the log records no policy (a log written before start entries did)")
+	configFile := fs.String("config", "", "the CA's configuration: its tiers apply where the log records no policy (a log written before start entries did); with --sign, it names the checkpoint key")
+	control := fs.String("control", "", "the stated lifetime control, tier=duration,… (for example service=720h,privileged=168h); default: the tiers in force when the period began")
+	var since []string
+	fs.Func("since", "a signed checkpoint kept from an earlier audit (\"ca log checkpoint\"): the log must extend it; repeat for several logs", func(v string) error {
+		since = append(since, v)
+		return nil
+	})
+	allowUnverified := fs.Bool("allow-unverified", false, "write the report and exit 0 even when a log fails verification (every page is stamped)")
+	sign := fs.Bool("sign", false, "sign the report (--out) with the log's checkpoint key, reached through the CA's configuration (--config, with VAULT_ADDR and VAULT_TOKEN; or --dev --data-dir of a dev CA), into <out>.sig")
+	var caFlags commonFlags
+	fs.BoolVar(&caFlags.dev, "dev", false, "with --sign: the CA is a dev CA whose keys are in --data-dir")
+	fs.StringVar(&caFlags.dataDir, "data-dir", "", "with --sign: the CA's data directory (overrides data_dir)")
 	output := fs.String("o", "html", "output: html or json")
 	outFile := fs.String("out", "", "write the report to this file instead of standard output")
-	var (
-		start, end time.Time
-		fallback   map[string]time.Duration
-	)
+	opts := evidenceOptions{}
 	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() (err error) {
 		if *output != "html" && *output != "json" {
 			return fmt.Errorf("-o %q: want html or json", *output)
 		}
-		if start, end, err = evidencePeriod(*from, *to); err != nil {
+		if opts.start, opts.end, err = evidencePeriod(*from, *to); err != nil {
 			return err
 		}
 		if lf.db != "" && lf.verifierKey == "" {
 			return fmt.Errorf("with --db, --verifier-key is required: the report checks the log's checkpoints against the CA's key")
 		}
-		fallback, err = tierFallback(*configFile)
+		if opts.control, err = parseControl(*control); err != nil {
+			return err
+		}
+		if opts.vkey, err = lf.verifierKeyText(); err != nil {
+			return err
+		}
+		if *sign && *outFile == "" {
+			return errors.New("--sign needs --out: the signature is of the report file")
+		}
+		if *sign && *configFile == "" && !caFlags.dev {
+			return errors.New("--sign needs the CA's configuration: --config FILE (Vault through VAULT_ADDR and VAULT_TOKEN), or --dev --data-dir DIR")
+		}
+		caFlags.config = *configFile
+		opts.since = since
+		opts.fallback, err = tierFallback(*configFile)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err := buildEvidence(ctx, shards, start, end, fallback)
+	r, err := buildEvidence(ctx, shards, lf, opts)
 	if err != nil {
 		return err
 	}
 	r.Source = lf.describe(shards)
+	r.CommandLine = commandLine("ca report evidence", args)
 	r.Commands = evidenceCommands(r, lf, shards)
 
 	write := func(w io.Writer) error {
@@ -238,11 +288,66 @@ func reportEvidence(ctx context.Context, args []string, stdout, stderr io.Writer
 		return enc.Encode(r)
 	}
 	if *outFile == "" {
-		return write(stdout)
+		err = write(stdout)
+	} else {
+		// A file that appears only when the report is complete.
+		_, err = atomicfile.WriteFrom(*outFile, 0o644, write)
 	}
-	// A file that appears only when the report is complete.
-	_, err = atomicfile.WriteFrom(*outFile, 0o644, write)
-	return err
+	if err != nil {
+		return err
+	}
+	if *sign {
+		sig, err := signReport(ctx, caFlags, *outFile, r.Logs)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "signed: %s (check it with: ca report verify --verifier-key KEY %s)\n", sig, *outFile)
+	}
+	if r.Verification == logFailed && !*allowUnverified {
+		var why []string
+		for _, lg := range r.Logs {
+			if lg.State == logFailed {
+				why = append(why, lg.Shard+": "+lg.Failure())
+			}
+		}
+		return fmt.Errorf("%w, so no figure is shown as verified (the report was written with every figure greyed; --allow-unverified exits 0):\n%s",
+			errUnverified, strings.Join(why, "\n"))
+	}
+	return nil
+}
+
+// commandLine is the command that was run, quoted for sh.
+func commandLine(name string, args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = shellQuote(a)
+	}
+	return strings.TrimSpace(name + " " + strings.Join(q, " "))
+}
+
+// parseControl reads --control: tier=duration pairs separated by commas.
+// A tier name may hold "=" (the duration is after the last one).
+func parseControl(s string) (map[string]time.Duration, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]time.Duration{}
+	for _, part := range strings.Split(s, ",") {
+		i := strings.LastIndexByte(part, '=')
+		if i <= 0 {
+			return nil, fmt.Errorf("--control %q: %q is not tier=duration", s, part)
+		}
+		name := strings.TrimSpace(part[:i])
+		d, err := time.ParseDuration(strings.TrimSpace(part[i+1:]))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("--control %q: %q: the lifetime of tier %q is not a positive duration", s, part, name)
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("--control %q: tier %q is named twice", s, name)
+		}
+		out[name] = d
+	}
+	return out, nil
 }
 
 // describe names where the logs were read, for the report's header.
@@ -280,50 +385,41 @@ func eachEntry(ctx context.Context, api logAPI, req *adminv1.QueryLogRequest, fn
 	}
 }
 
-// tierPolicy is the tier policy a start entry recorded.
-type tierPolicy struct {
-	at     time.Time
-	maxTTL map[string]time.Duration
-}
-
-// tierPolicies are the tier policies of the start entries, in time order.
-type tierPolicies []tierPolicy
-
-// at returns the policy in force at t: the last recorded before it, else
-// fallback.
-func (p tierPolicies) at(t time.Time, fallback map[string]time.Duration) map[string]time.Duration {
-	i, _ := slices.BinarySearchFunc(p, t, func(e tierPolicy, t time.Time) int { return e.at.Compare(t) })
-	if i == 0 {
-		return fallback
-	}
-	return p[i-1].maxTTL
-}
-
 // buildEvidence computes the report's figures for [start, end) over every
 // shard.
-func buildEvidence(ctx context.Context, shards []shard, start, end time.Time, fallback map[string]time.Duration) (*evidenceReport, error) {
+func buildEvidence(ctx context.Context, shards []shard, lf *logFlags, o evidenceOptions) (*evidenceReport, error) {
+	start, end := o.start, o.end
 	r := &evidenceReport{
 		From: start.Format(time.RFC3339), To: end.Format(time.RFC3339),
 		GeneratedAt: time.Now().UTC().Format(time.RFC3339),
 		Issued: evidenceIssued{
 			ByTier: map[string]int{}, ByNamespace: map[string]int{}, ByCluster: map[string]int{},
 		},
-		Denials: evidenceDenials{ByReason: map[string]int{}},
-		Events:  []evidenceEvent{},
-		Live:    []*liveNamespace{},
+		Denials:       evidenceDenials{ByReason: map[string]int{}},
+		Events:        []evidenceEvent{},
+		Live:          []*liveNamespace{},
+		PolicyChanges: []policyChange{},
+		Custody:       []custodySeen{},
+		Service:       evidenceService{Events: []serviceEvent{}, Gaps: []serviceGap{}},
 	}
-	f := &evidenceFold{r: r, buckets: newBuckets(start, end), validity: map[string]*tierValidity{}, maxTTLs: map[string]map[time.Duration]bool{}}
-	live := map[string]*liveNamespace{}
-	for _, s := range shards {
-		lg := &evidenceLog{Shard: s.name, LastSeqInPeriod: -1}
-		r.Logs = append(r.Logs, lg)
-		policies, err := startPolicies(ctx, s.api, end)
+	histories := make([]*history, len(shards))
+	for i, s := range shards {
+		h, err := readHistory(ctx, s, end)
 		if err != nil {
 			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
 		}
-		err = eachEntry(ctx, s.api, &adminv1.QueryLogRequest{From: timestamppb.New(start), To: timestamppb.New(end)}, func(e *adminv1.Entry) {
+		histories[i] = h
+	}
+	r.Control = statedControl(histories, o)
+	f := newEvidenceFold(r, start, end)
+	live := map[string]*liveNamespace{}
+	for i, s := range shards {
+		h := histories[i]
+		lg := &evidenceLog{Shard: s.name, LastSeqInPeriod: -1, FailedAt: -1}
+		r.Logs = append(r.Logs, lg)
+		err := eachEntry(ctx, s.api, &adminv1.QueryLogRequest{From: timestamppb.New(start), To: timestamppb.New(end)}, func(e *adminv1.Entry) {
 			lg.LastSeqInPeriod = max(lg.LastSeqInPeriod, int64(e.GetSeq()))
-			f.add(e, policies.at(e.GetTime().AsTime(), fallback))
+			f.add(e, h.at(e.GetSeq(), o.fallback))
 		})
 		if err != nil {
 			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
@@ -331,40 +427,39 @@ func buildEvidence(ctx context.Context, shards []shard, start, end time.Time, fa
 		if err := liveAt(ctx, s.api, end, live); err != nil {
 			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
 		}
-		logProof(ctx, s.api, lg)
+		if err := h.serviceHistory(ctx, s, start, end, &r.Service); err != nil {
+			return nil, fmt.Errorf("%s: issuance log: %w", s.name, err)
+		}
+		r.PolicyChanges = append(r.PolicyChanges, h.policyChanges(start, end)...)
+		r.Custody = append(r.Custody, h.custodyIn(start, end)...)
+		r.Dev = r.Dev || h.devIn(start, end)
+		f.privilegedRules(h, start, end)
+		logProof(ctx, s, lf, o, lg)
 	}
+	if err := unmatchedSince(o.since, r.Logs); err != nil {
+		return nil, err
+	}
+	f.finish()
 	slices.SortFunc(r.Events, func(a, b evidenceEvent) int {
 		return cmp.Or(strings.Compare(a.Time, b.Time), cmp.Compare(a.Seq, b.Seq))
 	})
-	r.Issued.Bucket, r.Issued.ByBucket = f.buckets.unit, f.buckets.list
-	for _, tier := range slices.Sorted(maps.Keys(f.validity)) {
-		v := f.validity[tier]
-		for _, d := range slices.Sorted(maps.Keys(f.maxTTLs[tier])) {
-			v.MaxTTL = append(v.MaxTTL, d.String())
-		}
-		v.Longest = (time.Duration(v.LongestSeconds) * time.Second).String()
-		r.Validity = append(r.Validity, v)
-	}
+	slices.SortFunc(r.PolicyChanges, func(a, b policyChange) int { return strings.Compare(a.Time, b.Time) })
+	slices.SortFunc(r.Custody, func(a, b custodySeen) int { return strings.Compare(a.Time, b.Time) })
+	r.Service.sort()
 	for _, ns := range slices.Sorted(maps.Keys(live)) {
 		r.Live = append(r.Live, live[ns])
 	}
+	r.Verification = logVerified
+	for _, lg := range r.Logs {
+		switch {
+		case lg.State == logFailed:
+			r.Verification = logFailed
+		case lg.State == logPartial && r.Verification == logVerified:
+			r.Verification = logPartial
+		}
+	}
+	r.CannotShow = cannotShow(r)
 	return r, nil
-}
-
-// startPolicies reads the tier policy of every start entry of a log up to
-// end.
-func startPolicies(ctx context.Context, api logAPI, end time.Time) (tierPolicies, error) {
-	var policies tierPolicies
-	err := eachEntry(ctx, api, &adminv1.QueryLogRequest{Kind: adminv1.Kind_KIND_ADMIN, To: timestamppb.New(end)}, func(e *adminv1.Entry) {
-		if e.GetAction() != "start" {
-			return
-		}
-		if p, ok, perr := ca.ParseTierPolicy(e.GetDetail()); ok && perr == nil {
-			policies = append(policies, tierPolicy{e.GetTime().AsTime(), p})
-		}
-	})
-	slices.SortStableFunc(policies, func(a, b tierPolicy) int { return a.at.Compare(b.at) })
-	return policies, err
 }
 
 // evidenceFold adds up the entries of the period into the report.
@@ -373,10 +468,21 @@ type evidenceFold struct {
 	buckets  *buckets
 	validity map[string]*tierValidity
 	maxTTLs  map[string]map[time.Duration]bool
+	// privileged are the identities issued in a privileged tier.
+	privileged map[string]*privilegedIdentity
 }
 
-// add counts one entry of the period, an issuance against policy.
-func (f *evidenceFold) add(e *adminv1.Entry, policy map[string]time.Duration) {
+func newEvidenceFold(r *evidenceReport, start, end time.Time) *evidenceFold {
+	r.Privileged = evidencePrivileged{Limit: "", Rules: []privilegedRules{}, Identities: []privilegedIdentity{}, Flagged: []flaggedCertificate{}, AdminIdentities: []string{}}
+	if d, ok := privilegedLimit(r.Control); ok {
+		r.Privileged.Limit = d.String()
+	}
+	return &evidenceFold{r: r, buckets: newBuckets(start, end), validity: map[string]*tierValidity{},
+		maxTTLs: map[string]map[time.Duration]bool{}, privileged: map[string]*privilegedIdentity{}}
+}
+
+// add counts one entry of the period, issued under the policy p.
+func (f *evidenceFold) add(e *adminv1.Entry, p *policyInForce) {
 	r := f.r
 	switch e.GetKind() {
 	case adminv1.Kind_KIND_ISSUANCE:
@@ -387,11 +493,20 @@ func (f *evidenceFold) add(e *adminv1.Entry, policy map[string]time.Duration) {
 		f.buckets.add(e.GetTime().AsTime(), e.GetTier())
 		v := f.validity[e.GetTier()]
 		if v == nil {
-			v = &tierValidity{Tier: e.GetTier(), Over: []overCertificate{}, MaxTTL: []string{}}
+			v = &tierValidity{Tier: e.GetTier(), Over: []overCertificate{}, OverControl: []overCertificate{}, MaxTTL: []string{}}
+			if d, ok := r.Control.limit(e.GetTier()); ok {
+				v.Control = d.String()
+			}
 			f.validity[e.GetTier()] = v
 			f.maxTTLs[e.GetTier()] = map[time.Duration]bool{}
 		}
-		checkValidity(v, e, policy, f.maxTTLs[e.GetTier()])
+		checkValidity(v, e, p.maxTTL, f.maxTTLs[e.GetTier()])
+		if d, ok := r.Control.limit(e.GetTier()); ok {
+			if validity := e.GetNotAfter().AsTime().Sub(e.GetNotBefore().AsTime()); validity > d {
+				v.OverControl = append(v.OverControl, overEntry(e, validity, d))
+			}
+		}
+		f.checkPrivileged(e, p)
 	case adminv1.Kind_KIND_DENIAL:
 		reason, n := denialClass(e)
 		r.Denials.Total += n
@@ -406,12 +521,62 @@ func (f *evidenceFold) add(e *adminv1.Entry, policy map[string]time.Duration) {
 		})
 		if e.GetAction() == "drill" {
 			r.Drills.Total++
-			if strings.HasPrefix(e.GetDetail(), "passed=true") {
+			switch drillOutcome(e.GetDetail()) {
+			case drillPassed:
 				r.Drills.Passed++
-			} else {
+			case drillNotChecked:
+				r.Drills.NotChecked++
+			default:
 				r.Drills.Failed++
 			}
 		}
+	}
+}
+
+// finish sorts what add gathered into the report.
+func (f *evidenceFold) finish() {
+	r := f.r
+	r.Issued.Bucket, r.Issued.ByBucket = f.buckets.unit, f.buckets.list
+	for _, tier := range slices.Sorted(maps.Keys(f.validity)) {
+		v := f.validity[tier]
+		for _, d := range slices.Sorted(maps.Keys(f.maxTTLs[tier])) {
+			v.MaxTTL = append(v.MaxTTL, d.String())
+		}
+		v.Longest = (time.Duration(v.LongestSeconds) * time.Second).String()
+		r.Validity = append(r.Validity, v)
+	}
+	for _, id := range slices.Sorted(maps.Keys(f.privileged)) {
+		r.Privileged.Identities = append(r.Privileged.Identities, *f.privileged[id])
+	}
+	slices.SortFunc(r.Privileged.Flagged, func(a, b flaggedCertificate) int { return strings.Compare(a.Time, b.Time) })
+}
+
+// Outcomes of a drill entry.
+const (
+	drillPassed     = "passed"
+	drillNotChecked = "not checked"
+	drillFailed     = "failed"
+)
+
+// drillOutcome reads a drill entry's detail: passed only when every step
+// passed and checked what it is for. A step marked not checked (or, in
+// logs written before steps were, the dev-mode Vault step that said it had
+// no Vault to check) makes the drill not checked.
+func drillOutcome(detail string) string {
+	if !strings.HasPrefix(detail, "passed=true") {
+		return drillFailed
+	}
+	if strings.Contains(detail, " not_checked=") || strings.Contains(detail, "no Vault to check") {
+		return drillNotChecked
+	}
+	return drillPassed
+}
+
+// overEntry is e as a certificate over the lifetime limit.
+func overEntry(e *adminv1.Entry, validity, limit time.Duration) overCertificate {
+	return overCertificate{
+		Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(), Time: e.GetTime().AsTime().UTC().Format(time.RFC3339Nano),
+		Validity: validity.String(), MaxTTL: limit.String(),
 	}
 }
 
@@ -430,10 +595,7 @@ func checkValidity(v *tierValidity, e *adminv1.Entry, policy map[string]time.Dur
 	}
 	seen[maxTTL] = true
 	if validity > maxTTL {
-		v.Over = append(v.Over, overCertificate{
-			Serial: e.GetSerial(), SPIFFEID: e.GetSpiffeId(), Time: e.GetTime().AsTime().UTC().Format(time.RFC3339Nano),
-			Validity: validity.String(), MaxTTL: maxTTL.String(),
-		})
+		v.Over = append(v.Over, overEntry(e, validity, maxTTL))
 	}
 }
 
@@ -470,27 +632,6 @@ func liveAt(ctx context.Context, api logAPI, end time.Time, live map[string]*liv
 		}
 		n.ServiceAccounts[e.GetServiceAccount()]++
 	})
-}
-
-// logProof fills lg: the log verified end to end, and the latest signed
-// checkpoint, which must cover the period's last entry. Failures are
-// reported in the report, not hidden.
-func logProof(ctx context.Context, api logAPI, lg *evidenceLog) {
-	if v, err := api.VerifyLog(ctx, &adminv1.VerifyLogRequest{}); err != nil {
-		lg.VerifyError = err.Error()
-	} else {
-		lg.Verified, lg.Entries, lg.Root = true, v.GetTreeSize(), fmt.Sprintf("%x", v.GetRootHash())
-	}
-	cp, err := api.GetCheckpoint(ctx, &adminv1.GetCheckpointRequest{})
-	if err != nil {
-		lg.CheckpointError = err.Error()
-		return
-	}
-	lg.Checkpoint, lg.VerifierKey = string(cp.GetCheckpoint()), cp.GetVerifierKey()
-	if lines := strings.SplitN(lg.Checkpoint, "\n", 3); len(lines) >= 2 {
-		lg.CheckpointSize, _ = strconv.ParseUint(lines[1], 10, 64)
-	}
-	lg.CoversPeriod = int64(lg.CheckpointSize) > lg.LastSeqInPeriod
 }
 
 // buckets counts issuances per day (per month for long periods), every

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -16,29 +18,53 @@ const (
 	checkByBucket    = "issued.by_bucket (non-empty buckets: start → total)"
 	checkLongest     = "validity (tier → longest_seconds)"
 	checkOver        = "validity (every over[].serial)"
+	checkOverControl = "validity (every over_control[].serial)"
+	checkPrivileged  = "privileged.flagged (serial of each over the privileged limit)"
 	checkDenials     = "denials.by_reason"
 	checkEvents      = "events ([time, action], sorted)"
-	checkDrills      = "drills (total, passed)"
+	checkDrills      = "drills (total, passed, not_checked)"
+	checkService     = "service.events ([time, action], sorted)"
 	checkLive        = "live_at_to (namespace → service account → certificates)"
 )
 
 // jqPrelude defines the period for the recomputing jq programs: t reads an
 // export's RFC 3339 time as whole seconds, which selects exactly what the
-// report selected because the period's bounds are whole seconds.
-const jqPrelude = `def t: sub("\\.[0-9]+Z$"; "Z") | fromdate; def inperiod: (.time | t) as $s | $s >= %d and $s < %d; `
+// report selected because the period's bounds are whole seconds. $from
+// and $to are passed with --argjson.
+const jqPrelude = `def t: sub("\\.[0-9]+Z$"; "Z") | fromdate; def inperiod: (.time | t) as $s | $s >= $from and $s < $to; def validity: (.not_after | t) - (.not_before | t); `
+
+// jqIssued selects the issuances of the period.
+const jqIssued = `[.[] | select(.kind=="issuance" and inperiod)]`
+
+// jqDrillOutcome reads a drill entry's detail as drillOutcome does.
+const jqDrillOutcome = `def outcome: if (.detail | startswith("passed=true") | not) then "failed" elif (.detail | contains(" not_checked=") or contains("no Vault to check")) then "not_checked" else "passed" end; `
+
+// jqKnownPrivileged is knownPrivileged for an export entry; $admins is
+// passed with --argjson.
+const jqKnownPrivileged = `def known: (.service_account // "") as $sa | .spiffe_id as $id | $sa == "istiod" or ($sa | startswith("istiod-")) or ($sa | contains("gateway")) or $sa == "ztunnel" or any($admins[]; . == $id); `
+
+// jqArgs are the values a jq program reads: every value from the log goes
+// in with --arg or --argjson, never into the program's text, so that no
+// tier name or identity can reach the auditor's shell.
+type jqArgs []string
+
+func (a jqArgs) json(name string, v any) jqArgs {
+	b, _ := json.Marshal(v)
+	return append(a, "--argjson", name, shellQuote(string(b)))
+}
 
 // evidenceCommands are the exact commands that recompute the report from a
-// backup of each log, with nothing but the ca binary and jq.
+// backup of each log, with nothing but the ca binary, sha256sum and jq.
 func evidenceCommands(r *evidenceReport, lf *logFlags, shards []shard) []evidenceCommand {
 	start, _ := time.Parse(time.RFC3339, r.From)
 	end, _ := time.Parse(time.RFC3339, r.To)
-	pre := fmt.Sprintf(jqPrelude, start.Unix(), end.Unix())
-	jq := func(what, check, program string) evidenceCommand {
-		return evidenceCommand{What: what, Check: check, Command: "jq -cS -s '" + pre + program + "' issuance.jsonl"}
+	period := jqArgs{}.json("from", start.Unix()).json("to", end.Unix())
+	jq := func(what, check string, args jqArgs, program string) evidenceCommand {
+		cmd := "jq -cS -s " + strings.Join(append(slices.Clone(period), args...), " ") + " " + shellQuote(jqPrelude+program) + " issuance.jsonl"
+		return evidenceCommand{What: what, Check: check, Command: cmd}
 	}
-	issued := `[.[] | select(.kind=="issuance" and inperiod)]`
 	count := func(field string) string {
-		return issued + ` | group_by(` + field + `) | map({key: (.[0] | ` + field + `), value: length}) | from_entries`
+		return jqIssued + ` | group_by(` + field + `) | map({key: (.[0] | ` + field + `), value: length}) | from_entries`
 	}
 	bucketLen := 10
 	if r.Issued.Bucket == "month" {
@@ -52,13 +78,26 @@ func evidenceCommands(r *evidenceReport, lf *logFlags, shards []shard) []evidenc
 		if len(shards) > 1 {
 			db, vkey, cp, of = fmt.Sprintf("issuance-%d.db", i), fmt.Sprintf("log-verifier-%d.vkey", i), fmt.Sprintf("report-%d.checkpoint", i), " of "+s.name
 		}
-		dbs = append(dbs, "--db", db)
+		lg := r.Logs[i]
 		if len(lf.dbs) > 0 {
-			cmds = append(cmds, evidenceCommand{What: "Copy the log the report was made from", Command: "cp " + shellQuote(s.name) + " " + db})
+			src, err := filepath.Abs(s.name)
+			if err != nil {
+				src = s.name
+			}
+			// Never the file's own name: run where the log is, cp would
+			// copy the file onto itself.
+			if db = "audit-" + db; filepath.Base(src) == db {
+				db = "audit-copy-" + strings.TrimPrefix(db, "audit-")
+			}
+			cmds = append(cmds, evidenceCommand{What: "Copy the log the report was made from" + of, Command: "cp " + shellQuote(src) + " " + db})
+			if lg.SHA256 != "" {
+				cmds = append(cmds, evidenceCommand{What: "Check that the copy is the file the report read" + of + " (its SHA-256)", Command: "echo " + shellQuote(lg.SHA256+"  "+db) + " | sha256sum -c"})
+			}
 		} else {
 			cmds = append(cmds, evidenceCommand{What: "Take a verified backup of the log" + of, Command: "ca log backup " + connFlags(lf, s) + " --out " + db})
 		}
-		if lg := r.Logs[i]; lg.VerifierKey != "" {
+		dbs = append(dbs, "--db", db)
+		if lg.VerifierKey != "" && lg.Checkpoint != "" {
 			cmds = append(cmds,
 				evidenceCommand{What: "Save the verifier key" + of + " (also in the daemon's data directory, log-verifier.vkey)", Command: "printf '%s\\n' " + shellQuote(lg.VerifierKey) + " > " + vkey},
 				evidenceCommand{What: "Save the checkpoint this report shows" + of, Command: "printf '%s' " + shellQuote(lg.Checkpoint) + " > " + cp},
@@ -66,18 +105,47 @@ func evidenceCommands(r *evidenceReport, lf *logFlags, shards []shard) []evidenc
 			)
 		}
 	}
+	overPolicy := map[string]int64{}
+	for _, v := range r.Validity {
+		if len(v.MaxTTL) != 1 {
+			continue
+		}
+		if d, err := time.ParseDuration(v.MaxTTL[0]); err == nil {
+			overPolicy[v.Tier] = int64(d / time.Second)
+		}
+	}
+	control := map[string]int64{}
+	for name, d := range r.Control.d {
+		control[name] = int64(d / time.Second)
+	}
+	longest := int64(0)
+	if d, err := time.ParseDuration(r.Control.Longest); err == nil {
+		longest = int64(d / time.Second)
+	}
 	cmds = append(cmds,
 		evidenceCommand{What: "Export every entry as JSON lines", Command: "ca log export " + strings.Join(dbs, " ") + " --out issuance.jsonl"},
-		jq("Certificates issued in the period, by tier", checkByTier, count(".tier")),
-		jq("… by namespace", checkByNamespace, count(`(.namespace // "")`)),
-		jq("… by cluster", checkByCluster, count(`(.cluster_id // "")`)),
-		jq("… by "+r.Issued.Bucket, checkByBucket, count(fmt.Sprintf(".time[0:%d]", bucketLen))),
-		jq("Longest validity granted per tier, in seconds", checkLongest, issued+` | group_by(.tier) | map({key: .[0].tier, value: (map((.not_after | t) - (.not_before | t)) | max)}) | from_entries`),
-		jq("Certificates over their tier's maximum lifetime", checkOver, issued+` | map(select(`+overCondition(r)+`)) | map(.serial)`),
-		jq("Denied requests by reason", checkDenials, `[.[] | select(.kind=="denial" and inperiod)] | map({c: ((.detail // "" | capture("class=(?<c>[^ ]+)") | .c) // .code), n: ((.detail // "" | capture("count=(?<n>[0-9]+)") | .n | tonumber) // 1)}) | group_by(.c) | map({key: .[0].c, value: (map(.n) | add)}) | from_entries`),
-		jq("Rotations, intermediate changes and drills", checkEvents, `[.[] | select(.kind=="admin" and inperiod and (.action | test("^(root-|intermediate-|drill$)")))] | map([.time, .action]) | sort`),
-		jq("Drills run and passed", checkDrills, `[.[] | select(.kind=="admin" and inperiod and .action=="drill")] | {total: length, passed: (map(select(.detail | startswith("passed=true"))) | length)}`),
-		jq("Service accounts holding a live certificate at the end of the period", checkLive, fmt.Sprintf(`[.[] | select(.kind=="issuance" and .namespace and .service_account and (.time | t) < %d and (.not_before | t) <= %d and (.not_after | t) >= %d)] | group_by(.namespace) | map({key: .[0].namespace, value: (group_by(.service_account) | map({key: .[0].service_account, value: length}) | from_entries)}) | from_entries`, end.Unix(), end.Unix(), end.Unix())),
+		jq("Certificates issued in the period, by tier", checkByTier, nil, count(".tier")),
+		jq("… by namespace", checkByNamespace, nil, count(`(.namespace // "")`)),
+		jq("… by cluster", checkByCluster, nil, count(`(.cluster_id // "")`)),
+		jq("… by "+r.Issued.Bucket, checkByBucket, nil, count(fmt.Sprintf(".time[0:%d]", bucketLen))),
+		jq("Longest validity granted per tier, in seconds", checkLongest, nil, jqIssued+` | group_by(.tier) | map({key: .[0].tier, value: (map(validity) | max)}) | from_entries`),
+		jq("Certificates over their tier's maximum lifetime in force when issued (tiers with one maximum in the period; $max in seconds)", checkOver,
+			jqArgs{}.json("max", overPolicy), jqIssued+` | map(select(.tier as $tier | $max | has($tier)) | select(validity > $max[.tier])) | map(.serial)`),
+		jq("Certificates over the stated control ($control in seconds; a tier it does not name is held to $longest)", checkOverControl,
+			jqArgs{}.json("control", control).json("longest", longest), jqIssued+` | if ($control | length) == 0 then [] else map(select(validity > ($control[.tier] // $longest))) | map(.serial) end`),
+	)
+	if limit, ok := privilegedLimit(r.Control); ok {
+		cmds = append(cmds, jq("Known privileged workloads (istiod, gateways, ztunnel, the CA's admin) with a certificate over the privileged limit ($limit in seconds)", checkPrivileged,
+			jqArgs{}.json("limit", int64(limit/time.Second)).json("admins", r.Privileged.AdminIdentities),
+			jqKnownPrivileged+jqIssued+` | map(select(.tier != "drill" and .tier != "serving" and known and validity > $limit)) | map(.serial)`))
+	}
+	cmds = append(cmds,
+		jq("Denied requests by reason", checkDenials, nil, `[.[] | select(.kind=="denial" and inperiod)] | map({c: ((.detail // "" | capture("class=(?<c>[^ ]+)") | .c) // .code), n: ((.detail // "" | capture("count=(?<n>[0-9]+)") | .n | tonumber) // 1)}) | group_by(.c) | map({key: .[0].c, value: (map(.n) | add)}) | from_entries`),
+		jq("Rotations, intermediate changes, drills, accepted damage and recoveries of the log", checkEvents, nil, `[.[] | select(.kind=="admin" and inperiod and (.action | test("^(root-|intermediate-|drill$|accept-damage$|log-recovered$)")))] | map([.time, .action]) | sort`),
+		jq("Drills run, passed, and passed with a step that could not check (not counted as passed)", checkDrills, nil, jqDrillOutcome+`[.[] | select(.kind=="admin" and inperiod and .action=="drill")] | {total: length, passed: (map(select(outcome == "passed")) | length), not_checked: (map(select(outcome == "not_checked")) | length)}`),
+		jq("Starts and stops of the daemons", checkService, nil, `[.[] | select(.kind=="admin" and inperiod and (.action=="start" or .action=="stop"))] | map([.time, .action]) | sort`),
+		jq("Each start's recorded policy: tiers, default tier, rules (which identities each tier holds), admin identities", "", nil, `[.[] | select(.kind=="admin" and .action=="start" and (.time | t) < $to)] | map({time, record: (.detail | capture(" record=(?<r>\\{.*)$").r // null | if . then fromjson | {tiers: (.tiers | map_values(.max_ttl)), default_tier, rules, admin_identities, dev} else "not recorded" end)})`),
+		jq("Service accounts holding a live certificate at the end of the period", checkLive, nil, `[.[] | select(.kind=="issuance" and .namespace and .service_account and (.time | t) < $to and (.not_before | t) <= $to and (.not_after | t) >= $to)] | group_by(.namespace) | map({key: .[0].namespace, value: (group_by(.service_account) | map({key: .[0].service_account, value: length}) | from_entries)}) | from_entries`),
 	)
 	return cmds
 }
@@ -92,28 +160,6 @@ func connFlags(lf *logFlags, s shard) string {
 		conn[i] = shellQuote(conn[i])
 	}
 	return strings.Join(conn, " ")
-}
-
-// overCondition is the jq condition that a certificate exceeds its tier's
-// maximum lifetime, for each tier whose policy was one value throughout
-// the period.
-func overCondition(r *evidenceReport) string {
-	var terms []string
-	for _, v := range r.Validity {
-		if len(v.MaxTTL) != 1 {
-			continue
-		}
-		d, err := time.ParseDuration(v.MaxTTL[0])
-		if err != nil {
-			continue
-		}
-		terms = append(terms, fmt.Sprintf(`(.tier==%q and ((.not_after | t) - (.not_before | t)) > %d)`, v.Tier, int64(d/time.Second)))
-	}
-	if len(terms) == 0 {
-		return "false"
-	}
-	slices.Sort(terms)
-	return strings.Join(terms, " or ")
 }
 
 // shellQuote quotes s for sh, unless it needs no quotes.

@@ -9,12 +9,15 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgsvg"
+
+	"github.com/transitca/transitca/ca"
 )
 
 // writeEvidenceHTML writes the report as one self-contained HTML file: the
@@ -24,23 +27,228 @@ func writeEvidenceHTML(w io.Writer, r *evidenceReport) error {
 	if err != nil {
 		return fmt.Errorf("chart: %w", err)
 	}
-	over, unchecked := 0, 0
-	for _, v := range r.Validity {
-		over += len(v.Over)
-		unchecked += v.Unchecked
+	return evidenceTemplate.Execute(w, newEvidenceView(r, chart))
+}
+
+// evidenceView is the report as the page shows it: the headline cards
+// judged, and every colour greyed when a log failed verification.
+type evidenceView struct {
+	*evidenceReport
+	Chart  template.HTML
+	Cards  []evidenceCard
+	Failed bool
+	// FailedLogs are the logs that failed verification, PartialLogs those
+	// with entries after their latest checkpoint.
+	FailedLogs, PartialLogs []*evidenceLog
+	// CheckpointKey is the sentence on where the checkpoint key was.
+	CheckpointKey string
+	// AnyOver is whether a certificate is over the control or the policy.
+	AnyOver bool
+}
+
+// evidenceCard is one headline figure: Class is ok (green), warn (amber),
+// bad (red), grey (a log failed verification) or "" (no judgement).
+type evidenceCard struct {
+	ID, Value, Label, Note, Class string
+}
+
+// C is class, or grey when a log failed verification: nothing of such a
+// report is shown as good or bad.
+func (v *evidenceView) C(class string) string {
+	if v.Failed {
+		return "grey"
 	}
-	verified, entries := len(r.Logs) > 0, uint64(0)
+	return class
+}
+
+func newEvidenceView(r *evidenceReport, chart template.HTML) *evidenceView {
+	v := &evidenceView{evidenceReport: r, Chart: chart, Failed: r.Verification == logFailed, CheckpointKey: checkpointKeyCustody(r.Custody)}
 	for _, lg := range r.Logs {
-		verified = verified && lg.Verified && lg.CoversPeriod
+		switch lg.State {
+		case logFailed:
+			v.FailedLogs = append(v.FailedLogs, lg)
+		case logPartial:
+			v.PartialLogs = append(v.PartialLogs, lg)
+		}
+	}
+	judge := func(bad, warn bool) string {
+		switch {
+		case bad:
+			return "bad"
+		case warn:
+			return "warn"
+		}
+		return "ok"
+	}
+	over, overControl, unchecked := 0, 0, 0
+	for _, t := range r.Validity {
+		over += len(t.Over)
+		overControl += len(t.OverControl)
+		unchecked += t.Unchecked
+	}
+	v.AnyOver = over+overControl > 0
+	var notes []string
+	if over > 0 {
+		notes = append(notes, fmt.Sprintf("%d over the policy in force when issued", over))
+	}
+	if unchecked > 0 {
+		notes = append(notes, fmt.Sprintf("%d not checked against a policy: none recorded", unchecked))
+	}
+	controlLabel := "over the stated control"
+	if len(r.Control.d) == 0 {
+		controlLabel, notes = "over the stated control: NO CONTROL (give --control)", append(notes, r.Control.Source)
+	}
+	v.Cards = append(v.Cards,
+		evidenceCard{ID: "issued-total", Value: fmt.Sprint(r.Issued.Total), Label: "certificates issued"},
+		evidenceCard{ID: "over-total", Value: fmt.Sprint(overControl), Label: controlLabel, Note: strings.Join(notes, "; "),
+			Class: judge(overControl > 0 || over > 0, unchecked > 0 || len(r.Control.d) == 0)},
+	)
+	red, amber := 0, 0
+	for _, f := range r.Privileged.Flagged {
+		if f.Over {
+			red++
+		} else {
+			amber++
+		}
+	}
+	pc := evidenceCard{ID: "privileged-flagged", Value: fmt.Sprint(red), Label: "known privileged workloads (istiod, gateways, the CA's admin) over the privileged limit " + r.Privileged.Limit,
+		Class: judge(red > 0, amber > 0 || r.Privileged.Limit == "")}
+	switch {
+	case r.Privileged.Limit == "":
+		pc.Value, pc.Label = "?", "known privileged workloads not checked: the control names no tier \"privileged\""
+	case red == 0 && amber > 0:
+		pc.Value, pc.Label = fmt.Sprint(amber), "known privileged workloads (istiod, gateways, the CA's admin) issued in a tier longer than "+r.Privileged.Limit
+	case amber > 0:
+		pc.Note = fmt.Sprintf("%d more in a longer tier, within the limit", amber)
+	}
+	v.Cards = append(v.Cards, pc,
+		evidenceCard{ID: "denials-total", Value: fmt.Sprint(r.Denials.Total), Label: "requests denied"},
+		evidenceCard{ID: "events-total", Value: fmt.Sprint(len(r.Events)), Label: "rotations, intermediate changes, drills, log events"},
+	)
+	d := r.Drills
+	dc := evidenceCard{ID: "drills-passed", Value: fmt.Sprintf("%d/%d", d.Passed, d.Total), Label: "drills passed",
+		Class: judge(d.Failed > 0 || d.Total == 0, d.NotChecked > 0)}
+	var dn []string
+	if d.NotChecked > 0 {
+		dn = append(dn, fmt.Sprintf("%d not checked: a step could not check (no Vault)", d.NotChecked))
+	}
+	if d.Failed > 0 {
+		dn = append(dn, fmt.Sprintf("%d failed", d.Failed))
+	}
+	dc.Note = strings.Join(dn, "; ")
+	starts := 0
+	for _, e := range r.Service.Events {
+		if e.Action == "start" {
+			starts++
+		}
+	}
+	sc := evidenceCard{ID: "service-starts", Value: fmt.Sprint(starts), Label: "daemon starts in the period",
+		Class: judge(r.Service.RollbackUnchecked > 0, r.Service.UncleanStops > 0)}
+	var sn []string
+	if r.Service.UncleanStops > 0 {
+		sn = append(sn, fmt.Sprintf("%d after an unclean stop", r.Service.UncleanStops))
+	}
+	if r.Service.RollbackUnchecked > 0 {
+		sn = append(sn, fmt.Sprintf("%d on a log its witness could not check for a rollback", r.Service.RollbackUnchecked))
+	}
+	if g := longestGap(r.Service.Gaps); g != "" {
+		sn = append(sn, "longest gap "+g)
+	}
+	sc.Note = strings.Join(sn, "; ")
+	v.Cards = append(v.Cards, dc, sc, v.custodyCard(), v.verificationCard())
+	if v.Failed {
+		for i := range v.Cards {
+			v.Cards[i].Class = "grey"
+		}
+	}
+	return v
+}
+
+// longestGap is the longest service gap, "" when there is none.
+func longestGap(gaps []serviceGap) string {
+	var longest int64 = -1
+	for _, g := range gaps {
+		longest = max(longest, g.Seconds)
+	}
+	if longest < 0 {
+		return ""
+	}
+	return (time.Duration(longest) * time.Second).String()
+}
+
+// custodyCard says where the keys were, as the log recorded it.
+func (v *evidenceView) custodyCard() evidenceCard {
+	c := evidenceCard{ID: "custody", Label: "where the keys were, as recorded"}
+	local, vault, unanswered := false, false, false
+	var leave []string
+	for _, seen := range v.Custody {
+		for _, k := range seen.Keys {
+			switch {
+			case k.Where == ca.KeyInLocalFile:
+				local = true
+			case k.Where == ca.KeyInVault && k.Error != "":
+				unanswered = true
+			case k.Where == ca.KeyInVault:
+				vault = true
+				if settings := k.CanLeave(); len(settings) > 0 {
+					what := fmt.Sprintf("%s key %s: %s", k.Role, k.Name, strings.Join(settings, ", "))
+					if !slices.Contains(leave, what) {
+						leave = append(leave, what)
+					}
+				}
+			}
+		}
+	}
+	switch {
+	case local:
+		c.Value, c.Label, c.Class = "local files", "DEV MODE: the keys were local software keys, not in Vault", "bad"
+	case len(leave) > 0:
+		c.Value, c.Label, c.Class = "can leave Vault", "Vault reported a key whose private part can leave Vault", "bad"
+		c.Note = strings.Join(leave, "; ")
+	case unanswered:
+		c.Value, c.Label, c.Class = "Vault?", "Vault did not answer for a key", "warn"
+	case vault:
+		c.Value, c.Label, c.Class = "Vault", "keys in Vault Transit; Vault answered: none exportable, no plaintext backup", "ok"
+	default:
+		c.Value, c.Label, c.Class = "?", "key custody not recorded in the log", "warn"
+	}
+	return c
+}
+
+// verificationCard is the state of the weakest log.
+func (v *evidenceView) verificationCard() evidenceCard {
+	c := evidenceCard{ID: "log-verified"}
+	entries := uint64(0)
+	for _, lg := range v.Logs {
 		entries += lg.Entries
 	}
-	return evidenceTemplate.Execute(w, struct {
-		*evidenceReport
-		Chart           template.HTML
-		Over, Unchecked int
-		Verified        bool
-		Entries         uint64
-	}{r, chart, over, unchecked, verified, entries})
+	logs := fmt.Sprintf("%d issuance log", len(v.Logs))
+	if len(v.Logs) != 1 {
+		logs += "s"
+	}
+	switch {
+	case len(v.FailedLogs) > 0:
+		lg := v.FailedLogs[0]
+		c.Value, c.Label, c.Class = "FAILED", lg.Failure(), "grey"
+		if len(v.Logs) > 1 {
+			c.Label = lg.Shard + ": " + c.Label
+		}
+	case len(v.PartialLogs) > 0:
+		var parts []string
+		for _, lg := range v.PartialLogs {
+			p := fmt.Sprintf("verified up to checkpoint %d, %d entries after it not yet signed", lg.CheckpointSize, lg.AfterCheckpoint)
+			if len(v.Logs) > 1 {
+				p = lg.Shard + ": " + p
+			}
+			parts = append(parts, p)
+		}
+		c.Value, c.Label, c.Class = "partly verified", strings.Join(parts, "; "), "warn"
+	case len(v.Logs) == 0:
+		c.Value, c.Label, c.Class = "no log", "", "bad"
+	default:
+		c.Value, c.Label, c.Class = "verified", fmt.Sprintf("%s, %d entries, all under a signed checkpoint", logs, entries), "ok"
+	}
+	return c
 }
 
 // issuanceChart draws the issuances per bucket, stacked by tier, as an
@@ -128,94 +336,26 @@ var evidenceTemplate = template.Must(template.New("evidence").Funcs(template.Fun
 	"counts": sortedCounts,
 	"none":   cmpOrNone,
 	"join":   strings.Join,
-}).Parse(`<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>transitca evidence {{.From}} to {{.To}}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; line-height: 1.4; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
-.cards { display: flex; flex-wrap: wrap; gap: 0.8em; margin: 1em 0; }
-.card { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 1em; min-width: 9em; }
-.card b { display: block; font-size: 1.6em; }
-.ok { color: #1a7f37; } .bad { color: #cf222e; }
-pre { background: #f6f8fa; padding: 0.6em; overflow-x: auto; white-space: pre-wrap; word-break: break-all; font-size: 0.85em; }
-.detail { font-size: 0.85em; word-break: break-word; }
-svg { max-width: 100%; height: auto; }
-</style>
-</head>
-<body>
-<h1>Certificate issuance evidence</h1>
-<p>Period <b>{{.From}}</b> to <b>{{.To}}</b> (start included, end excluded, UTC). Generated {{.GeneratedAt}} from the {{.Source}}.
-Every figure below is computed from the issuance log; the last section gives the commands that recompute each one from a backup of the log.</p>
+	"where":  custodyWhere,
+	"yesno":  yesNo,
+}).Parse(evidenceHTML))
 
-<div class="cards">
-<div class="card"><b id="issued-total">{{.Issued.Total}}</b>certificates issued</div>
-<div class="card"><b id="over-total" class="{{if .Over}}bad{{else}}ok{{end}}">{{.Over}}</b>over their tier's maximum lifetime{{if .Unchecked}}<br><span class="bad">{{.Unchecked}} not checked: no policy recorded</span>{{end}}</div>
-<div class="card"><b id="denials-total">{{.Denials.Total}}</b>requests denied</div>
-<div class="card"><b id="events-total">{{len .Events}}</b>rotations, intermediate changes, drills</div>
-<div class="card"><b id="drills-passed" class="{{if or .Drills.Failed (not .Drills.Total)}}bad{{else}}ok{{end}}">{{.Drills.Passed}}/{{.Drills.Total}}</b>drills passed</div>
-<div class="card"><b id="log-verified" class="{{if .Verified}}ok{{else}}bad{{end}}">{{if .Verified}}verified{{else}}NOT verified{{end}}</b>{{len .Logs}} issuance log{{if gt (len .Logs) 1}}s{{end}}, {{.Entries}} entries</div>
-</div>
+// custodyWhere says where a key was, for the key custody table.
+func custodyWhere(k ca.KeyCustody) string {
+	switch k.Where {
+	case ca.KeyInVault:
+		return "Vault Transit " + k.Mount
+	case ca.KeyInLocalFile:
+		return "local software key file (dev mode)"
+	case ca.KeyInMemory:
+		return "in memory only (generated at start, never written)"
+	}
+	return k.Where
+}
 
-<h2>Certificates issued</h2>
-{{.Chart}}
-<table id="by-tier"><tr><th>tier</th><th>certificates</th></tr>
-{{range counts .Issued.ByTier}}<tr><td>{{.Key}}</td><td class="n">{{.Count}}</td></tr>
-{{end}}</table>
-<table id="by-namespace"><tr><th>namespace</th><th>certificates</th></tr>
-{{range counts .Issued.ByNamespace}}<tr><td>{{.Key}}</td><td class="n">{{.Count}}</td></tr>
-{{end}}</table>
-<table id="by-cluster"><tr><th>cluster</th><th>certificates</th></tr>
-{{range counts .Issued.ByCluster}}<tr><td>{{.Key}}</td><td class="n">{{.Count}}</td></tr>
-{{end}}</table>
-
-<h2>Lifetimes against each tier's policy</h2>
-<p>Validity is NotAfter − NotBefore, the whole lifetime granted. The maximum is the tier's <code>max_ttl</code> recorded by the daemon's last start before each issuance.</p>
-<table id="validity"><tr><th>tier</th><th>certificates</th><th>maximum lifetime</th><th>longest granted</th><th>certificate</th><th>over the maximum</th></tr>
-{{range .Validity}}<tr><td>{{.Tier}}</td><td class="n">{{.Issued}}</td><td>{{if .MaxTTL}}{{join .MaxTTL ", "}}{{else}}not recorded{{end}}{{if .Unchecked}} ({{.Unchecked}} unchecked){{end}}</td><td>{{.Longest}}</td><td><code>{{.LongestSerial}}</code></td><td class="n {{if .Over}}bad{{else}}ok{{end}}">{{len .Over}}</td></tr>
-{{end}}</table>
-{{if .Over}}<table id="over"><tr><th>serial</th><th>identity</th><th>issued</th><th>validity</th><th>maximum</th></tr>
-{{range .Validity}}{{range .Over}}<tr><td><code>{{.Serial}}</code></td><td>{{.SPIFFEID}}</td><td>{{.Time}}</td><td>{{.Validity}}</td><td>{{.MaxTTL}}</td></tr>
-{{end}}{{end}}</table>{{else}}<p class="ok" id="over-none">No certificate was issued with a lifetime over its tier's maximum.</p>{{end}}
-
-<h2>Denied requests</h2>
-<p>By the reason recorded with each denial (the <code>reason</code> label of <code>transitca_rejections_total</code>); an aggregated entry counts the requests it stands for.</p>
-<table id="denials"><tr><th>reason</th><th>requests</th></tr>
-{{range counts .Denials.ByReason}}<tr><td>{{.Key}}</td><td class="n">{{.Count}}</td></tr>
-{{end}}</table>
-
-<h2>Rotations, intermediate changes and drills</h2>
-<table id="events"><tr><th>time</th><th>action</th><th>by</th><th>detail</th></tr>
-{{range .Events}}<tr><td>{{.Time}}</td><td>{{.Action}}</td><td>{{.Actor}}</td><td class="detail">{{.Detail}}</td></tr>
-{{end}}</table>
-
-<h2>Service accounts holding a live certificate at {{.To}}</h2>
-<p>Issued before the end of the period and valid at that instant: the rollout-readiness view (<code>ca report rollout</code> adds the pods that run without one).</p>
-<table id="live"><tr><th>namespace</th><th>service accounts (live certificates)</th></tr>
-{{range .Live}}<tr><td>{{none .Namespace}}</td><td>{{range $sa, $n := .ServiceAccounts}}{{$sa}} ({{$n}}) {{end}}</td></tr>
-{{end}}</table>
-
-<h2>The logs behind these figures</h2>
-{{range .Logs}}<h3>{{.Shard}}</h3>
-{{if .Verified}}<p class="ok">The log verified end to end: {{.Entries}} entries, every entry re-hashed into the Merkle tree of root <code>{{.Root}}</code>, every stored checkpoint's signature and root checked.</p>
-{{else}}<p class="bad">The log did NOT verify: {{.VerifyError}}</p>{{end}}
-{{if .Checkpoint}}<p>The latest signed checkpoint covers the first {{.CheckpointSize}} entries{{if .CoversPeriod}}, <span class="ok">including every entry of the period</span>{{else}}, <span class="bad">not every entry of the period (the last is number {{.LastSeqInPeriod}})</span>{{end}}:</p>
-<pre class="checkpoint">{{.Checkpoint}}</pre>
-<p>Verifier key (Ed25519; the private key never leaves Vault Transit):</p>
-<pre class="verifier-key">{{.VerifierKey}}</pre>
-{{else}}<p class="bad">No signed checkpoint: {{.CheckpointError}}</p>{{end}}
-{{end}}
-<h2>Re-check every figure yourself</h2>
-<p>With the <code>ca</code> binary built from source and <code>jq</code>, in an empty directory. Each jq command prints the figure named.</p>
-{{range .Commands}}<p>{{.What}}{{if .Check}} <small>(<code>{{.Check}}</code>)</small>{{end}}:</p>
-<pre>{{.Command}}</pre>
-{{end}}
-</body>
-</html>
-`))
+func yesNo(b bool) string {
+	if b {
+		return "YES"
+	}
+	return "no"
+}

@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	vaultapi "github.com/hashicorp/vault/api"
@@ -17,8 +19,12 @@ import (
 
 func TestMain(m *testing.M) {
 	if os.Getenv(asCAEnv) == "1" {
-		// Started as "ca" by a command a test runs as printed (caOnPath).
-		os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+		// Started as "ca" by a command a test runs as printed (caOnPath),
+		// or as "ca serve" by a test that stops it with SIGTERM, as main.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	}
 	vaulttest.Main(m)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -20,7 +21,7 @@ func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Write
 	fs := newFlagSet("ca log accept-damage", stderr)
 	db := fs.String("db", "", "the log file (the daemon must be stopped) (required)")
 	txid := fs.Uint64("confirm-txid", 0, "the transaction that may be lost, as \"ca log verify\" names it (required)")
-	actor := fs.String("actor", os.Getenv("USER"), "who accepts the loss, recorded in the log")
+	actor := fs.String("actor", currentUser(), "who accepts the loss, recorded in the log (default: the user running ca)")
 	vkeyFlag := fs.String("verifier-key", "", "checkpoint verifier key, or a file holding it, to check checkpoint signatures while opening")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -41,6 +42,19 @@ func logAcceptDamage(ctx context.Context, args []string, stdout, stderr io.Write
 		slog.Uint64("lost_txid", *txid), slog.String("actor", *actor), slog.Uint64("entry", e.Seq))
 	fmt.Fprintf(stdout, "accepted: transaction %d of %s may be lost; recorded as entry %d (%s); the log has %d entries\n", *txid, *db, e.Seq, e.Detail, e.Seq+1)
 	return nil
+}
+
+// currentUser names the user running ca: $USER, else the account of the
+// process's user ID (containers and service shells often set no $USER),
+// else "uid <n>".
+func currentUser() string {
+	if u := os.Getenv("USER"); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	return fmt.Sprintf("uid %d", os.Getuid())
 }
 
 func logBackup(ctx context.Context, args []string, stdout, stderr io.Writer) error {

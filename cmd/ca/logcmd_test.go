@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
+	"os/user"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,11 +90,16 @@ func TestLogVerifyVerifierKey(t *testing.T) {
 		{"right key text", testNoteSigner(t).VerifierKey(), 0, "log verified: 5 entries"},
 		{"missing file", missing, 1, missing},
 		{"garbage file", garbage, 1, garbage},
-		{"another log's key", other, 1, "not signed by a known key"},
+		{"another log's key", other, 1, "does not match the log's checkpoints"},
+		{"no key", "", 0, "log structure verified, checkpoint signatures NOT checked (no --verifier-key): 5 entries"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			out, errs, code := runCA(t, "log", "verify", "--db", db, "--verifier-key", tc.key)
+			args := []string{"log", "verify", "--db", db}
+			if tc.key != "" {
+				args = append(args, "--verifier-key", tc.key)
+			}
+			out, errs, code := runCA(t, args...)
 			got := errs
 			if tc.code == 0 {
 				got = out
@@ -99,6 +109,12 @@ func TestLogVerifyVerifierKey(t *testing.T) {
 			}
 			if code != 0 && strings.Contains(out, "log verified") {
 				t.Fatalf("failed but says verified: %s", out)
+			}
+			if tc.key == "" && strings.Contains(out, "log verified") {
+				t.Fatalf("no signature was checked, but it says log verified: %s", out)
+			}
+			if tc.key == other && (strings.Contains(errs, "corrupt") || !strings.Contains(errs, otherSigner.VerifierKey()[:20])) {
+				t.Fatalf("a wrong key is reported as corruption, or without the key named: %s", errs)
 			}
 		})
 	}
@@ -198,17 +214,43 @@ func TestLogVerifyDamagedMeta(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, fmt.Sprint(txid)) {
 		t.Fatalf("accept-damage with the wrong txid: exit %d: %s", code, errs)
 	}
-	out, errs, code = runCA(t, "log", "accept-damage", "--db", damaged, "--confirm-txid", fmt.Sprint(txid), "--actor", "alice")
-	if code != 0 || !strings.Contains(out, "accepted") {
-		t.Fatalf("accept-damage: exit %d: %s %s", code, out, errs)
+	// The command verify printed, run as printed, where $USER is not set
+	// (a container, a service account's shell).
+	_, errs, _ = runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
+	printed := regexp.MustCompile(`ca log accept-damage [^\n]*`).FindString(errs)
+	sh := exec.Command("bash", "-c", printed)
+	for _, kv := range caOnPath(t) {
+		if !strings.HasPrefix(kv, "USER=") {
+			sh.Env = append(sh.Env, kv)
+		}
+	}
+	b, err := sh.CombinedOutput()
+	if err != nil || !strings.Contains(string(b), "accepted") {
+		t.Fatalf("%s: %v\n%s", printed, err, b)
 	}
 	out, errs, code = runCA(t, "log", "verify", "--db", damaged, "--verifier-key", vkey)
 	if code != 0 {
 		t.Fatalf("verify after accept-damage: exit %d: %s %s", code, out, errs)
 	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
 	out, errs, code = runCA(t, "log", "query", "--db", damaged, "--kind", "admin", "--newest", "--limit", "1", "--json")
-	if code != 0 || !strings.Contains(out, `"action":"accept-damage"`) || !strings.Contains(out, `"actor":"alice"`) {
-		t.Fatalf("no accept-damage entry: exit %d: %s %s", code, out, errs)
+	if code != 0 || !strings.Contains(out, `"action":"accept-damage"`) || !strings.Contains(out, `"actor":"`+me.Username+`"`) {
+		t.Fatalf("no accept-damage entry by %s: exit %d: %s %s", me.Username, code, out, errs)
+	}
+	// The evidence report lists it.
+	out, errs, code = runCA(t, "report", "evidence", "--db", damaged, "--verifier-key", vkey, "--from", "-1h", "-o", "json")
+	if code != 0 {
+		t.Fatalf("report: exit %d: %s", code, errs)
+	}
+	var r evidenceReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(r.Events, func(e evidenceEvent) bool { return e.Action == "accept-damage" }); i < 0 || r.Events[i].Actor != me.Username {
+		t.Fatalf("the report's events %+v lack the accept-damage entry", r.Events)
 	}
 }
 
@@ -274,5 +316,29 @@ func TestLogVerifyRolledBack(t *testing.T) {
 				t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant exit 1 and %q", code, out, errs, tc.want)
 			}
 		})
+	}
+}
+
+// ca log prove --since a checkpoint of a longer log says that the log is
+// shorter than the checkpoint, not that the query is invalid.
+func TestLogProveSinceOnAShorterLog(t *testing.T) {
+	db, vkey := writeTestLog(t, 20)
+	old, _ := os.ReadFile(db)
+	appendTestLog(t, db, 20, 10, nil)
+	saved := filepath.Join(t.TempDir(), "checkpoint-30")
+	out, errs, code := runCA(t, "log", "checkpoint", "--db", db)
+	if code != 0 {
+		t.Fatalf("log checkpoint: %s", errs)
+	}
+	os.WriteFile(saved, []byte(out), 0o600)
+	if out, errs, code := runCA(t, "log", "prove", "--db", db, "--seq", "3", "--verifier-key", vkey, "--since", saved); code != 0 || !strings.Contains(out, "consistency proof verified") {
+		t.Fatalf("prove on the log the checkpoint is of: exit %d: %s%s", code, out, errs)
+	}
+	short := filepath.Join(t.TempDir(), "issuance.db")
+	os.WriteFile(short, old, 0o600)
+	out, errs, code = runCA(t, "log", "prove", "--db", short, "--seq", "3", "--verifier-key", vkey, "--since", saved)
+	want := "the log is shorter than the checkpoint in " + saved + ": its latest checkpoint has 20 entries, that one 30: it was rolled back, or it is not the log the checkpoint is of"
+	if code != 1 || !strings.Contains(errs, want) || strings.Contains(out, "consistency proof verified") {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s\nwant exit 1 and %q", code, out, errs, want)
 	}
 }

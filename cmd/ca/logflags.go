@@ -146,7 +146,7 @@ func (f *logFlags) dialTarget(t target) (*grpc.ClientConn, error) {
 	}
 	return grpc.NewClient(t.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
 		Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12,
-	})))
+	})), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ca.MaxAdminMessageBytes)))
 }
 
 // connect parses args into fs (which holds f's flags), runs prepare (the

@@ -126,6 +126,10 @@ func logProve(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return fmt.Errorf("%s: %w", *since, err)
 		}
+		if oldCP.Size > cp.Size {
+			return fmt.Errorf("%w: the log is shorter than the checkpoint in %s: its latest checkpoint has %d entries, that one %d: it was rolled back, or it is not the log the checkpoint is of",
+				store.ErrRolledBack, *since, cp.Size, oldCP.Size)
+		}
 		cr, err := api.GetConsistencyProof(ctx, &adminv1.GetConsistencyProofRequest{FromSize: oldCP.Size, ToSize: cp.Size})
 		if err != nil {
 			return err

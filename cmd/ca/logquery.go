@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -170,8 +171,14 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	qf.register(fs)
 	fs.IntVar(&qf.limit, "limit", 50, "entries per page")
 	page := fs.String("page-token", "", "continue from a previous page")
+	all := fs.Bool("all", false, "every entry the filters select, page after page (--limit is then the size of each page read)")
 	asJSON := fs.Bool("json", false, "JSON lines instead of a table")
-	shards, ctx, done, err := lf.connectShards(ctx, fs, args, qf.prepare)
+	shards, ctx, done, err := lf.connectShards(ctx, fs, args, func() error {
+		if *all && *page != "" {
+			return errors.New("--all reads every page: it takes no --page-token")
+		}
+		return qf.prepare()
+	})
 	if err != nil {
 		return err
 	}
@@ -181,7 +188,7 @@ func logQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	enc := json.NewEncoder(stdout)
-	for range cmp.Or(qf.limit, 50) {
+	for n := 0; *all || n < cmp.Or(qf.limit, 50); n++ {
 		p, from, err := m.Next(ctx)
 		if err != nil {
 			return err

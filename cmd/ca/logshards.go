@@ -129,7 +129,7 @@ func remoteAddrs(ctx context.Context, host string) int {
 // single fails when several logs are named to a command that reads one.
 func (f *logFlags) single() error {
 	if len(f.addrs) > 1 || len(f.dbs) > 1 || strings.HasPrefix(f.addr, dnsScheme) {
-		return errors.New("this command reads one log, of one daemon: give one --addr or --db (ca log query, export and verify, ca report rollout and ca admin root retire take several)")
+		return errors.New("this command reads one log, of one daemon: give one --addr or --db (ca log query, export and verify, ca report rollout, ca admin root retire, revoke-intermediate and affected take several)")
 	}
 	return nil
 }

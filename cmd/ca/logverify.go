@@ -64,6 +64,10 @@ func logVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d logs do not verify: %s", len(failed), len(shards), strings.Join(failed, ", "))
 	}
+	if lf.db != "" && vkey == "" {
+		fmt.Fprintf(stdout, "all %d logs' structure verified, checkpoint signatures NOT checked (no --verifier-key)\n", len(shards))
+		return nil
+	}
 	fmt.Fprintf(stdout, "all %d logs verified\n", len(shards))
 	return nil
 }
@@ -77,7 +81,11 @@ func verifyShard(ctx context.Context, lf *logFlags, sh shard, vkey, since string
 		witnessFile = lf.witnessFor(sh.name)
 	}
 	start := time.Now()
+	unsigned := local && vkey == ""
 	resp, err := api.VerifyLog(ctx, &adminv1.VerifyLogRequest{})
+	if errors.Is(err, store.ErrWrongKey) || status.Code(err) != codes.OK && strings.Contains(err.Error(), store.ErrWrongKey.Error()) {
+		return "", fmt.Errorf("--verifier-key %s: %w", keyName(vkey), err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("log does not verify: %w", err)
 	}
@@ -92,7 +100,7 @@ func verifyShard(ctx context.Context, lf *logFlags, sh shard, vkey, since string
 		case local:
 			fmt.Fprintln(stderr, "note: no --verifier-key given, so checkpoint signatures were not checked")
 		}
-		return "", printVerified(stdout, resp, start, "", 0, witnessFile)
+		return "", printVerified(stdout, resp, start, "", 0, witnessFile, unsigned)
 	}
 	if err != nil {
 		return "", err
@@ -126,12 +134,26 @@ func verifyShard(ctx context.Context, lf *logFlags, sh shard, vkey, since string
 	if local && vkey == "" {
 		fmt.Fprintln(stderr, "note: no --verifier-key given, so checkpoint signatures were not checked")
 	}
-	return origin, printVerified(stdout, resp, start, since, sinceSize, witnessFile)
+	return origin, printVerified(stdout, resp, start, since, sinceSize, witnessFile, unsigned)
 }
 
-func printVerified(stdout io.Writer, resp *adminv1.VerifyLogResponse, start time.Time, since string, sinceSize uint64, witnessFile string) error {
-	fmt.Fprintf(stdout, "log verified: %d entries, root %s, %d checkpoints checked (%v)\n",
-		resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), time.Since(start).Round(time.Millisecond))
+// keyName is the name+hash of a verifier key, the part that names it.
+func keyName(vkey string) string {
+	name, rest, _ := strings.Cut(vkey, "+")
+	hash, _, _ := strings.Cut(rest, "+")
+	return name + "+" + hash
+}
+
+// printVerified says what was verified. unsigned: the structure only (a
+// file read without --verifier-key), which anyone who rewrote the file
+// could have made consistent.
+func printVerified(stdout io.Writer, resp *adminv1.VerifyLogResponse, start time.Time, since string, sinceSize uint64, witnessFile string, unsigned bool) error {
+	what, checkpoints := "log verified", "checkpoints checked"
+	if unsigned {
+		what, checkpoints = "log structure verified, checkpoint signatures NOT checked (no --verifier-key)", "checkpoints' roots checked"
+	}
+	fmt.Fprintf(stdout, "%s: %d entries, root %s, %d %s (%v)\n",
+		what, resp.GetTreeSize(), hex.EncodeToString(resp.GetRootHash()), resp.GetCheckpointsChecked(), checkpoints, time.Since(start).Round(time.Millisecond))
 	if since != "" {
 		fmt.Fprintf(stdout, "the log extends the checkpoint of size %d in %s (consistency proof verified)\n", sinceSize, since)
 	}

@@ -26,15 +26,24 @@ func runReport(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	subs := map[string]runFunc{
 		"rollout":  reportRollout,
 		"evidence": reportEvidence,
+		"verify":   reportVerify,
+		"sample":   reportSample,
 	}
-	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence [flags]
+	return runLogSubcommand(ctx, args, stdout, stderr, subs, "report", `usage: ca report rollout|evidence|verify|sample [flags]
 
 rollout: per namespace, the service accounts that hold a live certificate and
 those that run pods without one: the list to check before a namespace goes STRICT.
 
 evidence --from T1 [--to T2]: for an auditor, what was issued in the period, against
 the tiers' policy; denials; rotations and drills; the checkpoint and the commands that
-recompute every figure from a backup of the log (HTML, or -o json).
+recompute every figure from a backup of the log (HTML, or -o json); --sign signs
+it with the log's checkpoint key.
+
+verify --verifier-key KEY REPORT: checks a signed report against its signature
+(REPORT.sig): signed with that key, and byte for byte the report that was signed.
+
+sample --from T1 --n 25 --seed S: for a test of controls, issuances picked
+reproducibly, each with its inclusion proof and the facts to check.
 `)
 }
 

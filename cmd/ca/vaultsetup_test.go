@@ -417,3 +417,90 @@ func readCerts(t *testing.T, path string) []*x509.Certificate {
 		out = append(out, c)
 	}
 }
+
+// The shipped policies cannot weaken a key. With a token holding only
+// transitca-init (ca init's) or only transitca (the daemon's), creating
+// any of the CA's three Transit keys exportable, with plaintext backup
+// allowed, of a type it does not sign with, or with another parameter, is
+// refused (403) and leaves no key; "ca init" with the transitca-init token
+// then creates all three, and they read back non-exportable, without
+// plaintext backup; writing them again with the weakening parameters is
+// refused and changes nothing.
+func TestShippedPoliciesCannotWeakenKeys(t *testing.T) {
+	srv := vaulttest.Own(t)
+	root, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runSetup(t, srv)
+	tokens := []struct{ policy, token string }{
+		{"transitca-init", policyToken(t, root, "transitca-init")},
+		{"transitca", policyToken(t, root, "transitca")},
+	}
+	keys := []struct {
+		name, typ string
+	}{{"transitca-root", "ecdsa-p256"}, {"transitca-intermediate", "ecdsa-p256"}, {"transitca-log", "ed25519"}}
+	weak := []struct {
+		name   string
+		params func(typ string) map[string]any
+	}{
+		{"exportable", func(typ string) map[string]any { return map[string]any{"type": typ, "exportable": true} }},
+		{"with plaintext backup", func(typ string) map[string]any { return map[string]any{"type": typ, "allow_plaintext_backup": true} }},
+		{"exportable with plaintext backup", func(typ string) map[string]any {
+			return map[string]any{"type": typ, "exportable": true, "allow_plaintext_backup": true}
+		}},
+		{"exportable, spelled as a string", func(typ string) map[string]any { return map[string]any{"type": typ, "exportable": "true"} }},
+		{"exportable, in capitals", func(typ string) map[string]any { return map[string]any{"type": typ, "EXPORTABLE": true} }},
+		{"as an encryption key", func(string) map[string]any { return map[string]any{"type": "aes256-gcm96", "exportable": false} }},
+		{"with automatic rotation", func(typ string) map[string]any { return map[string]any{"type": typ, "auto_rotate_period": "1h"} }},
+	}
+	tryWeak := func(when string) {
+		t.Helper()
+		for _, tok := range tokens {
+			c, err := root.Clone()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.SetToken(tok.token)
+			for _, k := range keys {
+				for _, w := range weak {
+					_, err := c.Logical().Write("transit/keys/"+k.name, w.params(k.typ))
+					var re *vaultapi.ResponseError
+					if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
+						t.Errorf("%s: create %s %s with the %s policy: %v, want 403 permission denied", when, k.name, w.name, tok.policy, err)
+					}
+				}
+			}
+		}
+	}
+
+	tryWeak("before ca init")
+	if sec, err := root.Logical().List("transit/keys"); err != nil || len(listKeys(sec)) != 0 {
+		t.Fatalf("transit keys after the refused creations: %v (%v), want none", listKeys(sec), err)
+	}
+
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "transitca.yaml")
+	writeFile(t, cfgPath, fmt.Sprintf("data_dir: %s\nvault:\n  address: %s\nca:\n  intermediate_mode: vault\nkubernetes:\n  enabled: false\n", filepath.Join(dir, "data"), srv.Addr))
+	t.Setenv("VAULT_ADDR", srv.Addr)
+	t.Setenv("VAULT_TOKEN", tokens[0].token)
+	if out, errs, code := runCA(t, "init", "--config", cfgPath); code != 0 {
+		t.Fatalf("ca init with the transitca-init policy exited %d:\n%s%s", code, out, errs)
+	}
+	checkKeys := func(when string) {
+		t.Helper()
+		for _, k := range keys {
+			sec, err := root.Logical().Read("transit/keys/" + k.name)
+			if err != nil || sec == nil {
+				t.Fatalf("%s: read %s: %v", when, k.name, err)
+			}
+			if sec.Data["type"] != k.typ || sec.Data["exportable"] != false || sec.Data["allow_plaintext_backup"] != false {
+				t.Errorf("%s: %s reads back type=%v exportable=%v allow_plaintext_backup=%v, want %s, false, false",
+					when, k.name, sec.Data["type"], sec.Data["exportable"], sec.Data["allow_plaintext_backup"], k.typ)
+			}
+		}
+	}
+	checkKeys("after ca init")
+	tryWeak("after ca init")
+	checkKeys("after the refused writes")
+}

@@ -17,16 +17,37 @@ path "sys/mounts/secret" {
   capabilities = ["read"]
 }
 
-# Create the keys (exportable=false, allow_plaintext_backup=false) and
-# read them back.
+# Create the keys and read them back. A key is created with its type,
+# exportable=false and allow_plaintext_backup=false, and nothing else:
+# Vault refuses any other parameter or value (exportable=true,
+# allow_plaintext_backup=true, a type the CA does not sign with, automatic
+# rotation, ...), so this token cannot create, or write again, a key
+# whose private part could ever leave Vault. The root and the
+# intermediate take the types of ca.root_key_type and
+# ca.intermediate_key_type; the log's checkpoint key is ed25519.
 path "transit/keys/transitca-root" {
   capabilities = ["create", "update", "read"]
+  allowed_parameters = {
+    "type"                   = ["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+    "exportable"             = [false]
+    "allow_plaintext_backup" = [false]
+  }
 }
 path "transit/keys/transitca-intermediate" {
   capabilities = ["create", "update", "read"]
+  allowed_parameters = {
+    "type"                   = ["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+    "exportable"             = [false]
+    "allow_plaintext_backup" = [false]
+  }
 }
 path "transit/keys/transitca-log" {
   capabilities = ["create", "update", "read"]
+  allowed_parameters = {
+    "type"                   = ["ed25519"]
+    "exportable"             = [false]
+    "allow_plaintext_backup" = [false]
+  }
 }
 
 # Self-sign the root certificate.
@@ -40,7 +61,8 @@ path "secret/data/transitca/*" {
 }
 
 # The same refusals as the daemon's policy: init creates keys, it never
-# weakens them.
+# weakens them (config could set exportable or allow_plaintext_backup
+# afterwards).
 path "transit/keys/+/config" {
   capabilities = ["deny"]
 }

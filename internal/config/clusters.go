@@ -62,6 +62,23 @@ func validIssuers(key string, issuers []string) []error {
 	return errs
 }
 
+// OwnClusterID returns the CA's own cluster: the entry of clusters without
+// a kubeconfig (the first entry when every one has one), else the first of
+// auth.clusters ("" when that list is empty: the ca package's default).
+// A client certificate issued before transitca recorded the cluster in
+// certificates counts as issued for it.
+func (c *Config) OwnClusterID() string {
+	for _, cl := range c.Clusters {
+		if cl.Kubeconfig == "" {
+			return cl.ID
+		}
+	}
+	if ids := c.ClusterIDs(); len(ids) > 0 {
+		return ids[0]
+	}
+	return ""
+}
+
 // validateClusters checks clusters, auth.trusted_node_accounts and the
 // clusters policy rules name.
 func (c *Config) validateClusters() []error {

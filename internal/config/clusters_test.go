@@ -96,3 +96,24 @@ func TestClustersRejects(t *testing.T) {
 		})
 	}
 }
+
+// The CA's own cluster, which a client certificate without the cluster
+// extension counts as issued for.
+func TestOwnClusterID(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"default", "", "Kubernetes"},
+		{"auth.clusters", "auth:\n  clusters: [dev, prod]\n", "dev"},
+		{"the cluster without a kubeconfig", "clusters:\n  - id: remote\n    kubeconfig: /k\n  - id: home\n", "home"},
+		{"every cluster remote", "clusters:\n  - id: a\n    kubeconfig: /a\n  - id: b\n    kubeconfig: /b\n", "a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := load(t, tc.yaml)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.OwnClusterID(); got != tc.want {
+				t.Fatalf("OwnClusterID() = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -180,13 +180,29 @@ type Log struct {
 	CheckpointInterval Duration `yaml:"checkpoint_interval"`
 }
 
-// Admin is the admin API listener.
+// Admin is the admin API listener and who may call it. A caller is
+// authenticated by a client certificate that chains to transitca's roots;
+// its SPIFFE ID gives its role. An admin identity is issued (by
+// CreateCertificate) only to callers of the clusters of Clusters.
 type Admin struct {
 	// Listen is the admin gRPC address; loopback by default, "" disables.
 	Listen string `yaml:"listen"`
-	// Identities are the SPIFFE IDs whose client certificates may call the
-	// admin API.
+	// Identities are the operators: the SPIFFE IDs whose client
+	// certificates may call every admin method, those that change the CA
+	// (rotation, revocation, drills) included.
 	Identities []string `yaml:"identities"`
+	// CallTimeout ends every admin call, a Backup stream included, this
+	// long after it began; an admin connection is closed at twice this
+	// age.
+	CallTimeout Duration `yaml:"call_timeout"`
+	// Readers are the SPIFFE IDs whose client certificates may call the
+	// read-only admin methods: the log's queries, entries, checkpoints,
+	// proofs, verification and backups, and the CA's status.
+	Readers []string `yaml:"readers"`
+	// Clusters are the cluster IDs whose callers may be issued a
+	// certificate for an admin identity (of Identities or Readers). Empty
+	// means the CA's own cluster: see AdminClusters.
+	Clusters []string `yaml:"clusters"`
 }
 
 // Server is the gRPC and metrics listeners and the TLS they serve.
@@ -234,6 +250,12 @@ type Auth struct {
 	// ask for the identity of a pod on their node (ambient mode). Empty
 	// turns impersonation off.
 	TrustedNodeAccounts []string `yaml:"trusted_node_accounts"`
+	// AllowProtectedImpersonation are SPIFFE ID patterns (path.Match
+	// syntax) of protected identities a trusted node agent may still ask
+	// for. Protected are the admin identities, istiod's identities and the
+	// identities of the privileged tier; a node agent is never issued one
+	// that no pattern here matches.
+	AllowProtectedImpersonation []string `yaml:"allow_protected_impersonation"`
 }
 
 // JWT is offline token verification.

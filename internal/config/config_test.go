@@ -200,3 +200,27 @@ func TestKubernetesRejects(t *testing.T) {
 		})
 	}
 }
+
+// Admin calls end at admin.call_timeout: 10 minutes by default, set in
+// the file, refused when it is not a positive span of at most a day.
+func TestAdminCallTimeout(t *testing.T) {
+	c, err := load(t, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admin.CallTimeout != Duration(10*time.Minute) {
+		t.Fatalf("default admin.call_timeout %v, want 10m", time.Duration(c.Admin.CallTimeout))
+	}
+	c, err = load(t, "admin:\n  call_timeout: 90s\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil || c.Admin.CallTimeout != Duration(90*time.Second) {
+		t.Fatalf("admin.call_timeout: 90s read as %v (%v)", time.Duration(c.Admin.CallTimeout), err)
+	}
+	for _, bad := range []string{"0s", "-1m", "500ms", "25h"} {
+		if err := loadError(t, "admin:\n  call_timeout: "+bad+"\n"); err == nil || !strings.Contains(err.Error(), "admin.call_timeout") {
+			t.Errorf("admin.call_timeout: %s: got %v, want an error naming admin.call_timeout", bad, err)
+		}
+	}
+}

@@ -59,7 +59,7 @@ func Default() *Config {
 			CheckpointEvery:    4096,
 			CheckpointInterval: Duration(30 * time.Second),
 		},
-		Admin: Admin{Listen: "127.0.0.1:15015"},
+		Admin: Admin{Listen: "127.0.0.1:15015", CallTimeout: Duration(10 * time.Minute)},
 		Kubernetes: Kubernetes{
 			TrustBundle: TrustBundle{Enabled: true, Resync: Duration(time.Minute)},
 			LeaderElection: LeaderElection{

@@ -73,6 +73,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateKubernetes()...)
 	errs = append(errs, c.validateIstiod()...)
 	errs = append(errs, c.validateClusters()...)
+	errs = append(errs, c.validateAdmin()...)
 	if err := c.IssuancePolicy().Validate(); err != nil {
 		bad("tiers/policy: %v", err)
 	}
@@ -178,8 +179,8 @@ func (c *Config) validateAuth() []error {
 	return errs
 }
 
-// validateLog checks the issuance log, its replicas' shards, the admin
-// API's callers and the size of a certificate request.
+// validateLog checks the issuance log, its replicas' shards and the size
+// of a certificate request.
 func (c *Config) validateLog() []error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -196,10 +197,8 @@ func (c *Config) validateLog() []error {
 		bad("log.origin: %q must not contain spaces or '+'", c.LogKeyName())
 	}
 	errs = append(errs, c.validateReplicas()...)
-	for _, id := range c.Admin.Identities {
-		if !strings.HasPrefix(id, "spiffe://") {
-			bad("admin.identities: %q is not a SPIFFE ID", id)
-		}
+	if d := c.Admin.CallTimeout; d < Duration(time.Second) || d > Duration(24*time.Hour) {
+		bad("admin.call_timeout: %v is outside 1s to 24h", time.Duration(d))
 	}
 	if c.CSR.MaxBytes < 512 || c.CSR.MaxBytes > 1<<20 {
 		bad("csr.max_bytes: %d is outside 512 to 1048576", c.CSR.MaxBytes)

@@ -53,6 +53,40 @@ func (c *Config) DevAdminIdentity() string {
 	return spiffeid.Workload(c.TrustDomain, "transitca", "admin")
 }
 
+// AdminClusters returns the clusters whose callers may be issued an admin
+// identity: admin.clusters, or by default the CA's own cluster. Without
+// clusters, every ID of auth.clusters is checked by the one verifier of
+// the CA's own cluster, so all of them are; with clusters, the entry
+// without a kubeconfig is, and none is when every entry has one.
+func (c *Config) AdminClusters() []string {
+	if len(c.Admin.Clusters) > 0 {
+		return c.Admin.Clusters
+	}
+	if len(c.Clusters) == 0 {
+		return c.Auth.Clusters
+	}
+	for _, cl := range c.Clusters {
+		if cl.Kubeconfig == "" {
+			return []string{cl.ID}
+		}
+	}
+	return nil
+}
+
+// IstiodSPIFFEIDs returns istiod's identities: that of
+// kubernetes.istiod.service_account, and istiod-<revision>'s for each
+// revisioned control plane, all in kubernetes.istiod.namespace. They are
+// protected from impersonation whether or not transitca writes istiod's
+// certificate.
+func (c *Config) IstiodSPIFFEIDs() []string {
+	i := c.Kubernetes.Istiod
+	ids := []string{c.IstiodSPIFFEID()}
+	for _, r := range i.Revisions {
+		ids = append(ids, spiffeid.Workload(c.TrustDomain, i.Namespace, "istiod-"+r))
+	}
+	return ids
+}
+
 // IssuancePolicy returns the tier policy.
 func (c *Config) IssuancePolicy() *issuer.Policy {
 	p := &issuer.Policy{Tiers: map[string]issuer.Tier{}, DefaultTier: c.DefaultTier}

@@ -81,7 +81,7 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 			cfg.DataDir, cfg.Server.Listen, filepath.Join(cfg.DataDir, "root-cert.pem"))
 	}
 	if a.ClientCertificates {
-		c, err := ca.NewCertAuthenticator(authority.RootPool, cfg.TrustDomain, cfg.ClusterIDs())
+		c, err := newCertAuthenticator(cfg, authority)
 		if err != nil {
 			return nil, "", fmt.Errorf("client certificate authenticator: %w", err)
 		}
@@ -91,6 +91,18 @@ func buildAuthenticator(ctx context.Context, cfg *config.Config, authority *issu
 		return nil, "", errors.New("auth: no way to authenticate callers is configured")
 	}
 	return ca.NewMultiAuthenticator(cert, token), hint, nil
+}
+
+// newCertAuthenticator checks client certificates against the authority's
+// current trust bundle and rotation state: no chain through a compromised
+// intermediate or root authenticates. A certificate without the cluster
+// extension counts as issued for the CA's own cluster.
+func newCertAuthenticator(cfg *config.Config, authority *issuer.Authority) (*ca.CertAuthenticator, error) {
+	opts := []ca.CertOption{ca.WithChainCheck(authority.CheckChain)}
+	if own := cfg.OwnClusterID(); own != "" {
+		opts = append(opts, ca.WithOwnCluster(own))
+	}
+	return ca.NewCertAuthenticator(authority.RootPool, cfg.TrustDomain, cfg.ClusterIDs(), opts...)
 }
 
 // DevMinter returns the dev-mode token minter ("ca token --dev"), creating

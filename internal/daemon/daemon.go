@@ -95,6 +95,12 @@ type Daemon struct {
 	vaultDown atomic.Pointer[string] // why the daemon is degraded, if Vault cannot be used
 	vaultUp   prometheus.Gauge       // nil without Vault
 
+	// logAtOpen is the log as openLog found it, for the start entry.
+	logAtOpen ca.LogAtStart
+	// started is set once the start is recorded: Close then records the
+	// stop.
+	started bool
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -192,6 +198,7 @@ func (d *Daemon) openLog(ctx context.Context) error {
 		return fmt.Errorf("issuance log: %w", err)
 	}
 	d.ilog, d.vkey, d.recorder = l, vkey, ca.LogRecorder{Log: l}
+	d.logAtOpen = logAtStart(l)
 	if err := atomicfile.Write(filepath.Join(d.cfg.DataDir, "log-verifier.vkey"), []byte(vkey+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write checkpoint verifier key: %w", err)
 	}
@@ -208,11 +215,16 @@ func (d *Daemon) openAuthority(ctx context.Context) error {
 		return fmt.Errorf("ca hierarchy: %w", err)
 	}
 	d.authority = a
-	detail := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d %s",
+	human := fmt.Sprintf("version=%s keys=%q intermediate_mode=%s root=%s root_key_version=%d %s",
 		d.opts.Version, a.Describe(), a.Mode(), issuer.Fingerprint(a.Root()), a.RootKeyVersion(), ca.TierPolicyDetail(tierMaxTTLs(d.cfg)))
-	if err := d.recorder.RecordAdmin(ctx, "start", "transitca", detail); err != nil {
+	detail, err := d.startRecord(ctx).Detail(human)
+	if err != nil {
 		return fmt.Errorf("record start: %w", err)
 	}
+	if err := d.recorder.RecordAdmin(ctx, ca.StartAction, "transitca", detail); err != nil {
+		return fmt.Errorf("record start: %w", err)
+	}
+	d.started = true
 	return nil
 }
 
@@ -317,10 +329,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 				errc <- fmt.Errorf("admin server: %w", err)
 			}
 		})
-		if len(d.cfg.Admin.Identities) == 0 {
-			d.log.WarnContext(ctx, "admin.identities is empty: the admin API refuses every caller")
+		if len(d.cfg.Admin.Identities)+len(d.cfg.Admin.Readers) == 0 {
+			d.log.WarnContext(ctx, "admin.identities and admin.readers are empty: the admin API refuses every caller")
 		}
-		d.log.InfoContext(ctx, "admin API listening", slog.String("addr", d.AdminAddr()), slog.Any("identities", d.cfg.Admin.Identities))
+		d.log.InfoContext(ctx, "admin API listening", slog.String("addr", d.AdminAddr()), slog.Any("operators", d.cfg.Admin.Identities),
+			slog.Any("readers", d.cfg.Admin.Readers), slog.Any("admin_clusters", d.cfg.AdminClusters()))
 	}
 	background(func() { d.authority.Run(ctx) })
 	background(func() { d.serving.Load().Run(ctx, servingEvery) })
@@ -415,6 +428,9 @@ func (d *Daemon) Close() error {
 			}
 		}
 		if d.ilog != nil {
+			if d.started {
+				d.recordStop()
+			}
 			if err := d.ilog.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close issuance log: %w", err))
 			}

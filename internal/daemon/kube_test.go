@@ -198,7 +198,7 @@ func TestDaemonTokenReviewThroughTheCluster(t *testing.T) {
 }
 
 // rbacCluster starts an API server of the test's own with the shipped RBAC
-// applied; it returns an env on a fresh namespace and one on istio-system,
+// (every part, with its admission policies in force) applied; it returns an env on a fresh namespace and one on istio-system,
 // where transitca's service account lives.
 func rbacCluster(t *testing.T) (env, system *kubetest.Env) {
 	t.Helper()
@@ -209,5 +209,6 @@ func rbacCluster(t *testing.T) (env, system *kubetest.Env) {
 	t.Cleanup(srv.Stop)
 	env = kubetest.NewOn(t, srv)
 	env.Apply(t, kubetest.RBACManifests()...)
+	kubetest.AwaitRBACPolicies(t, srv)
 	return env, &kubetest.Env{Server: srv, Client: env.Client, Namespace: "istio-system"}
 }

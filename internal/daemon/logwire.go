@@ -132,3 +132,11 @@ func openLog(ctx context.Context, cfg *config.Config, b *Backend, log *slog.Logg
 // WitnessFileName is the file, in the data directory, that keeps the latest
 // checkpoint outside the log in dev mode.
 const WitnessFileName = "log-witness.checkpoint"
+
+// CheckpointSigner returns the signer of the log's checkpoint key (its
+// latest version) and the verifier key text, for what else the log's key
+// signs: the evidence reports ("ca report evidence --sign").
+func CheckpointSigner(ctx context.Context, cfg *config.Config, b *Backend) (*store.NoteSigner, string, error) {
+	signer, _, vkey, err := checkpointKeys(ctx, cfg, b.Keys)
+	return signer, vkey, err
+}

@@ -53,6 +53,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 	}
 	d.pods = pods
 	d.devHint = hint
+	admin := &ca.AdminRoles{Operators: cfg.Admin.Identities, Readers: cfg.Admin.Readers, Clusters: cfg.AdminClusters()}
 	svc, err := ca.NewService(ca.ServiceOptions{
 		Authenticator: authn,
 		Authority:     a,
@@ -61,6 +62,8 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		Recorder:      d.recorder,
 		Metrics:       metrics,
 		Nodes:         nodes,
+		Admin:         admin,
+		Protected:     ca.Protected{Istiod: cfg.IstiodSPIFFEIDs(), Allow: cfg.Auth.AllowProtectedImpersonation},
 		Clusters:      cfg.ClusterIDs(),
 		Logger:        d.log,
 		DenialLimits: ca.DenialLimits{PerPeerPerSecond: cfg.Limits.DenialsPerPeerPerSecond, Burst: cfg.Limits.DenialBurst,
@@ -95,7 +98,7 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		d.metricsSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	}
 	if cfg.Admin.Listen != "" {
-		certAuth, err := ca.NewCertAuthenticator(a.RootPool, cfg.TrustDomain, cfg.ClusterIDs())
+		certAuth, err := newCertAuthenticator(cfg, a)
 		if err != nil {
 			return fmt.Errorf("admin authenticator: %w", err)
 		}
@@ -105,7 +108,8 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		d.adminSvc = ca.NewAdminService(d.ilog, d.vkey, d.log)
 		d.adminSvc.EnableRotation(d.rotationOptions(metrics))
 		d.adminSrv = ca.NewAdminServer(tlsCfg, d.adminSvc,
-			&ca.AdminAuthorizer{Certs: certAuth, Identities: cfg.Admin.Identities, Logger: d.log, Audit: d.recorder})
+			&ca.AdminAuthorizer{Certs: certAuth, Roles: admin, Logger: d.log, Audit: d.recorder},
+			ca.AdminPort{CallTimeout: cfg.Admin.CallTimeout.Std(), Metrics: metrics, Denials: svc})
 	}
 	return nil
 }
@@ -116,6 +120,7 @@ func (d *Daemon) rotationOptions(metrics *ca.Metrics) ca.RotationOptions {
 		Authority: d.authority, Service: d.svc, Audit: d.recorder, RootKey: d.cfg.CA.RootKey,
 		MinOverlap: d.cfg.MinOverlap(), AllowRootDrill: d.cfg.Rotation.AllowRootDrill,
 		DrillIdentity: d.cfg.DrillIdentity(), Metrics: metrics, OnChange: d.hierarchyChanged,
+		Custody: d.keyCustody,
 	}
 	if d.backend.Transit != nil {
 		o.Keys = d.backend.Transit

@@ -38,6 +38,7 @@ func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	env := kubetest.New(t)
 	env.Apply(t, kubetest.RBACManifests()...)
+	kubetest.AwaitRBACPolicies(t, env.Server)
 	system := &kubetest.Env{Server: env.Server, Client: env.Client, Namespace: "istio-system"}
 	cs, err := kubernetes.NewForConfig(system.ServiceAccountConfig(t, "transitca"))
 	if err != nil {

@@ -84,7 +84,7 @@ func newIstiodEnv(t *testing.T) *istiodEnv {
 
 // writerClient is a client as the service account transitca, bound in
 // the test's namespace to the Secret rules of the shipped Role
-// (deploy/rbac/role.yaml): the one Secret by name, and create.
+// (deploy/rbac/istiod/role.yaml): the one Secret by name, and create.
 func (e *istiodEnv) writerClient(t *testing.T) kubernetes.Interface {
 	t.Helper()
 	ctx := t.Context()
@@ -97,7 +97,7 @@ func (e *istiodEnv) writerClient(t *testing.T) kubernetes.Interface {
 		}
 	}
 	if len(role.Rules) == 0 {
-		t.Fatal("deploy/rbac/role.yaml grants nothing on secrets")
+		t.Fatal("deploy/rbac/istiod/role.yaml grants nothing on secrets")
 	}
 	rbac := e.kube.Client.RbacV1()
 	if _, err := rbac.Roles(e.kube.Namespace).Create(ctx, role, metav1.CreateOptions{}); err != nil {
@@ -117,16 +117,16 @@ func (e *istiodEnv) writerClient(t *testing.T) kubernetes.Interface {
 	return c
 }
 
-// shippedRole reads deploy/rbac/role.yaml.
+// shippedRole reads deploy/rbac/istiod/role.yaml.
 func shippedRole(t *testing.T) *rbacv1.Role {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "rbac", "role.yaml"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "deploy", "rbac", "istiod", "role.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var role rbacv1.Role
 	if err := sigsyaml.UnmarshalStrict(data, &role); err != nil {
-		t.Fatalf("deploy/rbac/role.yaml: %v", err)
+		t.Fatalf("deploy/rbac/istiod/role.yaml: %v", err)
 	}
 	return &role
 }

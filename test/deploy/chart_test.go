@@ -2,9 +2,7 @@ package deploy
 
 import (
 	"context"
-	"fmt"
 	"path"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -12,8 +10,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/transitca/transitca/internal/config"
@@ -213,57 +209,6 @@ func TestSchemaRefusesInvalidValues(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestRBACMatchesShipped checks that the chart's ClusterRole, Role and
-// bindings grant what deploy/rbac grants, no more and no less, so that the
-// two cannot drift apart.
-func TestRBACMatchesShipped(t *testing.T) {
-	r, err := render(t, "istio-system")
-	if err != nil {
-		t.Fatal(err)
-	}
-	shipped := map[string]runtime.Object{
-		"ClusterRole":        &rbacv1.ClusterRole{},
-		"Role":               &rbacv1.Role{},
-		"ClusterRoleBinding": &rbacv1.ClusterRoleBinding{},
-		"RoleBinding":        &rbacv1.RoleBinding{},
-		"ServiceAccount":     &corev1.ServiceAccount{},
-	}
-	for kind, obj := range shipped {
-		readManifest(t, rbacDir+"/"+strings.ToLower(kind)+".yaml", obj)
-	}
-	for kind, want := range shipped {
-		got := r.ofKind(kind)
-		if len(got) != 1 {
-			t.Fatalf("%d %s objects rendered, want 1", len(got), kind)
-		}
-		have := reflect.New(reflect.TypeOf(want).Elem()).Interface().(runtime.Object)
-		fromUnstructured(t, got[0], have)
-		if a, b := rbacView(t, have), rbacView(t, want); a != b {
-			t.Errorf("%s differs from deploy/rbac:\nchart:\n%s\nshipped:\n%s", kind, a, b)
-		}
-	}
-}
-
-// rbacView is what an RBAC object grants: its name, namespace, rules,
-// role reference and subjects, without labels and comments.
-func rbacView(t *testing.T, o runtime.Object) string {
-	t.Helper()
-	switch o := o.(type) {
-	case *rbacv1.ClusterRole:
-		return fmt.Sprintf("%s\n%s", o.Name, mustYAML(t, o.Rules))
-	case *rbacv1.Role:
-		return fmt.Sprintf("%s/%s\n%s", o.Namespace, o.Name, mustYAML(t, o.Rules))
-	case *rbacv1.ClusterRoleBinding:
-		return fmt.Sprintf("%s\n%s\n%s", o.Name, mustYAML(t, o.RoleRef), mustYAML(t, o.Subjects))
-	case *rbacv1.RoleBinding:
-		return fmt.Sprintf("%s/%s\n%s\n%s", o.Namespace, o.Name, mustYAML(t, o.RoleRef), mustYAML(t, o.Subjects))
-	case *corev1.ServiceAccount:
-		return o.Namespace + "/" + o.Name
-	}
-	t.Fatalf("rbacView: %T", o)
-	return ""
 }
 
 func kinds(r rendered) string {

@@ -5,14 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"os"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 )
 
 func splitYAML(t *testing.T, data []byte) [][]byte {
@@ -30,18 +28,6 @@ func splitYAML(t *testing.T, data []byte) [][]byte {
 		if len(bytes.TrimSpace(doc)) > 0 {
 			docs = append(docs, doc)
 		}
-	}
-}
-
-// readManifest decodes a one-object manifest file strictly.
-func readManifest(t *testing.T, path string, into any) {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict(data, into); err != nil {
-		t.Fatalf("%s: %v", path, err)
 	}
 }
 

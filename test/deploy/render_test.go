@@ -59,9 +59,18 @@ func (r rendered) ofKind(kind string) []*unstructured.Unstructured {
 
 // render renders the chart into namespace with the values files merged in
 // order over the chart's defaults, through Helm's install action in
-// client-only dry-run mode: the values are checked against
-// values.schema.json first, as "helm install" checks them.
+// client-only dry-run mode, for the Kubernetes version of the test API
+// server: the values are checked against values.schema.json first, as
+// "helm install" checks them.
 func render(t *testing.T, namespace string, valuesFiles ...string) (rendered, error) {
+	t.Helper()
+	return renderWith(t, namespace, func(i *action.Install) { i.KubeVersion = serverVersion(t) }, valuesFiles...)
+}
+
+// renderWith is render with the install action as set by configure
+// instead: left alone, it renders as "helm template" does, for Helm's
+// default capabilities.
+func renderWith(t *testing.T, namespace string, configure func(*action.Install), valuesFiles ...string) (rendered, error) {
 	t.Helper()
 	chrt, err := loader.Load(chartDir)
 	if err != nil {
@@ -80,7 +89,9 @@ func render(t *testing.T, namespace string, valuesFiles ...string) (rendered, er
 	install.ClientOnly = true
 	install.ReleaseName = releaseName
 	install.Namespace = namespace
-	install.KubeVersion = serverVersion(t)
+	if configure != nil {
+		configure(install)
+	}
 	rel, err := install.Run(chrt, vals)
 	if err != nil {
 		return rendered{}, err

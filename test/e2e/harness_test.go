@@ -140,6 +140,9 @@ type caOptions struct {
 	JWKSFile string
 	// ServeArgs are added to "ca serve" (caServer.ServeArgs).
 	ServeArgs []string
+	// Auth is added to the auth section (indented keys such as
+	// "  clusters: [dev, prod]\n").
+	Auth string
 }
 
 // startCAWith initializes a CA in env and starts "ca serve" with o.
@@ -181,7 +184,7 @@ auth:
   jwt:
     issuer: %s
     jwks_file: %s
-%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, metricsAddr, servingTTL, tokenIssuer, jwksFile, extraConfig)
+%s%s`, filepath.Join(dir, "data"), env.Transit, env.KV, mode, addr, metricsAddr, servingTTL, tokenIssuer, jwksFile, o.Auth, extraConfig)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -182,7 +182,8 @@ func startMesh(t *testing.T, c *istioCluster, mode string) *istioMesh {
 // by the API server (auth.tokenreview), client certificates for VMs, the
 // Kubernetes writers as the transitca service account under deploy/rbac,
 // and an admin identity. The service tier's max_ttl is a minute; the
-// agents ask for less (SECRET_TTL).
+// agents ask for less (SECRET_TTL). The VM's service account has a tier of
+// its own, whose max_ttl allows its bootstrap certificate (vmProvisionTTL).
 func (m *istioMesh) startCA(t *testing.T) {
 	t.Helper()
 	env := vaulttest.New(t)
@@ -212,11 +213,14 @@ kubernetes:
   kubeconfig: %s
 tiers:
   service: {max_ttl: 1m, default_ttl: 1m}
+  vm: {max_ttl: 30m, default_ttl: 30m}
   privileged: {max_ttl: 24h, default_ttl: 24h}
 default_tier: service
 policy:
   - tier: privileged
     namespaces: [istio-system]
+  - tier: vm
+    service_accounts: [vm-app]
 `, filepath.Join(dir, "data"), env.Transit, env.KV, m.mode, addr, freeAddr(t), adminAddr, adminID,
 		m.cluster.system.ServiceAccountKubeconfig(t, "transitca"))
 	s := &caServer{Addr: addr, DataDir: filepath.Join(dir, "data"), Config: filepath.Join(dir, "transitca.yaml"), Env: env}
@@ -380,7 +384,7 @@ func (m *istioMesh) provisionVM(t *testing.T, a *istioAgent) error {
 		return err
 	}
 	out, err := m.ca.command("request", "--addr", m.ca.Addr, "--server-name", "localhost", "--token-file", tok,
-		"--root-cert", m.ca.RootFile, "--out", a.certDir, "--ttl", agentSecretTTL.String()).CombinedOutput()
+		"--root-cert", m.ca.RootFile, "--out", a.certDir, "--ttl", vmProvisionTTL.String()).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ca request for the VM: %w\n%s", err, out)
 	}

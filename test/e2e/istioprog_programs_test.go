@@ -31,6 +31,13 @@ const (
 	// certificate lives 15s after it is issued and the agent, renewing at
 	// half of that, renews every 7.5s.
 	agentSecretTTL = 30 * time.Second
+	// vmProvisionTTL is the lifetime of the VM's bootstrap certificate. A
+	// renewal on a client certificate ends no later than the certificate
+	// presented, so a VM renews on its certificates alone only until the
+	// one it was provisioned with ends (transitca back-dates NotBefore by
+	// 5 minutes, so this one ends 15 minutes after it is issued): long
+	// enough for the mesh's tests, in its own tier ("vm").
+	vmProvisionTTL = 20 * time.Minute
 	// sidecarCertDir is where the sidecars and the gateway write their
 	// certificates (OUTPUT_CERTS). Not ./etc/certs: the agent would read
 	// files there as mounted certificates instead of asking the CA.

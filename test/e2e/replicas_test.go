@@ -42,6 +42,13 @@ type replicaSet struct {
 // within a second.
 func startReplicas(t *testing.T, n int, mode string) *replicaSet {
 	t.Helper()
+	return startReplicasWith(t, n, caOptions{Mode: mode})
+}
+
+// startReplicasWith is startReplicas with o's Mode, Auth and Extra (after
+// the replicas' own admin, rotation and log settings).
+func startReplicasWith(t *testing.T, n int, o caOptions) *replicaSet {
+	t.Helper()
 	env := vaulttest.New(t)
 	minter, jwks := newMinter(t, t.TempDir())
 	rs := &replicaSet{opDir: t.TempDir()}
@@ -57,7 +64,7 @@ log:
   checkpoint_every: 64
   checkpoint_interval: 1s
 `, adminAddr, adminID)
-		s := startCAWith(t, env, caOptions{Mode: mode, Extra: extra, Minter: minter, JWKSFile: jwks,
+		s := startCAWith(t, env, caOptions{Mode: o.Mode, Auth: o.Auth, Extra: extra + o.Extra, Minter: minter, JWKSFile: jwks,
 			ServeArgs: []string{"--shard", fmt.Sprintf("transitca-%d", i)}})
 		rs.replicas = append(rs.replicas, s)
 		rs.admin = append(rs.admin, adminAddr)

@@ -76,25 +76,44 @@ then names every replica's admin port, for "ca log … --addr dns:///…". */}}
 {{- if eq ($auth.method | default "token") "kubernetes" }}true{{ end -}}
 {{- end -}}
 
-{{/* The Role rules of deploy/rbac/role.yaml, by the namespace they apply in. */}}
+{{/* "true" when the daemon writes istiod's serving certificate (kubernetes.istiod.enabled,
+on unless set false, and the Kubernetes features not turned off). */}}
+{{- define "transitca.istiodEnabled" -}}
+{{- $k := .Values.config.kubernetes | default dict -}}
+{{- $i := $k.istiod | default dict -}}
+{{- if and (not (and (hasKey $k "enabled") (not $k.enabled))) (or (not (hasKey $i "enabled")) $i.enabled) }}true{{ end -}}
+{{- end -}}
+
+{{/* "true" in ambient mode (auth.trusted_node_accounts): the daemon reads pods. */}}
+{{- define "transitca.ambient" -}}
+{{- if ((.Values.config.auth | default dict).trusted_node_accounts) }}true{{ end -}}
+{{- end -}}
+
+{{/* The user name of the daemon's service account, which the admission policies match. */}}
+{{- define "transitca.serviceAccountUser" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "transitca.fullname" . }}
+{{- end -}}
+
+{{/* The admission policies are admissionregistration.k8s.io/v1, served from Kubernetes 1.30
+on. Rendered against a cluster (helm install, upgrade, template --validate), whose API
+versions name their kinds, the chart refuses a cluster without them; rendered offline
+("helm template", whose API versions are Helm's defaults) it renders them. */}}
+{{- define "transitca.checkAdmissionPolicyAPI" -}}
+{{- $caps := .Capabilities.APIVersions -}}
+{{- if and ($caps.Has "apps/v1/StatefulSet") (not ($caps.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy")) -}}
+{{- fail (printf "this cluster (Kubernetes %s) does not serve admissionregistration.k8s.io/v1 ValidatingAdmissionPolicy, which the chart's admission policies need: Kubernetes 1.30 or later" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Lease rules of deploy/rbac/role.yaml, in the Lease's namespace. */}}
 {{- define "transitca.leaseRules" }}
-  # Leader election: the one Lease by name; create cannot be limited by name.
+  # Leader election: the one Lease by name; create cannot be limited by
+  # name (the admission policy refuses other names).
   - apiGroups: ["coordination.k8s.io"]
     resources: ["leases"]
     resourceNames: [{{ include "transitca.leaseName" . | quote }}]
     verbs: ["get", "update"]
   - apiGroups: ["coordination.k8s.io"]
     resources: ["leases"]
-    verbs: ["create"]
-{{- end }}
-{{- define "transitca.istiodRules" }}
-  # istiod's serving certificate: the one Secret by name (delete only to
-  # replace one of the wrong type); create to make it the first time.
-  - apiGroups: [""]
-    resources: ["secrets"]
-    resourceNames: ["istiod-tls"]
-    verbs: ["get", "list", "watch", "update", "delete"]
-  - apiGroups: [""]
-    resources: ["secrets"]
     verbs: ["create"]
 {{- end }}

@@ -909,9 +909,13 @@ func (x *RetireRootResponse) GetAffected() []*AffectedWorkload {
 type RevokeIntermediateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// fingerprint is the hex SHA-256 of the intermediate; empty means the
-	// current one.
-	Fingerprint   string `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// current one. It must be an intermediate this CA issued (the current
+	// one, or one the replica's log records), never a root's.
+	Fingerprint string `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	Reason      string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// force records a fingerprint the replica cannot tell the CA issued (an
+	// intermediate only another replica's log records); it needs a reason.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -958,6 +962,13 @@ func (x *RevokeIntermediateRequest) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *RevokeIntermediateRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 // RevokeIntermediateResponse: the first message names the revoked and the
@@ -2537,10 +2548,11 @@ const file_transitca_admin_v1_admin_proto_rawDesc = "" +
 	"\x12RetireRootResponse\x122\n" +
 	"\aretired\x18\x01 \x01(\v2\x18.transitca.admin.v1.RootR\aretired\x12+\n" +
 	"\x11live_certificates\x18\x02 \x01(\x04R\x10liveCertificates\x12@\n" +
-	"\baffected\x18\x03 \x03(\v2$.transitca.admin.v1.AffectedWorkloadR\baffected\"U\n" +
+	"\baffected\x18\x03 \x03(\v2$.transitca.admin.v1.AffectedWorkloadR\baffected\"k\n" +
 	"\x19RevokeIntermediateRequest\x12 \n" +
 	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd6\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"\xd6\x01\n" +
 	"\x1aRevokeIntermediateResponse\x12:\n" +
 	"\arevoked\x18\x01 \x01(\v2 .transitca.admin.v1.IntermediateR\arevoked\x12:\n" +
 	"\acurrent\x18\x02 \x01(\v2 .transitca.admin.v1.IntermediateR\acurrent\x12@\n" +
