@@ -16,20 +16,30 @@ import (
 // expires a connection made with one starts closing; see ClientCertConns.
 const ClientCertDrainMargin = 30 * time.Second
 
+// clientCertCloseDelay is how long after the call that ends it a draining
+// connection is closed: the time for that call's answer to reach the wire,
+// which gRPC writes after the call's interceptors have returned.
+const clientCertCloseDelay = 500 * time.Millisecond
+
 // ClientCertConns closes every connection made with a client certificate
 // before that certificate expires. A gRPC client keeps its connection, and
-// the certificate of its handshake, between calls: istio-agent on a VM
-// (PROV_CERT) renews at half its certificate's remaining life, exactly when
-// the certificate it connected with (the one before) expires, and the
-// certificate authenticator refuses it, so every renewal would fail once
-// before the agent reconnects (whenever renewals come closer together than
-// IdleTimeout, which closes the connection otherwise). Closing the connection first makes the next
+// the certificate of its handshake, between calls, and the certificate
+// authenticator judges every call by that certificate: once it has
+// expired, each call is refused, though the client may hold a newer
+// certificate, until the client connects again. istio-agent on a VM
+// (PROV_CERT) reconnects only after a refusal, so a VM whose certificate
+// outlived the one its connection was made with would fail a renewal
+// whenever that one expired. Closing the connection first makes the next
 // call connect again, with the certificate the client holds then; the
-// check of the certificate is unchanged.
+// check of the certificate is unchanged. (A renewal ends no later than the
+// certificate presented, so certificates renewed on one connection never
+// outlive that connection's; the close keeps a client that has a
+// certificate from elsewhere from being refused.)
 //
 // From the drain point, NotAfter minus a tenth of the certificate's validity
 // period (at most ClientCertDrainMargin), the connection is closed as soon
-// as no call is in flight on it (once it has carried one), and at NotAfter
+// as no call is in flight on it (once it has carried one; shortly after
+// the call that ended, so that its answer is sent first), and at NotAfter
 // (of the earliest-expiring certificate the client presented) in any case.
 // Connections without a client certificate, or with one that has expired
 // already (every call on them is refused, with the reason), are left alone.
@@ -148,9 +158,19 @@ func (cc *certConn) end() {
 		return
 	}
 	cc.mu.Lock()
+	defer cc.mu.Unlock()
 	cc.active--
 	cc.served++
-	idle := cc.draining && cc.active == 0
+	if cc.draining && cc.active == 0 && !cc.closed {
+		// The answer is written after this returns: close once it is out,
+		// unless another call has begun meanwhile.
+		time.AfterFunc(clientCertCloseDelay, cc.closeIfIdle)
+	}
+}
+
+func (cc *certConn) closeIfIdle() {
+	cc.mu.Lock()
+	idle := cc.active == 0
 	cc.mu.Unlock()
 	if idle {
 		_ = cc.Close()
@@ -159,11 +179,11 @@ func (cc *certConn) end() {
 
 func (cc *certConn) drain() {
 	cc.mu.Lock()
+	defer cc.mu.Unlock()
 	cc.draining = true
-	idle := cc.active == 0 && cc.served > 0
-	cc.mu.Unlock()
-	if idle {
-		_ = cc.Close()
+	if cc.active == 0 && cc.served > 0 && !cc.closed {
+		// The last call's answer may still be on its way out.
+		time.AfterFunc(clientCertCloseDelay, cc.closeIfIdle)
 	}
 }
 

@@ -78,20 +78,20 @@ func (rc *renewingClient) current() *x509.Certificate {
 	return rc.leaf
 }
 
-// A client that keeps its connection between renewals and renews at a
-// little over half the remaining life of each certificate (istio-agent's
-// VM schedule: at half, which is when the certificate before it, the one
-// its connection may have been made with, expires) renews every time
-// without a refusal: the CA closes the connection before the certificate
-// of its handshake expires, so the next call connects again with the
-// certificate the client holds then. The expired certificate itself is
-// still refused; a connection without a client certificate is left open.
+// A client that keeps its connection between renewals is never refused for
+// the certificate of an old handshake: the CA closes a connection made with
+// a client certificate once it is idle from a tenth of that certificate's
+// validity period before its end, and the client's next call connects again
+// with the certificate it holds then. The answer to a call on a connection
+// that is closing arrives. The expired certificate itself is still
+// refused; a connection without a client certificate is left open.
 func TestClientCertConnectionClosedBeforeItsCertificateExpires(t *testing.T) {
 	h := newHarness(t)
 	id := spiffe("vm", "db")
-	// 8s certificates: NotBefore is back-dated by half, so each lives 4s
-	// after it is issued.
-	const ttl = 8 * time.Second
+	// 30s certificates: NotBefore is back-dated by half, so the first lives
+	// 15s after it is issued, and closes from 3s before its end; a renewal
+	// on it ends when it does.
+	const ttl = 30 * time.Second
 	key := p256(t)
 	resp, err := h.client(t, nil).CreateCertificate(withToken(h.token(t, "vm", "db")), &pb.IstioCertificateRequest{
 		Csr: csrPEM(t, key, &x509.CertificateRequest{URIs: uris(id)}), ValidityDuration: int64(ttl / time.Second),
@@ -99,8 +99,8 @@ func TestClientCertConnectionClosedBeforeItsCertificateExpires(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := time.Now()
 	certs := parseChain(t, resp.CertChain)
+	end := certs[0].NotAfter
 	provisioned := &tls.Certificate{Certificate: [][]byte{certs[0].Raw, certs[1].Raw}, PrivateKey: key}
 	rc := newRenewingClient(t, h, provisioned, certs[0])
 
@@ -126,22 +126,28 @@ func TestClientCertConnectionClosedBeforeItsCertificateExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// From the second renewal on, the certificate the connection was made
-	// with has expired when the client renews.
-	for i := range 4 {
+	// The first renewal on the connection made with the provisioned
+	// certificate; the second after that connection's drain point (a new
+	// connection, with the renewed certificate, which is past its own
+	// drain point already: it closes after this call's answer); the third
+	// on a new connection again.
+	for i, before := range []time.Duration{8 * time.Second, 2 * time.Second, 700 * time.Millisecond} {
+		time.Sleep(time.Until(end.Add(-before)))
 		leaf := rc.current()
-		time.Sleep(time.Until(got.Add(leaf.NotAfter.Sub(got) * 55 / 100)))
 		if err := rc.renew(t, id, ttl); err != nil {
-			t.Fatalf("renewal %d with certificate %x (expires %s): %v", i+1, leaf.SerialNumber, leaf.NotAfter.Format(time.RFC3339), err)
+			t.Fatalf("renewal %d with certificate %x (expires %s), %v before it: %v", i+1, leaf.SerialNumber, leaf.NotAfter.Format(time.RFC3339Nano), time.Until(leaf.NotAfter), err)
 		}
-		got = time.Now()
+		if got := rc.current().NotAfter; got.After(end) {
+			t.Errorf("renewal %d ends at %s, after the certificate presented", i+1, got)
+		}
 	}
-	if d := rc.dials.Load(); d < 3 {
-		t.Errorf("the renewing client connected %d times, want a new connection before each certificate it connected with expired", d)
+	if d := rc.dials.Load(); d != 3 {
+		t.Errorf("the renewing client connected %d times, want 3: a new connection before each certificate it connected with expired", d)
 	}
 
 	// The check is unchanged: a new connection presenting the expired
 	// provisioned certificate is refused, and told why.
+	time.Sleep(time.Until(end.Add(100 * time.Millisecond)))
 	stale := newRenewingClient(t, h, provisioned, certs[0])
 	if err := stale.renew(t, id, ttl); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("renewal with an expired certificate: %v, want Unauthenticated", err)
