@@ -1,11 +1,11 @@
 # transitca — "make test" is the one command that runs every test, building
-# what the tests need (the pinned Vault server, kube-apiserver, etcd and
-# Prometheus) first.
+# what the tests need (the pinned Vault server, kube-apiserver, etcd,
+# Prometheus, and Istio's pilot-agent and pilot-discovery) first.
 
 GO ?= go
 GOTEST_FLAGS ?= -count=1 -timeout 20m
 
-.PHONY: all build release image test test-e2e test-deps soak fuzz vault kube prometheus lint bench fmt vet generate generate-check
+.PHONY: all build release image test test-e2e test-deps soak fuzz vault kube prometheus istio lint bench fmt vet generate generate-check
 
 all: build
 
@@ -38,11 +38,17 @@ kube:
 prometheus:
 	./scripts/build-prometheus.sh
 
+# Istio's own programs the tests run as processes, pilot-agent (istio-agent)
+# and pilot-discovery (istiod), from the istio.io/istio pinned in
+# test/e2e/go.mod, built the same way.
+istio:
+	./scripts/build-istio.sh
+
 # Programs the tests run that come from Debian packages (openssl).
 test-deps:
 	./scripts/install-test-deps.sh
 
-test: test-deps vault kube prometheus generate-check
+test: test-deps vault kube prometheus istio generate-check
 	$(GO) vet ./...
 	$(MAKE) lint
 	$(GO) test $(GOTEST_FLAGS) ./...
@@ -51,7 +57,7 @@ test: test-deps vault kube prometheus generate-check
 	cd test/deploy && $(GO) vet ./... && $(GO) test $(GOTEST_FLAGS) ./...
 	cd test/observability && $(GO) vet ./... && $(GO) test $(GOTEST_FLAGS) ./...
 
-test-e2e: vault
+test-e2e: vault kube istio
 	cd test/e2e && $(GO) test $(GOTEST_FLAGS) -v ./...
 
 # The long fault runs: the daemon killed with SIGKILL under load

@@ -85,13 +85,15 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpcprom.WithHistogramBuckets(prometheus.ExponentialBuckets(0.0005, 2, 14)),
 	))
 	reg.MustRegister(srvMetrics)
+	// Connections made with a client certificate end before it expires.
+	certConns := NewClientCertConns(credentials.NewTLS(tlsCfg))
 	opts := []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
-		grpc.ChainUnaryInterceptor(srvMetrics.UnaryServerInterceptor()),
+		grpc.Creds(certConns),
+		grpc.ChainUnaryInterceptor(certConns.UnaryServerInterceptor(), srvMetrics.UnaryServerInterceptor()),
 		// Agents send one request at a time: more streams on one
 		// connection are a flood.
 		grpc.MaxConcurrentStreams(MaxStreamsPerConnection),
-		grpc.ChainStreamInterceptor(srvMetrics.StreamServerInterceptor()),
+		grpc.ChainStreamInterceptor(certConns.StreamServerInterceptor(), srvMetrics.StreamServerInterceptor()),
 		grpc.MaxRecvMsgSize(svc.csr.maxBytes() + MaxRequestBytes),
 		grpc.MaxHeaderListSize(MaxHeaderListBytes),
 		// Agents keep their connection open between renewals: keep what an

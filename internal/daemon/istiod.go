@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -15,15 +14,15 @@ import (
 // reaches istiod.
 var istiodEvery = kube.DefaultIstiodCheckEvery
 
-// istiodRunner returns the runner that keeps istiod's serving certificate
+// istiodRunner returns the writer that keeps istiod's serving certificate
 // in the Secret istiod-tls (kubernetes.istiod), or nil when
 // kubernetes.istiod.enabled is false. It needs the certificate service and
-// the authority, so call it after New. Run the runner on the leader only,
+// the authority, so call it after New. Run its Run on the leader only,
 // with a context that ends when leadership does; it returns then.
 //
 // client needs get, list, watch, update and delete on the Secret
 // istiod-tls, and create on Secrets, in kubernetes.istiod.namespace.
-func (d *Daemon) istiodRunner(client kubernetes.Interface) (func(ctx context.Context), error) {
+func (d *Daemon) istiodRunner(client kubernetes.Interface) (*kube.IstiodCert, error) {
 	i := d.cfg.Kubernetes.Istiod
 	if !i.Enabled {
 		return nil, nil
@@ -42,5 +41,5 @@ func (d *Daemon) istiodRunner(client kubernetes.Interface) (func(ctx context.Con
 	if err != nil {
 		return nil, fmt.Errorf("istiod certificate: %w", err)
 	}
-	return w.Run, nil
+	return w, nil
 }

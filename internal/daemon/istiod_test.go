@@ -27,13 +27,13 @@ func TestIstiodRunnerFollowsConfig(t *testing.T) {
 	cfg.Kubernetes.Istiod.ExtraDNSNames = []string{"istiod.mesh.example"}
 	d := startDaemon(t, cfg)
 	client := fake.NewClientset()
-	run, err := d.istiodRunner(client)
-	if err != nil || run == nil {
-		t.Fatalf("istiodRunner: runner %v, %v", run != nil, err)
+	w, err := d.istiodRunner(client)
+	if err != nil || w == nil {
+		t.Fatalf("istiodRunner: writer %v, %v", w != nil, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); run(ctx) }()
+	go func() { defer close(done); w.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
 	var s *corev1.Secret
@@ -66,7 +66,7 @@ func TestIstiodRunnerFollowsConfig(t *testing.T) {
 	}
 
 	cfg.Kubernetes.Istiod.Enabled = false
-	if run, err := d.istiodRunner(client); run != nil || err != nil {
-		t.Errorf("kubernetes.istiod.enabled false: runner %v, %v; want none", run != nil, err)
+	if w, err := d.istiodRunner(client); w != nil || err != nil {
+		t.Errorf("kubernetes.istiod.enabled false: writer %v, %v; want none", w != nil, err)
 	}
 }

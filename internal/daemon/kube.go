@@ -33,6 +33,9 @@ type kubeSide struct {
 	// bundle writes the istio-ca-root-cert ConfigMaps; nil when
 	// kubernetes.trust_bundle.enabled is false.
 	bundle *kube.BundleController
+	// istiod writes the istiod-tls Secret; nil when
+	// kubernetes.istiod.enabled is false.
+	istiod *kube.IstiodCert
 	// runners are the leader-only writers: only the replica holding the
 	// Lease runs them, every replica serves certificates. A new writer
 	// (for instance istiod's serving Secret) is appended in openKube.
@@ -88,7 +91,8 @@ func (d *Daemon) openKube(_ context.Context) error {
 		return fmt.Errorf("kubernetes: %w", err)
 	}
 	if istiod != nil {
-		k.runners = append(k.runners, kube.RunnerFunc(istiod))
+		k.istiod = istiod
+		k.runners = append(k.runners, kube.RunnerFunc(istiod.Run))
 	}
 	if mp := cfg.MeshPolicy; mp.Enabled {
 		ic, err := istioclient.NewForConfig(client.Config)
@@ -152,9 +156,17 @@ func (d *Daemon) runKube(ctx context.Context) {
 	}
 }
 
-// bundleChanged tells the cluster writers that the trust bundle changed.
+// bundleChanged tells the cluster writers that the trust bundle or the
+// issuing intermediate changed: the ConfigMaps and istiod-tls follow at
+// once.
 func (d *Daemon) bundleChanged() {
-	if d.kube != nil && d.kube.bundle != nil {
+	if d.kube == nil {
+		return
+	}
+	if d.kube.bundle != nil {
 		d.kube.bundle.BundleChanged()
+	}
+	if d.kube.istiod != nil {
+		d.kube.istiod.HierarchyChanged()
 	}
 }

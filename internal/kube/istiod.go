@@ -115,6 +115,8 @@ type IstiodCert struct {
 	every     time.Duration
 	now       func() time.Time
 	log       *slog.Logger
+	// changed wakes Run when the hierarchy changed (HierarchyChanged).
+	changed chan struct{}
 }
 
 // IstiodDNSNames returns the names istiod is reached by in namespace:
@@ -159,13 +161,27 @@ func NewIstiodCert(o IstiodCertOptions) (*IstiodCert, error) {
 		client: o.Client, issuer: o.Issuer, hierarchy: o.Hierarchy,
 		ns: o.Namespace, spiffeID: o.SPIFFEID, dnsNames: slices.Clone(o.DNSNames), ttl: o.TTL,
 		every: o.CheckEvery, now: o.Now, log: o.Logger.With(slog.String("secret", o.Namespace+"/"+IstiodSecretName)),
+		changed: make(chan struct{}, 1),
 	}, nil
+}
+
+// HierarchyChanged tells the writer that the trust bundle or the issuing
+// intermediate changed, so that it checks the Secret now rather than at
+// the next CheckEvery: ca.crt then follows a rotation step as fast as the
+// istio-ca-root-cert ConfigMaps do. It never blocks; a call while Run is
+// not running is kept for its next start.
+func (w *IstiodCert) HierarchyChanged() {
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
 }
 
 // Run keeps the Secret until ctx ends. It watches the one Secret (an
 // informer on its namespace, filtered to its name), checks it on every
-// event, every CheckEvery, and when the certificate reaches half its
-// lifetime, and retries failures with backoff. Run it on the leader only.
+// event, on HierarchyChanged, every CheckEvery, and when the certificate
+// reaches half its lifetime, and retries failures with backoff. Run it on
+// the leader only.
 func (w *IstiodCert) Run(ctx context.Context) {
 	factory := informers.NewSharedInformerFactoryWithOptions(w.client, 0,
 		informers.WithNamespace(w.ns),
@@ -195,6 +211,16 @@ func (w *IstiodCert) Run(ctx context.Context) {
 		return
 	}
 	go loop.Every(ctx, w.every, func(context.Context) { queue.Add(key) })
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.changed:
+				queue.Add(key)
+			}
+		}
+	}()
 	queue.Add(key)
 	for {
 		k, quit := queue.Get()

@@ -136,7 +136,7 @@ func (e *istiodEnv) spiffeID() string {
 }
 
 // start runs the writer until the test ends.
-func (e *istiodEnv) start(t *testing.T, names []string, ttl, every time.Duration) {
+func (e *istiodEnv) start(t *testing.T, names []string, ttl, every time.Duration) *IstiodCert {
 	t.Helper()
 	w, err := NewIstiodCert(IstiodCertOptions{
 		Client: e.client, Issuer: e.svc, Hierarchy: e.a,
@@ -150,6 +150,7 @@ func (e *istiodEnv) start(t *testing.T, names []string, ttl, every time.Duration
 	done := make(chan struct{})
 	go func() { defer close(done); w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+	return w
 }
 
 func (e *istiodEnv) get(t *testing.T) *corev1.Secret {
@@ -418,5 +419,39 @@ func TestIstiodSecretRenewsAtHalfLife(t *testing.T) {
 	}
 	if next.NotBefore.Before(first.NotBefore.Add(time.Second)) {
 		t.Errorf("renewed certificate starts %s, the first %s", next.NotBefore, first.NotBefore)
+	}
+}
+
+// Told that the hierarchy changed, the writer checks the Secret at once,
+// not at its next periodic check (an hour here): ca.crt follows a root
+// rotation step and tls.crt a new intermediate within seconds, as the
+// istio-ca-root-cert ConfigMaps do.
+func TestIstiodSecretFollowsHierarchyChangedAtOnce(t *testing.T) {
+	e := newIstiodEnv(t)
+	ctx := t.Context()
+	names := IstiodDNSNames(e.kube.Namespace, nil, nil)
+	w := e.start(t, names, 24*time.Hour, time.Hour)
+	first := e.checkSecret(t, e.newSerial(t, "first certificate", nil), names)
+
+	if _, err := e.a.PrepareRoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.HierarchyChanged()
+	got := e.await(t, "ca.crt with both roots", func(s *corev1.Secret) bool {
+		return strings.Count(string(s.Data[CACertKey]), "BEGIN CERTIFICATE") == 2
+	})
+	first = e.checkSecret(t, got, names)
+
+	in, err := e.a.RotateIntermediate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.HierarchyChanged()
+	got = e.await(t, "certificate from the new intermediate", func(s *corev1.Secret) bool {
+		certs, err := parseCerts(s.Data[TLSCertKey])
+		return err == nil && len(certs) == 2 && certs[1].Equal(in.Cert)
+	})
+	if e.checkSecret(t, got, names).SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Error("the intermediate changed but the certificate did not")
 	}
 }

@@ -48,6 +48,9 @@ type operator struct {
 	s         *caServer
 	adminAddr string
 	dir       string
+	// tokenFile, when set, is the admin's token for "ca request" (one the
+	// daemon reviews with the Kubernetes API); else one from s.Minter.
+	tokenFile string
 }
 
 // startRotationCA starts a CA with an admin listener for adminID.
@@ -65,6 +68,10 @@ func startRotationCA(t *testing.T, o caOptions) (*caServer, *operator) {
 // now.
 func (op *operator) refresh(t *testing.T) {
 	t.Helper()
+	if op.tokenFile != "" {
+		requestCertWithToken(t, op.s, op.tokenFile, op.dir)
+		return
+	}
 	requestCert(t, op.s, "security", "auditor", op.dir)
 }
 
@@ -72,10 +79,17 @@ func (op *operator) refresh(t *testing.T) {
 // cert-chain.pem in dir.
 func requestCert(t *testing.T, s *caServer, ns, sa, dir string) {
 	t.Helper()
-	out, err := runCA(t, s, "request", "--addr", s.Addr, "--server-name", "localhost", "--token-file", s.tokenFile(t, ns, sa),
+	requestCertWithToken(t, s, s.tokenFile(t, ns, sa), dir)
+}
+
+// requestCertWithToken runs "ca request" with the token in tokenFile and
+// leaves key.pem, cert-chain.pem and root-cert.pem in dir.
+func requestCertWithToken(t *testing.T, s *caServer, tokenFile, dir string) {
+	t.Helper()
+	out, err := runCA(t, s, "request", "--addr", s.Addr, "--server-name", "localhost", "--token-file", tokenFile,
 		"--root-cert", s.RootFile, "--out", dir)
 	if err != nil {
-		t.Fatalf("ca request for %s/%s: %v\n%s", ns, sa, err, out)
+		t.Fatalf("ca request with %s: %v\n%s", tokenFile, err, out)
 	}
 }
 
