@@ -80,6 +80,8 @@ func Default() *Config {
 			DenialWindow:            Duration(10 * time.Second),
 			DenialPeers:             10000,
 			MaxInFlight:             1024,
+			MaxQueued:               4096,
+			QueueWait:               Duration(10 * time.Second),
 			IdentityBurst:           100,
 			Identities:              10000,
 		},
