@@ -80,7 +80,7 @@ func Default() *Config {
 			DenialWindow:            Duration(10 * time.Second),
 			DenialPeers:             10000,
 			MaxInFlight:             1024,
-			MaxQueued:               4096,
+			MaxQueued:               1024,
 			QueueWait:               Duration(10 * time.Second),
 			IdentityBurst:           100,
 			Identities:              10000,
