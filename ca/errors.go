@@ -25,4 +25,9 @@ var (
 	// may (IdentityLimits); it should retry later. It becomes
 	// codes.ResourceExhausted.
 	ErrRateLimited = errors.New("rate limited")
+	// ErrOverloaded means the CA is handling as many requests as it may
+	// (limits.max_in_flight) and the request found no place in, or within
+	// the wait of, the admission queue; it should retry later. It becomes
+	// codes.ResourceExhausted.
+	ErrOverloaded = errors.New("overloaded")
 )

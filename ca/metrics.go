@@ -22,6 +22,7 @@ const (
 	MetricTokenReviewCache    = "transitca_tokenreview_cache_total"
 	MetricTokenReviewRequests = "transitca_tokenreview_requests_total"
 	MetricAdminRefused        = "transitca_admin_refused_total"
+	MetricRequestsQueued      = "transitca_requests_queued"
 )
 
 // Results of a TokenReview cache lookup.
@@ -56,6 +57,9 @@ type Metrics struct {
 	tokenReviews *prometheus.CounterVec
 	// adminRefused counts the admin calls refused, by reason.
 	adminRefused *prometheus.CounterVec
+	// queued is the number of CreateCertificate calls waiting for a
+	// place among limits.max_in_flight.
+	queued prometheus.Gauge
 }
 
 // NewMetrics registers the service's metrics with reg. certs names the CA's
@@ -105,6 +109,10 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 			Name: MetricTokenReviewRequests,
 			Help: "Kubernetes TokenReviews sent, by result (authenticated, refused, error: no answer or an API error).",
 		}, []string{"result"}),
+		queued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: MetricRequestsQueued,
+			Help: "CreateCertificate requests waiting for a place among limits.max_in_flight (at most limits.max_queued).",
+		}),
 	}
 	m.adminRefused = newAdminRefused()
 	for _, r := range adminRefusedReasons {
@@ -118,7 +126,7 @@ func NewMetrics(reg prometheus.Registerer, certs map[string]func() *x509.Certifi
 		m.tokenReviews.WithLabelValues(r)
 	}
 	reg.MustRegister(m.requests, m.issuances, m.rejections, m.denialsAggregated, m.latency, m.vault, m.drillLast, m.drillSuccess,
-		m.tokenReviewCache, m.tokenReviews, m.adminRefused)
+		m.tokenReviewCache, m.tokenReviews, m.adminRefused, m.queued)
 	for name, get := range certs {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        MetricCertExpiry,

@@ -44,10 +44,10 @@ func (h *harness) ask(t *testing.T, ns, sa string) error {
 	return err
 }
 
-// With limits.max_in_flight requests being handled (here held by a slow
-// recorder), the next one is refused at once with ResourceExhausted
-// instead of queueing, while the health service still answers; once the
-// held ones finish, requests are served again.
+// With no admission queue (limits.max_queued 0) and limits.max_in_flight
+// requests being handled (here held by a slow recorder), the next one is
+// refused at once with ResourceExhausted, while the health service still
+// answers; once the held ones finish, requests are served again.
 func TestInFlightLimitRefusesAtOnce(t *testing.T) {
 	const limit = 3
 	gr := &gatedRecorder{entered: make(chan struct{}), gate: make(chan struct{})}

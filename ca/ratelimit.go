@@ -2,14 +2,8 @@ package ca
 
 import (
 	"container/list"
-	"context"
 	"sync"
 	"time"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/tap"
-	pb "istio.io/api/security/v1alpha1"
 )
 
 // tokenBuckets are token buckets keyed by peer address: each holds up to
@@ -140,41 +134,4 @@ func (l *identityLimiter) allow(id string, now time.Time) bool {
 		return true
 	}
 	return false
-}
-
-// admit bounds the CreateCertificate calls in flight, counted from the
-// moment their headers arrive (before gRPC starts a goroutine for the
-// call and allocates the message it announces) to the end of the stream:
-// beyond limit (if limit > 0) a call is refused at once with
-// ResourceExhausted, instead of queueing without bound (istio-agent
-// retries with backoff). Every admitted call must be done within
-// RequestTimeout, its message read included, so that a client trickling
-// its request cannot hold a place forever. Other methods (the health
-// service) are not limited, so that readiness is answered under load.
-// Refused calls are counted, not recorded in the log: recording them would
-// let a flood decide the log's growth.
-func admit(limit int, refused func()) tap.ServerInHandle {
-	sem := make(chan struct{}, max(limit, 1))
-	method := "/" + pb.IstioCertificateService_ServiceDesc.ServiceName + "/CreateCertificate"
-	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		if info.FullMethodName != method {
-			return ctx, nil
-		}
-		if limit > 0 {
-			select {
-			case sem <- struct{}{}:
-			default:
-				refused()
-				return nil, status.Errorf(codes.ResourceExhausted, "the certificate authority is handling %d requests; retry later", limit)
-			}
-		}
-		ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
-		context.AfterFunc(ctx, func() {
-			cancel()
-			if limit > 0 {
-				<-sem
-			}
-		})
-		return ctx, nil
-	}
 }

@@ -105,7 +105,7 @@ func NewGRPCServer(tlsCfg *tls.Config, svc *Service, reg prometheus.Registerer) 
 		grpc.ReadBufferSize(4 << 10),
 	}
 	refused := svc.metrics.rejections.WithLabelValues("overload_in_flight")
-	opts = append(opts, grpc.InTapHandle(admit(svc.inFlight, refused.Inc)))
+	opts = append(opts, grpc.InTapHandle(svc.admission.tap(refused.Inc)))
 	s := grpc.NewServer(append(opts, connectionLimits()...)...)
 	pb.RegisterIstioCertificateServiceServer(s, svc)
 	hs := health.NewServer()

@@ -41,7 +41,7 @@ type Service struct {
 	clusters  []string         // served cluster IDs, recorded with unauthenticated denials
 	denials   *denialLimiter   // nil without DenialLimits
 	rate      *identityLimiter // nil without IdentityLimits
-	inFlight  int              // MaxInFlight
+	admission *admission       // MaxInFlight, MaxQueued, QueueWait
 	metrics   *Metrics
 	log       *slog.Logger
 	now       func() time.Time
@@ -100,11 +100,18 @@ type ServiceOptions struct {
 	// The zero value is no limit.
 	IdentityLimits IdentityLimits
 	// MaxInFlight caps the CreateCertificate calls NewGRPCServer's server
-	// handles at once; beyond it a call is refused with ResourceExhausted
-	// before it reaches the service. 0 is no cap.
+	// handles at once; beyond it a call waits in the queue (MaxQueued,
+	// QueueWait) before it is refused with ResourceExhausted. 0 is no cap.
 	MaxInFlight int
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// MaxQueued is how many calls beyond MaxInFlight wait for a place, in
+	// the order they arrived; a call beyond those is refused at once with
+	// ResourceExhausted. 0 refuses every call beyond MaxInFlight at once.
+	MaxQueued int
+	// QueueWait is how long a call waits in the queue for a place before
+	// it is refused with ResourceExhausted; 0 means DefaultQueueWait.
+	QueueWait time.Duration
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // NewService returns the certificate service.
@@ -132,7 +139,7 @@ func NewService(o ServiceOptions) (*Service, error) {
 	s := &Service{
 		auth: o.Authenticator, authority: o.Authority, policy: o.Policy, csr: o.CSR,
 		recorder: o.Recorder, nodes: o.Nodes, admin: o.Admin, protected: o.Protected, clusters: o.Clusters, metrics: o.Metrics, log: o.Logger, now: o.Now,
-		inFlight: max(o.MaxInFlight, 0),
+		admission: newAdmission(o.MaxInFlight, o.MaxQueued, o.QueueWait, o.Metrics.queued),
 	}
 	if il.enabled() {
 		s.rate = newIdentityLimiter(il)
@@ -160,6 +167,12 @@ const MaxValidityDuration = 10 * 365 * 24 * 3600
 // CreateCertificate signs a workload's CSR.
 func (s *Service) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	start := s.now()
+	if err := s.admission.await(ctx); err != nil {
+		if errors.Is(err, ErrOverloaded) {
+			s.metrics.rejections.WithLabelValues("overload_queue_wait").Inc()
+		}
+		return nil, s.toStatus(ctx, err).Err()
+	}
 	caller, tier, chain, err := s.issue(ctx, req)
 	outcome := "issued"
 	if err != nil {

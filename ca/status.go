@@ -35,7 +35,7 @@ func statusOf(ctx context.Context, log *slog.Logger, err error) *status.Status {
 		return status.New(codes.PermissionDenied, boundMessage(err.Error()))
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, store.ErrInvalidQuery), errors.Is(err, store.ErrInvalidProof):
 		return status.New(codes.InvalidArgument, boundMessage(err.Error()))
-	case errors.Is(err, ErrRateLimited):
+	case errors.Is(err, ErrRateLimited), errors.Is(err, ErrOverloaded):
 		return status.New(codes.ResourceExhausted, boundMessage(err.Error()))
 	case errors.Is(err, store.ErrNotFound):
 		return status.New(codes.NotFound, boundMessage(err.Error()))

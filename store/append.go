@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -207,6 +208,8 @@ func (l *Log) commit(batch []*appendReq) {
 	l.mu.Lock()
 	l.tree, l.root = next, root
 	l.commits++
+	l.commitSizes[bits.Len(uint(len(batch)-1))]++
+	l.commitEntries += uint64(len(batch))
 	l.mu.Unlock()
 	l.size.Store(next.End())
 	if l.opts.Signer != nil && next.End()-l.cpSize.Load() >= uint64(l.opts.CheckpointEvery) {

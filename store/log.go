@@ -130,7 +130,11 @@ type Log struct {
 	failedC    chan struct{}  // closed when failed is set, guarded by mu
 	recoveredC chan struct{}  // closed when failed is cleared, guarded by mu
 	commits    uint64         // guarded by mu
-	size       atomic.Uint64  // tree.End()
+	// commitSizes and commitEntries are Stats.CommitSizes and
+	// Stats.CommitEntries; guarded by mu.
+	commitSizes   [CommitSizeBuckets]uint64
+	commitEntries uint64
+	size          atomic.Uint64 // tree.End()
 
 	// Checkpoints.
 	cpMu     sync.Mutex // serializes checkpoint writers; guards cpSigned
@@ -394,10 +398,22 @@ func (l *Log) Root() (size uint64, root []byte) {
 	return l.tree.End(), bytes.Clone(l.root)
 }
 
+// CommitSizeBuckets is the number of buckets of Stats.CommitSizes: one
+// per power of two up to the most entries one commit takes (4096).
+const CommitSizeBuckets = 13
+
 // Stats are counters of a Log, for metrics.
 type Stats struct {
-	Size           uint64 // committed entries
-	Commits        uint64 // bbolt commits of entries since Open
+	Size    uint64 // committed entries
+	Commits uint64 // bbolt commits of entries since Open
+	// CommitSizes counts those commits by the appends each carried:
+	// CommitSizes[0] the commits of one append, CommitSizes[i] those of
+	// more than 2^(i-1) and at most 2^i. A lone append commits by itself;
+	// appends that queue while a commit is under way share the next.
+	CommitSizes [CommitSizeBuckets]uint64
+	// CommitEntries is the number of appends those commits carried (a
+	// duplicate serial refused within a commit included).
+	CommitEntries  uint64
 	CheckpointSize uint64 // size of the latest stored checkpoint
 	Failed         bool   // a commit failed; Append returns ErrFailed
 	// CheckpointTime is when this Log last stored a checkpoint, or when it
@@ -409,8 +425,8 @@ type Stats struct {
 func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return Stats{Size: l.tree.End(), Commits: l.commits, CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil,
-		CheckpointTime: time.Unix(0, l.cpTime.Load())}
+	return Stats{Size: l.tree.End(), Commits: l.commits, CommitSizes: l.commitSizes, CommitEntries: l.commitEntries,
+		CheckpointSize: l.cpSize.Load(), Failed: l.failed != nil, CheckpointTime: time.Unix(0, l.cpTime.Load())}
 }
 
 // Close stops accepting appends, commits those already queued, writes a

@@ -149,8 +149,16 @@ type Limits struct {
 	// ca.DenialLimits).
 	DenialPeers int `yaml:"denial_peers"`
 	// MaxInFlight caps the certificate requests handled at once; beyond
-	// it a request is refused at once with ResourceExhausted. 0 is no cap.
+	// it a request waits in the queue (MaxQueued, QueueWait), and beyond
+	// the queue it is refused at once with ResourceExhausted. 0 is no cap.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxQueued caps the certificate requests waiting, first come first
+	// served, for a place among MaxInFlight. 0 refuses every request
+	// beyond MaxInFlight at once.
+	MaxQueued int `yaml:"max_queued"`
+	// QueueWait is how long a queued request waits for a place before it
+	// is refused with ResourceExhausted.
+	QueueWait Duration `yaml:"queue_wait"`
 	// IdentityRequestsPerSecond is the sustained rate of certificate
 	// requests one authenticated identity may make; beyond it (and
 	// IdentityBurst) a request is refused with ResourceExhausted. 0 is no

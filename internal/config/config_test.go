@@ -108,6 +108,9 @@ func TestRejects(t *testing.T) {
 		{"schedule activates before it prepares", "rotation:\n  schedule: {prepare_at: 0.1, activate_at: 0.5}\n", "rotation.schedule"},
 		{"schedule half set", "rotation:\n  schedule: {prepare_at: 0.5}\n", "rotation.schedule"},
 		{"no denial peers", "limits:\n  denial_peers: 0\n", "limits.denial_peers"},
+		{"negative queue", "limits:\n  max_queued: -1\n", "limits.max_queued: -1 is outside 0"},
+		{"no queue wait", "limits:\n  queue_wait: 0s\n", "limits.queue_wait: 0s is outside"},
+		{"queue wait past the request timeout", "limits:\n  queue_wait: 30s\n", "limits.queue_wait: 30s is outside"},
 		{"unknown limit", "limits:\n  denials_per_second: 3\n", "field denials_per_second not found"},
 	}
 	for _, tc := range cases {

@@ -81,6 +81,8 @@ func Default() *Config {
 			DenialWindow:            Duration(10 * time.Second),
 			DenialPeers:             10000,
 			MaxInFlight:             1024,
+			MaxQueued:               1024,
+			QueueWait:               Duration(10 * time.Second),
 			IdentityBurst:           100,
 			Identities:              10000,
 		},

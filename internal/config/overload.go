@@ -15,6 +15,14 @@ func (c *Config) validateOverload() []error {
 	if l.MaxInFlight < 0 || l.MaxInFlight > 1e6 {
 		bad("limits.max_in_flight: %d is outside 0 (no cap) to 1000000", l.MaxInFlight)
 	}
+	if l.MaxQueued < 0 || l.MaxQueued > 1e6 {
+		bad("limits.max_queued: %d is outside 0 (no queue) to 1000000", l.MaxQueued)
+	}
+	// A request must be done within 30 s of its arrival (the service's
+	// request timeout): a queued one needs some of that left.
+	if d := l.QueueWait; d < Duration(time.Millisecond) || d > Duration(20*time.Second) {
+		bad("limits.queue_wait: %v is outside 1ms to 20s", d)
+	}
 	if r := l.IdentityRequestsPerSecond; !(r >= 0 && r <= 1e6) {
 		bad("limits.identity_requests_per_second: %v is outside 0 (no limit) to 1000000", r)
 	}

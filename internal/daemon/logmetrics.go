@@ -20,6 +20,10 @@ const (
 	MetricLogCheckpointAge = "transitca_log_checkpoint_age_seconds"
 	// MetricLogCommits counts the log's bbolt commits of entries.
 	MetricLogCommits = "transitca_log_commits_total"
+	// MetricLogCommitEntries is a histogram of the log's commits by the
+	// entries each carried (group commit: one commit for every append
+	// queued while the previous one was under way).
+	MetricLogCommitEntries = "transitca_log_commit_entries"
 	// MetricLogFailed is 1 while the log refuses appends after a failed
 	// commit: every issuance fails until the log has recovered by itself
 	// (the disk takes writes again).
@@ -41,6 +45,7 @@ func registerLogMetrics(reg prometheus.Registerer, l *store.Log) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: MetricLogCommits,
 			Help: "bbolt commits of issuance log entries since the daemon started."},
 			func() float64 { return float64(l.Stats().Commits) }),
+		commitSizes{l},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: MetricLogFailed,
 			Help: "1 while the issuance log refuses appends after a failed commit: issuances fail until it recovers."},
 			func() float64 {
@@ -60,4 +65,23 @@ func checkpointAge(st store.Stats, now time.Time) time.Duration {
 		return 0
 	}
 	return now.Sub(st.CheckpointTime)
+}
+
+// commitSizes exports store.Stats.CommitSizes as a histogram.
+type commitSizes struct{ l *store.Log }
+
+var commitSizesDesc = prometheus.NewDesc(MetricLogCommitEntries,
+	"bbolt commits of issuance log entries since the daemon started, by the entries each carried.", nil, nil)
+
+func (c commitSizes) Describe(ch chan<- *prometheus.Desc) { ch <- commitSizesDesc }
+
+func (c commitSizes) Collect(ch chan<- prometheus.Metric) {
+	st := c.l.Stats()
+	buckets := make(map[float64]uint64, store.CommitSizeBuckets)
+	var cum uint64
+	for i, n := range st.CommitSizes {
+		cum += n
+		buckets[float64(uint64(1)<<i)] = cum
+	}
+	ch <- prometheus.MustNewConstHistogram(commitSizesDesc, cum, float64(st.CommitEntries), buckets)
 }

@@ -78,4 +78,11 @@ func TestLogMetrics(t *testing.T) {
 	if got := metricValue(t, d, MetricLogFailed); got != 0 {
 		t.Fatalf("%s of a healthy log = %v, want 0", MetricLogFailed, got)
 	}
+	commits := metricValue(t, d, MetricLogCommits)
+	if got := metricValue(t, d, MetricLogCommitEntries+"_count"); got != commits || commits < 1 {
+		t.Fatalf("%s_count = %v, want %s = %v (at least 1)", MetricLogCommitEntries, got, MetricLogCommits, commits)
+	}
+	if got := metricValue(t, d, MetricLogCommitEntries+"_sum"); got < commits || got > metricValue(t, d, MetricLogSize) {
+		t.Fatalf("%s_sum = %v, want between the commits (%v) and the log's size", MetricLogCommitEntries, got, commits)
+	}
 }

@@ -71,6 +71,8 @@ func (d *Daemon) buildServers(ctx context.Context) error {
 		IdentityLimits: ca.IdentityLimits{PerSecond: cfg.Limits.IdentityRequestsPerSecond, Burst: cfg.Limits.IdentityBurst,
 			MaxIdentities: cfg.Limits.Identities},
 		MaxInFlight: cfg.Limits.MaxInFlight,
+		MaxQueued:   cfg.Limits.MaxQueued,
+		QueueWait:   cfg.Limits.QueueWait.Std(),
 	})
 	if err != nil {
 		return fmt.Errorf("certificate service: %w", err)

@@ -23,8 +23,11 @@ import (
 )
 
 // maxSlowFloodRSS is the daemon's peak resident memory under the flood of
-// slow clients.
-const maxSlowFloodRSS = 150 << 20
+// slow clients: 150 MiB for the requests in flight and the connections,
+// plus at most 32 KiB for each of the default limits.max_queued (1024)
+// requests that wait for a place, each holding its stream, its goroutine
+// and its announced message.
+const maxSlowFloodRSS = 150<<20 + 1024*32<<10
 
 // slowClient opens a TLS connection, starts maxStreams CreateCertificate
 // streams whose messages announce 8 KiB, and sends their bodies one byte
