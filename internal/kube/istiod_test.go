@@ -431,7 +431,7 @@ func TestIstiodSecretFollowsHierarchyChangedAtOnce(t *testing.T) {
 	ctx := t.Context()
 	names := IstiodDNSNames(e.kube.Namespace, nil, nil)
 	w := e.start(t, names, 24*time.Hour, time.Hour)
-	first := e.checkSecret(t, e.newSerial(t, "first certificate", nil), names)
+	e.checkSecret(t, e.newSerial(t, "first certificate", nil), names)
 
 	if _, err := e.a.PrepareRoot(ctx); err != nil {
 		t.Fatal(err)
@@ -440,7 +440,7 @@ func TestIstiodSecretFollowsHierarchyChangedAtOnce(t *testing.T) {
 	got := e.await(t, "ca.crt with both roots", func(s *corev1.Secret) bool {
 		return strings.Count(string(s.Data[CACertKey]), "BEGIN CERTIFICATE") == 2
 	})
-	first = e.checkSecret(t, got, names)
+	first := e.checkSecret(t, got, names)
 
 	in, err := e.a.RotateIntermediate(ctx)
 	if err != nil {
