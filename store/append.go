@@ -208,7 +208,7 @@ func (l *Log) commit(batch []*appendReq) {
 	l.mu.Lock()
 	l.tree, l.root = next, root
 	l.commits++
-	l.commitSizes[bits.Len(uint(len(batch)-1))]++
+	l.commitSizes[min(bits.Len(uint(len(batch)-1)), CommitSizeBuckets-1)]++
 	l.commitEntries += uint64(len(batch))
 	l.mu.Unlock()
 	l.size.Store(next.End())

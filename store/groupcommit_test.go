@@ -71,3 +71,15 @@ func TestGroupCommitSizes(t *testing.T) {
 		t.Errorf("commits by size add up to %d, want %d", n, st.Commits)
 	}
 }
+
+// A batch larger than any group commit takes (a bulk fill handed to commit
+// directly) is counted in the last bucket, not past the end of the table.
+func TestCommitSizesLargeBatch(t *testing.T) {
+	l := openTest(t, filepath.Join(t.TempDir(), "log.db"), Options{})
+	fillLogBatched(t, l, 0, 5000, 5000, func(i int) *Entry { return testEntry(i, KindIssuance) })
+	st := l.Stats()
+	if st.Commits != 1 || st.CommitSizes[CommitSizeBuckets-1] != 1 || st.CommitEntries != 5000 {
+		t.Fatalf("one commit of 5000 entries: %d commits, sizes %v, %d entries; want 1 in the last bucket, 5000 entries",
+			st.Commits, st.CommitSizes, st.CommitEntries)
+	}
+}

@@ -399,8 +399,9 @@ func (l *Log) Root() (size uint64, root []byte) {
 }
 
 // CommitSizeBuckets is the number of buckets of Stats.CommitSizes: one
-// per power of two up to the most entries one commit takes (4096).
-const CommitSizeBuckets = 13
+// per power of two up to the most entries one group commit takes (4096),
+// and a last one for larger commits.
+const CommitSizeBuckets = 14
 
 // Stats are counters of a Log, for metrics.
 type Stats struct {
@@ -408,7 +409,9 @@ type Stats struct {
 	Commits uint64 // bbolt commits of entries since Open
 	// CommitSizes counts those commits by the appends each carried:
 	// CommitSizes[0] the commits of one append, CommitSizes[i] those of
-	// more than 2^(i-1) and at most 2^i. A lone append commits by itself;
+	// more than 2^(i-1) and at most 2^i, the last bucket those of more
+	// than 4096 (a batch handed to commit directly, never the group
+	// commit). A lone append commits by itself;
 	// appends that queue while a commit is under way share the next.
 	CommitSizes [CommitSizeBuckets]uint64
 	// CommitEntries is the number of appends those commits carried (a

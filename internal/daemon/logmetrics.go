@@ -81,7 +81,9 @@ func (c commitSizes) Collect(ch chan<- prometheus.Metric) {
 	var cum uint64
 	for i, n := range st.CommitSizes {
 		cum += n
-		buckets[float64(uint64(1)<<i)] = cum
+		if i < len(st.CommitSizes)-1 { // the last bucket is +Inf: the count
+			buckets[float64(uint64(1)<<i)] = cum
+		}
 	}
 	ch <- prometheus.MustNewConstHistogram(commitSizesDesc, cum, float64(st.CommitEntries), buckets)
 }
