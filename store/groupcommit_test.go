@@ -72,14 +72,17 @@ func TestGroupCommitSizes(t *testing.T) {
 	}
 }
 
-// A batch larger than any group commit takes (a bulk fill handed to commit
-// directly) is counted in the last bucket, not past the end of the table.
+// The largest group commit (maxBatchEntries) is counted in the bucket
+// before the last, and a larger batch (a bulk fill handed to commit
+// directly) in the last, not past the end of the table.
 func TestCommitSizesLargeBatch(t *testing.T) {
 	l := openTest(t, filepath.Join(t.TempDir(), "log.db"), Options{})
-	fillLogBatched(t, l, 0, 5000, 5000, func(i int) *Entry { return testEntry(i, KindIssuance) })
+	fillLogBatched(t, l, 0, maxBatchEntries, maxBatchEntries, func(i int) *Entry { return testEntry(i, KindIssuance) })
+	fillLogBatched(t, l, maxBatchEntries, maxBatchEntries+1, maxBatchEntries+1, func(i int) *Entry { return testEntry(i, KindIssuance) })
 	st := l.Stats()
-	if st.Commits != 1 || st.CommitSizes[CommitSizeBuckets-1] != 1 || st.CommitEntries != 5000 {
-		t.Fatalf("one commit of 5000 entries: %d commits, sizes %v, %d entries; want 1 in the last bucket, 5000 entries",
-			st.Commits, st.CommitSizes, st.CommitEntries)
+	want := [CommitSizeBuckets]uint64{CommitSizeBuckets - 2: 1, CommitSizeBuckets - 1: 1}
+	if st.Commits != 2 || st.CommitSizes != want || st.CommitEntries != 2*maxBatchEntries+1 {
+		t.Fatalf("commits of %d and %d entries: %d commits, sizes %v, %d entries; want 2, %v, %d",
+			maxBatchEntries, maxBatchEntries+1, st.Commits, st.CommitSizes, st.CommitEntries, want, 2*maxBatchEntries+1)
 	}
 }

@@ -399,8 +399,8 @@ func (l *Log) Root() (size uint64, root []byte) {
 }
 
 // CommitSizeBuckets is the number of buckets of Stats.CommitSizes: one
-// per power of two up to the most entries one group commit takes (4096),
-// and a last one for larger commits.
+// per power of two up to the most entries one group commit takes
+// (maxBatchEntries, 2^12), and a last one for larger commits.
 const CommitSizeBuckets = 14
 
 // Stats are counters of a Log, for metrics.
@@ -410,8 +410,8 @@ type Stats struct {
 	// CommitSizes counts those commits by the appends each carried:
 	// CommitSizes[0] the commits of one append, CommitSizes[i] those of
 	// more than 2^(i-1) and at most 2^i, the last bucket those of more
-	// than 4096 (a batch handed to commit directly, never the group
-	// commit). A lone append commits by itself;
+	// than maxBatchEntries (a batch handed to commit directly, never the
+	// group commit). A lone append commits by itself;
 	// appends that queue while a commit is under way share the next.
 	CommitSizes [CommitSizeBuckets]uint64
 	// CommitEntries is the number of appends those commits carried (a
